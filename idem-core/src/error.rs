@@ -1,0 +1,202 @@
+//! The one error type of idem.
+
+use std::fmt;
+
+/// A boxed error from a store backend, kept as the source of [`Error::Store`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong around an idempotent call.
+///
+/// Each variant says whether the body ran, because that is what a caller must know to decide
+/// what to do next:
+///
+/// | variant | did the body run in this call? |
+/// | --- | --- |
+/// | [`InvalidKey`](Error::InvalidKey), [`InProgress`](Error::InProgress), [`KeyReused`](Error::KeyReused), [`Store`](Error::Store), [`Corrupt`](Error::Corrupt), [`Encode`](Error::Encode) | no |
+/// | [`LeaseLost`](Error::LeaseLost), [`NotRecorded`](Error::NotRecorded) | yes: its effect happened, its result was not recorded |
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The key is empty, or the namespace is not usable. Nothing was claimed.
+    #[non_exhaustive]
+    InvalidKey {
+        /// Why the key was refused.
+        reason: String,
+    },
+    /// Another call holds the claim on this key and has not finished. The body did not run.
+    /// Retry later (the other call's result will then be replayed) or wait for it
+    /// (`on_in_progress = wait`).
+    #[non_exhaustive]
+    InProgress {
+        /// The store key.
+        key: String,
+    },
+    /// The key was used before with a different request (fingerprint). The body did not run.
+    /// A client reused an idempotency key for a different request: give it a new key.
+    #[non_exhaustive]
+    KeyReused {
+        /// The store key.
+        key: String,
+    },
+    /// The claim lapsed while the body ran (its lease could not be renewed, or another caller
+    /// took over), so its result was not recorded: a write under a stale fencing token is
+    /// refused. The body's effect may have happened; another call may run it again.
+    #[non_exhaustive]
+    LeaseLost {
+        /// The store key.
+        key: String,
+    },
+    /// The store failed before the body ran; the body did not run (idem fails closed).
+    ///
+    /// `indeterminate` is true when the failing command may still have been applied (its reply
+    /// was lost or timed out): a claim may then be held until its lease lapses, and a retry of
+    /// the same call finds it.
+    #[non_exhaustive]
+    Store {
+        /// The store operation that failed (`claim`, `complete`, ...).
+        operation: &'static str,
+        /// True when the command may have been applied although no reply arrived.
+        indeterminate: bool,
+        /// The backend's error.
+        source: BoxError,
+    },
+    /// The body ran and returned, but its result could not be recorded after retries: the
+    /// effect happened, the record may be missing. The claim stays held until its lease
+    /// lapses; after that a retry runs the body again.
+    #[non_exhaustive]
+    NotRecorded {
+        /// The store key.
+        key: String,
+        /// The last store error.
+        source: Box<Error>,
+    },
+    /// A stored record could not be decoded (garbage bytes, a value of the wrong type, or a
+    /// record version this build does not know). It is never treated as a miss: inspect or
+    /// delete the key by hand.
+    #[non_exhaustive]
+    Corrupt {
+        /// The store key.
+        key: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+    /// The request fingerprint could not be serialized. The body did not run. (A result that
+    /// cannot be serialized after the body ran is reported as [`NotRecorded`](Error::NotRecorded)
+    /// with this as its source.)
+    #[non_exhaustive]
+    Encode {
+        /// What was being encoded or decoded.
+        what: &'static str,
+        /// The serializer's error.
+        source: serde_json::Error,
+    },
+}
+
+impl Error {
+    /// A store failure, for store implementations: the command certainly did not apply.
+    pub fn store(operation: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Store {
+            operation,
+            indeterminate: false,
+            source: source.into(),
+        }
+    }
+
+    /// A store failure whose command may have been applied (lost reply, timeout after send).
+    pub fn store_indeterminate(operation: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Store {
+            operation,
+            indeterminate: true,
+            source: source.into(),
+        }
+    }
+
+    /// A stored value that cannot be decoded, for store implementations.
+    pub fn corrupt(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// A refusal because the fencing token is no longer current, for store implementations.
+    pub fn lease_lost(key: impl Into<String>) -> Self {
+        Error::LeaseLost { key: key.into() }
+    }
+
+    pub(crate) fn invalid_key(reason: impl Into<String>) -> Self {
+        Error::InvalidKey {
+            reason: reason.into(),
+        }
+    }
+
+    /// True when the body of this call may have run (its effect may have happened).
+    pub fn body_may_have_run(&self) -> bool {
+        matches!(self, Error::LeaseLost { .. } | Error::NotRecorded { .. })
+    }
+
+    /// True when a store command behind this error may have been applied without a reply.
+    pub fn is_indeterminate(&self) -> bool {
+        match self {
+            Error::Store { indeterminate, .. } => *indeterminate,
+            Error::NotRecorded { source, .. } => source.is_indeterminate(),
+            _ => false,
+        }
+    }
+
+    /// True for store failures worth retrying (as opposed to answers such as `LeaseLost`).
+    pub(crate) fn is_transient(&self) -> bool {
+        matches!(self, Error::Store { .. })
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidKey { reason } => write!(f, "invalid idempotency key: {reason}"),
+            Error::InProgress { key } => write!(
+                f,
+                "idempotency key `{key}` is in progress in another call; retry later to get its result"
+            ),
+            Error::KeyReused { key } => write!(
+                f,
+                "idempotency key `{key}` was already used for a different request (fingerprint mismatch); use a new key for a new request"
+            ),
+            Error::LeaseLost { key } => write!(
+                f,
+                "the claim on `{key}` lapsed before its result was recorded (lease not renewed in time, or taken over); the effect may have happened and its result was not recorded"
+            ),
+            Error::Store {
+                operation,
+                indeterminate,
+                source,
+            } => {
+                write!(f, "idempotency store failed during `{operation}`")?;
+                if *indeterminate {
+                    write!(f, " (outcome unknown: the command may have been applied)")?;
+                }
+                write!(f, "; the body did not run: {source}")
+            }
+            Error::NotRecorded { key, source } => write!(
+                f,
+                "the body for `{key}` ran but its result could not be recorded ({source}); the claim is held until its lease lapses"
+            ),
+            Error::Corrupt { key, reason } => write!(
+                f,
+                "the stored record for `{key}` is corrupt ({reason}); it is not treated as a miss: inspect or delete it"
+            ),
+            Error::Encode { what, source } => write!(f, "could not encode {what}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Store { source, .. } => Some(source.as_ref()),
+            Error::NotRecorded { source, .. } => Some(source.as_ref()),
+            Error::Encode { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}

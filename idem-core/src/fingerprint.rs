@@ -1,0 +1,100 @@
+//! Request fingerprints: a SHA-256 over a canonical JSON form of any `Serialize` value.
+//!
+//! Canonical means map keys are sorted here, whatever order the value serializes them in (and
+//! whether or not serde_json's `preserve_order` feature is on somewhere in the build), so
+//! `{"a":1,"b":2}` and `{"b":2,"a":1}` hash alike.
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+
+/// A request fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint(pub [u8; 32]);
+
+impl Fingerprint {
+    /// The fingerprint of `request`.
+    pub fn of<T: Serialize + ?Sized>(request: &T) -> Result<Self, Error> {
+        let value = serde_json::to_value(request).map_err(|source| Error::Encode {
+            what: "the request fingerprint",
+            source,
+        })?;
+        let mut hasher = Sha256::new();
+        write_canonical(&mut hasher, &value);
+        Ok(Fingerprint(hasher.finalize().into()))
+    }
+}
+
+/// Feeds `value` to the hasher with sorted map keys and unambiguous framing.
+fn write_canonical(hasher: &mut Sha256, value: &Value) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            hasher.update(b"{");
+            for (key, value) in entries {
+                write_canonical(hasher, &Value::String(key.clone()));
+                hasher.update(b":");
+                write_canonical(hasher, value);
+                hasher.update(b",");
+            }
+            hasher.update(b"}");
+        }
+        Value::Array(items) => {
+            hasher.update(b"[");
+            for item in items {
+                write_canonical(hasher, item);
+                hasher.update(b",");
+            }
+            hasher.update(b"]");
+        }
+        // Scalars print unambiguously as JSON (strings quoted and escaped).
+        scalar => hasher.update(scalar.to_string().as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeMap, HashMap};
+
+    #[test]
+    fn map_order_does_not_matter() {
+        let mut a = HashMap::new();
+        let mut b = Vec::new();
+        for i in 0..50 {
+            a.insert(format!("k{i}"), i);
+            b.push((format!("k{}", 49 - i), 49 - i));
+        }
+        let b: serde_json::Map<String, Value> =
+            b.into_iter().map(|(k, v)| (k, Value::from(v))).collect();
+        let c: BTreeMap<_, _> = a.clone().into_iter().collect();
+        assert_eq!(Fingerprint::of(&a).unwrap(), Fingerprint::of(&b).unwrap());
+        assert_eq!(Fingerprint::of(&a).unwrap(), Fingerprint::of(&c).unwrap());
+    }
+
+    #[test]
+    fn different_requests_differ() {
+        let fps = [
+            Fingerprint::of(&("a", 1)).unwrap(),
+            Fingerprint::of(&("a", 2)).unwrap(),
+            Fingerprint::of(&["a1"]).unwrap(),
+            Fingerprint::of(&"a,1").unwrap(),
+            Fingerprint::of(&1.5).unwrap(),
+        ];
+        for i in 0..fps.len() {
+            for j in 0..i {
+                assert_ne!(fps[i], fps[j]);
+            }
+        }
+    }
+
+    #[test]
+    fn unserializable_is_an_encode_error() {
+        let mut map = HashMap::new();
+        map.insert((1, 2), 3); // tuple keys cannot be JSON object keys
+        assert!(matches!(Fingerprint::of(&map), Err(Error::Encode { .. })));
+    }
+}

@@ -1,0 +1,36 @@
+//! The runtime of [idem](https://docs.rs/idem): exactly-once effects for async handlers.
+//!
+//! Most users depend on the `idem` crate, which re-exports everything here and adds the
+//! `#[idempotent]` attribute. This crate holds the logic as plain Rust:
+//!
+//! * [`Idempotency`] and [`Call`]: claim → execute → record, and replay for duplicates;
+//! * [`Store`]: the backend contract, a per-key state machine with fencing tokens and leases;
+//! * [`MemoryStore`]: the embedded, in-process store;
+//! * [`Record`]: the versioned record format;
+//! * [`Error`]: what can go wrong, and whether the body ran;
+//! * `testing` (feature `testing`): the contract suite every store must pass.
+
+mod context;
+mod error;
+mod fingerprint;
+mod global;
+mod key;
+mod memory;
+mod random;
+mod record;
+mod runtime;
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use context::{context, ClaimContext};
+pub use error::{BoxError, Error};
+pub use fingerprint::Fingerprint;
+pub use global::{default_runtime, install};
+pub use key::{check_namespace, store_key, MAX_PLAIN_KEY};
+pub use memory::MemoryStore;
+pub use record::{Outcome, Record, MAX_FINGERPRINT, RECORD_VERSION};
+pub use runtime::{
+    Call, Idempotency, OnInProgress, DEFAULT_KEY_PREFIX, DEFAULT_LEASE, DEFAULT_RETENTION,
+};
+pub use store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};

@@ -1,0 +1,297 @@
+//! The embedded store: in-process, sharded, with leases and retention by tokio's clock.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::store::{ClaimOutcome, ClaimRequest, Fence, Store};
+use crate::{AttemptId, Error};
+
+const SHARDS: usize = 64;
+const MIN_SWEEP_INTERVAL: usize = 64;
+
+/// An in-process [`Store`]: the embedded default, for one process (tests, single-instance
+/// services, and as the first line in front of nothing else).
+///
+/// * Safe under concurrency: keys are spread over 64 independently locked shards, so two cores
+///   do not serialise on one lock.
+/// * Leases and retention follow tokio's clock (so tests can pause and advance it).
+/// * Memory stays bounded by live keys: expired records and lapsed claims are evicted by an
+///   amortised sweep of each shard, not kept forever.
+/// * Waiters are woken when the claim they wait on completes, is released or is taken over.
+/// * Fencing tokens come from one counter per store, so they increase across all claims.
+///
+/// It does not survive a restart and is not shared between processes: use the Redis store for
+/// that.
+pub struct MemoryStore {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    next_fence: AtomicU64,
+}
+
+#[derive(Default)]
+struct Shard {
+    entries: HashMap<String, Entry>,
+    ops_since_sweep: usize,
+}
+
+enum Entry {
+    Pending {
+        fence: Fence,
+        attempt: AttemptId,
+        fingerprint: Vec<u8>,
+        lease_until: Instant,
+        changed: Arc<Notify>,
+    },
+    Completed {
+        fence: Fence,
+        record: Vec<u8>,
+        expires_at: Instant,
+    },
+}
+
+impl Entry {
+    fn is_live(&self, now: Instant) -> bool {
+        match self {
+            Entry::Pending { lease_until, .. } => *lease_until > now,
+            Entry::Completed { expires_at, .. } => *expires_at > now,
+        }
+    }
+
+    /// Wakes the waiters of a pending entry that is being replaced or removed.
+    fn wake_waiters(&self) {
+        if let Entry::Pending { changed, .. } = self {
+            changed.notify_waiters();
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("entries", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemoryStore {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            next_fence: AtomicU64::new(1),
+        }
+    }
+
+    /// How many entries the store holds, including expired ones not yet evicted.
+    pub fn len(&self) -> usize {
+        (0..SHARDS)
+            .map(|i| lock(&self.shards[i]).entries.len())
+            .sum()
+    }
+
+    /// True when the store holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Locks the shard of `key`, first evicting expired entries when enough operations have
+    /// passed since the last sweep (amortised O(1) per operation).
+    fn shard(&self, key: &str, now: Instant) -> MutexGuard<'_, Shard> {
+        // The modulo keeps the index below SHARDS, so the cast cannot truncate meaningfully.
+        let index = (self.hasher.hash_one(key) % SHARDS as u64) as usize;
+        let mut shard = lock(&self.shards[index]);
+        shard.ops_since_sweep += 1;
+        if shard.ops_since_sweep >= shard.entries.len().max(MIN_SWEEP_INTERVAL) {
+            shard.ops_since_sweep = 0;
+            shard.entries.retain(|_, entry| {
+                let live = entry.is_live(now);
+                if !live {
+                    entry.wake_waiters();
+                }
+                live
+            });
+        }
+        shard
+    }
+
+    fn new_fence(&self) -> Fence {
+        Fence(self.next_fence.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The waiters' handle of `key` if it is pending under `fence` with a live lease.
+    fn pending_notify(&self, key: &str, fence: Fence) -> Option<(Arc<Notify>, Instant)> {
+        let now = Instant::now();
+        match self.shard(key, now).entries.get(key) {
+            Some(Entry::Pending {
+                fence: current,
+                lease_until,
+                changed,
+                ..
+            }) if *current == fence && *lease_until > now => Some((changed.clone(), *lease_until)),
+            _ => None,
+        }
+    }
+}
+
+/// A poisoned shard only means a panic elsewhere while it was locked; every update below leaves
+/// an entry whole before anything can panic, so the data is still consistent.
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
+        let now = Instant::now();
+        let mut shard = self.shard(request.key, now);
+        let mut takeover = false;
+        if let Some(entry) = shard.entries.get(request.key) {
+            match entry {
+                Entry::Completed {
+                    record, expires_at, ..
+                } if *expires_at > now => {
+                    return Ok(ClaimOutcome::Completed {
+                        record: record.clone(),
+                    })
+                }
+                Entry::Pending {
+                    fence,
+                    attempt,
+                    lease_until,
+                    ..
+                } if *attempt == request.attempt && *lease_until > now => {
+                    return Ok(ClaimOutcome::Acquired {
+                        fence: *fence,
+                        takeover: false,
+                    })
+                }
+                Entry::Pending {
+                    fence,
+                    fingerprint,
+                    lease_until,
+                    ..
+                } if *lease_until > now => {
+                    return Ok(ClaimOutcome::InProgress {
+                        fence: *fence,
+                        fingerprint: fingerprint.clone(),
+                        lease_remaining: *lease_until - now,
+                    })
+                }
+                Entry::Pending { .. } => {
+                    takeover = true;
+                    entry.wake_waiters();
+                }
+                Entry::Completed { .. } => {}
+            }
+        }
+        let fence = self.new_fence();
+        shard.entries.insert(
+            request.key.to_owned(),
+            Entry::Pending {
+                fence,
+                attempt: request.attempt,
+                fingerprint: request.fingerprint.to_vec(),
+                lease_until: now + request.lease,
+                changed: Arc::new(Notify::new()),
+            },
+        );
+        Ok(ClaimOutcome::Acquired { fence, takeover })
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        fence: Fence,
+        record: &[u8],
+        retention: Duration,
+    ) -> Result<(), Error> {
+        let now = Instant::now();
+        let mut shard = self.shard(key, now);
+        let Some(entry) = shard.entries.get_mut(key) else {
+            return Err(Error::lease_lost(key));
+        };
+        match entry {
+            Entry::Pending {
+                fence: current,
+                lease_until,
+                ..
+            } if *current == fence && *lease_until > now => {
+                entry.wake_waiters();
+                *entry = Entry::Completed {
+                    fence,
+                    record: record.to_vec(),
+                    expires_at: now + retention,
+                };
+                Ok(())
+            }
+            Entry::Completed {
+                fence: current,
+                expires_at,
+                ..
+            } if *current == fence && *expires_at > now => Ok(()),
+            _ => Err(Error::lease_lost(key)),
+        }
+    }
+
+    async fn release(&self, key: &str, fence: Fence) -> Result<(), Error> {
+        let now = Instant::now();
+        let mut shard = self.shard(key, now);
+        match shard.entries.get(key) {
+            None => Ok(()),
+            Some(entry @ Entry::Pending { fence: current, .. }) if *current == fence => {
+                entry.wake_waiters();
+                shard.entries.remove(key);
+                Ok(())
+            }
+            // A newer claim, or a record: not ours to remove.
+            Some(_) => Err(Error::lease_lost(key)),
+        }
+    }
+
+    async fn renew(&self, key: &str, fence: Fence, lease: Duration) -> Result<(), Error> {
+        let now = Instant::now();
+        let mut shard = self.shard(key, now);
+        match shard.entries.get_mut(key) {
+            Some(Entry::Pending {
+                fence: current,
+                lease_until,
+                ..
+            }) if *current == fence && *lease_until > now => {
+                *lease_until = now + lease;
+                Ok(())
+            }
+            _ => Err(Error::lease_lost(key)),
+        }
+    }
+
+    async fn wait(&self, key: &str, fence: Fence, timeout: Duration) -> Result<(), Error> {
+        let Some((changed, lease_until)) = self.pending_notify(key, fence) else {
+            return Ok(());
+        };
+        // Registered before the re-check below, so a change between the two is not missed.
+        let notified = changed.notified();
+        if self.pending_notify(key, fence).is_none() {
+            return Ok(());
+        }
+        let deadline = lease_until.min(Instant::now() + timeout);
+        let _ = tokio::time::timeout_at(deadline, notified).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,488 @@
+//! Claim → execute → record, and replay: the logic behind `#[idempotent]`.
+
+use std::borrow::Cow;
+use std::fmt::Display;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::context::{self, ClaimContext};
+use crate::fingerprint::Fingerprint;
+use crate::key::store_key;
+use crate::record::{Outcome, Record};
+use crate::store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
+use crate::Error;
+
+/// How long records are kept by default.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long a claim lasts between renewals by default.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// The key prefix by default.
+pub const DEFAULT_KEY_PREFIX: &str = "idem:";
+
+/// What a duplicate does while the first call is still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnInProgress {
+    /// Wait for the first call's result and replay it. If the claim is still held after a
+    /// whole lease (the first call renews it while it runs), return [`Error::InProgress`]; if its
+    /// lease lapses meanwhile (it crashed), take over and run the body.
+    #[default]
+    Wait,
+    /// Return [`Error::InProgress`] at once.
+    Reject,
+}
+
+/// The runtime handle: a store plus defaults. Cheap to clone (one `Arc`).
+///
+/// ```
+/// use idem_core::{Call, Idempotency, MemoryStore};
+/// use std::time::Duration;
+///
+/// # async fn demo() -> Result<(), idem_core::Error> {
+/// let idem = Idempotency::new(MemoryStore::new())
+///     .with_retention(Duration::from_secs(3600))
+///     .with_lease(Duration::from_secs(10))
+///     .with_key_prefix("payments:");
+/// let receipt: u64 = idem
+///     .run(Call::new("charge", "order-17"), async { Ok::<_, idem_core::Error>(17) })
+///     .await?;
+/// // A duplicate replays the record: the body does not run again.
+/// let replay: u64 = idem
+///     .run(Call::new("charge", "order-17"), async { unreachable!("not run twice") })
+///     .await?;
+/// assert_eq!(receipt, replay);
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Idempotency {
+    inner: Arc<Settings>,
+}
+
+#[derive(Clone)]
+struct Settings {
+    store: Arc<dyn Store>,
+    retention: Duration,
+    lease: Duration,
+    key_prefix: String,
+    store_attempts: u32,
+}
+
+impl std::fmt::Debug for Idempotency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idempotency")
+            .field("retention", &self.inner.retention)
+            .field("lease", &self.inner.lease)
+            .field("key_prefix", &self.inner.key_prefix)
+            .field("store_attempts", &self.inner.store_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One idempotent call: its namespace and key, and options that override the runtime's.
+#[derive(Debug)]
+#[must_use = "a Call does nothing until passed to Idempotency::run"]
+pub struct Call {
+    namespace: Cow<'static, str>,
+    key: String,
+    fingerprint: Result<Option<Fingerprint>, Error>,
+    retention: Option<Duration>,
+    lease: Option<Duration>,
+    on_in_progress: OnInProgress,
+}
+
+impl Call {
+    /// A call of `key` in `namespace` (by the macro: the function's name). The key is formatted
+    /// once, here.
+    pub fn new(namespace: impl Into<Cow<'static, str>>, key: impl Display) -> Self {
+        Call {
+            namespace: namespace.into(),
+            key: key.to_string(),
+            fingerprint: Ok(None),
+            retention: None,
+            lease: None,
+            on_in_progress: OnInProgress::Wait,
+        }
+    }
+
+    /// Describes the request: a later call with the same key and a different fingerprint gets
+    /// [`Error::KeyReused`]. Map key order does not change the fingerprint.
+    pub fn fingerprint<T: Serialize + ?Sized>(mut self, request: &T) -> Self {
+        self.fingerprint = Fingerprint::of(request).map(Some);
+        self
+    }
+
+    /// How long the record is kept (overrides the runtime's retention).
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = Some(retention);
+        self
+    }
+
+    /// How long the claim lasts between renewals (overrides the runtime's lease).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// What a duplicate does while the first call runs.
+    pub fn on_in_progress(mut self, mode: OnInProgress) -> Self {
+        self.on_in_progress = mode;
+        self
+    }
+}
+
+/// How results become records and records become results again: built per `run` flavour, so
+/// the core loop is written once.
+struct Codec<T, E> {
+    record_errors: bool,
+    encode_err: fn(&E) -> Result<Vec<u8>, serde_json::Error>,
+    decode_err: fn(&[u8]) -> Result<E, serde_json::Error>,
+    _value: std::marker::PhantomData<fn() -> T>,
+}
+
+impl Idempotency {
+    /// A runtime over `store` with the defaults: retention 24h, lease 30s, key prefix `idem:`,
+    /// 3 attempts for each store operation.
+    pub fn new(store: impl Store) -> Self {
+        Self::from_arc(Arc::new(store))
+    }
+
+    /// A runtime over a shared store.
+    pub fn from_arc(store: Arc<dyn Store>) -> Self {
+        Idempotency {
+            inner: Arc::new(Settings {
+                store,
+                retention: DEFAULT_RETENTION,
+                lease: DEFAULT_LEASE,
+                key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+                store_attempts: 3,
+            }),
+        }
+    }
+
+    /// How long records are kept (and so, how long a duplicate is recognised).
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        Arc::make_mut(&mut self.inner).retention = retention;
+        self
+    }
+
+    /// How long a claim lasts; the runtime renews it every third of this while the body runs.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        Arc::make_mut(&mut self.inner).lease = lease;
+        self
+    }
+
+    /// The prefix of every store key (to share one store between services).
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.inner).key_prefix = prefix.into();
+        self
+    }
+
+    /// How many times each store operation is tried before its error is returned (at least 1).
+    /// All operations are safe to repeat: claims are re-entrant per attempt and writes are
+    /// fenced.
+    pub fn with_store_attempts(mut self, attempts: u32) -> Self {
+        Arc::make_mut(&mut self.inner).store_attempts = attempts.max(1);
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The default retention.
+    pub fn retention(&self) -> Duration {
+        self.inner.retention
+    }
+
+    /// The default lease.
+    pub fn lease(&self) -> Duration {
+        self.inner.lease
+    }
+
+    /// The store key that `call` would use.
+    pub fn store_key(&self, namespace: &str, key: &str) -> Result<String, Error> {
+        store_key(&self.inner.key_prefix, namespace, key)
+    }
+
+    /// Runs `body` at most once per key: claims the key, runs the body, records an `Ok` value
+    /// and returns it; a duplicate gets the recorded value without running the body. An `Err`
+    /// is not recorded: the claim is released so that a retry runs the body again.
+    ///
+    /// The body is not polled unless the claim is confirmed (store failures fail closed).
+    pub async fn run<T, E, Fut>(&self, call: Call, body: Fut) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+    {
+        let codec = Codec {
+            record_errors: false,
+            encode_err: |_| Ok(Vec::new()),
+            decode_err: |_| Err(serde::de::Error::custom("errors are not recorded")),
+            _value: std::marker::PhantomData,
+        };
+        self.execute(call, body, codec).await
+    }
+
+    /// Like [`run`](Self::run), but an `Err` is recorded and replayed too.
+    pub async fn run_recording_errors<T, E, Fut>(&self, call: Call, body: Fut) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned + From<Error>,
+    {
+        let codec = Codec {
+            record_errors: true,
+            encode_err: |err| serde_json::to_vec(err),
+            decode_err: |bytes| serde_json::from_slice(bytes),
+            _value: std::marker::PhantomData,
+        };
+        self.execute(call, body, codec).await
+    }
+
+    async fn execute<T, E, Fut>(&self, call: Call, body: Fut, codec: Codec<T, E>) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+    {
+        let settings = &*self.inner;
+        let key = store_key(&settings.key_prefix, &call.namespace, &call.key)?;
+        let fingerprint = call.fingerprint?;
+        let fingerprint: &[u8] = fingerprint.as_ref().map_or(&[], |f| &f.0);
+        let lease = call.lease.unwrap_or(settings.lease);
+        let retention = call.retention.unwrap_or(settings.retention);
+
+        let fence = match self
+            .acquire(&key, fingerprint, lease, call.on_in_progress)
+            .await?
+        {
+            Acquired::Fence(fence) => fence,
+            Acquired::Replay(record) => return decode_replay(&key, fingerprint, &record, &codec),
+        };
+
+        let context = ClaimContext {
+            key: key.clone(),
+            fence,
+        };
+        let (outcome, lease_lost) = self
+            .run_body(&key, fence, lease, context::scope(context, body))
+            .await;
+        let result = match outcome {
+            Ok(result) => result,
+            Err(panic) => {
+                // The body failed before finishing: give the key back so a retry can run it.
+                let _ = self.retrying(|| settings.store.release(&key, fence)).await;
+                std::panic::resume_unwind(panic)
+            }
+        };
+        if lease_lost {
+            return Err(Error::lease_lost(key).into());
+        }
+        let encoded = match &result {
+            Ok(value) => serde_json::to_vec(value).map(|json| (Outcome::Ok, json)),
+            Err(err) if codec.record_errors => {
+                (codec.encode_err)(err).map(|json| (Outcome::Err, json))
+            }
+            Err(_) => {
+                // Not recorded: release so that a retry runs the body again. If the release
+                // fails the claim lapses with its lease, which delays a retry but loses nothing.
+                let _ = self.retrying(|| settings.store.release(&key, fence)).await;
+                return result;
+            }
+        };
+        let record = match encoded {
+            Ok((outcome, json)) => Record::encode(outcome, fingerprint, &json),
+            Err(source) => {
+                return Err(not_recorded(
+                    key,
+                    Error::Encode {
+                        what: "the result",
+                        source,
+                    },
+                )
+                .into())
+            }
+        };
+        match self
+            .retrying(|| settings.store.complete(&key, fence, &record, retention))
+            .await
+        {
+            Ok(()) => result,
+            Err(err @ Error::LeaseLost { .. }) => Err(err.into()),
+            Err(err) => Err(not_recorded(key, err).into()),
+        }
+    }
+
+    /// Claims `key`, waiting for or rejecting a claim in progress.
+    async fn acquire(
+        &self,
+        key: &str,
+        fingerprint: &[u8],
+        lease: Duration,
+        on_in_progress: OnInProgress,
+    ) -> Result<Acquired, Error> {
+        let store = &self.inner.store;
+        let attempt = AttemptId::random();
+        let request = ClaimRequest::new(key, attempt, fingerprint, lease);
+        // A duplicate waits at most one lease for the first call; a live first call renews its
+        // claim, so after that the duplicate reports it in progress instead of waiting forever.
+        let give_up_at = Instant::now() + lease;
+        loop {
+            match self.retrying(|| store.claim(request)).await? {
+                ClaimOutcome::Acquired { fence, .. } => return Ok(Acquired::Fence(fence)),
+                ClaimOutcome::Completed { record } => return Ok(Acquired::Replay(record)),
+                ClaimOutcome::InProgress {
+                    fence,
+                    fingerprint: holder,
+                    lease_remaining,
+                } => {
+                    if holder != fingerprint {
+                        return Err(Error::KeyReused {
+                            key: key.to_owned(),
+                        });
+                    }
+                    let now = Instant::now();
+                    if on_in_progress == OnInProgress::Reject || now >= give_up_at {
+                        return Err(Error::InProgress {
+                            key: key.to_owned(),
+                        });
+                    }
+                    // Wake a little after the lease would lapse, so the re-claim can take over.
+                    let timeout =
+                        (lease_remaining + Duration::from_millis(1)).min(give_up_at - now);
+                    if store.wait(key, fence, timeout).await.is_err() {
+                        // The notification path failed; fall back to a short poll.
+                        tokio::time::sleep(timeout.min(Duration::from_millis(50))).await;
+                    }
+                }
+                // ClaimOutcome is non_exhaustive for stores; a future variant is a store bug.
+                #[allow(unreachable_patterns)]
+                other => {
+                    return Err(Error::store(
+                        "claim",
+                        format!("unexpected claim outcome {other:?}"),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Polls the body to completion while renewing the lease. Returns the body's output (or its
+    /// panic) and whether the lease was lost on the way. The body always runs to completion:
+    /// stopping it halfway would leave its effect half-done.
+    async fn run_body<F: Future>(
+        &self,
+        key: &str,
+        fence: Fence,
+        lease: Duration,
+        body: F,
+    ) -> (std::thread::Result<F::Output>, bool) {
+        let mut body = std::pin::pin!(body);
+        let mut body = std::future::poll_fn(move |cx| {
+            match std::panic::catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(cx))) {
+                Ok(Poll::Pending) => Poll::Pending,
+                Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+                Err(panic) => Poll::Ready(Err(panic)),
+            }
+        });
+        let renewal = self.keep_lease(key, fence, lease);
+        tokio::select! {
+            biased;
+            output = &mut body => (output, false),
+            () = renewal => (body.await, true),
+        }
+    }
+
+    /// Renews the lease every third of it; returns only when the lease is lost (the store
+    /// refused the fence, or no renewal succeeded for a whole lease).
+    async fn keep_lease(&self, key: &str, fence: Fence, lease: Duration) {
+        let store = &self.inner.store;
+        let mut valid_until = Instant::now() + lease;
+        let mut next = Instant::now() + lease / 3;
+        loop {
+            tokio::time::sleep_until(next).await;
+            let sent = Instant::now();
+            match store.renew(key, fence, lease).await {
+                Ok(()) => {
+                    valid_until = sent + lease;
+                    next = sent + lease / 3;
+                }
+                Err(Error::LeaseLost { .. }) => return,
+                Err(_) if Instant::now() >= valid_until => return,
+                // A transient failure: try again soon, while the lease still holds.
+                Err(_) => next = Instant::now() + lease / 10,
+            }
+        }
+    }
+
+    /// Runs a store operation up to `store_attempts` times while it fails with a store error.
+    async fn retrying<T, Op, Fut>(&self, mut op: Op) -> Result<T, Error>
+    where
+        Op: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let mut backoff = Duration::from_millis(10);
+        let mut attempt = 1;
+        loop {
+            match op().await {
+                Err(err) if err.is_transient() && attempt < self.inner.store_attempts => {
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 4;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+enum Acquired {
+    Fence(Fence),
+    Replay(Vec<u8>),
+}
+
+fn not_recorded(key: String, source: Error) -> Error {
+    Error::NotRecorded {
+        key,
+        source: Box::new(source),
+    }
+}
+
+fn decode_replay<T, E>(
+    key: &str,
+    fingerprint: &[u8],
+    bytes: &[u8],
+    codec: &Codec<T, E>,
+) -> Result<T, E>
+where
+    T: DeserializeOwned,
+    E: From<Error>,
+{
+    let record = Record::decode(key, bytes)?;
+    if record.fingerprint != fingerprint {
+        return Err(Error::KeyReused {
+            key: key.to_owned(),
+        }
+        .into());
+    }
+    let undecodable = |source: serde_json::Error| {
+        Error::corrupt(
+            key,
+            format!("its value does not decode as this function's result type ({source})"),
+        )
+    };
+    match record.outcome {
+        Outcome::Ok => Ok(serde_json::from_slice(record.value).map_err(undecodable)?),
+        Outcome::Err => Err((codec.decode_err)(record.value).map_err(undecodable)?),
+    }
+}

@@ -1,0 +1,355 @@
+//! The store contract suite: checks that any [`Store`] implements the state machine of
+//! [`crate::store`] (feature `testing`).
+//!
+//! Each check is a plain async function over `&dyn Store` and a key prefix of its own, so a
+//! backend can run them one by one; [`store_contract_tests!`](crate::store_contract_tests)
+//! generates one `#[tokio::test]` per check:
+//!
+//! ```ignore
+//! idem_core::store_contract_tests!(async { idem_core::MemoryStore::new() });
+//! ```
+//!
+//! Leases in these checks are real time (a few hundred milliseconds), because a server-side
+//! store keeps its own clock.
+
+use std::time::Duration;
+
+use crate::store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
+use crate::Error;
+
+/// The lease used by checks that let a lease lapse.
+pub const SHORT_LEASE: Duration = Duration::from_millis(300);
+const LONG: Duration = Duration::from_secs(60);
+
+/// A key no other check (or test run) uses.
+pub fn unique_key(check: &str) -> String {
+    format!("contract:{check}:{:032x}", crate::random::u128())
+}
+
+async fn claim(store: &dyn Store, key: &str, attempt: AttemptId, lease: Duration) -> ClaimOutcome {
+    claim_with(store, key, attempt, b"fp", lease).await
+}
+
+async fn claim_with(
+    store: &dyn Store,
+    key: &str,
+    attempt: AttemptId,
+    fingerprint: &[u8],
+    lease: Duration,
+) -> ClaimOutcome {
+    match store
+        .claim(ClaimRequest::new(key, attempt, fingerprint, lease))
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(err) => panic!("claim of {key} failed: {err}"),
+    }
+}
+
+fn acquired(outcome: ClaimOutcome) -> (Fence, bool) {
+    match outcome {
+        ClaimOutcome::Acquired { fence, takeover } => (fence, takeover),
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
+fn assert_lease_lost(result: Result<(), Error>, what: &str) {
+    match result {
+        Err(Error::LeaseLost { .. }) => {}
+        other => panic!("{what}: expected LeaseLost, got {other:?}"),
+    }
+}
+
+/// An absent key is granted; the same attempt claiming again gets the same claim back
+/// (a retried claim whose reply was lost); another attempt sees it in progress.
+pub async fn claim_is_granted_once_and_reentrant(store: &dyn Store, key: &str) {
+    let first = AttemptId::random();
+    let (fence, takeover) = acquired(claim(store, key, first, LONG).await);
+    assert!(!takeover, "a fresh key is not a takeover");
+    let (again, _) = acquired(claim(store, key, first, LONG).await);
+    assert_eq!(again, fence, "the same attempt must get its own claim back");
+    match claim_with(store, key, AttemptId::random(), b"other", LONG).await {
+        ClaimOutcome::InProgress {
+            fence: holder,
+            fingerprint,
+            lease_remaining,
+        } => {
+            assert_eq!(holder, fence);
+            assert_eq!(fingerprint, b"fp", "the holder's fingerprint is reported");
+            assert!(
+                lease_remaining <= LONG && lease_remaining > LONG / 2,
+                "{lease_remaining:?}"
+            );
+        }
+        other => panic!("expected InProgress, got {other:?}"),
+    }
+}
+
+/// A completed key replays its exact bytes to every claim; completing again with the same
+/// fence is accepted (a retried complete), with another fence refused.
+pub async fn completed_key_replays_its_record(store: &dyn Store, key: &str) {
+    let (fence, _) = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    let record: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+    store
+        .complete(key, fence, &record, LONG)
+        .await
+        .expect("complete by the holder");
+    store
+        .complete(key, fence, &record, LONG)
+        .await
+        .expect("a repeated complete with the same fence is accepted");
+    assert_lease_lost(
+        store.complete(key, Fence(fence.0 + 1000), b"x", LONG).await,
+        "complete with another fence",
+    );
+    for _ in 0..2 {
+        match claim(store, key, AttemptId::random(), LONG).await {
+            ClaimOutcome::Completed { record: replay } => assert_eq!(replay, record),
+            other => panic!("expected Completed, got {other:?}"),
+        }
+    }
+    assert_lease_lost(
+        store.release(key, fence).await,
+        "release of a completed key",
+    );
+    assert_lease_lost(
+        store.renew(key, fence, LONG).await,
+        "renew of a completed key",
+    );
+}
+
+/// Only the current fence may complete, release or renew; a refused write changes nothing.
+pub async fn stale_fences_are_refused(store: &dyn Store, key: &str) {
+    let (fence, _) = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    let stale = Fence(fence.0.saturating_sub(1));
+    assert_lease_lost(store.complete(key, stale, b"stale", LONG).await, "complete");
+    assert_lease_lost(store.renew(key, stale, LONG).await, "renew");
+    assert_lease_lost(store.release(key, stale).await, "release");
+    match claim(store, key, AttemptId::random(), LONG).await {
+        ClaimOutcome::InProgress { fence: holder, .. } => assert_eq!(holder, fence),
+        other => panic!("refused writes must not change the key, got {other:?}"),
+    }
+    assert_lease_lost(
+        store
+            .complete("contract:never-claimed", fence, b"x", LONG)
+            .await
+            .map(|_| ()),
+        "complete of a key never claimed",
+    );
+}
+
+/// A released key can be claimed again, with a greater fence; releasing again is harmless.
+pub async fn release_frees_the_key_with_a_greater_fence_next(store: &dyn Store, key: &str) {
+    let (first, _) = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    store
+        .release(key, first)
+        .await
+        .expect("release by the holder");
+    store
+        .release(key, first)
+        .await
+        .expect("a repeated release of an absent key is accepted");
+    let (second, takeover) = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    assert!(!takeover);
+    assert!(
+        second > first,
+        "fences must increase: {first} then {second}"
+    );
+    assert_lease_lost(store.release(key, first).await, "release by the old holder");
+}
+
+/// When a lease lapses, another attempt takes over with a greater fence and the old holder's
+/// writes are refused.
+pub async fn lapsed_lease_is_taken_over(store: &dyn Store, key: &str) {
+    let (old, _) = acquired(claim(store, key, AttemptId::random(), SHORT_LEASE).await);
+    tokio::time::sleep(SHORT_LEASE + Duration::from_millis(100)).await;
+    let (new, takeover) = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    assert!(
+        new > old,
+        "fences must increase across a takeover: {old} then {new}"
+    );
+    // A store may forget a lapsed claim before the takeover; then it is not reported as one.
+    let _ = takeover;
+    assert_lease_lost(
+        store.complete(key, old, b"late", LONG).await,
+        "late complete",
+    );
+    assert_lease_lost(store.renew(key, old, LONG).await, "late renew");
+    assert_lease_lost(store.release(key, old).await, "late release");
+    store
+        .complete(key, new, b"new", LONG)
+        .await
+        .expect("the new holder completes");
+}
+
+/// Renewing keeps a claim alive past its first lease; the same attempt's lapsed claim cannot
+/// be renewed.
+pub async fn renew_extends_the_lease(store: &dyn Store, key: &str) {
+    let (fence, _) = acquired(claim(store, key, AttemptId::random(), SHORT_LEASE).await);
+    for _ in 0..3 {
+        tokio::time::sleep(SHORT_LEASE / 2).await;
+        store
+            .renew(key, fence, SHORT_LEASE)
+            .await
+            .expect("renew by the holder");
+    }
+    match claim(store, key, AttemptId::random(), LONG).await {
+        ClaimOutcome::InProgress { fence: holder, .. } => assert_eq!(holder, fence),
+        other => panic!("a renewed claim must still be held, got {other:?}"),
+    }
+    tokio::time::sleep(SHORT_LEASE + Duration::from_millis(100)).await;
+    assert_lease_lost(
+        store.renew(key, fence, SHORT_LEASE).await,
+        "renew after lapse",
+    );
+}
+
+/// A record is kept for its retention, then the key is free again.
+pub async fn records_expire_after_retention(store: &dyn Store, key: &str) {
+    let (fence, _) = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    store
+        .complete(key, fence, b"short-lived", SHORT_LEASE)
+        .await
+        .expect("complete");
+    assert!(matches!(
+        claim(store, key, AttemptId::random(), LONG).await,
+        ClaimOutcome::Completed { .. }
+    ));
+    tokio::time::sleep(SHORT_LEASE + Duration::from_millis(100)).await;
+    let (next, _) = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    assert!(
+        next > fence,
+        "fences must increase after retention: {fence} then {next}"
+    );
+}
+
+/// Fences strictly increase across a long mix of claims, releases and completions.
+pub async fn fences_strictly_increase(store: &dyn Store, key: &str) {
+    let mut last = Fence(0);
+    for round in 0..20 {
+        let (fence, _) = acquired(claim(store, key, AttemptId::random(), LONG).await);
+        assert!(fence > last, "round {round}: {last} then {fence}");
+        last = fence;
+        store.release(key, fence).await.expect("release");
+    }
+}
+
+/// Of many attempts claiming one key at once, exactly one is granted.
+pub async fn concurrent_claims_grant_exactly_one(store: &dyn Store, key: &str) {
+    let claims = (0..32).map(|_| claim(store, key, AttemptId::random(), LONG));
+    let outcomes = futures_join_all(claims).await;
+    let granted = outcomes
+        .iter()
+        .filter(|o| matches!(o, ClaimOutcome::Acquired { .. }))
+        .count();
+    assert_eq!(granted, 1, "{outcomes:?}");
+}
+
+/// `wait` returns once the awaited claim completes, well before its timeout, and at once when
+/// the fence is not the current claim.
+pub async fn wait_returns_when_the_claim_changes(store: &dyn Store, key: &str) {
+    let (fence, _) = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    let timeout = Duration::from_secs(20);
+    let start = tokio::time::Instant::now();
+    let waiter = store.wait(key, fence, timeout);
+    let completer = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        store.complete(key, fence, b"done", LONG).await
+    };
+    let (waited, completed) = tokio::join!(waiter, completer);
+    waited.expect("wait");
+    completed.expect("complete");
+    assert!(
+        start.elapsed() < timeout / 2,
+        "wait must return when the claim completes, not at its timeout"
+    );
+    let start = tokio::time::Instant::now();
+    store
+        .wait(key, Fence(fence.0 + 1), timeout)
+        .await
+        .expect("wait on a fence that is not pending");
+    assert!(start.elapsed() < timeout / 2);
+}
+
+/// Keys with any characters are distinct keys, and empty and large records round-trip.
+pub async fn odd_keys_and_large_records(store: &dyn Store, key: &str) {
+    let keys = [
+        format!("{key}:space and\nnewline"),
+        format!("{key}:{{braces}}"),
+        format!("{key}:ünïcødé ✓"),
+        format!("{key}:{}", "x".repeat(300)),
+    ];
+    let large = vec![0xA5u8; 1 << 20];
+    for (i, k) in keys.iter().enumerate() {
+        let (fence, _) = acquired(claim(store, k, AttemptId::random(), LONG).await);
+        let record = if i == 0 { Vec::new() } else { large.clone() };
+        store
+            .complete(k, fence, &record, LONG)
+            .await
+            .expect("complete");
+        match claim(store, k, AttemptId::random(), LONG).await {
+            ClaimOutcome::Completed { record: replay } => assert_eq!(replay, record, "{k}"),
+            other => panic!("{k}: expected Completed, got {other:?}"),
+        }
+    }
+}
+
+/// Joins futures without a dependency on `futures`.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(|f| Some(Box::pin(f))).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(future) = slot {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => {
+                        *output = Some(value);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
+}
+
+/// Generates one `#[tokio::test]` per contract check. `$store` is an expression whose value is
+/// a future of the store (evaluated once per test); the calling crate needs `tokio` with the
+/// `macros` and `rt-multi-thread` features.
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($store:expr) => {
+        $crate::store_contract_tests!(@each $store;
+            claim_is_granted_once_and_reentrant,
+            completed_key_replays_its_record,
+            stale_fences_are_refused,
+            release_frees_the_key_with_a_greater_fence_next,
+            lapsed_lease_is_taken_over,
+            renew_extends_the_lease,
+            records_expire_after_retention,
+            fences_strictly_increase,
+            concurrent_claims_grant_exactly_one,
+            wait_returns_when_the_claim_changes,
+            odd_keys_and_large_records,
+        );
+    };
+    (@each $store:expr; $($check:ident,)*) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let store = $store.await;
+                $crate::testing::$check(&store, &$crate::testing::unique_key(stringify!($check))).await;
+            }
+        )*
+    };
+}

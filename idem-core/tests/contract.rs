@@ -1,0 +1,3 @@
+//! The store contract suite against the in-memory store.
+
+idem_core::store_contract_tests!(async { idem_core::MemoryStore::new() });
