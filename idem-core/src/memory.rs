@@ -3,7 +3,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use crate::store::{ClaimOutcome, ClaimRequest, Fence, Store};
 use crate::{AttemptId, Error};
 
 const SHARDS: usize = 64;
-const MIN_SWEEP_INTERVAL: usize = 64;
+const MIN_SWEEP_INTERVAL: usize = 16;
 
 /// An in-process [`Store`]: the embedded default, for one process (tests, single-instance
 /// services, and as the first line in front of nothing else).
@@ -34,12 +34,13 @@ pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     next_fence: AtomicU64,
+    ops: AtomicUsize,
+    sweep_cursor: AtomicUsize,
 }
 
 #[derive(Default)]
 struct Shard {
     entries: HashMap<String, Entry>,
-    ops_since_sweep: usize,
 }
 
 enum Entry {
@@ -94,6 +95,8 @@ impl MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             next_fence: AtomicU64::new(1),
+            ops: AtomicUsize::new(0),
+            sweep_cursor: AtomicUsize::new(0),
         }
     }
 
@@ -109,16 +112,24 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    /// Locks the shard of `key`, first evicting expired entries when enough operations have
-    /// passed since the last sweep (amortised O(1) per operation).
+    /// Locks the shard of `key`. Every so many operations it first sweeps expired entries out
+    /// of the next shard in turn, so every shard is swept about four times per (store size)
+    /// operations whichever keys are used: amortised O(1) work per operation, and memory
+    /// bounded by the live keys.
     fn shard(&self, key: &str, now: Instant) -> MutexGuard<'_, Shard> {
         // The modulo keeps the index below SHARDS, so the cast cannot truncate meaningfully.
         let index = (self.hasher.hash_one(key) % SHARDS as u64) as usize;
-        let mut shard = lock(&self.shards[index]);
-        shard.ops_since_sweep += 1;
-        if shard.ops_since_sweep >= shard.entries.len().max(MIN_SWEEP_INTERVAL) {
-            shard.ops_since_sweep = 0;
-            shard.entries.retain(|_, entry| {
+        let shard = lock(&self.shards[index]);
+        // Shards fill evenly, so this shard's size estimates every shard's.
+        let interval = (shard.entries.len() / 4).max(MIN_SWEEP_INTERVAL);
+        if self.ops.fetch_add(1, Ordering::Relaxed) % interval != 0 {
+            return shard;
+        }
+        drop(shard);
+        let target = self.sweep_cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        // A busy shard is skipped rather than waited for; the next sweep comes soon.
+        if let Ok(mut swept) = self.shards[target].try_lock() {
+            swept.entries.retain(|_, entry| {
                 let live = entry.is_live(now);
                 if !live {
                     entry.wake_waiters();
@@ -126,7 +137,7 @@ impl MemoryStore {
                 live
             });
         }
-        shard
+        lock(&self.shards[index])
     }
 
     fn new_fence(&self) -> Fence {

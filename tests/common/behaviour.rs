@@ -1,0 +1,436 @@
+//! Behaviour checks of `#[idempotent]` over any store, counting executions of real bodies.
+//!
+//! Each check takes the runtime under test and uses keys of its own. Time is `tokio::time`:
+//! the memory store runs these with a paused clock, a server-side store in real time (so leases
+//! here are short).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use idem::{idempotent, Error, Idempotency};
+use serde::{Deserialize, Serialize};
+
+/// A unique key per check and run, so checks can share a store.
+pub fn key(check: &str) -> String {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    format!("{check}-{:016x}", hasher.finish())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub order: String,
+    pub cents: u64,
+    pub execution: u32,
+}
+
+/// A business error that is recorded with `record_errors`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Declined {
+    Insufficient { execution: u32 },
+    Idem(String),
+}
+
+impl From<Error> for Declined {
+    fn from(err: Error) -> Self {
+        Declined::Idem(err.to_string())
+    }
+}
+
+#[idempotent(key = order, using = idem)]
+async fn charge(
+    idem: &Idempotency,
+    order: &str,
+    cents: u64,
+    runs: &AtomicU32,
+    work: Duration,
+) -> Result<Receipt, Error> {
+    let execution = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    tokio::time::sleep(work).await;
+    Ok(Receipt {
+        order: order.to_owned(),
+        cents,
+        execution,
+    })
+}
+
+#[idempotent(key = order, using = idem, on_in_progress = reject)]
+async fn charge_rejecting(
+    idem: &Idempotency,
+    order: &str,
+    runs: &AtomicU32,
+    work: Duration,
+) -> Result<u32, Error> {
+    let execution = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    tokio::time::sleep(work).await;
+    Ok(execution)
+}
+
+#[derive(Serialize)]
+struct ChargeRequest<'a> {
+    order: &'a str,
+    cents: u64,
+}
+
+#[idempotent(key = order, using = idem, fingerprint = ChargeRequest { order, cents })]
+async fn charge_fingerprinted(
+    idem: &Idempotency,
+    order: &str,
+    cents: u64,
+    runs: &AtomicU32,
+) -> Result<u64, Error> {
+    runs.fetch_add(1, Ordering::SeqCst);
+    Ok(cents)
+}
+
+#[idempotent(key = order, using = idem)]
+async fn fail_first(idem: &Idempotency, order: &str, runs: &AtomicU32) -> Result<u32, Error> {
+    let execution = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    if execution == 1 {
+        return Err(Error::store("body", "simulated failure"));
+    }
+    Ok(execution)
+}
+
+#[idempotent(key = order, using = idem, record_errors)]
+async fn decline(idem: &Idempotency, order: &str, runs: &AtomicU32) -> Result<u32, Declined> {
+    let execution = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    Err(Declined::Insufficient { execution })
+}
+
+#[idempotent(key = order, using = idem)]
+async fn panic_first(idem: &Idempotency, order: &str, runs: Arc<AtomicU32>) -> Result<u32, Error> {
+    let execution = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    if execution == 1 {
+        panic!("simulated panic in the body");
+    }
+    Ok(execution)
+}
+
+#[idempotent(key = order, using = idem, lease = "1s")]
+async fn slow_with_short_lease(
+    idem: &Idempotency,
+    order: &str,
+    runs: &AtomicU32,
+    work: Duration,
+) -> Result<u32, Error> {
+    let execution = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    tokio::time::sleep(work).await;
+    Ok(execution)
+}
+
+/// The same function's namespace, rejecting duplicates instead of waiting.
+#[idempotent(key = order, using = idem, lease = "1s", namespace = "slow_with_short_lease", on_in_progress = reject)]
+async fn slow_rejecting(idem: &Idempotency, order: &str, runs: &AtomicU32) -> Result<u32, Error> {
+    Ok(runs.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+#[idempotent(key = order, using = idem, ttl = "2s")]
+async fn short_retention(idem: &Idempotency, order: &str, runs: &AtomicU32) -> Result<u32, Error> {
+    Ok(runs.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+#[idempotent(key = order, using = idem)]
+async fn fence_of(idem: &Idempotency, order: &str, fail: bool) -> Result<u64, Error> {
+    let context = idem::context().expect("a body has a claim context");
+    assert!(context.key.ends_with(order), "{} for {order}", context.key);
+    if fail {
+        return Err(Error::store("body", "release me"));
+    }
+    Ok(context.fence.0)
+}
+
+/// Sequential duplicates run the body once and all return the first result.
+pub async fn sequential_duplicates_run_once(idem: &Idempotency) {
+    let runs = AtomicU32::new(0);
+    let order = key("sequential");
+    let first = charge(idem, &order, 1250, &runs, Duration::ZERO)
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let again = charge(idem, &order, 1250, &runs, Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(again, first);
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(first.execution, 1);
+}
+
+/// 64 concurrent duplicates: the body runs once and every caller gets its value.
+pub async fn concurrent_duplicates_wait_and_share_one_result(idem: &Idempotency) {
+    let runs = Arc::new(AtomicU32::new(0));
+    let order = key("concurrent");
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (idem, runs, order) = (idem.clone(), runs.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            charge(&idem, &order, 990, &runs, Duration::from_millis(200)).await
+        }));
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap().unwrap());
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert!(results.iter().all(|r| *r == results[0]), "{results:?}");
+}
+
+/// With `on_in_progress = reject`, concurrent duplicates get `InProgress` while one runs.
+pub async fn concurrent_duplicates_are_rejected_in_reject_mode(idem: &Idempotency) {
+    let runs = Arc::new(AtomicU32::new(0));
+    let order = key("reject");
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (idem, runs, order) = (idem.clone(), runs.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            charge_rejecting(&idem, &order, &runs, Duration::from_millis(500)).await
+        }));
+    }
+    let (mut ok, mut in_progress) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(execution) => {
+                assert_eq!(execution, 1);
+                ok += 1;
+            }
+            Err(Error::InProgress { .. }) => in_progress += 1,
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert!(
+        ok >= 1 && ok + in_progress == 64,
+        "ok {ok}, in progress {in_progress}"
+    );
+    assert!(
+        in_progress > 0,
+        "some duplicates must overlap the 500ms body"
+    );
+    // Once completed, the duplicates' retry is a replay.
+    assert_eq!(
+        charge_rejecting(idem, &order, &runs, Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+/// The same key with another fingerprint is refused without running the body.
+pub async fn fingerprint_mismatch_is_key_reused(idem: &Idempotency) {
+    let runs = AtomicU32::new(0);
+    let order = key("fingerprint");
+    assert_eq!(
+        charge_fingerprinted(idem, &order, 100, &runs)
+            .await
+            .unwrap(),
+        100
+    );
+    assert_eq!(
+        charge_fingerprinted(idem, &order, 100, &runs)
+            .await
+            .unwrap(),
+        100
+    );
+    match charge_fingerprinted(idem, &order, 999, &runs).await {
+        Err(Error::KeyReused { .. }) => {}
+        other => panic!("expected KeyReused, got {other:?}"),
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// An `Err` releases the claim: a retry runs the body again and its `Ok` is then recorded.
+pub async fn errors_release_and_retry_runs_again(idem: &Idempotency) {
+    let runs = AtomicU32::new(0);
+    let order = key("error");
+    assert!(fail_first(idem, &order, &runs).await.is_err());
+    assert_eq!(fail_first(idem, &order, &runs).await.unwrap(), 2);
+    assert_eq!(fail_first(idem, &order, &runs).await.unwrap(), 2);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+/// With `record_errors`, the `Err` is recorded and replayed.
+pub async fn recorded_errors_are_replayed(idem: &Idempotency) {
+    let runs = AtomicU32::new(0);
+    let order = key("record-errors");
+    let first = decline(idem, &order, &runs).await.unwrap_err();
+    assert_eq!(first, Declined::Insufficient { execution: 1 });
+    assert_eq!(decline(idem, &order, &runs).await.unwrap_err(), first);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// A panic releases the claim and resumes; the next call runs the body.
+pub async fn panics_release_the_claim(idem: &Idempotency) {
+    let runs = Arc::new(AtomicU32::new(0));
+    let order = key("panic");
+    let task = {
+        let (idem, order, runs) = (idem.clone(), order.clone(), runs.clone());
+        tokio::spawn(async move { panic_first(&idem, &order, runs).await })
+    };
+    let err = task.await.unwrap_err();
+    assert!(err.is_panic(), "the panic resumes in the caller");
+    assert_eq!(panic_first(idem, &order, runs.clone()).await.unwrap(), 2);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+/// A dropped call keeps its claim until the lease lapses; then the next call takes over.
+pub async fn cancellation_keeps_the_claim_until_the_lease_lapses(idem: &Idempotency) {
+    let runs = AtomicU32::new(0);
+    let order = key("cancel");
+    let lease = Duration::from_secs(1);
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(100),
+        slow_with_short_lease(idem, &order, &runs, Duration::from_secs(60)),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the call was cancelled mid-body");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // Still claimed: a rejecting duplicate is refused, the body does not run.
+    match slow_rejecting(idem, &order, &runs).await {
+        Err(Error::InProgress { .. }) => {}
+        other => panic!("expected InProgress, got {other:?}"),
+    }
+    // A waiting call takes over once the lease lapses, and runs the body.
+    let started = tokio::time::Instant::now();
+    let taken_over = slow_with_short_lease(idem, &order, &runs, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(taken_over, 2);
+    assert!(started.elapsed() + Duration::from_millis(150) >= lease);
+}
+
+/// A body that runs for several leases keeps its claim (renewed), and its result is recorded.
+pub async fn long_body_keeps_its_claim(idem: &Idempotency) {
+    let runs = Arc::new(AtomicU32::new(0));
+    let order = key("long");
+    let first = {
+        let (idem, order, runs) = (idem.clone(), order.clone(), runs.clone());
+        tokio::spawn(async move {
+            slow_with_short_lease(&idem, &order, &runs, Duration::from_millis(3500)).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    match slow_rejecting(idem, &order, &runs).await {
+        Err(Error::InProgress { .. }) => {}
+        other => panic!("a renewed claim must not be taken over, got {other:?}"),
+    }
+    assert_eq!(first.await.unwrap().unwrap(), 1);
+    assert_eq!(
+        slow_with_short_lease(idem, &order, &runs, Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// Fencing tokens seen by bodies strictly increase across released claims.
+pub async fn fences_increase_across_claims(idem: &Idempotency) {
+    let order = key("fence");
+    let mut fences = Vec::new();
+    for _ in 0..3 {
+        assert!(fence_of(idem, &order, true).await.is_err());
+        let store_key = idem.store_key("fence_of", &order).unwrap();
+        // Read the fence of a fresh claim directly from the store, then release it.
+        let outcome = idem
+            .store()
+            .claim(idem::ClaimRequest::new(
+                &store_key,
+                idem::AttemptId::random(),
+                b"",
+                Duration::from_secs(5),
+            ))
+            .await
+            .unwrap();
+        let idem::ClaimOutcome::Acquired { fence, .. } = outcome else {
+            panic!("expected Acquired, got {outcome:?}");
+        };
+        fences.push(fence.0);
+        idem.store().release(&store_key, fence).await.unwrap();
+    }
+    fences.push(fence_of(idem, &order, false).await.unwrap());
+    assert!(fences.windows(2).all(|w| w[0] < w[1]), "{fences:?}");
+}
+
+/// Garbage at a completed key is `Corrupt`, never a miss: the body does not run.
+pub async fn corrupt_record_is_an_error_not_a_miss(idem: &Idempotency) {
+    let runs = AtomicU32::new(0);
+    let order = key("corrupt");
+    let store_key = idem.store_key("charge", &order).unwrap();
+    let outcome = idem
+        .store()
+        .claim(idem::ClaimRequest::new(
+            &store_key,
+            idem::AttemptId::random(),
+            b"",
+            Duration::from_secs(5),
+        ))
+        .await
+        .unwrap();
+    let idem::ClaimOutcome::Acquired { fence, .. } = outcome else {
+        panic!("expected Acquired, got {outcome:?}");
+    };
+    idem.store()
+        .complete(
+            &store_key,
+            fence,
+            b"\x00garbage\xff",
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    match charge(idem, &order, 1, &runs, Duration::ZERO).await {
+        Err(Error::Corrupt { key, .. }) => assert_eq!(key, store_key),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
+
+/// After the retention period the key is new again and the body runs again.
+pub async fn retention_expiry_allows_a_new_execution(idem: &Idempotency) {
+    let runs = AtomicU32::new(0);
+    let order = key("retention");
+    assert_eq!(short_retention(idem, &order, &runs).await.unwrap(), 1);
+    assert_eq!(short_retention(idem, &order, &runs).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(short_retention(idem, &order, &runs).await.unwrap(), 2);
+}
+
+/// Generates one test per check for a store; `$runtime` is an async expression giving the
+/// `Idempotency` under test, `$($attr)*` the test attribute.
+#[macro_export]
+macro_rules! behaviour_tests {
+    (#[$test:meta] $runtime:expr) => {
+        $crate::behaviour_tests!(@each #[$test] $runtime;
+            sequential_duplicates_run_once,
+            concurrent_duplicates_wait_and_share_one_result,
+            concurrent_duplicates_are_rejected_in_reject_mode,
+            fingerprint_mismatch_is_key_reused,
+            errors_release_and_retry_runs_again,
+            recorded_errors_are_replayed,
+            panics_release_the_claim,
+            cancellation_keeps_the_claim_until_the_lease_lapses,
+            long_body_keeps_its_claim,
+            fences_increase_across_claims,
+            corrupt_record_is_an_error_not_a_miss,
+            retention_expiry_allows_a_new_execution,
+        );
+    };
+    (@each #[$test:meta] $runtime:expr; $($check:ident,)*) => {
+        $(
+            #[$test]
+            async fn $check() {
+                let runtime = $runtime.await;
+                $crate::common::behaviour::$check(&runtime).await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,4 @@
+//! Shared by the integration tests: behaviour checks that every store must pass.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod behaviour;

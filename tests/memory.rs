@@ -1,0 +1,248 @@
+//! `#[idempotent]` behaviour on the in-memory store, with tokio's paused clock, plus the
+//! failure paths that need a store that fails on purpose.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use idem::{idempotent, ClaimOutcome, ClaimRequest, Error, Fence, Idempotency, MemoryStore, Store};
+
+behaviour_tests!(
+    #[tokio::test(start_paused = true)]
+    async {
+        Idempotency::new(MemoryStore::new())
+    }
+);
+
+/// The concurrency checks again on two worker threads in real time: real parallel claims.
+mod parallel {
+    crate::behaviour_tests!(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async {
+            idem::Idempotency::new(idem::MemoryStore::new())
+        }
+    );
+}
+
+/// A memory store whose operations fail on demand: `fail_*` counts the failures still to come.
+#[derive(Default)]
+struct FailingStore {
+    inner: MemoryStore,
+    fail_claims: AtomicU32,
+    fail_completes: AtomicU32,
+    fail_renews: AtomicU32,
+    completes: AtomicU32,
+}
+
+fn take_failure(counter: &AtomicU32) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
+#[async_trait]
+impl Store for FailingStore {
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
+        if take_failure(&self.fail_claims) {
+            return Err(Error::store("claim", "injected: connection refused"));
+        }
+        self.inner.claim(request).await
+    }
+    async fn complete(
+        &self,
+        key: &str,
+        fence: Fence,
+        record: &[u8],
+        retention: Duration,
+    ) -> Result<(), Error> {
+        self.completes.fetch_add(1, Ordering::SeqCst);
+        if take_failure(&self.fail_completes) {
+            return Err(Error::store_indeterminate(
+                "complete",
+                "injected: reply lost",
+            ));
+        }
+        self.inner.complete(key, fence, record, retention).await
+    }
+    async fn release(&self, key: &str, fence: Fence) -> Result<(), Error> {
+        self.inner.release(key, fence).await
+    }
+    async fn renew(&self, key: &str, fence: Fence, lease: Duration) -> Result<(), Error> {
+        if take_failure(&self.fail_renews) {
+            return Err(Error::store("renew", "injected: timeout"));
+        }
+        self.inner.renew(key, fence, lease).await
+    }
+    async fn wait(&self, key: &str, fence: Fence, timeout: Duration) -> Result<(), Error> {
+        self.inner.wait(key, fence, timeout).await
+    }
+}
+
+#[idempotent(key = id, using = idem, lease = "1s")]
+async fn effect(
+    idem: &Idempotency,
+    id: &str,
+    runs: &AtomicU32,
+    work: Duration,
+) -> Result<u32, Error> {
+    let execution = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    tokio::time::sleep(work).await;
+    Ok(execution)
+}
+
+fn failing() -> (Arc<FailingStore>, Idempotency) {
+    let store = Arc::new(FailingStore::default());
+    let idem = Idempotency::from_arc(store.clone());
+    (store, idem)
+}
+
+#[tokio::test(start_paused = true)]
+async fn store_down_before_the_body_fails_closed() {
+    let (store, idem) = failing();
+    store.fail_claims.store(u32::MAX, Ordering::SeqCst);
+    let runs = AtomicU32::new(0);
+    let err = effect(&idem, "down", &runs, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Store {
+                operation: "claim",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!err.body_may_have_run());
+    assert!(err.to_string().contains("the body did not run"), "{err}");
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_claim_failures_are_retried() {
+    let (store, idem) = failing();
+    store.fail_claims.store(2, Ordering::SeqCst);
+    let runs = AtomicU32::new(0);
+    assert_eq!(
+        effect(&idem, "flaky-claim", &runs, Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn record_write_is_retried_then_reported_as_not_recorded() {
+    let (store, idem) = failing();
+    let runs = AtomicU32::new(0);
+    // Two lost replies, then success: the caller never sees them.
+    store.fail_completes.store(2, Ordering::SeqCst);
+    assert_eq!(
+        effect(&idem, "flaky-record", &runs, Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.completes.load(Ordering::SeqCst), 3);
+    // A store that stays down after the body: the effect happened, the record did not.
+    store.fail_completes.store(u32::MAX, Ordering::SeqCst);
+    let err = effect(&idem, "unrecorded", &runs, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotRecorded { .. }), "{err}");
+    assert!(err.body_may_have_run() && err.is_indeterminate());
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    // The claim is held until its lease lapses, so a duplicate does not run the body at once.
+    store.fail_completes.store(0, Ordering::SeqCst);
+    let retry = effect(&idem, "unrecorded", &runs, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(retry, 3, "after the lease lapsed the retry took over");
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_renewals_surface_as_lease_lost_and_nothing_is_recorded() {
+    let (store, idem) = failing();
+    store.fail_renews.store(u32::MAX, Ordering::SeqCst);
+    let runs = Arc::new(AtomicU32::new(0));
+    let first = {
+        let (idem, runs) = (idem.clone(), runs.clone());
+        tokio::spawn(async move { effect(&idem, "lapsing", &runs, Duration::from_secs(3)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The lease (1s) lapsed without renewal: a duplicate takes over and runs.
+    assert_eq!(
+        effect(&idem, "lapsing", &runs, Duration::ZERO)
+            .await
+            .unwrap(),
+        2
+    );
+    let err = first.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
+    // The stale holder's result was not recorded over the new one.
+    assert_eq!(
+        effect(&idem, "lapsing", &runs, Duration::ZERO)
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_entries_are_evicted() {
+    let store = Arc::new(MemoryStore::new());
+    let idem = Idempotency::from_arc(store.clone()).with_retention(Duration::from_secs(10));
+    let runs = AtomicU32::new(0);
+    for i in 0..10_000 {
+        effect(&idem, &format!("k{i}"), &runs, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    assert!(store.len() >= 10_000);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    for i in 0..10_000 {
+        effect(&idem, &format!("later{}", i % 10), &runs, Duration::ZERO)
+            .await
+            .unwrap();
+    }
+    assert!(
+        store.len() < 1_000,
+        "expired entries were kept: {}",
+        store.len()
+    );
+}
+
+#[tokio::test]
+async fn empty_key_is_invalid() {
+    let idem = Idempotency::new(MemoryStore::new());
+    let runs = AtomicU32::new(0);
+    let err = effect(&idem, "", &runs, Duration::ZERO).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidKey { .. }), "{err}");
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
+
+#[idempotent(key = id)]
+async fn on_default(id: u32, runs: &AtomicU32) -> Result<u32, Error> {
+    Ok(runs.fetch_add(1, Ordering::SeqCst) + id)
+}
+
+#[tokio::test]
+async fn functions_without_using_share_the_default_memory_store() {
+    let runs = AtomicU32::new(0);
+    assert_eq!(on_default(10, &runs).await.unwrap(), 10);
+    assert_eq!(on_default(10, &runs).await.unwrap(), 10);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // Its records are in the default runtime's store, under the function's namespace.
+    let key = idem::default_runtime()
+        .store_key("on_default", "10")
+        .unwrap();
+    assert_eq!(key, "idem:on_default:10");
+    assert!(
+        idem::install(Idempotency::new(MemoryStore::new())).is_err(),
+        "already in use"
+    );
+}
