@@ -16,38 +16,30 @@ pub fn runtime(runtime: &Idempotency) -> Idempotency {
     runtime.clone()
 }
 
-/// Drives the body through the runtime.
-pub async fn run<T, E, Fut>(runtime: Idempotency, call: Call, body: Fut) -> Result<T, E>
-where
-    Fut: Future<Output = Result<T, E>>,
-    T: Serialize + DeserializeOwned,
-    E: From<Error>,
-{
-    runtime.run(call, body).await
-}
-
-/// Drives the body through the runtime, recording errors too.
-pub async fn run_recording_errors<T, E, Fut>(
-    runtime: Idempotency,
-    call: Call,
-    body: Fut,
-) -> Result<T, E>
-where
-    Fut: Future<Output = Result<T, E>>,
-    T: Serialize + DeserializeOwned,
-    E: Serialize + DeserializeOwned + From<Error>,
-{
-    runtime.run_recording_errors(call, body).await
-}
-
 /// The return types an `#[idempotent]` function may have.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be the return type of an #[idempotent] function",
     label = "expected `Result<T, E>` with `T: Serialize + DeserializeOwned` and `E: From<idem::Error>`",
     note = "the `Ok` value is recorded and replayed to duplicates, so it must round-trip through serde; `idem::Error` must convert into the error type"
 )]
-pub trait IdempotentReturn {}
-impl<T: Serialize + DeserializeOwned, E: From<Error>> IdempotentReturn for Result<T, E> {}
+pub trait IdempotentReturn: Sized {
+    /// Drives the body through the runtime.
+    fn run_idempotent<Fut: Future<Output = Self>>(
+        runtime: Idempotency,
+        call: Call,
+        body: Fut,
+    ) -> impl Future<Output = Self>;
+}
+
+impl<T: Serialize + DeserializeOwned, E: From<Error>> IdempotentReturn for Result<T, E> {
+    async fn run_idempotent<Fut: Future<Output = Self>>(
+        runtime: Idempotency,
+        call: Call,
+        body: Fut,
+    ) -> Self {
+        runtime.run(call, body).await
+    }
+}
 
 /// The return types of an `#[idempotent(record_errors)]` function.
 #[diagnostic::on_unimplemented(
@@ -55,16 +47,25 @@ impl<T: Serialize + DeserializeOwned, E: From<Error>> IdempotentReturn for Resul
     label = "expected `Result<T, E>` with `T` and `E: Serialize + DeserializeOwned` and `E: From<idem::Error>`",
     note = "with `record_errors` the `Err` value is recorded and replayed too, so it must round-trip through serde"
 )]
-pub trait RecordedErrorsReturn {}
+pub trait RecordedErrorsReturn: Sized {
+    /// Drives the body through the runtime, recording errors too.
+    fn run_idempotent<Fut: Future<Output = Self>>(
+        runtime: Idempotency,
+        call: Call,
+        body: Fut,
+    ) -> impl Future<Output = Self>;
+}
+
 impl<T, E> RecordedErrorsReturn for Result<T, E>
 where
     T: Serialize + DeserializeOwned,
     E: Serialize + DeserializeOwned + From<Error>,
 {
+    async fn run_idempotent<Fut: Future<Output = Self>>(
+        runtime: Idempotency,
+        call: Call,
+        body: Fut,
+    ) -> Self {
+        runtime.run_recording_errors(call, body).await
+    }
 }
-
-/// Fails to compile, at the return type, when it is not an [`IdempotentReturn`].
-pub const fn assert_return<R: IdempotentReturn>() {}
-
-/// Fails to compile, at the return type, when it is not a [`RecordedErrorsReturn`].
-pub const fn assert_recorded_errors_return<R: RecordedErrorsReturn>() {}

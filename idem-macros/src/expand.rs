@@ -60,34 +60,34 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
         Some(using) => quote!(#private::runtime(#using)),
         None => quote!(#private::runtime(#private::default_runtime())),
     };
-    let run = if args.record_errors {
-        quote!(run_recording_errors)
+    let return_trait = if args.record_errors {
+        quote!(#private::RecordedErrorsReturn)
     } else {
-        quote!(run)
+        quote!(#private::IdempotentReturn)
     };
     let prelude = quote! {
         let #call_var = #call;
         let #runtime_var = #runtime;
     };
-    let check = |ret: &Type| {
-        let assert = if args.record_errors {
-            quote!(assert_recorded_errors_return)
-        } else {
-            quote!(assert_return)
-        };
-        quote_spanned!(ret.span()=> #private::#assert::<#ret>();)
+    // The call and its `.await` are spanned on the return type, so that an unsuitable one is
+    // reported there, once.
+    let run = |ret: Option<&Type>, body: TokenStream| match ret {
+        Some(ret) => quote_spanned! {ret.span()=>
+            <#ret as #return_trait>::run_idempotent(#runtime_var, #call_var, async move { #body }).await
+        },
+        None => quote! {
+            #return_trait::run_idempotent(#runtime_var, #call_var, async move { #body }).await
+        },
     };
     match shape {
         Shape::Async { ret } => {
-            let check = check(&ret);
-            let stmts = typed_body(&ret, stmts);
+            let run = run(Some(&ret), typed_body(&ret, stmts));
             quote! {
                 #(#attrs)*
                 #vis #sig {
                     #(#inner_attrs)*
-                    #check
                     #prelude
-                    #private::#run(#runtime_var, #call_var, async move { #stmts }).await
+                    #run
                 }
             }
         }
@@ -96,16 +96,15 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
             leading,
             boxed_stmts,
         } => {
-            let check = ret.as_ref().map(check);
+            let run = run(ret.as_ref(), quote!(#(#boxed_stmts)*));
             quote! {
                 #(#attrs)*
                 #vis #sig {
                     #(#inner_attrs)*
                     #(#leading)*
                     ::std::boxed::Box::pin(async move {
-                        #check
                         #prelude
-                        #private::#run(#runtime_var, #call_var, async move { #(#boxed_stmts)* }).await
+                        #run
                     })
                 }
             }
@@ -116,10 +115,11 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
 /// The original statements, behind a never-taken typed `return` that fixes the async block's
 /// output type before the body is checked (so `?` and `return` in the body infer).
 fn typed_body(ret: &Type, stmts: TokenStream) -> TokenStream {
+    let ret_var = Ident::new("__idem_ret", Span::mixed_site());
     quote! {
-        if let ::core::option::Option::Some(__idem_ret) = ::core::option::Option::None::<#ret> {
+        if let ::core::option::Option::Some(#ret_var) = ::core::option::Option::None::<#ret> {
             #[allow(unreachable_code)]
-            return __idem_ret;
+            return #ret_var;
         }
         #stmts
     }
@@ -153,4 +153,84 @@ fn duration(arg: &DurationArg) -> TokenStream {
     let secs = Literal::u64_suffixed(arg.value.as_secs());
     let nanos = Literal::u32_suffixed(arg.value.subsec_nanos());
     quote!(::core::time::Duration::new(#secs, #nanos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::idempotent;
+    use quote::quote;
+
+    /// Compares the pretty-printed expansion with `snapshots/NAME.rs`, so that every change to
+    /// generated code shows in review. `IDEM_UPDATE_SNAPSHOTS=1` rewrites the files.
+    fn assert_snapshot(name: &str, args: proc_macro2::TokenStream, item: proc_macro2::TokenStream) {
+        let expanded = idempotent(args, item);
+        let file: syn::File = syn::parse2(expanded).expect("the expansion parses as items");
+        let pretty = prettyplease::unparse(&file);
+        let path = format!("{}/snapshots/{name}.rs", env!("CARGO_MANIFEST_DIR"));
+        if std::env::var_os("IDEM_UPDATE_SNAPSHOTS").is_some() {
+            std::fs::write(&path, &pretty).expect("write snapshot");
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(
+            pretty, expected,
+            "expansion of {name} changed; review and rerun with IDEM_UPDATE_SNAPSHOTS=1"
+        );
+    }
+
+    #[test]
+    fn method_with_every_option() {
+        assert_snapshot(
+            "method_with_every_option",
+            quote!(
+                key = order.id,
+                using = &self.idem,
+                fingerprint = order,
+                ttl = "1h",
+                lease = "10s",
+                namespace = "charge-v2",
+                on_in_progress = reject,
+                record_errors
+            ),
+            quote! {
+                pub async fn charge(&self, order: &Order) -> Result<Receipt, PayError> {
+                    #![allow(unused_variables)]
+                    self.gateway.charge(order).await
+                }
+            },
+        );
+    }
+
+    #[test]
+    fn async_trait_method() {
+        assert_snapshot(
+            "async_trait_method",
+            quote!(key = id),
+            quote! {
+                fn post<'life0, 'async_trait>(&'life0 self, id: u64)
+                    -> ::core::pin::Pin<Box<dyn ::core::future::Future<Output = Result<u64, Error>> + ::core::marker::Send + 'async_trait>>
+                {
+                    Box::pin(async move {
+                        let __self = self;
+                        let __ret: Result<u64, Error> = { Ok(id) };
+                        __ret
+                    })
+                }
+            },
+        );
+    }
+
+    #[test]
+    fn errors_keep_the_function() {
+        let expanded = idempotent(
+            quote!(ttl = "1h"),
+            quote!(
+                async fn f() -> Result<u8, E> {
+                    Ok(1)
+                }
+            ),
+        );
+        let text = expanded.to_string();
+        assert!(text.contains("async fn f"), "{text}");
+        assert!(text.contains("compile_error"), "{text}");
+    }
 }

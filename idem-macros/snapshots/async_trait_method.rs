@@ -1,0 +1,30 @@
+fn post<'life0, 'async_trait>(
+    &'life0 self,
+    id: u64,
+) -> ::core::pin::Pin<
+    Box<
+        dyn ::core::future::Future<
+            Output = Result<u64, Error>,
+        > + ::core::marker::Send + 'async_trait,
+    >,
+> {
+    ::std::boxed::Box::pin(async move {
+        let __idem_call = ::idem::__private::Call::new("post", &(id));
+        let __idem_runtime = ::idem::__private::runtime(
+            ::idem::__private::default_runtime(),
+        );
+        <Result<
+            u64,
+            Error,
+        > as ::idem::__private::IdempotentReturn>::run_idempotent(
+                __idem_runtime,
+                __idem_call,
+                async move {
+                    let __self = self;
+                    let __ret: Result<u64, Error> = { Ok(id) };
+                    __ret
+                },
+            )
+            .await
+    })
+}

@@ -1,0 +1,6 @@
+#[idem::idempotent(ttl = "1h")]
+async fn charge(id: u64) -> Result<u64, idem::Error> {
+    Ok(id)
+}
+
+fn main() {}
