@@ -1,22 +1,4 @@
-//! The backend contract: a per-key state machine that a store runs atomically.
-//!
-//! ```text
-//!               claim (new or lapsed)              complete(fence)
-//!   (absent) ─────────────────────────▶ Pending ─────────────────────▶ Completed ──▶ (absent)
-//!       ▲                               │  │  ▲                           retention lapses
-//!       │          release(fence)       │  │  │ renew(fence)
-//!       └───────────────────────────────┘  └──┘
-//! ```
-//!
-//! * A key is **absent**, **pending** (claimed by one attempt, with a fencing token and a lease
-//!   that the store expires by its own clock) or **completed** (holding a record until its
-//!   retention lapses).
-//! * Every claim that is granted gets a fencing token greater than every token granted for that
-//!   key before (at least within the retention period), including after releases and takeovers.
-//! * `complete`, `release` and `renew` apply only while the given token is the current one and the
-//!   key is pending; otherwise they fail with [`Error::LeaseLost`] and change nothing.
-//!
-//! Stores move bytes only; the runtime owns the record format.
+//! The backend contract.
 
 use std::time::Duration;
 
@@ -102,8 +84,26 @@ pub enum ClaimOutcome {
     },
 }
 
-/// A backend that decides, per key, who runs the effect. Implementations must make each method
-/// one atomic step of the state machine described in the [module docs](self).
+/// A backend that decides, per key, who runs the effect: a per-key state machine that the store
+/// runs atomically, each method one step.
+///
+/// ```text
+///               claim (new or lapsed)              complete(fence)
+///   (absent) ─────────────────────────▶ Pending ─────────────────────▶ Completed ──▶ (absent)
+///       ▲                               │  │  ▲                           retention lapses
+///       │          release(fence)       │  │  │ renew(fence)
+///       └───────────────────────────────┘  └──┘
+/// ```
+///
+/// * A key is **absent**, **pending** (claimed by one attempt, with a fencing token and a lease
+///   that the store expires by its own clock) or **completed** (holding a record until its
+///   retention lapses).
+/// * Every claim that is granted gets a fencing token greater than every token granted for that
+///   key before (at least within the retention period), including after releases and takeovers.
+/// * `complete`, `release` and `renew` apply only while the given token is the current one and the
+///   key is pending; otherwise they fail with [`Error::LeaseLost`] and change nothing.
+///
+/// Stores move bytes only; the runtime owns the record format.
 ///
 /// Errors: return [`Error::store`] when a command certainly did not apply,
 /// [`Error::store_indeterminate`] when it may have (reply lost, timeout after sending),

@@ -1,5 +1,5 @@
 //! The store contract suite: checks that any [`Store`] implements the state machine of
-//! [`crate::store`] (feature `testing`).
+//! [`Store`] state machine (feature `testing`).
 //!
 //! Each check is a plain async function over `&dyn Store` and a key prefix of its own, so a
 //! backend can run them one by one; [`store_contract_tests!`](crate::store_contract_tests)
