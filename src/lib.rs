@@ -89,7 +89,7 @@
 //!
 //! The attribute keeps the signature and moves the body into a future that the runtime drives:
 //!
-//! ```ignore
+//! ```text
 //! #[idempotent(key = order.id, using = &self.idem)]
 //! async fn charge(&self, order: &Order) -> Result<Receipt, PayError> {
 //!     self.gateway.charge(order).await
@@ -98,7 +98,7 @@
 //!
 //! becomes, in essence,
 //!
-//! ```ignore
+//! ```text
 //! async fn charge(&self, order: &Order) -> Result<Receipt, PayError> {
 //!     ::idem::__private::assert_return::<Result<Receipt, PayError>>();
 //!     let call = ::idem::__private::Call::new("charge", &(order.id));

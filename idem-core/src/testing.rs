@@ -5,7 +5,7 @@
 //! backend can run them one by one; [`store_contract_tests!`](crate::store_contract_tests)
 //! generates one `#[tokio::test]` per check:
 //!
-//! ```ignore
+//! ```text
 //! idem_core::store_contract_tests!(async { idem_core::MemoryStore::new() });
 //! ```
 //!
