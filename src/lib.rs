@@ -120,6 +120,12 @@ pub use idem_core::{
 };
 pub use idem_macros::idempotent;
 
+/// The Redis store (feature `redis`; Redis Cluster with `redis-cluster`).
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use idem_redis::*;
+}
+
 #[doc(hidden)]
 pub mod __private {
     pub use crate::private::*;

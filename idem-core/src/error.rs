@@ -124,7 +124,8 @@ impl Error {
         Error::LeaseLost { key: key.into() }
     }
 
-    pub(crate) fn invalid_key(reason: impl Into<String>) -> Self {
+    /// A key or key prefix that cannot be used, for store implementations.
+    pub fn invalid_key(reason: impl Into<String>) -> Self {
         Error::InvalidKey {
             reason: reason.into(),
         }

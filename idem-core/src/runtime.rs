@@ -486,3 +486,9 @@ where
         Outcome::Err => Err((codec.decode_err)(record.value).map_err(undecodable)?),
     }
 }
+
+impl AsRef<Idempotency> for Idempotency {
+    fn as_ref(&self) -> &Idempotency {
+        self
+    }
+}

@@ -323,9 +323,22 @@ async fn futures_join_all<F: std::future::Future>(
     outputs.into_iter().flatten().collect()
 }
 
+/// What a contract test runs against: a store, or a fixture that owns one (and, say, the server
+/// behind it, which must live as long as the test).
+pub trait Fixture: Send + Sync {
+    /// The store under test.
+    fn store(&self) -> &dyn Store;
+}
+
+impl<S: Store> Fixture for S {
+    fn store(&self) -> &dyn Store {
+        self
+    }
+}
+
 /// Generates one `#[tokio::test]` per contract check. `$store` is an expression whose value is
-/// a future of the store (evaluated once per test); the calling crate needs `tokio` with the
-/// `macros` and `rt-multi-thread` features.
+/// a future of a [`Fixture`] (a store, or something owning one), evaluated once per test; the
+/// calling crate needs `tokio` with the `macros` and `rt-multi-thread` features.
 #[macro_export]
 macro_rules! store_contract_tests {
     ($store:expr) => {
@@ -347,8 +360,12 @@ macro_rules! store_contract_tests {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
-                let store = $store.await;
-                $crate::testing::$check(&store, &$crate::testing::unique_key(stringify!($check))).await;
+                let fixture = $store.await;
+                $crate::testing::$check(
+                    $crate::testing::Fixture::store(&fixture),
+                    &$crate::testing::unique_key(stringify!($check)),
+                )
+                .await;
             }
         )*
     };

@@ -405,7 +405,8 @@ pub async fn retention_expiry_allows_a_new_execution(idem: &Idempotency) {
 }
 
 /// Generates one test per check for a store; `$runtime` is an async expression giving the
-/// `Idempotency` under test, `$($attr)*` the test attribute.
+/// `Idempotency` under test (or anything that is `AsRef<Idempotency>` and keeps its server
+/// alive), `#[$test]` the test attribute.
 #[macro_export]
 macro_rules! behaviour_tests {
     (#[$test:meta] $runtime:expr) => {
@@ -428,8 +429,8 @@ macro_rules! behaviour_tests {
         $(
             #[$test]
             async fn $check() {
-                let runtime = $runtime.await;
-                $crate::common::behaviour::$check(&runtime).await;
+                let fixture = $runtime.await;
+                $crate::common::behaviour::$check(::std::convert::AsRef::as_ref(&fixture)).await;
             }
         )*
     };

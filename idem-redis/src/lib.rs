@@ -1,0 +1,16 @@
+//! The Redis store of [idem](https://docs.rs/idem): the shared authority that lets many service
+//! instances agree, per key, that an effect runs once.
+//!
+//! Use it through the `idem` crate's `redis` feature (`idem::redis::RedisStore`), or directly.
+//! See [`RedisStore`] for what it guarantees and costs.
+
+mod scripts;
+mod state;
+mod store;
+mod waiters;
+
+pub use store::RedisStore;
+
+/// The `redis` crate this store is built on, for connection settings
+/// (`ConnectionManagerConfig`) and your own connections.
+pub use redis;

@@ -1,0 +1,407 @@
+//! `RedisStore`: the `Store` contract on Redis and Redis Cluster.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use idem_core::{ClaimOutcome, ClaimRequest, Error, Fence, Store};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError, Script, Value};
+
+use crate::scripts::{CLAIM, COMPLETE, RELEASE, RENEW};
+use crate::state::{self, State};
+use crate::waiters::Waiters;
+
+/// How long a waiter without a subscriber sleeps between re-checks.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A [`Store`] on Redis (or Redis Cluster, feature `cluster`): the shared authority for many
+/// service instances.
+///
+/// * Every transition is one Lua script, atomic on the server; scripts validate before their
+///   first write.
+/// * Leases expire by the server's clock (`PX`), never a client's.
+/// * All Redis keys of one idempotency key share a hash tag, so every script is single-slot and
+///   works on a cluster.
+/// * Costs: a first execution takes 2 round trips (claim, record), a replay or an in-progress
+///   answer 1; renewals only happen for bodies longer than a third of the lease.
+/// * Waiting duplicates are woken through pub/sub when the record is written (with polling as
+///   the fallback).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), idem_core::Error> {
+/// use idem_core::Idempotency;
+/// use idem_redis::RedisStore;
+///
+/// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+/// let idem = Idempotency::new(store);
+/// # Ok(()) }
+/// ```
+pub struct RedisStore<C = ConnectionManager> {
+    connection: C,
+    key_prefix: String,
+    replica_acks: Option<(u32, Duration)>,
+    waiters: Waiters,
+}
+
+/// The Redis keys of one idempotency key.
+struct Keys {
+    state: String,
+    fence: String,
+    channel: String,
+}
+
+impl<C> std::fmt::Debug for RedisStore<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("key_prefix", &self.key_prefix)
+            .field("replica_acks", &self.replica_acks)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore<ConnectionManager> {
+    /// Connects to `url` (`redis://host:port/db`, `rediss://...`, `redis+unix:///path`) with a
+    /// reconnecting [`ConnectionManager`] and redis-rs's default timeouts.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_with_config(url, ConnectionManagerConfig::new()).await
+    }
+
+    /// Connects with your own connection settings (timeouts, retries).
+    pub async fn connect_with_config(
+        url: &str,
+        config: ConnectionManagerConfig,
+    ) -> Result<Self, Error> {
+        let client = redis::Client::open(url).map_err(|err| connect_error(url, err))?;
+        let connection = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(|err| connect_error(url, err))?;
+        Ok(Self::from_connection(connection).with_pubsub(client))
+    }
+}
+
+#[cfg(feature = "cluster")]
+impl RedisStore<redis::cluster_async::ClusterConnection> {
+    /// Connects to a Redis Cluster through any of its nodes' URLs.
+    pub async fn connect_cluster(nodes: &[&str]) -> Result<Self, Error> {
+        let joined = nodes.join(", ");
+        let client = redis::cluster::ClusterClient::new(nodes.to_vec())
+            .map_err(|err| connect_error(&joined, err))?;
+        let connection = client
+            .get_async_connection()
+            .await
+            .map_err(|err| connect_error(&joined, err))?;
+        // Cluster PUBLISH reaches every node, so any node can serve the waiters.
+        let store = Self::from_connection(connection);
+        Ok(match nodes.first().map(|node| redis::Client::open(*node)) {
+            Some(Ok(client)) => store.with_pubsub(client),
+            _ => store,
+        })
+    }
+}
+
+fn connect_error(url: &str, err: RedisError) -> Error {
+    Error::store(
+        "connect",
+        format!(
+            "cannot connect to Redis at {url}: {err}; is the server running and the URL right?"
+        ),
+    )
+}
+
+impl<C> RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    /// A store over a connection you made (a `MultiplexedConnection`, a `ConnectionManager`, a
+    /// cluster connection, or your own wrapper). Waiting duplicates poll unless you also give
+    /// a client for pub/sub with [`with_pubsub`](Self::with_pubsub).
+    pub fn from_connection(connection: C) -> Self {
+        RedisStore {
+            connection,
+            key_prefix: String::new(),
+            replica_acks: None,
+            waiters: Waiters::new(None),
+        }
+    }
+
+    /// Wakes waiting duplicates through pub/sub on a connection of `client`'s.
+    pub fn with_pubsub(mut self, client: redis::Client) -> Self {
+        self.waiters = Waiters::new(Some(client));
+        self
+    }
+
+    /// Puts `prefix` before every Redis key (the runtime's own prefix, `idem:` by default, comes
+    /// after it). It may not contain `{` or `}`, which Redis Cluster reads as a hash tag.
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Result<Self, Error> {
+        let prefix = prefix.into();
+        if prefix.contains(['{', '}']) {
+            return Err(Error::invalid_key(format!(
+                "the Redis key prefix `{prefix}` contains `{{` or `}}`, which would change the hash slot of idem's keys"
+            )));
+        }
+        self.key_prefix = prefix;
+        Ok(self)
+    }
+
+    /// After every claim and record, waits until `replicas` replicas acknowledged the write
+    /// (`WAIT replicas timeout`), and fails closed when fewer do: a claim then reports a store
+    /// error (the body does not run), a record is retried and then reported as not recorded.
+    /// Each acknowledged write costs one more round trip.
+    pub fn with_replica_acks(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replica_acks = Some((replicas, timeout));
+        self
+    }
+
+    fn keys(&self, key: &str) -> Keys {
+        // The braces make the whole idempotency key the hash tag: every key below is one slot.
+        let state = format!("{}{{{key}}}", self.key_prefix);
+        Keys {
+            fence: format!("{state}:fence"),
+            channel: format!("{state}:changed"),
+            state,
+        }
+    }
+
+    async fn invoke(
+        &self,
+        operation: &'static str,
+        keys: &Keys,
+        script: &Script,
+        args: &[&[u8]],
+    ) -> Result<Value, Error> {
+        let mut invocation = script.key(&keys.state);
+        invocation.key(&keys.fence);
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        let mut connection = self.connection.clone();
+        invocation
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|err| redis_error(operation, &keys.state, err))
+    }
+
+    /// A fenced write's answer: `OK` or `LOST`.
+    async fn fenced(
+        &self,
+        operation: &'static str,
+        key: &str,
+        script: &Script,
+        args: &[&[u8]],
+    ) -> Result<(), Error> {
+        let keys = self.keys(key);
+        let reply = self.invoke(operation, &keys, script, args).await?;
+        match reply_text(&reply) {
+            Some(b"OK") => Ok(()),
+            Some(b"LOST") => Err(Error::lease_lost(key)),
+            _ => Err(unexpected(operation, &reply)),
+        }
+    }
+
+    async fn await_replicas(&self, operation: &'static str) -> Result<(), Error> {
+        let Some((replicas, timeout)) = self.replica_acks else {
+            return Ok(());
+        };
+        let mut connection = self.connection.clone();
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(replicas)
+            .arg(millis(timeout))
+            .query_async(&mut connection)
+            .await
+            .map_err(|err| redis_error(operation, "WAIT", err))?;
+        if acked < i64::from(replicas) {
+            return Err(Error::store_indeterminate(
+                operation,
+                format!(
+                    "only {acked} of {replicas} replicas acknowledged the write within {timeout:?}; \
+                     it may be lost on failover"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// True when `key` is still pending under `fence`.
+    async fn is_pending(&self, keys: &Keys, fence: Fence) -> Result<bool, Error> {
+        let mut connection = self.connection.clone();
+        let value: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&keys.state)
+            .query_async(&mut connection)
+            .await
+            .map_err(|err| redis_error("wait", &keys.state, err))?;
+        Ok(match value.as_deref().map(state::parse) {
+            None => false,
+            Some(Some(State::Pending { fence: current })) => current == fence,
+            Some(Some(State::Completed { .. })) => false,
+            Some(None) => return Err(Error::corrupt(&keys.state, "not an idem state value")),
+        })
+    }
+}
+
+#[async_trait]
+impl<C> Store for RedisStore<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
+        let keys = self.keys(request.key);
+        let attempt = format!("{:032x}", request.attempt.0);
+        let fingerprint = state::hex(request.fingerprint);
+        let lease = millis(request.lease).to_string();
+        let reply = self
+            .invoke(
+                "claim",
+                &keys,
+                &CLAIM,
+                &[attempt.as_bytes(), fingerprint.as_bytes(), lease.as_bytes()],
+            )
+            .await?;
+        let outcome =
+            parse_claim(request.key, &reply).ok_or_else(|| unexpected("claim", &reply))??;
+        if let ClaimOutcome::Acquired { .. } = outcome {
+            self.await_replicas("claim").await?;
+        }
+        Ok(outcome)
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        fence: Fence,
+        record: &[u8],
+        retention: Duration,
+    ) -> Result<(), Error> {
+        let keys = self.keys(key);
+        let fence = fence.to_string();
+        let retention = millis(retention).to_string();
+        self.fenced(
+            "complete",
+            key,
+            &COMPLETE,
+            &[
+                fence.as_bytes(),
+                record,
+                retention.as_bytes(),
+                keys.channel.as_bytes(),
+            ],
+        )
+        .await?;
+        self.await_replicas("complete").await
+    }
+
+    async fn release(&self, key: &str, fence: Fence) -> Result<(), Error> {
+        let keys = self.keys(key);
+        let fence = fence.to_string();
+        self.fenced(
+            "release",
+            key,
+            &RELEASE,
+            &[fence.as_bytes(), keys.channel.as_bytes()],
+        )
+        .await
+    }
+
+    async fn renew(&self, key: &str, fence: Fence, lease: Duration) -> Result<(), Error> {
+        let fence = fence.to_string();
+        let lease = millis(lease).to_string();
+        self.fenced("renew", key, &RENEW, &[fence.as_bytes(), lease.as_bytes()])
+            .await
+    }
+
+    async fn wait(&self, key: &str, fence: Fence, timeout: Duration) -> Result<(), Error> {
+        let keys = self.keys(key);
+        let subscription = self.waiters.subscribe(&keys.channel).await;
+        let changed = subscription.as_ref().map(|s| s.changed.clone());
+        let mut notified = std::pin::pin!(changed.as_ref().map(|changed| changed.notified()));
+        // Registered before the re-check, so a change between the two is not missed.
+        if let Some(notified) = notified.as_mut().as_pin_mut() {
+            notified.enable();
+        }
+        if !self.is_pending(&keys, fence).await? {
+            return Ok(());
+        }
+        match notified.as_pin_mut() {
+            Some(notified) => {
+                let _ = tokio::time::timeout(timeout, notified).await;
+            }
+            None => tokio::time::sleep(timeout.min(POLL_INTERVAL)).await,
+        }
+        Ok(())
+    }
+}
+
+/// Parses the claim script's reply; `None` when it has an unexpected shape.
+fn parse_claim(key: &str, reply: &Value) -> Option<Result<ClaimOutcome, Error>> {
+    let Value::Array(items) = reply else {
+        return None;
+    };
+    let text = |i: usize| items.get(i).and_then(reply_text);
+    Some(Ok(match text(0)? {
+        b"A" => ClaimOutcome::Acquired {
+            fence: state::parse_fence(text(1)?)?,
+            takeover: false,
+        },
+        b"R" => match state::parse(text(1)?) {
+            Some(State::Completed { record, .. }) => ClaimOutcome::Completed {
+                record: record.to_vec(),
+            },
+            _ => {
+                return Some(Err(Error::corrupt(
+                    key,
+                    "the stored record has no record header",
+                )))
+            }
+        },
+        b"P" => ClaimOutcome::InProgress {
+            fence: state::parse_fence(text(1)?)?,
+            fingerprint: state::unhex(text(2)?)?,
+            lease_remaining: match items.get(3)? {
+                Value::Int(ms) => Duration::from_millis(u64::try_from(*ms).unwrap_or(0)),
+                _ => return None,
+            },
+        },
+        _ => return None,
+    }))
+}
+
+fn reply_text(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) => Some(text.as_bytes()),
+        Value::Okay => Some(b"OK"),
+        _ => None,
+    }
+}
+
+/// A reply our own script should never give: the script ran, so the outcome is unknown.
+fn unexpected(operation: &'static str, reply: &Value) -> Error {
+    Error::store_indeterminate(
+        operation,
+        format!("unexpected reply from the {operation} script: {reply:?}"),
+    )
+}
+
+/// Redis errors: an error reply means the command did not apply (our scripts validate before
+/// writing); a refused connection means it was never sent; anything else (I/O, timeouts, a
+/// dropped connection) may have applied.
+fn redis_error(operation: &'static str, key: &str, err: RedisError) -> Error {
+    match err.code() {
+        Some("IDEM_CORRUPT") | Some("WRONGTYPE") => {
+            return Error::corrupt(key, err.to_string());
+        }
+        _ => {}
+    }
+    if matches!(err.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
+        || err.is_connection_refusal()
+    {
+        Error::store(operation, err)
+    } else {
+        Error::store_indeterminate(operation, err)
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}

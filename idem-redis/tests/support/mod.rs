@@ -1,0 +1,227 @@
+//! Real `redis-server` processes for tests: each on a free port in a temporary directory,
+//! waited for until it answers, killed (and its directory removed) on drop. On a failure to
+//! start, the server's log is printed.
+//!
+//! `IDEM_REDIS_SERVER` names another `redis-server` binary; `IDEM_TEST_REDIS_URL` points the
+//! tests that only need *a* server at an existing one (tests that stop, restart or cluster
+//! servers always start their own).
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const INSTALL_HINT: &str =
+    "install Redis (Debian/Ubuntu: `apt-get install redis-server`, which also brings \
+     `redis-cli`; macOS: `brew install redis`) or set IDEM_REDIS_SERVER to a redis-server binary";
+
+fn server_binary() -> String {
+    std::env::var("IDEM_REDIS_SERVER").unwrap_or_else(|_| "redis-server".to_owned())
+}
+
+fn cli_binary() -> PathBuf {
+    // redis-cli ships next to redis-server.
+    let server = PathBuf::from(server_binary());
+    match server.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join("redis-cli"),
+        _ => PathBuf::from("redis-cli"),
+    }
+}
+
+/// A free TCP port on 127.0.0.1 whose cluster bus port (+10000) is free too.
+pub fn free_port() -> u16 {
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One running `redis-server`.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+    args: Vec<String>,
+}
+
+impl RedisServer {
+    /// A server without persistence.
+    pub fn start() -> Self {
+        Self::start_with(&["--save", "", "--appendonly", "no"])
+    }
+
+    /// A server with extra configuration arguments (`["--appendonly", "yes"]`, ...).
+    pub fn start_with(args: &[&str]) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("idem-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        server.launch();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn launch(&mut self) {
+        let log = self.dir.join("redis.log");
+        let child = Command::new(server_binary())
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--bind")
+            .arg("127.0.0.1")
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--logfile")
+            .arg(&log)
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| {
+                panic!("cannot start `{}`: {err}; {INSTALL_HINT}", server_binary())
+            });
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.ping() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        panic!(
+            "redis-server on port {} did not answer within 10s; its log:\n{log}",
+            self.port
+        );
+    }
+
+    fn ping(&self) -> bool {
+        redis::Client::open(self.url())
+            .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(200)))
+            .and_then(|mut conn| redis::cmd("PING").query::<String>(&mut conn))
+            .is_ok()
+    }
+
+    /// Kills the server at once (SIGKILL: nothing is flushed that was not already).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory (so with its persisted data).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// A synchronous connection for set-up and inspection.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// `redis-cli` against this server.
+    pub fn cli(&self, args: &[&str]) -> String {
+        run_cli(&[&["-p", &self.port.to_string()][..], args].concat())
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn run_cli(args: &[&str]) -> String {
+    let output = Command::new(cli_binary())
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run redis-cli: {err}; {INSTALL_HINT}"));
+    assert!(
+        output.status.success(),
+        "redis-cli {args:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The URL of a server for tests that need any server: `IDEM_TEST_REDIS_URL`, or a server of
+/// their own (returned so that it lives as long as the test).
+pub fn any_server() -> (String, Option<RedisServer>) {
+    match std::env::var("IDEM_TEST_REDIS_URL") {
+        Ok(url) => (url, None),
+        Err(_) => {
+            let server = RedisServer::start();
+            (server.url(), Some(server))
+        }
+    }
+}
+
+/// A 3-master Redis Cluster on local ports, formed with `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(addresses.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        run_cli(&args);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = nodes
+                .iter()
+                .all(|node| node.cli(&["cluster", "info"]).contains("cluster_state:ok"));
+            if ready {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not reach cluster_state:ok in 20s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        RedisCluster { nodes }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+}
