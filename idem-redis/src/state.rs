@@ -51,7 +51,7 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// Decodes lowercase hex; `None` on anything else.
 pub(crate) fn unhex(text: &[u8]) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     text.chunks(2)

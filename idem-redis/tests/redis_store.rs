@@ -1,1 +1,502 @@
-fn main() {}
+//! What is particular to the Redis store, against real servers: the round-trip budget, values of
+//! the wrong shape, a server that is down or slow, replica acknowledgements, several instances
+//! sharing one server, key prefixes.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+mod support;
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use idem_core::{
+    AttemptId, Call, ClaimOutcome, ClaimRequest, Error, Idempotency, OnInProgress, Store,
+};
+use idem_redis::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use idem_redis::redis::{self, Cmd, Pipeline, RedisFuture, Value};
+use idem_redis::RedisStore;
+use support::RedisServer;
+
+/// Counts round trips: every request a store sends through it.
+#[derive(Clone)]
+struct Counting {
+    inner: ConnectionManager,
+    trips: Arc<AtomicU64>,
+}
+
+impl ConnectionLike for Counting {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.trips.fetch_add(1, Ordering::SeqCst);
+        self.inner.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.trips.fetch_add(1, Ordering::SeqCst);
+        self.inner.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
+
+/// `calls` of one command in `INFO commandstats`.
+fn calls(server: &RedisServer, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut server.connection())
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+fn reset_stats(server: &RedisServer, trips: &AtomicU64) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut server.connection())
+        .unwrap();
+    trips.store(0, Ordering::SeqCst);
+}
+
+async fn counting_store(server: &RedisServer) -> (RedisStore<Counting>, Arc<AtomicU64>) {
+    let client = redis::Client::open(server.url()).unwrap();
+    let inner = ConnectionManager::new(client.clone()).await.unwrap();
+    let trips = Arc::new(AtomicU64::new(0));
+    let store = RedisStore::from_connection(Counting {
+        inner,
+        trips: trips.clone(),
+    })
+    .with_pubsub(client);
+    (store, trips)
+}
+
+async fn body(runs: &AtomicU32, work: Duration) -> Result<u32, Error> {
+    tokio::time::sleep(work).await;
+    Ok(runs.fetch_add(1, Ordering::SeqCst) + 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_budget() {
+    let server = RedisServer::start();
+    let (store, trips) = counting_store(&server).await;
+    let idem = Idempotency::new(store).with_lease(Duration::from_millis(900));
+    let runs = AtomicU32::new(0);
+    // Warm-up on another key: loads the claim, renew and complete scripts (each first use is
+    // EVALSHA, NOSCRIPT, SCRIPT LOAD, EVALSHA).
+    idem.run(
+        Call::new("budget", "warm-up"),
+        body(&runs, Duration::from_millis(400)),
+    )
+    .await
+    .unwrap();
+
+    reset_stats(&server, &trips);
+    idem.run(Call::new("budget", "first"), body(&runs, Duration::ZERO))
+        .await
+        .unwrap();
+    let first = (trips.load(Ordering::SeqCst), calls(&server, "evalsha"));
+    println!(
+        "first execution: {} round trips, {} EVALSHA",
+        first.0, first.1
+    );
+    assert_eq!(first, (2, 2), "a first execution is claim + record");
+    assert_eq!(calls(&server, "script"), 0, "no script reload once loaded");
+
+    reset_stats(&server, &trips);
+    idem.run(Call::new("budget", "first"), body(&runs, Duration::ZERO))
+        .await
+        .unwrap();
+    let replay = (trips.load(Ordering::SeqCst), calls(&server, "evalsha"));
+    println!("replay: {} round trips, {} EVALSHA", replay.0, replay.1);
+    assert_eq!(
+        replay,
+        (1, 1),
+        "a replay is one claim that returns the record"
+    );
+
+    let key = idem.store_key("budget", "held").unwrap();
+    let holder = idem
+        .store()
+        .claim(ClaimRequest::new(
+            &key,
+            AttemptId::random(),
+            b"",
+            Duration::from_secs(30),
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(holder, ClaimOutcome::Acquired { .. }));
+    reset_stats(&server, &trips);
+    let answer = idem
+        .run(
+            Call::new("budget", "held").on_in_progress(OnInProgress::Reject),
+            body(&runs, Duration::ZERO),
+        )
+        .await;
+    assert!(
+        matches!(answer, Err(Error::InProgress { .. })),
+        "{answer:?}"
+    );
+    let in_progress = trips.load(Ordering::SeqCst);
+    println!("in-progress answer: {in_progress} round trip");
+    assert_eq!(in_progress, 1);
+
+    // Renewals only for bodies longer than a third of the lease (300ms here).
+    reset_stats(&server, &trips);
+    idem.run(
+        Call::new("budget", "short-body"),
+        body(&runs, Duration::from_millis(100)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        trips.load(Ordering::SeqCst),
+        2,
+        "a body shorter than lease/3 is not renewed"
+    );
+    reset_stats(&server, &trips);
+    idem.run(
+        Call::new("budget", "long-body"),
+        body(&runs, Duration::from_millis(1000)),
+    )
+    .await
+    .unwrap();
+    let long = trips.load(Ordering::SeqCst);
+    println!("1000ms body with a 900ms lease: {long} round trips");
+    assert!(
+        (4..=6).contains(&long),
+        "claim, record and a renewal about every 300ms: {long}"
+    );
+}
+
+/// Writes `value` at the state key of `key` in namespace `ns`.
+fn state_key(idem: &Idempotency, ns: &str, key: &str) -> String {
+    format!("{{{}}}", idem.store_key(ns, key).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_wrong_types_are_corrupt_and_left_untouched() {
+    let server = RedisServer::start();
+    let idem = Idempotency::new(RedisStore::connect(&server.url()).await.unwrap());
+    let mut conn = server.connection();
+    let runs = AtomicU32::new(0);
+
+    let garbage = state_key(&idem, "g", "string");
+    let _: () = redis::cmd("SET")
+        .arg(&garbage)
+        .arg("hello")
+        .query(&mut conn)
+        .unwrap();
+    let list = state_key(&idem, "g", "list");
+    let _: () = redis::cmd("LPUSH")
+        .arg(&list)
+        .arg("x")
+        .query(&mut conn)
+        .unwrap();
+    let bad_record = state_key(&idem, "g", "record");
+    let _: () = redis::cmd("SET")
+        .arg(&bad_record)
+        .arg("R:5:not a record")
+        .query(&mut conn)
+        .unwrap();
+    let bad_fence = state_key(&idem, "g", "fence");
+    let _: () = redis::cmd("SET")
+        .arg(format!("{bad_fence}:fence"))
+        .arg("abc")
+        .query(&mut conn)
+        .unwrap();
+    let hash_fence = state_key(&idem, "g", "hash-fence");
+    let _: () = redis::cmd("HSET")
+        .arg(format!("{hash_fence}:fence"))
+        .arg("f")
+        .arg("v")
+        .query(&mut conn)
+        .unwrap();
+
+    for key in ["string", "list", "record", "fence", "hash-fence"] {
+        let result = idem
+            .run(Call::new("g", key), body(&runs, Duration::ZERO))
+            .await;
+        match result {
+            Err(Error::Corrupt { reason, .. }) => println!("{key}: corrupt: {reason}"),
+            other => panic!("{key}: expected Corrupt, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "the body never runs over a corrupt key"
+    );
+    // Nothing was written over them.
+    let value: String = redis::cmd("GET").arg(&garbage).query(&mut conn).unwrap();
+    assert_eq!(value, "hello");
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&bad_fence)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(exists, 0, "no claim was written next to a corrupt fence");
+    // The fenced writes refuse garbage too, without panicking.
+    let store = idem.store();
+    let key = idem.store_key("g", "string").unwrap();
+    for result in [
+        store
+            .complete(&key, idem_core::Fence(1), b"x", Duration::from_secs(1))
+            .await,
+        store.release(&key, idem_core::Fence(1)).await,
+        store
+            .renew(&key, idem_core::Fence(1), Duration::from_secs(1))
+            .await,
+    ] {
+        assert!(matches!(result, Err(Error::Corrupt { .. })), "{result:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_is_down_fails_closed_with_a_clear_error() {
+    // Nothing listens on a fresh free port.
+    let url = format!("redis://127.0.0.1:{}", support::free_port());
+    let err = RedisStore::connect(&url).await.unwrap_err();
+    assert!(
+        err.to_string().contains("cannot connect to Redis at"),
+        "{err}"
+    );
+
+    let mut server = RedisServer::start();
+    let config = ConnectionManagerConfig::new()
+        .set_number_of_retries(1)
+        .set_connection_timeout(Some(Duration::from_millis(200)))
+        .set_response_timeout(Some(Duration::from_millis(500)));
+    let store = RedisStore::connect_with_config(&server.url(), config)
+        .await
+        .unwrap();
+    let idem = Idempotency::new(store);
+    let runs = AtomicU32::new(0);
+    idem.run(Call::new("down", "before"), body(&runs, Duration::ZERO))
+        .await
+        .unwrap();
+    server.kill();
+    let err = idem
+        .run(Call::new("down", "after"), body(&runs, Duration::ZERO))
+        .await
+        .unwrap_err();
+    println!("{err}");
+    assert!(
+        matches!(
+            err,
+            Error::Store {
+                operation: "claim",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!err.body_may_have_run());
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the body did not run without a claim"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_after_sending_is_indeterminate_and_the_retry_finds_its_own_claim() {
+    let server = RedisServer::start_with(&["--save", "", "--enable-debug-command", "yes"]);
+    let config =
+        ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_millis(500)));
+    let store = RedisStore::connect_with_config(&server.url(), config)
+        .await
+        .unwrap();
+    // Warm the scripts so the timed-out command is the claim itself.
+    let warm = ClaimRequest::new("warm", AttemptId::random(), b"", Duration::from_secs(5));
+    store.claim(warm).await.unwrap();
+
+    let url = server.url();
+    let sleeper = std::thread::spawn(move || {
+        let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let _: () = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg("1.5")
+            .query(&mut conn)
+            .unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(200)); // the server is now asleep
+    let attempt = AttemptId::random();
+    let request = ClaimRequest::new("slow", attempt, b"", Duration::from_secs(30));
+    let err = store.claim(request).await.unwrap_err();
+    println!("{err}");
+    assert!(
+        err.is_indeterminate(),
+        "a timeout after sending is indeterminate: {err}"
+    );
+    sleeper.join().unwrap();
+
+    // The claim did apply once the server woke: the same attempt finds it, others see it held.
+    let mut retried = None;
+    for _ in 0..20 {
+        match store.claim(request).await {
+            Ok(outcome) => {
+                retried = Some(outcome);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(
+        matches!(retried, Some(ClaimOutcome::Acquired { .. })),
+        "the retried claim is re-entrant: {retried:?}"
+    );
+    let other = store
+        .claim(ClaimRequest::new(
+            "slow",
+            AttemptId::random(),
+            b"",
+            Duration::from_secs(30),
+        ))
+        .await
+        .unwrap();
+    assert!(
+        matches!(other, ClaimOutcome::InProgress { .. }),
+        "{other:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_acknowledgements_fail_closed_without_replicas() {
+    let primary = RedisServer::start();
+    let store = RedisStore::connect(&primary.url())
+        .await
+        .unwrap()
+        .with_replica_acks(1, Duration::from_millis(200));
+    let idem = Idempotency::new(store).with_store_attempts(1);
+    let runs = AtomicU32::new(0);
+    let err = idem
+        .run(Call::new("acks", "no-replica"), body(&runs, Duration::ZERO))
+        .await
+        .unwrap_err();
+    println!("{err}");
+    assert!(err.to_string().contains("0 of 1 replicas"), "{err}");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "no body runs on an unreplicated claim"
+    );
+
+    let port = primary.port.to_string();
+    let replica = RedisServer::start_with(&["--save", "", "--replicaof", "127.0.0.1", &port]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !replica
+        .cli(&["info", "replication"])
+        .contains("master_link_status:up")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica did not sync"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let value = idem
+        .run(Call::new("acks", "replicated"), body(&runs, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(value, 1);
+    // The record is on the replica already when the call returns.
+    let key = state_key(&idem, "acks", "replicated");
+    let on_replica: Option<Vec<u8>> = redis::cmd("GET")
+        .arg(&key)
+        .query(&mut replica.connection())
+        .unwrap();
+    assert!(on_replica.is_some_and(|v| v.starts_with(b"R:")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_instances_sharing_one_server_run_the_body_once() {
+    let (url, _server) = support::any_server();
+    let runs = Arc::new(AtomicU32::new(0));
+    let key = format!("shared-{}", AttemptId::random().0);
+    let mut tasks = Vec::new();
+    for instance in 0..8 {
+        // Each "instance" has its own connections, as separate processes would.
+        let idem = Idempotency::new(RedisStore::connect(&url).await.unwrap());
+        for _ in 0..8 {
+            let (idem, runs, key) = (idem.clone(), runs.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                idem.run(Call::new("shared", &key), async {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok::<_, Error>((instance, runs.fetch_add(1, Ordering::SeqCst) + 1))
+                })
+                .await
+            }));
+        }
+    }
+    let mut results = Vec::new();
+    for task in tasks {
+        results.push(task.await.unwrap().unwrap());
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert!(results.iter().all(|r| *r == results[0]), "{results:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_poll_when_no_pubsub_is_configured() {
+    let server = RedisServer::start();
+    let connection = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let idem = Idempotency::new(RedisStore::from_connection(connection));
+    let runs = Arc::new(AtomicU32::new(0));
+    let first = {
+        let (idem, runs) = (idem.clone(), runs.clone());
+        tokio::spawn(async move {
+            idem.run(
+                Call::new("poll", "k"),
+                body(&runs, Duration::from_millis(300)),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let waited = idem
+        .run(Call::new("poll", "k"), body(&runs, Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(waited, first.await.unwrap().unwrap());
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_prefixes_are_applied_and_checked() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let err = store.with_key_prefix("bad{tag}").unwrap_err();
+    assert!(matches!(err, Error::InvalidKey { .. }), "{err}");
+    let store = RedisStore::connect(&server.url())
+        .await
+        .unwrap()
+        .with_key_prefix("app1:")
+        .unwrap();
+    let idem = Idempotency::new(store);
+    let runs = AtomicU32::new(0);
+    idem.run(Call::new("prefixed", "k"), body(&runs, Duration::ZERO))
+        .await
+        .unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query(&mut server.connection())
+        .unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["app1:{idem:prefixed:k}", "app1:{idem:prefixed:k}:fence"]
+    );
+}
