@@ -32,8 +32,9 @@
 //! ```
 //!
 //! With no setup the function uses the process-wide default: an in-memory [`MemoryStore`]. A
-//! service with several instances shares a store (Redis) through an [`Idempotency`] handle,
-//! either [`install`]ed as the default or named per function with `using = ...`.
+//! service with several instances shares a store through an [`Idempotency`] handle, either
+//! [`install`]ed as the default or named per function with `using = ...`: with the `redis`
+//! feature, `idem::redis::RedisStore` on Redis (and with `redis-cluster`, on Redis Cluster).
 //!
 //! # Options
 //!

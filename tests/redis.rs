@@ -26,8 +26,8 @@ mod standalone {
     crate::behaviour_tests!(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async {
-            let server = support::RedisServer::start();
-            let store = RedisStore::connect(&server.url()).await.unwrap();
+            let (url, server) = support::any_server();
+            let store = RedisStore::connect(&url).await.unwrap();
             Served {
                 idem: Idempotency::new(store),
                 _servers: server,

@@ -6,7 +6,7 @@ mod support;
 use idem_core::testing::Fixture;
 use idem_core::Store;
 use idem_redis::RedisStore;
-use support::{RedisCluster, RedisServer};
+use support::RedisCluster;
 
 /// A store with the servers behind it, which live as long as the test.
 struct Served<S, G> {
@@ -24,8 +24,8 @@ mod standalone {
     use super::*;
 
     idem_core::store_contract_tests!(async {
-        let server = RedisServer::start();
-        let store = RedisStore::connect(&server.url()).await.unwrap();
+        let (url, server) = support::any_server();
+        let store = RedisStore::connect(&url).await.unwrap();
         Served {
             store,
             _servers: server,

@@ -446,6 +446,38 @@ async fn several_instances_sharing_one_server_run_the_body_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_are_woken_by_the_record_not_by_their_timeout() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let request = ClaimRequest::new("woken", AttemptId::random(), b"", Duration::from_secs(30));
+    let Ok(ClaimOutcome::Acquired { fence, .. }) = store.claim(request).await else {
+        panic!("the first claim is granted");
+    };
+    let start = tokio::time::Instant::now();
+    let waiter = store.wait("woken", fence, Duration::from_secs(20));
+    let completer = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        store
+            .complete("woken", fence, b"done", Duration::from_secs(60))
+            .await
+    };
+    let (waited, completed) = tokio::join!(waiter, completer);
+    waited.unwrap();
+    completed.unwrap();
+    let elapsed = start.elapsed();
+    println!("waiter woke after {elapsed:?}");
+    // Not before the change (a poll would return after 50ms), not at the 20s timeout.
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "woke before the record: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "woke only at its timeout: {elapsed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiters_poll_when_no_pubsub_is_configured() {
     let server = RedisServer::start();
     let connection = redis::Client::open(server.url())
