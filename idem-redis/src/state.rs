@@ -38,30 +38,6 @@ pub(crate) fn parse_fence(digits: &[u8]) -> Option<Fence> {
     std::str::from_utf8(digits).ok()?.parse().ok().map(Fence)
 }
 
-/// Lowercase hex, as the scripts match it.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
-            let _ = write!(out, "{b:02x}");
-            out
-        })
-}
-
-/// Decodes lowercase hex; `None` on anything else.
-pub(crate) fn unhex(text: &[u8]) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    text.chunks(2)
-        .map(|pair| {
-            let digit = |c: u8| (c as char).to_digit(16);
-            Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8)
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,13 +66,5 @@ mod tests {
         ] {
             assert_eq!(parse(garbage), None, "{garbage:?}");
         }
-    }
-
-    #[test]
-    fn hex_round_trips() {
-        let bytes: Vec<u8> = (0..=255).collect();
-        assert_eq!(unhex(hex(&bytes).as_bytes()).unwrap(), bytes);
-        assert_eq!(unhex(b"abc"), None);
-        assert_eq!(unhex(b"zz"), None);
     }
 }

@@ -246,7 +246,7 @@ where
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
         let keys = self.keys(request.key);
         let attempt = format!("{:032x}", request.attempt.0);
-        let fingerprint = state::hex(request.fingerprint);
+        let fingerprint = idem_core::hex(request.fingerprint);
         let lease = millis(request.lease).to_string();
         let reply = self
             .invoke(
@@ -354,7 +354,7 @@ fn parse_claim(key: &str, reply: &Value) -> Option<Result<ClaimOutcome, Error>> 
         },
         b"P" => ClaimOutcome::InProgress {
             fence: state::parse_fence(text(1)?)?,
-            fingerprint: state::unhex(text(2)?)?,
+            fingerprint: idem_core::unhex(text(2)?)?,
             lease_remaining: match items.get(3)? {
                 Value::Int(ms) => Duration::from_millis(u64::try_from(*ms).unwrap_or(0)),
                 _ => return None,
