@@ -122,7 +122,11 @@ impl MemoryStore {
         let shard = lock(&self.shards[index]);
         // Shards fill evenly, so this shard's size estimates every shard's.
         let interval = (shard.entries.len() / 4).max(MIN_SWEEP_INTERVAL);
-        if self.ops.fetch_add(1, Ordering::Relaxed) % interval != 0 {
+        if !self
+            .ops
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(interval)
+        {
             return shard;
         }
         drop(shard);
