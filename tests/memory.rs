@@ -164,6 +164,30 @@ async fn record_write_is_retried_then_reported_as_not_recorded() {
     assert_eq!(retry, 3, "after the lease lapsed the retry took over");
 }
 
+/// Regression: a record write that kept failing for longer than the store attempts used to give
+/// up while the claim was still valid, leaving the effect without its record, so the next
+/// delivery ran the body again. It is now retried for as long as the lease holds.
+#[tokio::test(start_paused = true)]
+async fn record_write_failures_within_the_lease_do_not_duplicate() {
+    let (store, idem) = failing();
+    store.fail_completes.store(6, Ordering::SeqCst);
+    let runs = AtomicU32::new(0);
+    assert_eq!(
+        effect(&idem, "persistent-record-failure", &runs, Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.completes.load(Ordering::SeqCst), 7);
+    assert_eq!(
+        effect(&idem, "persistent-record-failure", &runs, Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test(start_paused = true)]
 async fn failed_renewals_surface_as_lease_lost_and_nothing_is_recorded() {
     let (store, idem) = failing();

@@ -262,11 +262,11 @@ impl Idempotency {
         let lease = call.lease.unwrap_or(settings.lease);
         let retention = call.retention.unwrap_or(settings.retention);
 
-        let fence = match self
+        let (fence, claimed_at) = match self
             .acquire(&key, fingerprint, lease, call.on_in_progress)
             .await?
         {
-            Acquired::Fence(fence) => fence,
+            Acquired::Fence(fence, claimed_at) => (fence, claimed_at),
             Acquired::Replay(record) => return decode_replay(&key, fingerprint, &record, &codec),
         };
 
@@ -274,14 +274,23 @@ impl Idempotency {
             key: key.clone(),
             fence,
         };
+        let lease_clock = LeaseClock::new(claimed_at + lease);
         let (outcome, lease_lost) = self
-            .run_body(&key, fence, lease, context::scope(context, body))
+            .run_body(
+                &key,
+                fence,
+                lease,
+                &lease_clock,
+                context::scope(context, body),
+            )
             .await;
         let result = match outcome {
             Ok(result) => result,
             Err(panic) => {
                 // The body failed before finishing: give the key back so a retry can run it.
-                let _ = self.retrying(|| settings.store.release(&key, fence)).await;
+                let _ = self
+                    .retrying(None, || settings.store.release(&key, fence))
+                    .await;
                 std::panic::resume_unwind(panic)
             }
         };
@@ -296,7 +305,9 @@ impl Idempotency {
             Err(_) => {
                 // Not recorded: release so that a retry runs the body again. If the release
                 // fails the claim lapses with its lease, which delays a retry but loses nothing.
-                let _ = self.retrying(|| settings.store.release(&key, fence)).await;
+                let _ = self
+                    .retrying(None, || settings.store.release(&key, fence))
+                    .await;
                 return result;
             }
         };
@@ -313,8 +324,12 @@ impl Idempotency {
                 .into())
             }
         };
+        // The record write is retried for as long as the claim is known to be valid: giving up
+        // earlier would leave an effect without its record, which the next delivery repeats.
         match self
-            .retrying(|| settings.store.complete(&key, fence, &record, retention))
+            .retrying(Some(lease_clock.valid_until()), || {
+                settings.store.complete(&key, fence, &record, retention)
+            })
             .await
         {
             Ok(()) => result,
@@ -338,8 +353,9 @@ impl Idempotency {
         // claim, so after that the duplicate reports it in progress instead of waiting forever.
         let give_up_at = Instant::now() + lease;
         loop {
-            match self.retrying(|| store.claim(request)).await? {
-                ClaimOutcome::Acquired { fence, .. } => return Ok(Acquired::Fence(fence)),
+            let sent = Instant::now();
+            match self.retrying(None, || store.claim(request)).await? {
+                ClaimOutcome::Acquired { fence, .. } => return Ok(Acquired::Fence(fence, sent)),
                 ClaimOutcome::Completed { record } => return Ok(Acquired::Replay(record)),
                 ClaimOutcome::InProgress {
                     fence,
@@ -385,6 +401,7 @@ impl Idempotency {
         key: &str,
         fence: Fence,
         lease: Duration,
+        lease_clock: &LeaseClock,
         body: F,
     ) -> (std::thread::Result<F::Output>, bool) {
         let mut body = std::pin::pin!(body);
@@ -395,7 +412,7 @@ impl Idempotency {
                 Err(panic) => Poll::Ready(Err(panic)),
             }
         });
-        let renewal = self.keep_lease(key, fence, lease);
+        let renewal = self.keep_lease(key, fence, lease, lease_clock);
         tokio::select! {
             biased;
             output = &mut body => (output, false),
@@ -405,28 +422,28 @@ impl Idempotency {
 
     /// Renews the lease every third of it; returns only when the lease is lost (the store
     /// refused the fence, or no renewal succeeded for a whole lease).
-    async fn keep_lease(&self, key: &str, fence: Fence, lease: Duration) {
+    async fn keep_lease(&self, key: &str, fence: Fence, lease: Duration, clock: &LeaseClock) {
         let store = &self.inner.store;
-        let mut valid_until = Instant::now() + lease;
-        let mut next = Instant::now() + lease / 3;
+        let mut next = clock.valid_until() - lease + lease / 3;
         loop {
             tokio::time::sleep_until(next).await;
             let sent = Instant::now();
             match store.renew(key, fence, lease).await {
                 Ok(()) => {
-                    valid_until = sent + lease;
+                    clock.renewed(sent + lease);
                     next = sent + lease / 3;
                 }
                 Err(Error::LeaseLost { .. }) => return,
-                Err(_) if Instant::now() >= valid_until => return,
+                Err(_) if Instant::now() >= clock.valid_until() => return,
                 // A transient failure: try again soon, while the lease still holds.
                 Err(_) => next = Instant::now() + lease / 10,
             }
         }
     }
 
-    /// Runs a store operation up to `store_attempts` times while it fails with a store error.
-    async fn retrying<T, Op, Fut>(&self, mut op: Op) -> Result<T, Error>
+    /// Runs a store operation while it fails with a store error: up to `store_attempts` times,
+    /// and beyond that until `deadline` when one is given. Backoff doubles from 10ms to 200ms.
+    async fn retrying<T, Op, Fut>(&self, deadline: Option<Instant>, mut op: Op) -> Result<T, Error>
     where
         Op: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
@@ -435,9 +452,14 @@ impl Idempotency {
         let mut attempt = 1;
         loop {
             match op().await {
-                Err(err) if err.is_transient() && attempt < self.inner.store_attempts => {
+                Err(err) if err.is_transient() => {
+                    let before_deadline =
+                        deadline.is_some_and(|deadline| Instant::now() + backoff < deadline);
+                    if attempt >= self.inner.store_attempts && !before_deadline {
+                        return Err(err);
+                    }
                     tokio::time::sleep(backoff).await;
-                    backoff *= 4;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
                     attempt += 1;
                 }
                 other => return other,
@@ -447,8 +469,33 @@ impl Idempotency {
 }
 
 enum Acquired {
-    Fence(Fence),
+    /// The claim, and when its request was sent (its lease runs from no earlier than that).
+    Fence(Fence, Instant),
     Replay(Vec<u8>),
+}
+
+/// Until when the current claim is known to be valid: the send time of the claim or of the last
+/// successful renewal, plus the lease. Shared by the renewal loop and the record write.
+struct LeaseClock(std::sync::Mutex<Instant>);
+
+impl LeaseClock {
+    fn new(valid_until: Instant) -> Self {
+        LeaseClock(std::sync::Mutex::new(valid_until))
+    }
+
+    fn valid_until(&self) -> Instant {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn renewed(&self, valid_until: Instant) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = valid_until;
+    }
 }
 
 fn not_recorded(key: String, source: Error) -> Error {

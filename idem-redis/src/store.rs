@@ -146,7 +146,8 @@ where
     /// After every claim and record, waits until `replicas` replicas acknowledged the write
     /// (`WAIT replicas timeout`), and fails closed when fewer do: a claim then reports a store
     /// error (the body does not run), a record is retried and then reported as not recorded.
-    /// Each acknowledged write costs one more round trip.
+    /// Each acknowledged write costs one more round trip. Keep `timeout` below the connection's
+    /// response timeout (redis-rs's default is 500ms), or the `WAIT` itself times out.
     pub fn with_replica_acks(mut self, replicas: u32, timeout: Duration) -> Self {
         self.replica_acks = Some((replicas, timeout));
         self
