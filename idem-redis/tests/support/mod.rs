@@ -43,6 +43,7 @@ pub fn free_port() -> u16 {
 /// One running `redis-server`.
 pub struct RedisServer {
     child: Option<Child>,
+    /// The port it listens on (127.0.0.1).
     pub port: u16,
     dir: PathBuf,
     args: Vec<String>,
@@ -69,6 +70,7 @@ impl RedisServer {
         server
     }
 
+    /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -177,10 +179,12 @@ pub fn any_server() -> (String, Option<RedisServer>) {
 
 /// A 3-master Redis Cluster on local ports, formed with `redis-cli --cluster create`.
 pub struct RedisCluster {
+    /// The three masters.
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
+    /// Starts three cluster-enabled servers and joins them, waiting for `cluster_state:ok`.
     pub fn start() -> Self {
         let nodes: Vec<RedisServer> = (0..3)
             .map(|_| {
@@ -221,6 +225,7 @@ impl RedisCluster {
         RedisCluster { nodes }
     }
 
+    /// The nodes' URLs.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(RedisServer::url).collect()
     }
