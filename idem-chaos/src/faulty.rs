@@ -20,7 +20,8 @@ pub struct FaultPlan {
     pub delay: f64,
     /// The longest delay.
     pub max_delay: Duration,
-    /// Which operations the faults hit; `renew` faults can make a body outlive its lease.
+    /// Whether renewals are hit too; failing renewals can make a body outlive its lease, which
+    /// is outside the guarantee.
     pub include_renew: bool,
 }
 
@@ -57,6 +58,7 @@ enum Fault {
 pub struct FaultyStore<S> {
     inner: S,
     plan: Mutex<FaultPlan>,
+    renewals_fail: std::sync::atomic::AtomicBool,
     rng: Mutex<fastrand::Rng>,
     /// What was injected so far.
     pub counts: FaultCounts,
@@ -68,6 +70,7 @@ impl<S: Store> FaultyStore<S> {
         FaultyStore {
             inner,
             plan: Mutex::new(plan),
+            renewals_fail: std::sync::atomic::AtomicBool::new(false),
             rng: Mutex::new(fastrand::Rng::with_seed(seed)),
             counts: FaultCounts::default(),
         }
@@ -76,6 +79,13 @@ impl<S: Store> FaultyStore<S> {
     /// Stops injecting faults.
     pub fn heal(&self) {
         *lock(&self.plan) = FaultPlan::NONE;
+        self.renewals_fail.store(false, Ordering::Relaxed);
+    }
+
+    /// Makes every renewal fail (before applying) until healed: a store that cannot be reached
+    /// while a body runs.
+    pub fn fail_renewals(&self) {
+        self.renewals_fail.store(true, Ordering::Relaxed);
     }
 
     fn draw(&self, renew: bool) -> Fault {
@@ -157,6 +167,10 @@ impl<S: Store> Store for FaultyStore<S> {
     }
 
     async fn renew(&self, key: &str, fence: Fence, lease: Duration) -> Result<(), Error> {
+        if self.renewals_fail.load(Ordering::Relaxed) {
+            self.counts.failed_before.fetch_add(1, Ordering::Relaxed);
+            return Err(Error::store("renew", "injected: renewals fail"));
+        }
         self.apply("renew", true, self.inner.renew(key, fence, lease))
             .await
     }
