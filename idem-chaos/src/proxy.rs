@@ -85,6 +85,11 @@ impl FaultProxy {
         format!("redis://{}", self.address)
     }
 
+    /// The local port it listens on.
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
     /// Sets the faults.
     pub fn set(&self, faults: ProxyFaults) {
         *lock(&self.shared.faults) = faults;

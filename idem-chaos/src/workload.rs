@@ -32,6 +32,13 @@ pub struct Spec {
 }
 
 impl Spec {
+    /// The keys this spec requests.
+    pub fn keys(&self) -> Vec<String> {
+        (0..self.keys)
+            .map(|i| format!("{}-k{i}", self.key_prefix))
+            .collect()
+    }
+
     /// A small run: `keys` keys delivered `deliveries` times each, 1s leases.
     pub fn small(keys: usize, deliveries: usize, seed: u64) -> Self {
         Spec {

@@ -147,3 +147,33 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 }
+
+/// A shared store is a store: `Arc<MemoryStore>`, `Arc<dyn Store>`, ...
+#[async_trait]
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
+        (**self).claim(request).await
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        fence: Fence,
+        record: &[u8],
+        retention: Duration,
+    ) -> Result<(), Error> {
+        (**self).complete(key, fence, record, retention).await
+    }
+
+    async fn release(&self, key: &str, fence: Fence) -> Result<(), Error> {
+        (**self).release(key, fence).await
+    }
+
+    async fn renew(&self, key: &str, fence: Fence, lease: Duration) -> Result<(), Error> {
+        (**self).renew(key, fence, lease).await
+    }
+
+    async fn wait(&self, key: &str, fence: Fence, timeout: Duration) -> Result<(), Error> {
+        (**self).wait(key, fence, timeout).await
+    }
+}
