@@ -140,11 +140,10 @@ impl Call {
 
 /// How results become records and records become results again: built per `run` flavour, so
 /// the core loop is written once.
-struct Codec<T, E> {
+struct Codec<E> {
     record_errors: bool,
     encode_err: fn(&E) -> Result<Vec<u8>, serde_json::Error>,
     decode_err: fn(&[u8]) -> Result<E, serde_json::Error>,
-    _value: std::marker::PhantomData<fn() -> T>,
 }
 
 impl Idempotency {
@@ -228,7 +227,6 @@ impl Idempotency {
             record_errors: false,
             encode_err: |_| Ok(Vec::new()),
             decode_err: |_| Err(serde::de::Error::custom("errors are not recorded")),
-            _value: std::marker::PhantomData,
         };
         self.execute(call, body, codec).await
     }
@@ -244,12 +242,11 @@ impl Idempotency {
             record_errors: true,
             encode_err: |err| serde_json::to_vec(err),
             decode_err: |bytes| serde_json::from_slice(bytes),
-            _value: std::marker::PhantomData,
         };
         self.execute(call, body, codec).await
     }
 
-    async fn execute<T, E, Fut>(&self, call: Call, body: Fut, codec: Codec<T, E>) -> Result<T, E>
+    async fn execute<T, E, Fut>(&self, call: Call, body: Fut, codec: Codec<E>) -> Result<T, E>
     where
         Fut: Future<Output = Result<T, E>>,
         T: Serialize + DeserializeOwned,
@@ -509,7 +506,7 @@ fn decode_replay<T, E>(
     key: &str,
     fingerprint: &[u8],
     bytes: &[u8],
-    codec: &Codec<T, E>,
+    codec: &Codec<E>,
 ) -> Result<T, E>
 where
     T: DeserializeOwned,
@@ -530,6 +527,11 @@ where
     };
     match record.outcome {
         Outcome::Ok => Ok(serde_json::from_slice(record.value).map_err(undecodable)?),
+        Outcome::Err if !codec.record_errors => Err(Error::corrupt(
+            key,
+            "it records an `Err`, but this function does not record errors (was `record_errors` removed?)",
+        )
+        .into()),
         Outcome::Err => Err((codec.decode_err)(record.value).map_err(undecodable)?),
     }
 }
