@@ -143,7 +143,7 @@ async fn pump_requests(
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         let n = from.read(&mut buffer).await.ok().filter(|&n| n > 0)?;
-        hold_while_black_hole(shared).await;
+        hold_while_black_hole(shared).await?;
         to.write_all(&buffer[..n]).await.ok()?;
     }
 }
@@ -156,7 +156,7 @@ async fn pump_replies(
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         let n = from.read(&mut buffer).await.ok().filter(|&n| n > 0)?;
-        hold_while_black_hole(shared).await;
+        hold_while_black_hole(shared).await?;
         let (drop_it, delay) = {
             let faults = *lock(&shared.faults);
             let mut rng = lock(&shared.rng);
@@ -177,8 +177,14 @@ async fn pump_replies(
     }
 }
 
-async fn hold_while_black_hole(shared: &Shared) {
-    while lock(&shared.faults).black_hole && !shared.closed.load(Ordering::Relaxed) {
+/// Holds traffic while the black hole lasts; `None` when the proxy closed meanwhile (what it
+/// held is then dropped, never forwarded).
+async fn hold_while_black_hole(shared: &Shared) -> Option<()> {
+    while lock(&shared.faults).black_hole {
+        if shared.closed.load(Ordering::Relaxed) {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    (!shared.closed.load(Ordering::Relaxed)).then_some(())
 }
