@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::behaviour::slow_with_short_lease;
 use idem::{idempotent, ClaimOutcome, ClaimRequest, Error, Fence, Idempotency, MemoryStore, Store};
 
 behaviour_tests!(
@@ -81,18 +82,6 @@ impl Store for FailingStore {
     }
 }
 
-#[idempotent(key = id, using = idem, lease = "1s")]
-async fn effect(
-    idem: &Idempotency,
-    id: &str,
-    runs: &AtomicU32,
-    work: Duration,
-) -> Result<u32, Error> {
-    let execution = runs.fetch_add(1, Ordering::SeqCst) + 1;
-    tokio::time::sleep(work).await;
-    Ok(execution)
-}
-
 fn failing() -> (Arc<FailingStore>, Idempotency) {
     let store = Arc::new(FailingStore::default());
     let idem = Idempotency::from_arc(store.clone());
@@ -104,7 +93,7 @@ async fn store_down_before_the_body_fails_closed() {
     let (store, idem) = failing();
     store.fail_claims.store(u32::MAX, Ordering::SeqCst);
     let runs = AtomicU32::new(0);
-    let err = effect(&idem, "down", &runs, Duration::ZERO)
+    let err = slow_with_short_lease(&idem, "down", &runs, Duration::ZERO)
         .await
         .unwrap_err();
     assert!(
@@ -128,7 +117,7 @@ async fn transient_claim_failures_are_retried() {
     store.fail_claims.store(2, Ordering::SeqCst);
     let runs = AtomicU32::new(0);
     assert_eq!(
-        effect(&idem, "flaky-claim", &runs, Duration::ZERO)
+        slow_with_short_lease(&idem, "flaky-claim", &runs, Duration::ZERO)
             .await
             .unwrap(),
         1
@@ -142,7 +131,7 @@ async fn record_write_is_retried_then_reported_as_not_recorded() {
     // Two lost replies, then success: the caller never sees them.
     store.fail_completes.store(2, Ordering::SeqCst);
     assert_eq!(
-        effect(&idem, "flaky-record", &runs, Duration::ZERO)
+        slow_with_short_lease(&idem, "flaky-record", &runs, Duration::ZERO)
             .await
             .unwrap(),
         1
@@ -150,7 +139,7 @@ async fn record_write_is_retried_then_reported_as_not_recorded() {
     assert_eq!(store.completes.load(Ordering::SeqCst), 3);
     // A store that stays down after the body: the effect happened, the record did not.
     store.fail_completes.store(u32::MAX, Ordering::SeqCst);
-    let err = effect(&idem, "unrecorded", &runs, Duration::ZERO)
+    let err = slow_with_short_lease(&idem, "unrecorded", &runs, Duration::ZERO)
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NotRecorded { .. }), "{err}");
@@ -158,7 +147,7 @@ async fn record_write_is_retried_then_reported_as_not_recorded() {
     assert_eq!(runs.load(Ordering::SeqCst), 2);
     // The claim is held until its lease lapses, so a duplicate does not run the body at once.
     store.fail_completes.store(0, Ordering::SeqCst);
-    let retry = effect(&idem, "unrecorded", &runs, Duration::ZERO)
+    let retry = slow_with_short_lease(&idem, "unrecorded", &runs, Duration::ZERO)
         .await
         .unwrap();
     assert_eq!(retry, 3, "after the lease lapsed the retry took over");
@@ -173,14 +162,14 @@ async fn record_write_failures_within_the_lease_do_not_duplicate() {
     store.fail_completes.store(6, Ordering::SeqCst);
     let runs = AtomicU32::new(0);
     assert_eq!(
-        effect(&idem, "persistent-record-failure", &runs, Duration::ZERO)
+        slow_with_short_lease(&idem, "persistent-record-failure", &runs, Duration::ZERO)
             .await
             .unwrap(),
         1
     );
     assert_eq!(store.completes.load(Ordering::SeqCst), 7);
     assert_eq!(
-        effect(&idem, "persistent-record-failure", &runs, Duration::ZERO)
+        slow_with_short_lease(&idem, "persistent-record-failure", &runs, Duration::ZERO)
             .await
             .unwrap(),
         1
@@ -195,12 +184,14 @@ async fn failed_renewals_surface_as_lease_lost_and_nothing_is_recorded() {
     let runs = Arc::new(AtomicU32::new(0));
     let first = {
         let (idem, runs) = (idem.clone(), runs.clone());
-        tokio::spawn(async move { effect(&idem, "lapsing", &runs, Duration::from_secs(3)).await })
+        tokio::spawn(async move {
+            slow_with_short_lease(&idem, "lapsing", &runs, Duration::from_secs(3)).await
+        })
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // The lease (1s) lapsed without renewal: a duplicate takes over and runs.
     assert_eq!(
-        effect(&idem, "lapsing", &runs, Duration::ZERO)
+        slow_with_short_lease(&idem, "lapsing", &runs, Duration::ZERO)
             .await
             .unwrap(),
         2
@@ -209,7 +200,7 @@ async fn failed_renewals_surface_as_lease_lost_and_nothing_is_recorded() {
     assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
     // The stale holder's result was not recorded over the new one.
     assert_eq!(
-        effect(&idem, "lapsing", &runs, Duration::ZERO)
+        slow_with_short_lease(&idem, "lapsing", &runs, Duration::ZERO)
             .await
             .unwrap(),
         2
@@ -222,14 +213,14 @@ async fn expired_entries_are_evicted() {
     let idem = Idempotency::from_arc(store.clone()).with_retention(Duration::from_secs(10));
     let runs = AtomicU32::new(0);
     for i in 0..10_000 {
-        effect(&idem, &format!("k{i}"), &runs, Duration::ZERO)
+        slow_with_short_lease(&idem, &format!("k{i}"), &runs, Duration::ZERO)
             .await
             .unwrap();
     }
     assert!(store.len() >= 10_000);
     tokio::time::sleep(Duration::from_secs(11)).await;
     for i in 0..10_000 {
-        effect(&idem, &format!("later{}", i % 10), &runs, Duration::ZERO)
+        slow_with_short_lease(&idem, &format!("later{}", i % 10), &runs, Duration::ZERO)
             .await
             .unwrap();
     }
@@ -244,7 +235,9 @@ async fn expired_entries_are_evicted() {
 async fn empty_key_is_invalid() {
     let idem = Idempotency::new(MemoryStore::new());
     let runs = AtomicU32::new(0);
-    let err = effect(&idem, "", &runs, Duration::ZERO).await.unwrap_err();
+    let err = slow_with_short_lease(&idem, "", &runs, Duration::ZERO)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::InvalidKey { .. }), "{err}");
     assert_eq!(runs.load(Ordering::SeqCst), 0);
 }

@@ -115,8 +115,9 @@ async fn panic_first(idem: &Idempotency, order: &str, runs: Arc<AtomicU32>) -> R
     Ok(execution)
 }
 
+/// Counts its execution, works for `work`, returns the execution number; 1s lease.
 #[idempotent(key = order, using = idem, lease = "1s")]
-async fn slow_with_short_lease(
+pub async fn slow_with_short_lease(
     idem: &Idempotency,
     order: &str,
     runs: &AtomicU32,
