@@ -372,10 +372,13 @@ async fn a_timeout_after_sending_is_indeterminate_and_the_retry_finds_its_own_cl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_acknowledgements_fail_closed_without_replicas() {
     let primary = RedisServer::start_with(&["--save", "", "--repl-diskless-sync-delay", "0"]);
-    let store = RedisStore::connect(&primary.url())
+    // Generous timeouts: on a loaded machine a replica can take a while to acknowledge. The
+    // WAIT timeout stays below the client's response timeout.
+    let config = ConnectionManagerConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
+    let store = RedisStore::connect_with_config(&primary.url(), config)
         .await
         .unwrap()
-        .with_replica_acks(1, Duration::from_millis(400));
+        .with_replica_acks(1, Duration::from_secs(2));
     let idem = Idempotency::new(store).with_store_attempts(1);
     let runs = AtomicU32::new(0);
     let err = idem
