@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Leases in these checks are real time (a few hundred milliseconds), because a server-side
-//! store keeps its own clock.
+//! store keeps its own clock. The checks are test assertions: they panic (`assert!`, `expect`)
+//! on a contract violation, with a message naming it.
 
 use std::time::Duration;
 
