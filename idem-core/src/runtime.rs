@@ -321,14 +321,23 @@ impl Idempotency {
                 .into())
             }
         };
-        // The record write is retried for as long as the claim is known to be valid: giving up
-        // earlier would leave an effect without its record, which the next delivery repeats.
-        match self
-            .retrying(Some(lease_clock.valid_until()), || {
+        // The record write is retried for up to one more lease, as long as the claim is known
+        // to be valid, and the lease is renewed meanwhile: giving up earlier would leave an
+        // effect without its record, which the next delivery repeats.
+        let give_up_at = Instant::now() + lease;
+        let written = {
+            let write = self.retrying(Some((&lease_clock, give_up_at)), || {
                 settings.store.complete(&key, fence, &record, retention)
-            })
-            .await
-        {
+            });
+            let mut write = std::pin::pin!(write);
+            tokio::select! {
+                biased;
+                written = &mut write => written,
+                // The lease was lost: the write stops by itself once the claim's validity ran out.
+                () = self.keep_lease(&key, fence, lease, &lease_clock) => write.await,
+            }
+        };
+        match written {
             Ok(()) => result,
             Err(err @ Error::LeaseLost { .. }) => Err(err.into()),
             Err(err) => Err(not_recorded(key, err).into()),
@@ -439,8 +448,13 @@ impl Idempotency {
     }
 
     /// Runs a store operation while it fails with a store error: up to `store_attempts` times,
-    /// and beyond that until `deadline` when one is given. Backoff doubles from 10ms to 200ms.
-    async fn retrying<T, Op, Fut>(&self, deadline: Option<Instant>, mut op: Op) -> Result<T, Error>
+    /// and beyond that, when `valid` is given, until its instant as long as its claim is still
+    /// valid (it may be renewed meanwhile). Backoff doubles from 10ms to 200ms.
+    async fn retrying<T, Op, Fut>(
+        &self,
+        valid: Option<(&LeaseClock, Instant)>,
+        mut op: Op,
+    ) -> Result<T, Error>
     where
         Op: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
@@ -450,8 +464,9 @@ impl Idempotency {
         loop {
             match op().await {
                 Err(err) if err.is_transient() => {
-                    let before_deadline =
-                        deadline.is_some_and(|deadline| Instant::now() + backoff < deadline);
+                    let before_deadline = valid.is_some_and(|(clock, give_up_at)| {
+                        Instant::now() + backoff < clock.valid_until().min(give_up_at)
+                    });
                     if attempt >= self.inner.store_attempts && !before_deadline {
                         return Err(err);
                     }
