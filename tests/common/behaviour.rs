@@ -62,6 +62,14 @@ async fn charge(
     })
 }
 
+/// The body shared by the functions below, which differ only in their options: counts its
+/// execution, works for `work`, returns the execution number.
+async fn count_and_work(runs: &AtomicU32, work: Duration) -> Result<u32, Error> {
+    let execution = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    tokio::time::sleep(work).await;
+    Ok(execution)
+}
+
 #[idempotent(key = order, using = idem, on_in_progress = reject)]
 async fn charge_rejecting(
     idem: &Idempotency,
@@ -69,9 +77,7 @@ async fn charge_rejecting(
     runs: &AtomicU32,
     work: Duration,
 ) -> Result<u32, Error> {
-    let execution = runs.fetch_add(1, Ordering::SeqCst) + 1;
-    tokio::time::sleep(work).await;
-    Ok(execution)
+    count_and_work(runs, work).await
 }
 
 #[derive(Serialize)]
@@ -123,9 +129,7 @@ pub async fn slow_with_short_lease(
     runs: &AtomicU32,
     work: Duration,
 ) -> Result<u32, Error> {
-    let execution = runs.fetch_add(1, Ordering::SeqCst) + 1;
-    tokio::time::sleep(work).await;
-    Ok(execution)
+    count_and_work(runs, work).await
 }
 
 /// The same function's namespace, rejecting duplicates instead of waiting.
