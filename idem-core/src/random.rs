@@ -3,6 +3,7 @@
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// 128 bits from two independently keyed SipHash states (keys drawn from the OS by std) over
@@ -10,6 +11,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// for attempt ids, which need uniqueness, not secrecy.
 pub(crate) fn u128() -> u128 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    // `process::id()` is a system call: once per process is enough.
+    static PROCESS_ID: LazyLock<u32> = LazyLock::new(std::process::id);
     let count = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -19,7 +22,7 @@ pub(crate) fn u128() -> u128 {
         let mut hasher = RandomState::new().build_hasher();
         hasher.write_u64(count);
         hasher.write_u128(nanos);
-        hasher.write_u32(std::process::id());
+        hasher.write_u32(*PROCESS_ID);
         hasher.finish()
     };
     (u128::from(half()) << 64) | u128::from(half())

@@ -120,6 +120,7 @@ pub trait Store: Send + Sync + 'static {
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error>;
 
     /// Pending → completed: stores `record` for `retention` if `fence` is the current claim's.
+    /// A store may keep it longer, up to the end of the claim's lease.
     /// Completing again with the fence that completed the key is not an error (a retried
     /// complete whose first reply was lost).
     async fn complete(

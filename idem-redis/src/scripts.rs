@@ -5,9 +5,11 @@
 //! type or shape at our keys) never leaves a partial change. Lease expiry is the server's: a
 //! pending claim is a key with a `PX` expiry, so a lapsed lease is simply an absent key.
 //!
-//! Fencing tokens are `max(last + 1, server time in µs)`: strictly increasing while the fence key
-//! lives (it is kept at least as long as the claim and the record), and still increasing after
-//! it expired as long as the server's clock does not go back.
+//! These scripts are the slow path of a claim: the fast path is a plain `SET NX GET` (see
+//! `store.rs`), and the claim script runs only when that finds a claim in progress, a released
+//! claim, or a fence to correct. Fences the scripts assign are `max(last + 1, server time in µs)`,
+//! where `last` is the fence key's value or a released claim's fence; see `store.rs` for why the
+//! fast path's fences keep increasing too.
 
 use std::sync::LazyLock;
 
@@ -26,6 +28,9 @@ local function parse_state(v)
   elseif kind == 'P:' then
     local fence, attempt, fp = string.match(v, '^P:(%d+):(%x+):(%x*)$')
     if fence then return 'P', fence, attempt, fp end
+  elseif kind == 'F:' then
+    local fence = string.match(v, '^F:(%d+)$')
+    if fence then return 'F', fence end
   end
   return redis.error_reply('IDEM_CORRUPT the value at ' .. KEYS[1] .. ' is not an idem state')
 end
@@ -46,17 +51,31 @@ end
     };
 }
 
-/// KEYS: state, fence. ARGV: attempt (hex), fingerprint (hex), lease ms.
+/// KEYS: state, fence. ARGV: attempt (hex), fingerprint (hex), lease ms, and `1` when a pending
+/// claim of this attempt holds a fence the client proposed and the server did not confirm.
 /// Returns `{'A', fence, reentrant}` | `{'R', value}` | `{'P', fence, fingerprint, pttl}`.
 pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(with_state_parser!(
         r#"
 local v, kind, fence, attempt, fp = read_state()
 if type(v) == 'table' then return v end
+local refence = false
 if v then
   if kind == 'R' then return {'R', v} end
-  if attempt == ARGV[1] then return {'A', fence, '1'} end
-  return {'P', fence, fp, redis.call('PTTL', KEYS[1])}
+  if kind == 'P' then
+    if attempt ~= ARGV[1] then return {'P', fence, fp, redis.call('PTTL', KEYS[1])} end
+    if ARGV[4] ~= '1' then return {'A', fence, '1'} end
+    -- The fast path proposed this fence from a client's clock. Keep it (the same claim back)
+    -- if it was within a quarter of the lease of the server's clock when the claim was set,
+    -- estimated from its TTL with 1ms to spare; otherwise replace it.
+    local now = redis.call('TIME')
+    local set_at = tonumber(now[1]) * 1000000 + tonumber(now[2])
+      - (tonumber(ARGV[3]) - redis.call('PTTL', KEYS[1])) * 1000
+    if math.abs(tonumber(fence) - set_at) <= tonumber(ARGV[3]) * 250 - 1000 then
+      return {'A', fence, '1'}
+    end
+    refence = true
+  end
 end
 local last = redis.call('GET', KEYS[2])
 local last_fence = 0
@@ -66,12 +85,21 @@ if last then
     return redis.error_reply('IDEM_CORRUPT the fence at ' .. KEYS[2] .. ' is not a number')
   end
 end
+-- A released claim's fence bounds the next one. An unconfirmed proposal does not: it is the
+-- value being corrected.
+if kind == 'F' then last_fence = math.max(last_fence, tonumber(fence)) end
 local now = redis.call('TIME')
 local next_fence = math.max(last_fence + 1, tonumber(now[1]) * 1000000 + tonumber(now[2]))
 local fence_text = string.format('%.0f', next_fence)
-redis.call('SET', KEYS[1], 'P:' .. fence_text .. ':' .. ARGV[1] .. ':' .. ARGV[2], 'PX', ARGV[3])
+local pending = 'P:' .. fence_text .. ':' .. ARGV[1] .. ':' .. ARGV[2]
+if refence then
+  redis.call('SET', KEYS[1], pending, 'KEEPTTL')
+else
+  redis.call('SET', KEYS[1], pending, 'PX', ARGV[3])
+end
 redis.call('SET', KEYS[2], fence_text, 'KEEPTTL')
 keep_fence(ARGV[3] * 2)
+if refence then return {'A', fence_text, '1'} end
 return {'A', fence_text, '0'}
 "#
     ))
@@ -84,10 +112,13 @@ pub(crate) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local v, kind, fence = read_state()
 if type(v) == 'table' then return v end
-if not v or fence ~= ARGV[1] then return 'LOST' end
+if not v or kind == 'F' or fence ~= ARGV[1] then return 'LOST' end
 if kind == 'R' then return 'OK' end
-redis.call('SET', KEYS[1], 'R:' .. fence .. ':' .. ARGV[2], 'PX', ARGV[3])
-keep_fence(ARGV[3])
+-- The record outlives the claim's lease even with a shorter retention: a fresh claim may only
+-- follow once the lease has run out (see store.rs on fences).
+local keep = math.max(tonumber(ARGV[3]), redis.call('PTTL', KEYS[1]))
+redis.call('SET', KEYS[1], 'R:' .. fence .. ':' .. ARGV[2], 'PX', keep)
+keep_fence(keep)
 redis.call('PUBLISH', ARGV[4], fence)
 return 'OK'
 "#
@@ -95,14 +126,18 @@ return 'OK'
 });
 
 /// KEYS: state, fence. ARGV: fence, channel. Returns 'OK' | 'LOST'.
+///
+/// A released claim leaves `F:<fence>` until its lease would have ended, so that the next claim
+/// goes through the claim script and gets a greater fence.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(with_state_parser!(
         r#"
 local v, kind, fence = read_state()
 if type(v) == 'table' then return v end
 if not v then return 'OK' end
+if kind == 'F' and fence == ARGV[1] then return 'OK' end
 if kind ~= 'P' or fence ~= ARGV[1] then return 'LOST' end
-redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[1], 'F:' .. fence, 'KEEPTTL')
 redis.call('PUBLISH', ARGV[2], fence)
 return 'OK'
 "#

@@ -3,6 +3,7 @@
 //! ```text
 //! P:<fence>:<attempt, hex>:<fingerprint, hex>    a pending claim (expires with its lease)
 //! R:<fence>:<record bytes>                       a completed record (expires with its retention)
+//! F:<fence>                                      a released claim (expires when its lease would)
 //! ```
 
 use idem_core::Fence;
@@ -10,13 +11,19 @@ use idem_core::Fence;
 /// A decoded state value.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum State<'a> {
-    Pending { fence: Fence },
+    Pending { fence: Fence, attempt: &'a [u8] },
     Completed { fence: Fence, record: &'a [u8] },
+    Released { fence: Fence },
 }
 
 /// Decodes a state value; `None` when it is not one of ours.
 pub(crate) fn parse(value: &[u8]) -> Option<State<'_>> {
     let (kind, rest) = (value.get(..2)?, value.get(2..)?);
+    if kind == b"F:" {
+        return Some(State::Released {
+            fence: parse_fence(rest)?,
+        });
+    }
     let colon = rest.iter().position(|&b| b == b':')?;
     let fence = parse_fence(&rest[..colon])?;
     let after = &rest[colon + 1..];
@@ -25,7 +32,13 @@ pub(crate) fn parse(value: &[u8]) -> Option<State<'_>> {
             fence,
             record: after,
         }),
-        b"P:" => Some(State::Pending { fence }),
+        b"P:" => {
+            let colon = after.iter().position(|&b| b == b':')?;
+            let (attempt, fingerprint) = (&after[..colon], &after[colon + 1..]);
+            let hex = |part: &[u8]| part.iter().all(u8::is_ascii_hexdigit);
+            (!attempt.is_empty() && hex(attempt) && hex(fingerprint))
+                .then_some(State::Pending { fence, attempt })
+        }
         _ => None,
     }
 }
@@ -53,8 +66,12 @@ mod tests {
         );
         assert_eq!(
             parse(b"P:9:abcd:"),
-            Some(State::Pending { fence: Fence(9) })
+            Some(State::Pending {
+                fence: Fence(9),
+                attempt: b"abcd"
+            })
         );
+        assert_eq!(parse(b"F:12"), Some(State::Released { fence: Fence(12) }));
         for garbage in [
             &b""[..],
             b"R",
@@ -62,6 +79,12 @@ mod tests {
             b"R:x:",
             b"Q:1:",
             b"P::a:",
+            b"P:1:a",
+            b"P:1::",
+            b"P:1:xyz:",
+            b"P:1:ab:zz",
+            b"F:",
+            b"F:1:",
             b"R:99999999999999999999999:",
         ] {
             assert_eq!(parse(garbage), None, "{garbage:?}");

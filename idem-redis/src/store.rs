@@ -1,11 +1,12 @@
 //! `RedisStore`: the `Store` contract on Redis and Redis Cluster.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use idem_core::{ClaimOutcome, ClaimRequest, Error, Fence, Store};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script, Value};
+use redis::{ErrorKind, FromRedisValue, RedisError, Script, Value};
 
 use crate::scripts::{CLAIM, COMPLETE, RELEASE, RENEW};
 use crate::state::{self, State};
@@ -17,13 +18,29 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// A [`Store`] on Redis (or Redis Cluster, feature `cluster`): the shared authority for many
 /// service instances.
 ///
-/// * Every transition is one Lua script, atomic on the server; scripts validate before their
-///   first write.
+/// * A claim is a plain `SET key pending NX PX lease GET` sent with `TIME` in one round trip:
+///   it claims a free key, and returns a completed record to a replay, without running a
+///   script. Every other transition (recording, releasing, renewing, and claims that find a
+///   claim in progress or a released one) is a Lua script, atomic on the server; scripts
+///   validate before their first write.
 /// * Leases expire by the server's clock (`PX`), never a client's.
-/// * All Redis keys of one idempotency key share a hash tag, so every script is single-slot and
+/// * Fencing tokens increase across claims of a key: see "Fences" below.
+/// * All Redis keys of one idempotency key share a hash tag, so every command is single-slot and
 ///   works on a cluster.
-/// * Costs: a first execution takes 2 round trips (claim, record), a replay or an in-progress
-///   answer 1; renewals only happen for bodies longer than a third of the lease.
+/// * Costs: a first execution takes 2 round trips (claim, record), a replay 1 and no script;
+///   an in-progress answer 2; renewals only happen for bodies longer than a third of the lease.
+///   Needs Redis 7.0 or later for `SET ... NX GET`; on an older server every claim runs the
+///   claim script instead (1 round trip, slower).
+///
+/// # Fences
+///
+/// A fast claim proposes its fence from the client's clock (µs, increasing within the process)
+/// and keeps it only if the server's `TIME`, read in the same round trip, is within a quarter
+/// of the lease of it; otherwise the claim script replaces it with `max(last + 1, server µs)`.
+/// A key is only claimable afresh once the previous claim's lease ran out (a record or a
+/// released claim keeps the key for at least that long), so a new fence is at least
+/// `lease - lease/4` above the previous claim's server time, and the previous fence at most
+/// `lease/4` above it: fences increase as long as the server's clock does not go back.
 /// * Waiting duplicates are woken through pub/sub when the record is written (with polling as
 ///   the fallback).
 ///
@@ -41,6 +58,8 @@ pub struct RedisStore<C = ConnectionManager> {
     key_prefix: String,
     replica_acks: Option<(u32, Duration)>,
     waiters: Waiters,
+    /// False once the server refused `SET ... NX GET` (Redis before 7.0).
+    plain_claims: AtomicBool,
 }
 
 /// The Redis keys of one idempotency key.
@@ -121,6 +140,7 @@ where
             key_prefix: String::new(),
             replica_acks: None,
             waiters: Waiters::new(None),
+            plain_claims: AtomicBool::new(true),
         }
     }
 
@@ -222,6 +242,110 @@ where
         Ok(())
     }
 
+    /// The fast claim: `SET NX GET` and `TIME` in one round trip, no script. `None` when the
+    /// claim script has to decide: the key is pending or released, the proposed fence was too
+    /// far from the server's clock, or the server is older than 7.0.
+    async fn plain_claim(
+        &self,
+        keys: &Keys,
+        attempt: &str,
+        fingerprint: &str,
+        lease: Duration,
+    ) -> Result<Option<ClaimOutcome>, Error> {
+        if !self.plain_claims.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let proposal = propose_fence();
+        let mut pipeline = redis::pipe();
+        pipeline
+            .cmd("SET")
+            .arg(&keys.state)
+            .arg(format!("P:{proposal}:{attempt}:{fingerprint}"))
+            .arg("NX")
+            .arg("PX")
+            .arg(millis(lease))
+            .arg("GET")
+            .cmd("TIME");
+        // Per-command errors come back as values, so that a WRONGTYPE keeps its code.
+        pipeline.ignore_errors();
+        let mut connection = self.connection.clone();
+        let replies: Vec<Value> = pipeline
+            .query_async(&mut connection)
+            .await
+            .map_err(|err| redis_error("claim", &keys.state, err))?;
+        let (previous, seconds, micros) = match replies.as_slice() {
+            [Value::ServerError(err), _] => {
+                let err = RedisError::from(err.clone());
+                if err.code() == Some("ERR") && err.to_string().contains("syntax error") {
+                    // `NX` with `GET` needs Redis 7.0; nothing was written.
+                    self.plain_claims.store(false, Ordering::Relaxed);
+                    return Ok(None);
+                }
+                return Err(redis_error("claim", &keys.state, err));
+            }
+            [previous, Value::Array(time)] => match (
+                Option::<Vec<u8>>::from_redis_value_ref(previous),
+                time.first().map(u64::from_redis_value_ref),
+                time.get(1).map(u64::from_redis_value_ref),
+            ) {
+                (Ok(previous), Some(Ok(seconds)), Some(Ok(micros))) => (previous, seconds, micros),
+                _ => return Err(unexpected("claim", &Value::Array(replies))),
+            },
+            _ => return Err(unexpected("claim", &Value::Array(replies))),
+        };
+        let Some(previous) = previous else {
+            let server_now = seconds.saturating_mul(1_000_000).saturating_add(micros);
+            return Ok(fence_acceptable(proposal, server_now, lease).then_some(
+                ClaimOutcome::Acquired {
+                    fence: Fence(proposal),
+                    takeover: false,
+                },
+            ));
+        };
+        match state::parse(&previous) {
+            Some(State::Completed { record, .. }) => Ok(Some(ClaimOutcome::Completed {
+                record: record.to_vec(),
+            })),
+            Some(State::Pending { .. } | State::Released { .. }) => Ok(None),
+            None => Err(Error::corrupt(
+                &keys.state,
+                "its value is not an idem state",
+            )),
+        }
+    }
+
+    /// The claim script: claims in progress, released claims, and fences to correct.
+    async fn script_claim(
+        &self,
+        key: &str,
+        keys: &Keys,
+        attempt: &str,
+        fingerprint: &str,
+        lease: Duration,
+    ) -> Result<ClaimOutcome, Error> {
+        let lease = millis(lease).to_string();
+        // A pending claim of this attempt found by the fast path holds an unconfirmed proposal.
+        let refence: &[u8] = if self.plain_claims.load(Ordering::Relaxed) {
+            b"1"
+        } else {
+            b"0"
+        };
+        let reply = self
+            .invoke(
+                "claim",
+                keys,
+                &CLAIM,
+                &[
+                    attempt.as_bytes(),
+                    fingerprint.as_bytes(),
+                    lease.as_bytes(),
+                    refence,
+                ],
+            )
+            .await?;
+        parse_claim(key, &reply).ok_or_else(|| unexpected("claim", &reply))?
+    }
+
     /// True when `key` is still pending under `fence`.
     async fn is_pending(&self, keys: &Keys, fence: Fence) -> Result<bool, Error> {
         let mut connection = self.connection.clone();
@@ -232,8 +356,8 @@ where
             .map_err(|err| redis_error("wait", &keys.state, err))?;
         Ok(match value.as_deref().map(state::parse) {
             None => false,
-            Some(Some(State::Pending { fence: current })) => current == fence,
-            Some(Some(State::Completed { .. })) => false,
+            Some(Some(State::Pending { fence: current, .. })) => current == fence,
+            Some(Some(State::Completed { .. } | State::Released { .. })) => false,
             Some(None) => return Err(Error::corrupt(&keys.state, "not an idem state value")),
         })
     }
@@ -248,17 +372,16 @@ where
         let keys = self.keys(request.key);
         let attempt = format!("{:032x}", request.attempt.0);
         let fingerprint = idem_core::hex(request.fingerprint);
-        let lease = millis(request.lease).to_string();
-        let reply = self
-            .invoke(
-                "claim",
-                &keys,
-                &CLAIM,
-                &[attempt.as_bytes(), fingerprint.as_bytes(), lease.as_bytes()],
-            )
-            .await?;
-        let outcome =
-            parse_claim(request.key, &reply).ok_or_else(|| unexpected("claim", &reply))??;
+        let outcome = match self
+            .plain_claim(&keys, &attempt, &fingerprint, request.lease)
+            .await?
+        {
+            Some(outcome) => outcome,
+            None => {
+                self.script_claim(request.key, &keys, &attempt, &fingerprint, request.lease)
+                    .await?
+            }
+        };
         if let ClaimOutcome::Acquired { .. } = outcome {
             self.await_replicas("claim").await?;
         }
@@ -401,8 +524,60 @@ fn redis_error(operation: &'static str, key: &str, err: RedisError) -> Error {
     }
 }
 
+/// A fence proposal: the client's clock in µs, strictly increasing within the process.
+fn propose_fence() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+        });
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last.saturating_add(1));
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
+/// Whether a proposed fence is close enough to the server's clock to keep (see "Fences" on
+/// [`RedisStore`]).
+fn fence_acceptable(proposal: u64, server_now: u64, lease: Duration) -> bool {
+    let tolerance = u64::try_from(lease.as_micros() / 4).unwrap_or(u64::MAX);
+    proposal.abs_diff(server_now) <= tolerance
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
         .unwrap_or(u64::MAX)
         .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proposals_increase_within_the_process() {
+        let mut last = propose_fence();
+        for _ in 0..10_000 {
+            let next = propose_fence();
+            assert!(next > last);
+            last = next;
+        }
+    }
+
+    #[test]
+    fn a_proposal_is_kept_only_within_a_quarter_of_the_lease_of_the_server_clock() {
+        let lease = Duration::from_secs(4);
+        let now = 1_700_000_000_000_000;
+        assert!(fence_acceptable(now, now, lease));
+        assert!(fence_acceptable(now + 1_000_000, now, lease));
+        assert!(fence_acceptable(now - 1_000_000, now, lease));
+        assert!(!fence_acceptable(now + 1_000_001, now, lease));
+        assert!(!fence_acceptable(now - 1_000_001, now, lease));
+        assert!(!fence_acceptable(0, now, lease));
+    }
 }

@@ -103,24 +103,41 @@ async fn round_trip_budget() {
     idem.run(Call::new("budget", "first"), body(&runs, Duration::ZERO))
         .await
         .unwrap();
-    let first = (trips.load(Ordering::SeqCst), calls(&server, "evalsha"));
-    println!(
-        "first execution: {} round trips, {} EVALSHA",
-        first.0, first.1
+    let first = (
+        trips.load(Ordering::SeqCst),
+        calls(&server, "evalsha"),
+        calls(&server, "set"),
     );
-    assert_eq!(first, (2, 2), "a first execution is claim + record");
+    println!(
+        "first execution: {} round trips, {} EVALSHA, {} SET",
+        first.0, first.1, first.2
+    );
+    assert_eq!(
+        first,
+        (2, 1, 2),
+        "a first execution is a plain claim (SET NX GET + TIME) and the record script (whose \
+         SET commandstats counts too)"
+    );
+    assert_eq!(calls(&server, "time"), 1);
     assert_eq!(calls(&server, "script"), 0, "no script reload once loaded");
 
     reset_stats(&server, &trips);
     idem.run(Call::new("budget", "first"), body(&runs, Duration::ZERO))
         .await
         .unwrap();
-    let replay = (trips.load(Ordering::SeqCst), calls(&server, "evalsha"));
-    println!("replay: {} round trips, {} EVALSHA", replay.0, replay.1);
+    let replay = (
+        trips.load(Ordering::SeqCst),
+        calls(&server, "evalsha"),
+        calls(&server, "set"),
+    );
+    println!(
+        "replay: {} round trips, {} EVALSHA, {} SET",
+        replay.0, replay.1, replay.2
+    );
     assert_eq!(
         replay,
-        (1, 1),
-        "a replay is one claim that returns the record"
+        (1, 0, 1),
+        "a replay is one plain claim that returns the record, no script"
     );
 
     let key = idem.store_key("budget", "held").unwrap();
@@ -135,20 +152,26 @@ async fn round_trip_budget() {
         .await
         .unwrap();
     assert!(matches!(holder, ClaimOutcome::Acquired { .. }));
-    reset_stats(&server, &trips);
-    let answer = idem
-        .run(
-            Call::new("budget", "held").on_in_progress(OnInProgress::Reject),
-            body(&runs, Duration::ZERO),
-        )
-        .await;
-    assert!(
-        matches!(answer, Err(Error::InProgress { .. })),
-        "{answer:?}"
-    );
+    // The first in-progress answer also loads the claim script: count the second.
+    for _ in 0..2 {
+        reset_stats(&server, &trips);
+        let answer = idem
+            .run(
+                Call::new("budget", "held").on_in_progress(OnInProgress::Reject),
+                body(&runs, Duration::ZERO),
+            )
+            .await;
+        assert!(
+            matches!(answer, Err(Error::InProgress { .. })),
+            "{answer:?}"
+        );
+    }
     let in_progress = trips.load(Ordering::SeqCst);
-    println!("in-progress answer: {in_progress} round trip");
-    assert_eq!(in_progress, 1);
+    println!("in-progress answer: {in_progress} round trips");
+    assert_eq!(
+        in_progress, 2,
+        "the plain claim finds the claim, the script reports its lease"
+    );
 
     // Renewals only for bodies longer than a third of the lease (300ms here).
     reset_stats(&server, &trips);
@@ -221,6 +244,16 @@ async fn garbage_and_wrong_types_are_corrupt_and_left_untouched() {
         .arg("v")
         .query(&mut conn)
         .unwrap();
+    // Only the claim script reads the fence key: a released claim sends the claim there.
+    for released in [&bad_fence, &hash_fence] {
+        let _: () = redis::cmd("SET")
+            .arg(released)
+            .arg("F:1")
+            .arg("PX")
+            .arg(60_000)
+            .query(&mut conn)
+            .unwrap();
+    }
 
     for key in ["string", "list", "record", "fence", "hash-fence"] {
         let result = idem
@@ -239,11 +272,10 @@ async fn garbage_and_wrong_types_are_corrupt_and_left_untouched() {
     // Nothing was written over them.
     let value: String = redis::cmd("GET").arg(&garbage).query(&mut conn).unwrap();
     assert_eq!(value, "hello");
-    let exists: i64 = redis::cmd("EXISTS")
-        .arg(&bad_fence)
-        .query(&mut conn)
-        .unwrap();
-    assert_eq!(exists, 0, "no claim was written next to a corrupt fence");
+    for released in [&bad_fence, &hash_fence] {
+        let value: String = redis::cmd("GET").arg(released).query(&mut conn).unwrap();
+        assert_eq!(value, "F:1", "no claim was written next to a corrupt fence");
+    }
     // The fenced writes refuse garbage too, without panicking.
     let store = idem.store();
     let key = idem.store_key("g", "string").unwrap();
@@ -525,6 +557,24 @@ async fn key_prefixes_are_applied_and_checked() {
     idem.run(Call::new("prefixed", "k"), body(&runs, Duration::ZERO))
         .await
         .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query(&mut server.connection())
+        .unwrap();
+    assert_eq!(keys, ["app1:{idem:prefixed:k}"]);
+    // A released claim sends the next claim through the script, which writes the fence key.
+    let failed: Result<u32, Error> = idem
+        .run(Call::new("prefixed", "released"), async {
+            Err(Error::invalid_key("a failing body"))
+        })
+        .await;
+    assert!(failed.is_err());
+    idem.run(
+        Call::new("prefixed", "released"),
+        body(&runs, Duration::ZERO),
+    )
+    .await
+    .unwrap();
     let mut keys: Vec<String> = redis::cmd("KEYS")
         .arg("*")
         .query(&mut server.connection())
@@ -532,6 +582,199 @@ async fn key_prefixes_are_applied_and_checked() {
     keys.sort();
     assert_eq!(
         keys,
-        ["app1:{idem:prefixed:k}", "app1:{idem:prefixed:k}:fence"]
+        [
+            "app1:{idem:prefixed:k}",
+            "app1:{idem:prefixed:released}",
+            "app1:{idem:prefixed:released}:fence"
+        ]
     );
+}
+
+/// Server time in µs.
+fn server_micros(server: &RedisServer) -> u64 {
+    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query(&mut server.connection()).unwrap();
+    seconds * 1_000_000 + micros
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proposed_fence_far_from_the_server_clock_is_replaced() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let attempt = AttemptId::random();
+    // What a fast claim from a client whose clock is an hour ahead leaves behind when its reply
+    // is lost: a pending claim of this attempt with an unconfirmed fence.
+    let ahead = server_micros(&server) + 3_600_000_000;
+    let _: () = redis::cmd("SET")
+        .arg("{k}")
+        .arg(format!("P:{ahead}:{:032x}:", attempt.0))
+        .arg("PX")
+        .arg(30_000)
+        .query(&mut server.connection())
+        .unwrap();
+    let outcome = store
+        .claim(ClaimRequest::new("k", attempt, b"", lease))
+        .await
+        .unwrap();
+    let ClaimOutcome::Acquired { fence, .. } = outcome else {
+        panic!("the same attempt must get its claim back, got {outcome:?}");
+    };
+    let now = server_micros(&server);
+    println!("proposed {ahead}, replaced by {fence}, server time {now}");
+    assert!(
+        fence.0 < ahead && fence.0.abs_diff(now) < 5_000_000,
+        "the fence must come from the server's clock: {fence}"
+    );
+    // Completing needs the replacement fence.
+    store
+        .complete("k", fence, b"record", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let stale = store
+        .complete(
+            "k",
+            idem_core::Fence(ahead),
+            b"other",
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(matches!(stale, Ok(()) | Err(Error::LeaseLost { .. })));
+    let value: Vec<u8> = redis::cmd("GET")
+        .arg("{k}")
+        .query(&mut server.connection())
+        .unwrap();
+    assert!(value.ends_with(b":record"), "{value:?}");
+
+    // A proposal close to the server clock is kept: the same claim back.
+    let attempt = AttemptId::random();
+    let close = server_micros(&server);
+    let _: () = redis::cmd("SET")
+        .arg("{near}")
+        .arg(format!("P:{close}:{:032x}:", attempt.0))
+        .arg("PX")
+        .arg(30_000)
+        .query(&mut server.connection())
+        .unwrap();
+    let again = store
+        .claim(ClaimRequest::new("near", attempt, b"", lease))
+        .await
+        .unwrap();
+    assert!(
+        matches!(again, ClaimOutcome::Acquired { fence, .. } if fence.0 == close),
+        "{again:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_leaves_its_fence_until_the_lease_would_end() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let lease = Duration::from_secs(20);
+    let ClaimOutcome::Acquired { fence, .. } = store
+        .claim(ClaimRequest::new("k", AttemptId::random(), b"", lease))
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh key is acquired");
+    };
+    store.release("k", fence).await.unwrap();
+    let mut conn = server.connection();
+    let value: String = redis::cmd("GET").arg("{k}").query(&mut conn).unwrap();
+    let ttl: i64 = redis::cmd("PTTL").arg("{k}").query(&mut conn).unwrap();
+    assert_eq!(value, format!("F:{fence}"));
+    assert!(ttl > 15_000 && ttl <= 20_000, "{ttl}");
+    // Releasing again is fine; completing a released claim is not.
+    store.release("k", fence).await.unwrap();
+    let late = store
+        .complete("k", fence, b"late", Duration::from_secs(60))
+        .await;
+    assert!(matches!(late, Err(Error::LeaseLost { .. })), "{late:?}");
+    let ClaimOutcome::Acquired { fence: next, .. } = store
+        .claim(ClaimRequest::new("k", AttemptId::random(), b"", lease))
+        .await
+        .unwrap()
+    else {
+        panic!("a released key is acquired");
+    };
+    assert!(next > fence, "{fence} then {next}");
+}
+
+/// Rewrites the fast claim so that the server refuses it as Redis 6 does (`SET` with both `NX`
+/// and `GET` is a syntax error before 7.0), and counts how often that happened.
+#[derive(Clone)]
+struct BeforeRedis7 {
+    inner: ConnectionManager,
+    refused: Arc<AtomicU64>,
+}
+
+impl ConnectionLike for BeforeRedis7 {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.inner.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let fast_claim = pipeline.cmd_iter().next().is_some_and(|cmd| {
+            let args: Vec<Vec<u8>> = cmd
+                .args_iter()
+                .map(|arg| match arg {
+                    redis::Arg::Simple(bytes) => bytes.to_vec(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            args.first().is_some_and(|a| a == b"SET") && args.iter().any(|a| a == b"NX")
+        });
+        if !fast_claim {
+            return self.inner.req_packed_commands(pipeline, offset, count);
+        }
+        self.refused.fetch_add(1, Ordering::SeqCst);
+        let mut refused = redis::pipe();
+        refused
+            .cmd("SET")
+            .arg("{never-written}")
+            .arg("x")
+            .arg("NOT-AN-OPTION")
+            .cmd("TIME");
+        let mut inner = self.inner.clone();
+        Box::pin(async move { inner.req_packed_commands(&refused, offset, count).await })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_without_set_nx_get_fall_back_to_the_claim_script() {
+    let server = RedisServer::start();
+    let client = redis::Client::open(server.url()).unwrap();
+    let refused = Arc::new(AtomicU64::new(0));
+    let store = RedisStore::from_connection(BeforeRedis7 {
+        inner: ConnectionManager::new(client).await.unwrap(),
+        refused: refused.clone(),
+    });
+    let idem = Idempotency::new(store);
+    let runs = AtomicU32::new(0);
+    for _ in 0..3 {
+        let value = idem
+            .run(Call::new("old", "k"), body(&runs, Duration::ZERO))
+            .await
+            .unwrap();
+        assert_eq!(value, 1, "every call gets the first call's result");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        refused.load(Ordering::SeqCst),
+        1,
+        "after the first refusal, claims go straight to the script"
+    );
+    let written: i64 = redis::cmd("EXISTS")
+        .arg("{never-written}")
+        .query(&mut server.connection())
+        .unwrap();
+    assert_eq!(written, 0);
 }

@@ -138,7 +138,9 @@ async fn slow_rejecting(idem: &Idempotency, order: &str, runs: &AtomicU32) -> Re
     Ok(runs.fetch_add(1, Ordering::SeqCst) + 1)
 }
 
-#[idempotent(key = order, using = idem, ttl = "2s")]
+// The lease is no longer than the retention: the Redis store keeps a record at least until its
+// claim's lease would have ended.
+#[idempotent(key = order, using = idem, ttl = "2s", lease = "2s")]
 async fn short_retention(idem: &Idempotency, order: &str, runs: &AtomicU32) -> Result<u32, Error> {
     Ok(runs.fetch_add(1, Ordering::SeqCst) + 1)
 }

@@ -1,0 +1,245 @@
+//! Benchmarks of idem side by side with hand-written redis-rs, the `cached` crate and in-memory
+//! references, in interleaved rounds so that only ratios measured in one run are compared.
+//!
+//! ```text
+//! cargo run --release -p idem-bench -- [--rounds 3] [--block-ms 1000] [--tasks 1,16,64,256]
+//!                                      [--suite redis,memory] [--chart docs/benchmarks.svg]
+//! ```
+//!
+//! It starts its own `redis-server` on a free port unless `REDIS_URL` names one.
+
+mod chart;
+mod measure;
+mod report;
+mod sides;
+
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use idem_chaos::servers::RedisServer;
+
+use crate::measure::Keys;
+use crate::report::{Cell, Results};
+use crate::sides::{Side, Workload, EXECUTIONS};
+
+/// Keys completed before the replay blocks (and live during the first-execution blocks).
+const LIVE_KEYS: u64 = 10_000;
+
+/// Which store the sides run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Suite {
+    Redis,
+    Memory,
+}
+
+impl Suite {
+    fn name(self) -> &'static str {
+        match self {
+            Suite::Redis => "Redis",
+            Suite::Memory => "memory",
+        }
+    }
+}
+
+struct Options {
+    rounds: usize,
+    block: Duration,
+    tasks: Vec<u64>,
+    suites: Vec<Suite>,
+    chart: Option<std::path::PathBuf>,
+}
+
+const USAGE: &str = "usage: idem-bench [--rounds N (3)] [--block-ms MS (1000)] \
+[--tasks 1,16,64,256] [--suite redis,memory] [--chart FILE.svg]\n\
+Starts its own redis-server on a free port unless REDIS_URL is set.";
+
+fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let mut options = Options {
+        rounds: 3,
+        block: Duration::from_millis(1000),
+        tasks: vec![1, 16, 64, 256],
+        suites: vec![Suite::Redis, Suite::Memory],
+        chart: None,
+    };
+    let mut args = args;
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--rounds" => options.rounds = number(&flag, &value()?)?.max(1) as usize,
+            "--block-ms" => options.block = Duration::from_millis(number(&flag, &value()?)?.max(1)),
+            "--tasks" => {
+                options.tasks = value()?
+                    .split(',')
+                    .map(|tasks| number("--tasks", tasks).map(|tasks| tasks.max(1)))
+                    .collect::<Result<_, _>>()?
+            }
+            "--suite" => {
+                options.suites = value()?
+                    .split(',')
+                    .map(|suite| match suite {
+                        "redis" => Ok(Suite::Redis),
+                        "memory" => Ok(Suite::Memory),
+                        other => Err(format!("unknown suite `{other}`: use redis or memory")),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "--chart" => options.chart = Some(value()?.into()),
+            "--help" | "-h" => return Err(String::new()),
+            other => return Err(format!("unknown option `{other}`")),
+        }
+    }
+    Ok(options)
+}
+
+fn number(flag: &str, text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("{flag}: `{text}` is not a whole number"))
+}
+
+fn main() -> ExitCode {
+    let options = match parse_options(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(message) => {
+            if !message.is_empty() {
+                eprintln!("{message}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the tokio runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&options)) {
+        Ok(clean) if clean => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(message) => {
+            eprintln!("{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs every suite; `Ok(false)` when a call failed or a replay ran a body.
+async fn run(options: &Options) -> Result<bool, String> {
+    // Our own server unless REDIS_URL names one; it lives until the end of the run.
+    let mut server = None;
+    let url = match std::env::var("REDIS_URL") {
+        Ok(url) => url,
+        Err(_) if options.suites.contains(&Suite::Redis) => {
+            let started = RedisServer::start();
+            let url = started.url();
+            server = Some(started);
+            url
+        }
+        Err(_) => String::new(),
+    };
+    println!(
+        "{}",
+        report::machine_line(options.rounds, options.block, &url, server.is_some())
+    );
+    let mut results = Results::default();
+    for &suite in &options.suites {
+        let sides = match suite {
+            Suite::Redis => vec![
+                Side::idem_redis(&url).await.map_err(|err| err.0)?,
+                Side::naive(&url).await.map_err(|err| err.0)?,
+                Side::cached(&url),
+            ],
+            Suite::Memory => vec![Side::idem_memory(), Side::Bare, Side::mutex_map()],
+        };
+        let sides: Vec<Arc<Side>> = sides.into_iter().map(Arc::new).collect();
+        for side in &sides {
+            populate(side, suite).await?;
+        }
+        for workload in [Workload::First, Workload::Replay] {
+            for &tasks in &options.tasks {
+                for round in 0..options.rounds {
+                    for (index, side) in sides.iter().enumerate() {
+                        let cell = Cell {
+                            suite: suite.name(),
+                            workload,
+                            tasks,
+                            side: side.name(),
+                        };
+                        let keys = match workload {
+                            Workload::First => Keys::Fresh {
+                                base: (results.blocks() + 1) << 41,
+                            },
+                            Workload::Replay => Keys::Existing { count: LIVE_KEYS },
+                        };
+                        let executions = EXECUTIONS.load(Ordering::Relaxed);
+                        let side = Arc::clone(side);
+                        let mut sample = measure::block(tasks, options.block, keys, move |key| {
+                            let side = Arc::clone(&side);
+                            async move { side.call(workload, key).await }
+                        })
+                        .await;
+                        let ran = EXECUTIONS.load(Ordering::Relaxed) - executions;
+                        if workload == Workload::Replay && cell.side != "bare call" && ran > 0 {
+                            sample.errors += ran;
+                            sample
+                                .first_error
+                                .get_or_insert(format!("{ran} replays ran the body"));
+                        }
+                        if let Some(error) = &sample.first_error {
+                            eprintln!(
+                                "{cell} round {round}: {} errors, first: {error}",
+                                sample.errors
+                            );
+                        }
+                        eprintln!(
+                            "{cell} round {round} ({index}): {:.0} ops/s",
+                            sample.ops_per_sec()
+                        );
+                        results.add(cell, sample);
+                    }
+                }
+            }
+        }
+    }
+    print!("{}", results.table());
+    print!("{}", results.summary());
+    if let Some(path) = &options.chart {
+        chart::draw(&results, path)
+            .map_err(|err| format!("cannot draw {}: {err}", path.display()))?;
+        println!("chart: {}", path.display());
+    }
+    drop(server);
+    Ok(results.clean())
+}
+
+/// Completes keys `0..LIVE_KEYS` on `side` (the replays' keys, and the live keys the first
+/// executions run among).
+async fn populate(side: &Arc<Side>, suite: Suite) -> Result<(), String> {
+    let tasks = 64;
+    let mut handles = Vec::new();
+    for task in 0..tasks {
+        let side = Arc::clone(side);
+        handles.push(tokio::spawn(async move {
+            let mut key = task;
+            while key < LIVE_KEYS {
+                side.call(Workload::First, key).await?;
+                key += tasks;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for handle in handles {
+        handle
+            .await
+            .map_err(|err| format!("a task panicked: {err}"))?
+            .map_err(|err| format!("populating {} on {}: {err}", side.name(), suite.name()))?;
+    }
+    Ok(())
+}
