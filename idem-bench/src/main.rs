@@ -49,10 +49,15 @@ struct Options {
     tasks: Vec<u64>,
     suites: Vec<Suite>,
     chart: Option<std::path::PathBuf>,
+    /// Only the sides whose name contains this (for profiling one side).
+    only: Option<String>,
+    /// Only this workload.
+    workloads: Vec<Workload>,
 }
 
 const USAGE: &str = "usage: idem-bench [--rounds N (3)] [--block-ms MS (1000)] \
-[--tasks 1,16,64,256] [--suite redis,memory] [--chart FILE.svg]\n\
+[--tasks 1,16,64,256] [--suite redis,memory] [--chart FILE.svg] \
+[--only SIDE] [--workload first|replay]\n\
 Starts its own redis-server on a free port unless REDIS_URL is set.";
 
 fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> {
@@ -62,6 +67,8 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
         tasks: vec![1, 16, 64, 256],
         suites: vec![Suite::Redis, Suite::Memory],
         chart: None,
+        only: None,
+        workloads: vec![Workload::First, Workload::Replay],
     };
     let mut args = args;
     while let Some(flag) = args.next() {
@@ -86,6 +93,16 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
                     .collect::<Result<_, _>>()?
             }
             "--chart" => options.chart = Some(value()?.into()),
+            "--only" => options.only = Some(value()?),
+            "--workload" => {
+                options.workloads = match value()?.as_str() {
+                    "first" => vec![Workload::First],
+                    "replay" => vec![Workload::Replay],
+                    other => {
+                        return Err(format!("unknown workload `{other}`: use first or replay"))
+                    }
+                }
+            }
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown option `{other}`")),
         }
@@ -158,11 +175,20 @@ async fn run(options: &Options) -> Result<bool, String> {
             ],
             Suite::Memory => vec![Side::idem_memory(), Side::Bare, Side::mutex_map()],
         };
-        let sides: Vec<Arc<Side>> = sides.into_iter().map(Arc::new).collect();
+        let sides: Vec<Arc<Side>> = sides
+            .into_iter()
+            .filter(|side| {
+                options
+                    .only
+                    .as_ref()
+                    .is_none_or(|only| side.name().contains(only.as_str()))
+            })
+            .map(Arc::new)
+            .collect();
         for side in &sides {
             populate(side, suite).await?;
         }
-        for workload in [Workload::First, Workload::Replay] {
+        for &workload in &options.workloads {
             for &tasks in &options.tasks {
                 for round in 0..options.rounds {
                     for (index, side) in sides.iter().enumerate() {

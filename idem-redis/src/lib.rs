@@ -5,6 +5,7 @@
 //! See [`RedisStore`] for what it guarantees and costs.
 
 mod scripts;
+mod server_clock;
 mod state;
 mod store;
 mod waiters;

@@ -1,7 +1,7 @@
 //! `RedisStore`: the `Store` contract on Redis and Redis Cluster.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use idem_core::{ClaimOutcome, ClaimRequest, Error, Fence, Store};
@@ -9,6 +9,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, FromRedisValue, RedisError, Script, Value};
 
 use crate::scripts::{CLAIM, COMPLETE, RELEASE, RENEW};
+use crate::server_clock::{self, Proposal, ServerClock};
 use crate::state::{self, State};
 use crate::waiters::Waiters;
 
@@ -18,11 +19,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// A [`Store`] on Redis (or Redis Cluster, feature `cluster`): the shared authority for many
 /// service instances.
 ///
-/// * A claim is a plain `SET key pending NX PX lease GET` sent with `TIME` in one round trip:
-///   it claims a free key, and returns a completed record to a replay, without running a
-///   script. Every other transition (recording, releasing, renewing, and claims that find a
-///   claim in progress or a released one) is a Lua script, atomic on the server; scripts
-///   validate before their first write.
+/// * A claim is one plain command, `SET key pending NX PX lease GET`: it claims a free key, and
+///   returns a completed record to a replay, without running a script. Every other transition
+///   (recording, releasing, renewing, and claims that find a claim in progress or a released
+///   one) is a Lua script, atomic on the server; scripts validate before their first write.
 /// * Leases expire by the server's clock (`PX`), never a client's.
 /// * Fencing tokens increase across claims of a key: see "Fences" below.
 /// * All Redis keys of one idempotency key share a hash tag, so every command is single-slot and
@@ -30,29 +30,25 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// * Costs: a first execution takes 2 round trips (claim, record), a replay 1 and no script;
 ///   an in-progress answer 2; renewals only happen for bodies longer than a third of the lease.
 ///   Needs Redis 7.0 or later for `SET ... NX GET`; on an older server every claim runs the
-///   claim script instead (1 round trip, slower).
+///   claim script instead (also 1 round trip, but a script).
 ///
 /// # Fences
 ///
-/// A fast claim proposes its fence from the client's clock (µs, increasing within the process)
-/// and keeps it only if the server's `TIME`, read in the same round trip, is within a quarter
-/// of the lease of it; otherwise the claim script replaces it with `max(last + 1, server µs)`.
-/// A key is only claimable afresh once the previous claim's lease ran out (a record or a
-/// released claim keeps the key for at least that long), so a new fence is at least
+/// A fast claim proposes its fence: the server's clock in µs as this store estimates it. The
+/// store reads the server's `TIME` together with a claim (same round trip) at most about once
+/// a second, and in between adds the time elapsed on this machine's monotonic clock; on a
+/// cluster, whose nodes have their own clocks, and over a connection from
+/// [`from_connection`](Self::from_connection), every claim reads `TIME`. A proposal is kept
+/// only if it is provably within a quarter of the lease of the server's clock when the claim
+/// was written (allowing for the reading's round trip, the claim's round trip and 1000 ppm of
+/// drift); otherwise the claim script replaces it with `max(last + 1, server µs)`.
+///
+/// A key is only claimable afresh once the previous claim's lease has run out (a record or a
+/// released claim keeps the key at least that long), so a new fence is at least
 /// `lease - lease/4` above the previous claim's server time, and the previous fence at most
-/// `lease/4` above it: fences increase as long as the server's clock does not go back.
-/// * Waiting duplicates are woken through pub/sub when the record is written (with polling as
-///   the fallback).
-///
-/// ```no_run
-/// # async fn demo() -> Result<(), idem_core::Error> {
-/// use idem_core::Idempotency;
-/// use idem_redis::RedisStore;
-///
-/// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
-/// let idem = Idempotency::new(store);
-/// # Ok(()) }
-/// ```
+/// `lease/4` above it: fences increase as long as the server's clock does not go back (and,
+/// with `connect`, as long as a failover does not move to a server whose clock differs by more
+/// than a quarter of the lease within a second of it).
 pub struct RedisStore<C = ConnectionManager> {
     connection: C,
     key_prefix: String,
@@ -60,6 +56,10 @@ pub struct RedisStore<C = ConnectionManager> {
     waiters: Waiters,
     /// False once the server refused `SET ... NX GET` (Redis before 7.0).
     plain_claims: AtomicBool,
+    /// The server's clock as last read; unused when `time_per_claim`.
+    server_clock: ServerClock,
+    /// Read `TIME` with every claim: on a cluster, and on connections we did not make.
+    time_per_claim: bool,
 }
 
 /// The Redis keys of one idempotency key.
@@ -94,7 +94,10 @@ impl RedisStore<ConnectionManager> {
         let connection = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|err| connect_error(url, err))?;
-        Ok(Self::from_connection(connection).with_pubsub(client))
+        let mut store = Self::from_connection(connection).with_pubsub(client);
+        // One server behind one connection: a reading of its clock stays valid between claims.
+        store.time_per_claim = false;
+        Ok(store)
     }
 }
 
@@ -141,6 +144,8 @@ where
             replica_acks: None,
             waiters: Waiters::new(None),
             plain_claims: AtomicBool::new(true),
+            server_clock: ServerClock::default(),
+            time_per_claim: true,
         }
     }
 
@@ -242,9 +247,10 @@ where
         Ok(())
     }
 
-    /// The fast claim: `SET NX GET` and `TIME` in one round trip, no script. `None` when the
-    /// claim script has to decide: the key is pending or released, the proposed fence was too
-    /// far from the server's clock, or the server is older than 7.0.
+    /// The fast claim: one `SET NX GET` (with `TIME` when the store has no recent reading of the
+    /// server's clock), no script. `None` when the claim script has to decide: the key is
+    /// pending or released, the proposed fence may be too far from the server's clock, or the
+    /// server is older than 7.0.
     async fn plain_claim(
         &self,
         keys: &Keys,
@@ -255,63 +261,97 @@ where
         if !self.plain_claims.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let proposal = propose_fence();
-        let mut pipeline = redis::pipe();
-        pipeline
-            .cmd("SET")
-            .arg(&keys.state)
-            .arg(format!("P:{proposal}:{attempt}:{fingerprint}"))
+        let sent = Instant::now();
+        let estimated = if self.time_per_claim {
+            None
+        } else {
+            self.server_clock.propose(sent)
+        };
+        let fence = estimated.map_or_else(server_clock::propose_from_wall_clock, |p| p.fence);
+        let mut set = redis::cmd("SET");
+        set.arg(&keys.state)
+            .arg(format!("P:{fence}:{attempt}:{fingerprint}"))
             .arg("NX")
             .arg("PX")
             .arg(millis(lease))
-            .arg("GET")
-            .cmd("TIME");
-        // Per-command errors come back as values, so that a WRONGTYPE keeps its code.
-        pipeline.ignore_errors();
+            .arg("GET");
         let mut connection = self.connection.clone();
-        let replies: Vec<Value> = pipeline
-            .query_async(&mut connection)
-            .await
-            .map_err(|err| redis_error("claim", &keys.state, err))?;
-        let (previous, seconds, micros) = match replies.as_slice() {
-            [Value::ServerError(err), _] => {
-                let err = RedisError::from(err.clone());
-                if err.code() == Some("ERR") && err.to_string().contains("syntax error") {
-                    // `NX` with `GET` needs Redis 7.0; nothing was written.
-                    self.plain_claims.store(false, Ordering::Relaxed);
-                    return Ok(None);
-                }
-                return Err(redis_error("claim", &keys.state, err));
+        let (previous, error) = match estimated {
+            Some(Proposal { error, .. }) => {
+                let previous = set.query_async::<Value>(&mut connection).await;
+                let previous = match previous {
+                    Ok(previous) => previous,
+                    Err(err) => return self.refused(keys, err),
+                };
+                // The claim was written somewhere within this round trip.
+                (previous, error + sent.elapsed())
             }
-            [previous, Value::Array(time)] => match (
-                Option::<Vec<u8>>::from_redis_value_ref(previous),
-                time.first().map(u64::from_redis_value_ref),
-                time.get(1).map(u64::from_redis_value_ref),
-            ) {
-                (Ok(previous), Some(Ok(seconds)), Some(Ok(micros))) => (previous, seconds, micros),
-                _ => return Err(unexpected("claim", &Value::Array(replies))),
-            },
-            _ => return Err(unexpected("claim", &Value::Array(replies))),
+            None => {
+                let mut pipeline = redis::pipe();
+                pipeline.add_command(set).cmd("TIME");
+                // Per-command errors come back as values, so that a WRONGTYPE keeps its code.
+                pipeline.ignore_errors();
+                let replies: Vec<Value> = pipeline
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(|err| redis_error("claim", &keys.state, err))?;
+                let round_trip = sent.elapsed();
+                let mut replies = replies.into_iter();
+                let (previous, time) = match (replies.next(), replies.next()) {
+                    (Some(Value::ServerError(err)), _) => {
+                        return self.refused(keys, RedisError::from(err))
+                    }
+                    (Some(previous), Some(time)) => (previous, time),
+                    _ => return Err(unexpected("claim", &Value::Nil)),
+                };
+                let server_now = <(u64, u64)>::from_redis_value(time)
+                    .map(|(seconds, micros)| {
+                        seconds.saturating_mul(1_000_000).saturating_add(micros)
+                    })
+                    .map_err(|err| {
+                        Error::store_indeterminate("claim", format!("unexpected TIME reply: {err}"))
+                    })?;
+                self.server_clock.record(server_now, sent, round_trip);
+                // TIME ran right after the claim was written.
+                (previous, Duration::from_micros(fence.abs_diff(server_now)))
+            }
         };
-        let Some(previous) = previous else {
-            let server_now = seconds.saturating_mul(1_000_000).saturating_add(micros);
-            return Ok(fence_acceptable(proposal, server_now, lease).then_some(
-                ClaimOutcome::Acquired {
-                    fence: Fence(proposal),
-                    takeover: false,
-                },
-            ));
+        let previous = match previous {
+            Value::Nil => {
+                return Ok(server_clock::acceptable(error, lease).then_some(
+                    ClaimOutcome::Acquired {
+                        fence: Fence(fence),
+                        takeover: false,
+                    },
+                ))
+            }
+            Value::BulkString(previous) => previous,
+            other => return Err(unexpected("claim", &other)),
         };
         match state::parse(&previous) {
-            Some(State::Completed { record, .. }) => Ok(Some(ClaimOutcome::Completed {
-                record: record.to_vec(),
-            })),
+            Some(State::Completed { record, .. }) => {
+                // The record is the tail of the value: keep the reply's buffer.
+                let start = previous.len() - record.len();
+                let mut previous = previous;
+                previous.drain(..start);
+                Ok(Some(ClaimOutcome::Completed { record: previous }))
+            }
             Some(State::Pending { .. } | State::Released { .. }) => Ok(None),
             None => Err(Error::corrupt(
                 &keys.state,
                 "its value is not an idem state",
             )),
         }
+    }
+
+    /// A refused fast claim: a syntax error means a server before 7.0 (nothing was written, use
+    /// the script from now on); anything else is the claim's error.
+    fn refused(&self, keys: &Keys, err: RedisError) -> Result<Option<ClaimOutcome>, Error> {
+        if err.code() == Some("ERR") && err.to_string().contains("syntax error") {
+            self.plain_claims.store(false, Ordering::Relaxed);
+            return Ok(None);
+        }
+        Err(redis_error("claim", &keys.state, err))
     }
 
     /// The claim script: claims in progress, released claims, and fences to correct.
@@ -524,60 +564,8 @@ fn redis_error(operation: &'static str, key: &str, err: RedisError) -> Error {
     }
 }
 
-/// A fence proposal: the client's clock in µs, strictly increasing within the process.
-fn propose_fence() -> u64 {
-    static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
-        });
-    let mut last = LAST.load(Ordering::Relaxed);
-    loop {
-        let next = now.max(last.saturating_add(1));
-        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
-            Ok(_) => return next,
-            Err(seen) => last = seen,
-        }
-    }
-}
-
-/// Whether a proposed fence is close enough to the server's clock to keep (see "Fences" on
-/// [`RedisStore`]).
-fn fence_acceptable(proposal: u64, server_now: u64, lease: Duration) -> bool {
-    let tolerance = u64::try_from(lease.as_micros() / 4).unwrap_or(u64::MAX);
-    proposal.abs_diff(server_now) <= tolerance
-}
-
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
         .unwrap_or(u64::MAX)
         .max(1)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn proposals_increase_within_the_process() {
-        let mut last = propose_fence();
-        for _ in 0..10_000 {
-            let next = propose_fence();
-            assert!(next > last);
-            last = next;
-        }
-    }
-
-    #[test]
-    fn a_proposal_is_kept_only_within_a_quarter_of_the_lease_of_the_server_clock() {
-        let lease = Duration::from_secs(4);
-        let now = 1_700_000_000_000_000;
-        assert!(fence_acceptable(now, now, lease));
-        assert!(fence_acceptable(now + 1_000_000, now, lease));
-        assert!(fence_acceptable(now - 1_000_000, now, lease));
-        assert!(!fence_acceptable(now + 1_000_001, now, lease));
-        assert!(!fence_acceptable(now - 1_000_001, now, lease));
-        assert!(!fence_acceptable(0, now, lease));
-    }
 }

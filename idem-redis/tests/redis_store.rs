@@ -778,3 +778,40 @@ async fn servers_without_set_nx_get_fall_back_to_the_claim_script() {
         .unwrap();
     assert_eq!(written, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_read_the_server_clock_about_once_a_second_and_fences_follow_it() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let mut fences = Vec::new();
+    for i in 0..50 {
+        let ClaimOutcome::Acquired { fence, .. } = store
+            .claim(ClaimRequest::new(
+                &format!("k{i}"),
+                AttemptId::random(),
+                b"",
+                lease,
+            ))
+            .await
+            .unwrap()
+        else {
+            panic!("a fresh key is acquired");
+        };
+        let now = server_micros(&server);
+        assert!(
+            now.abs_diff(fence.0) < 1_000_000,
+            "fence {fence} is not the server's time {now}"
+        );
+        fences.push(fence);
+    }
+    assert!(fences.windows(2).all(|pair| pair[0] < pair[1]));
+    // The test read TIME once per claim too.
+    let time_reads = calls(&server, "time") - 50;
+    println!("50 claims read TIME {time_reads} times");
+    assert!(
+        (1..=3).contains(&time_reads),
+        "the clock reading is reused between claims: {time_reads}"
+    );
+    assert_eq!(calls(&server, "evalsha"), 0, "no claim needed the script");
+}
