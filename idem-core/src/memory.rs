@@ -34,13 +34,14 @@ pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     next_fence: AtomicU64,
-    ops: AtomicUsize,
     sweep_cursor: AtomicUsize,
 }
 
 #[derive(Default)]
 struct Shard {
     entries: HashMap<String, Entry>,
+    /// Operations on this shard: counted under its lock, so that two cores share no counter.
+    ops: usize,
 }
 
 enum Entry {
@@ -95,7 +96,6 @@ impl MemoryStore {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
             next_fence: AtomicU64::new(1),
-            ops: AtomicUsize::new(0),
             sweep_cursor: AtomicUsize::new(0),
         }
     }
@@ -119,14 +119,11 @@ impl MemoryStore {
     fn shard(&self, key: &str, now: Instant) -> MutexGuard<'_, Shard> {
         // The modulo keeps the index below SHARDS, so the cast cannot truncate meaningfully.
         let index = (self.hasher.hash_one(key) % SHARDS as u64) as usize;
-        let shard = lock(&self.shards[index]);
+        let mut shard = lock(&self.shards[index]);
         // Shards fill evenly, so this shard's size estimates every shard's.
         let interval = (shard.entries.len() / 4).max(MIN_SWEEP_INTERVAL);
-        if !self
-            .ops
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(interval)
-        {
+        shard.ops = shard.ops.wrapping_add(1);
+        if !shard.ops.is_multiple_of(interval) {
             return shard;
         }
         drop(shard);
