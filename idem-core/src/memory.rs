@@ -40,8 +40,9 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Shard {
     entries: HashMap<String, Entry>,
-    /// Operations on this shard: counted under its lock, so that two cores share no counter.
-    ops: usize,
+    /// Operations left on this shard before it sweeps the next shard in turn: counted under
+    /// its lock, so that two cores share no counter.
+    until_sweep: usize,
 }
 
 enum Entry {
@@ -120,12 +121,13 @@ impl MemoryStore {
         // The modulo keeps the index below SHARDS, so the cast cannot truncate meaningfully.
         let index = (self.hasher.hash_one(key) % SHARDS as u64) as usize;
         let mut shard = lock(&self.shards[index]);
-        // Shards fill evenly, so this shard's size estimates every shard's.
-        let interval = (shard.entries.len() / 4).max(MIN_SWEEP_INTERVAL);
-        shard.ops = shard.ops.wrapping_add(1);
-        if !shard.ops.is_multiple_of(interval) {
+        if shard.until_sweep > 0 {
+            shard.until_sweep -= 1;
             return shard;
         }
+        // Shards fill evenly, so this shard's size estimates every shard's: each shard is swept
+        // about four times while every shard sees as many operations as it holds entries.
+        shard.until_sweep = (shard.entries.len() / 4).max(MIN_SWEEP_INTERVAL);
         drop(shard);
         let target = self.sweep_cursor.fetch_add(1, Ordering::Relaxed) % SHARDS;
         // A busy shard is skipped rather than waited for; the next sweep comes soon.
@@ -305,5 +307,45 @@ impl Store for MemoryStore {
         let deadline = lease_until.min(Instant::now() + timeout);
         let _ = tokio::time::timeout_at(deadline, notified).await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::AttemptId;
+
+    /// Regression: the sweep once ran when an operation count was a multiple of an interval
+    /// that grew with the store, which a store growing by inserts hit every few operations
+    /// (first executions got 4x slower in the benchmark).
+    #[tokio::test]
+    async fn a_growing_store_sweeps_rarely() {
+        let store = MemoryStore::new();
+        let calls = 64_000;
+        for i in 0..calls {
+            let key = format!("key-{i}");
+            // A first execution: claim, then complete (two operations, one new entry).
+            let outcome = store
+                .claim(ClaimRequest::new(
+                    &key,
+                    AttemptId::random(),
+                    b"",
+                    Duration::from_secs(60),
+                ))
+                .await;
+            let Ok(ClaimOutcome::Acquired { fence, .. }) = outcome else {
+                panic!("a fresh key is acquired: {outcome:?}");
+            };
+            store
+                .complete(&key, fence, b"record", Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        let sweeps = store.sweep_cursor.load(Ordering::Relaxed);
+        println!("{calls} first executions swept {sweeps} times");
+        assert!(
+            sweeps < calls / 20,
+            "{sweeps} sweeps for {calls} first executions"
+        );
     }
 }
