@@ -1,5 +1,5 @@
 //! The results chart: ops/s against concurrent tasks, one panel per store and workload, one
-//! line per side.
+//! line per side. The ops/s axis is logarithmic, so equal ratios look equally far apart.
 
 use std::path::Path;
 
@@ -40,8 +40,14 @@ pub(crate) fn draw(results: &Results, path: &Path) -> Result<(), Box<dyn std::er
         let top = in_panel
             .iter()
             .map(|row| row.ops_per_sec)
-            .fold(0.0, f64::max)
-            * 1.1;
+            .fold(1.0, f64::max)
+            * 2.0;
+        let bottom = in_panel
+            .iter()
+            .map(|row| row.ops_per_sec)
+            .fold(top, f64::min)
+            .max(1.0)
+            / 2.0;
         let position = |t: u64| tasks.iter().position(|&x| x == t).unwrap_or(0) as f64;
         let mut chart = ChartBuilder::on(&area)
             .caption(format!("{suite}: {workload}"), ("sans-serif", 18))
@@ -50,12 +56,12 @@ pub(crate) fn draw(results: &Results, path: &Path) -> Result<(), Box<dyn std::er
             .y_label_area_size(70)
             .build_cartesian_2d(
                 -0.2f64..(tasks.len() as f64 - 0.8).max(0.2),
-                0.0..top.max(1.0),
+                (bottom..top).log_scale(),
             )?;
         chart
             .configure_mesh()
             .x_desc("concurrent tasks")
-            .y_desc("ops/s")
+            .y_desc("ops/s (log scale)")
             .x_labels(tasks.len().max(1))
             .x_label_formatter(&|x| {
                 let index = x.round();
@@ -68,7 +74,13 @@ pub(crate) fn draw(results: &Results, path: &Path) -> Result<(), Box<dyn std::er
                     String::new()
                 }
             })
-            .y_label_formatter(&|y| format!("{:.0}k", y / 1000.0))
+            .y_label_formatter(&|y| {
+                if *y >= 1e6 {
+                    format!("{:.1}M", y / 1e6)
+                } else {
+                    format!("{:.0}k", y / 1e3)
+                }
+            })
             .draw()?;
         let mut sides: Vec<&str> = Vec::new();
         for row in &in_panel {
