@@ -11,7 +11,10 @@
 //! are repeated until this is spent; at least one), `--stores memory,redis,cluster`, `--seed N`,
 //! `--lease-ms N` (the lease of every call; default 10s, a third of idem's default, so that
 //! claims orphaned by lost replies lapse sooner; a shorter lease under this much load lets records
-//! miss their lease, which the runtime reports as `NotRecorded`/`LeaseLost`).
+//! miss their lease, which the runtime reports as `NotRecorded`/`LeaseLost`), `--in-flight N`
+//! (deliveries handled at once, as by a consumer with N workers; default 512; 0 = every
+//! delivery of a scenario at once, which on one connection under a 20% fault rate overloads it
+//! for longer than a lease).
 //!
 //! A round runs every scenario to its end (each waits one lease after healing before the final
 //! deliveries), so with 10,000 keys one round takes several minutes whatever `--seconds` says.
@@ -35,6 +38,7 @@ struct Options {
     stores: Vec<Backend>,
     seed: u64,
     lease: Duration,
+    in_flight: usize,
 }
 
 fn parse() -> Result<Options, String> {
@@ -46,6 +50,7 @@ fn parse() -> Result<Options, String> {
         stores: vec![Backend::Memory, Backend::Redis, Backend::Cluster],
         seed: 1,
         lease: Duration::from_secs(10),
+        in_flight: 512,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -62,6 +67,7 @@ fn parse() -> Result<Options, String> {
             "--seconds" => options.seconds = value.parse().map_err(bad)?,
             "--seed" => options.seed = value.parse().map_err(bad)?,
             "--lease-ms" => options.lease = Duration::from_millis(value.parse().map_err(bad)?),
+            "--in-flight" => options.in_flight = value.parse().map_err(bad)?,
             "--stores" => {
                 options.stores = value
                     .split(',')
@@ -100,6 +106,7 @@ async fn round(options: &Options, round: u64, table: &mut Table) -> Result<(), i
         attempts: 40,
         seed,
         key_prefix: format!("{name}-{seed}"),
+        in_flight: (options.in_flight > 0).then_some(options.in_flight),
     };
     let few = options.keys.min(200);
     let plan = FaultPlan {
@@ -236,12 +243,16 @@ async fn main() {
         }
     }
     println!(
-        "{rounds} round(s) in {:.0?}; keys {} per scenario, {} deliveries each, fault rate {}, lease {:?}\n",
+        "{rounds} round(s) in {:.0?}; keys {} per scenario, {} deliveries each, fault rate {}, lease {:?}, {}\n",
         started.elapsed(),
         options.keys,
         options.deliveries,
         options.rate,
-        options.lease
+        options.lease,
+        match options.in_flight {
+            0 => String::from("every delivery at once"),
+            workers => format!("{workers} deliveries in flight"),
+        }
     );
     println!(
         "| scenario | store | boundary | keys | calls | executions | duplicates | of which unwarned | lost | indeterminate surfaced | of which NotRecorded/LeaseLost | invariants |"

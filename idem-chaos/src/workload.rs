@@ -29,6 +29,9 @@ pub struct Spec {
     pub seed: u64,
     /// A prefix for the keys, so runs can share a store.
     pub key_prefix: String,
+    /// At most this many deliveries are handled at once, as by a consumer with that many
+    /// workers; `None`: every delivery at once.
+    pub in_flight: Option<usize>,
 }
 
 impl Spec {
@@ -51,6 +54,7 @@ impl Spec {
             attempts: 40,
             seed,
             key_prefix: format!("run{seed}"),
+            in_flight: None,
         }
     }
 }
@@ -267,6 +271,9 @@ pub async fn run(idem: &Idempotency, spec: &Spec, heal: impl FnOnce()) -> (Repor
     let keys: Vec<String> = (0..spec.keys)
         .map(|i| format!("{}-k{i}", spec.key_prefix))
         .collect();
+    let workers = spec
+        .in_flight
+        .map(|workers| Arc::new(tokio::sync::Semaphore::new(workers.max(1))));
     let mut tasks = Vec::new();
     for key in &keys {
         for _ in 0..spec.deliveries {
@@ -274,10 +281,20 @@ pub async fn run(idem: &Idempotency, spec: &Spec, heal: impl FnOnce()) -> (Repor
             let bodies: Vec<Duration> = (0..spec.attempts)
                 .map(|_| random_duration(&mut rng, spec.max_body))
                 .collect();
-            let (idem, history, key, spec) =
-                (idem.clone(), history.clone(), key.clone(), spec.clone());
+            let (idem, history, key, spec, workers) = (
+                idem.clone(),
+                history.clone(),
+                key.clone(),
+                spec.clone(),
+                workers.clone(),
+            );
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(start).await;
+                // A worker handles the delivery and its redeliveries.
+                let _worker = match &workers {
+                    Some(workers) => workers.clone().acquire_owned().await.ok(),
+                    None => None,
+                };
                 for (attempt, body_time) in bodies.into_iter().enumerate() {
                     if history.call(&idem, &key, spec.lease, body_time).await {
                         return;
