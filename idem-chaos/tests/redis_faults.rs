@@ -32,6 +32,25 @@ async fn lost_replies() {
     assert!(dropped > 0);
 }
 
+/// The soak's shape: a bounded number of workers handles the deliveries (and their retries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_replies_with_eight_workers() {
+    let faults = ProxyFaults {
+        drop_replies: 0.05,
+        ..ProxyFaults::default()
+    };
+    let spec = Spec {
+        in_flight: Some(8),
+        ..Spec::small(30, 3, 11)
+    };
+    let (report, (dropped, _)) = scenarios::network_faults(&spec, faults, None, false)
+        .await
+        .unwrap();
+    check("lost replies, 8 workers", &report);
+    assert_eq!(report.keys, 30);
+    assert!(dropped > 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_slower_than_the_client_timeout() {
     let faults = ProxyFaults {
