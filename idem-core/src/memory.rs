@@ -16,6 +16,8 @@ use crate::{AttemptId, Error};
 
 const SHARDS: usize = 64;
 const MIN_SWEEP_INTERVAL: usize = 16;
+/// Below this capacity a shard's table grows by itself: small doublings cost nothing.
+const MIN_EARLY_GROWTH: usize = 1024;
 
 /// An in-process [`Store`]: the embedded default, for one process (tests, single-instance
 /// services, and as the first line in front of nothing else).
@@ -24,7 +26,9 @@ const MIN_SWEEP_INTERVAL: usize = 16;
 ///   do not serialise on one lock.
 /// * Leases and retention follow tokio's clock (so tests can pause and advance it).
 /// * Memory stays bounded by live keys: expired records and lapsed claims are evicted by an
-///   amortised sweep of each shard, not kept forever.
+///   amortised sweep of each shard, not kept forever. Each shard doubles its table at its own
+///   fill level (50% to 85%), so the shards do not all rehash at once; tables may be up to four
+///   times the entries they hold.
 /// * Waiters are woken when the claim they wait on completes, is released or is taken over.
 /// * Fencing tokens come from one counter per store, so they increase across all claims.
 ///
@@ -40,6 +44,9 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct Shard {
     entries: HashMap<String, Entry>,
+    /// How full (in ‰ of its capacity) this shard's table gets before it is doubled: each shard
+    /// has its own level (see `make_room`).
+    grow_at_permille: usize,
     /// Operations left on this shard before it sweeps the next shard in turn: counted under
     /// its lock, so that two cores share no counter.
     until_sweep: usize,
@@ -94,7 +101,15 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         MemoryStore {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            // Levels spread from 50% to 85%, below the 87.5% at which a table grows by itself.
+            shards: (0..SHARDS)
+                .map(|index| {
+                    Mutex::new(Shard {
+                        grow_at_permille: 500 + 350 * index / (SHARDS - 1),
+                        ..Shard::default()
+                    })
+                })
+                .collect(),
             hasher: RandomState::new(),
             next_fence: AtomicU64::new(1),
             sweep_cursor: AtomicUsize::new(0),
@@ -162,6 +177,21 @@ impl MemoryStore {
     }
 }
 
+impl Shard {
+    /// Doubles the table ahead of time, at this shard's own fill level. Keys spread evenly, so
+    /// tables left to grow by themselves would all double at the same moment, and each doubling
+    /// rehashes its whole shard under the shard's lock: the benchmark measured stalls of
+    /// seconds around 1M, 2M and 3.75M entries. At different levels the doublings spread out.
+    fn make_room(&mut self) {
+        let capacity = self.entries.capacity();
+        if capacity >= MIN_EARLY_GROWTH
+            && self.entries.len() * 1000 >= capacity * self.grow_at_permille
+        {
+            self.entries.reserve(2 * capacity - self.entries.len());
+        }
+    }
+}
+
 /// A poisoned shard only means a panic elsewhere while it was locked; every update below leaves
 /// an entry whole before anything can panic, so the data is still consistent.
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
@@ -216,6 +246,7 @@ impl Store for MemoryStore {
             }
         }
         let fence = self.new_fence();
+        shard.make_room();
         shard.entries.insert(
             request.key.to_owned(),
             Entry::Pending {
@@ -346,6 +377,39 @@ mod tests {
         assert!(
             sweeps < calls / 20,
             "{sweeps} sweeps for {calls} first executions"
+        );
+    }
+
+    /// Regression: the shards' tables, filled evenly, all doubled at the same moment; with
+    /// millions of entries that stalled the store for seconds (measured in the benchmark). Now
+    /// each shard doubles at its own fill level, so at any size some have and some have not.
+    #[tokio::test]
+    async fn shard_tables_do_not_all_grow_at_once() {
+        let store = MemoryStore::new();
+        // About 2,600 entries a shard: past the level of some shards (50% of 3,584), short of
+        // others' (85%), and short of the 3,584 at which a table would grow by itself.
+        for i in 0..166_000 {
+            let key = format!("key-{i}");
+            let outcome = store
+                .claim(ClaimRequest::new(
+                    &key,
+                    AttemptId::random(),
+                    b"",
+                    Duration::from_secs(60),
+                ))
+                .await;
+            assert!(matches!(outcome, Ok(ClaimOutcome::Acquired { .. })));
+        }
+        let mut shards_by_capacity = std::collections::BTreeMap::<usize, usize>::new();
+        for shard in store.shards.iter() {
+            *shards_by_capacity
+                .entry(lock(shard).entries.capacity())
+                .or_default() += 1;
+        }
+        println!("shards by capacity after 166k claims: {shards_by_capacity:?}");
+        assert!(
+            shards_by_capacity.len() > 1 && shards_by_capacity.values().all(|&n| n >= 8),
+            "the shards grew together: {shards_by_capacity:?}"
         );
     }
 }
