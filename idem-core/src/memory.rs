@@ -346,6 +346,22 @@ mod tests {
     use super::*;
     use crate::AttemptId;
 
+    /// Claims a key no one claimed before.
+    async fn claim_fresh(store: &MemoryStore, key: &str) -> Fence {
+        let outcome = store
+            .claim(ClaimRequest::new(
+                key,
+                AttemptId::random(),
+                b"",
+                Duration::from_secs(60),
+            ))
+            .await;
+        match outcome {
+            Ok(ClaimOutcome::Acquired { fence, .. }) => fence,
+            other => panic!("a fresh key is acquired: {other:?}"),
+        }
+    }
+
     /// Regression: the sweep once ran when an operation count was a multiple of an interval
     /// that grew with the store, which a store growing by inserts hit every few operations
     /// (first executions got 4x slower in the benchmark).
@@ -356,17 +372,7 @@ mod tests {
         for i in 0..calls {
             let key = format!("key-{i}");
             // A first execution: claim, then complete (two operations, one new entry).
-            let outcome = store
-                .claim(ClaimRequest::new(
-                    &key,
-                    AttemptId::random(),
-                    b"",
-                    Duration::from_secs(60),
-                ))
-                .await;
-            let Ok(ClaimOutcome::Acquired { fence, .. }) = outcome else {
-                panic!("a fresh key is acquired: {outcome:?}");
-            };
+            let fence = claim_fresh(&store, &key).await;
             store
                 .complete(&key, fence, b"record", Duration::from_secs(60))
                 .await
@@ -389,16 +395,7 @@ mod tests {
         // About 2,600 entries a shard: past the level of some shards (50% of 3,584), short of
         // others' (85%), and short of the 3,584 at which a table would grow by itself.
         for i in 0..166_000 {
-            let key = format!("key-{i}");
-            let outcome = store
-                .claim(ClaimRequest::new(
-                    &key,
-                    AttemptId::random(),
-                    b"",
-                    Duration::from_secs(60),
-                ))
-                .await;
-            assert!(matches!(outcome, Ok(ClaimOutcome::Acquired { .. })));
+            claim_fresh(&store, &format!("key-{i}")).await;
         }
         let mut shards_by_capacity = std::collections::BTreeMap::<usize, usize>::new();
         for shard in store.shards.iter() {
