@@ -69,6 +69,16 @@ struct Keys {
     channel: String,
 }
 
+impl Keys {
+    fn beside(state: String) -> Keys {
+        Keys {
+            fence: format!("{state}:fence"),
+            channel: format!("{state}:changed"),
+            state,
+        }
+    }
+}
+
 impl<C> std::fmt::Debug for RedisStore<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
@@ -178,14 +188,14 @@ where
         self
     }
 
+    /// The state key alone: all a fast claim needs.
+    fn state_key(&self, key: &str) -> String {
+        // The braces make the whole idempotency key the hash tag: every key beside it is one slot.
+        format!("{}{{{key}}}", self.key_prefix)
+    }
+
     fn keys(&self, key: &str) -> Keys {
-        // The braces make the whole idempotency key the hash tag: every key below is one slot.
-        let state = format!("{}{{{key}}}", self.key_prefix);
-        Keys {
-            fence: format!("{state}:fence"),
-            channel: format!("{state}:changed"),
-            state,
-        }
+        Keys::beside(self.state_key(key))
     }
 
     async fn invoke(
@@ -253,7 +263,7 @@ where
     /// server is older than 7.0.
     async fn plain_claim(
         &self,
-        keys: &Keys,
+        state: &str,
         attempt: &str,
         fingerprint: &str,
         lease: Duration,
@@ -269,7 +279,7 @@ where
         };
         let fence = estimated.map_or_else(server_clock::propose_from_wall_clock, |p| p.fence);
         let mut set = redis::cmd("SET");
-        set.arg(&keys.state)
+        set.arg(state)
             .arg(format!("P:{fence}:{attempt}:{fingerprint}"))
             .arg("NX")
             .arg("PX")
@@ -281,7 +291,7 @@ where
                 let previous = set.query_async::<Value>(&mut connection).await;
                 let previous = match previous {
                     Ok(previous) => previous,
-                    Err(err) => return self.refused(keys, err),
+                    Err(err) => return self.refused(state, err),
                 };
                 // The claim was written somewhere within this round trip.
                 (previous, error + sent.elapsed())
@@ -294,12 +304,12 @@ where
                 let replies: Vec<Value> = pipeline
                     .query_async(&mut connection)
                     .await
-                    .map_err(|err| redis_error("claim", &keys.state, err))?;
+                    .map_err(|err| redis_error("claim", state, err))?;
                 let round_trip = sent.elapsed();
                 let mut replies = replies.into_iter();
                 let (previous, time) = match (replies.next(), replies.next()) {
                     (Some(Value::ServerError(err)), _) => {
-                        return self.refused(keys, RedisError::from(err))
+                        return self.refused(state, RedisError::from(err))
                     }
                     (Some(previous), Some(time)) => (previous, time),
                     _ => return Err(unexpected("claim", &Value::Nil)),
@@ -337,21 +347,18 @@ where
                 Ok(Some(ClaimOutcome::Completed { record: previous }))
             }
             Some(State::Pending { .. } | State::Released { .. }) => Ok(None),
-            None => Err(Error::corrupt(
-                &keys.state,
-                "its value is not an idem state",
-            )),
+            None => Err(Error::corrupt(state, "its value is not an idem state")),
         }
     }
 
     /// A refused fast claim: a syntax error means a server before 7.0 (nothing was written, use
     /// the script from now on); anything else is the claim's error.
-    fn refused(&self, keys: &Keys, err: RedisError) -> Result<Option<ClaimOutcome>, Error> {
+    fn refused(&self, state: &str, err: RedisError) -> Result<Option<ClaimOutcome>, Error> {
         if err.code() == Some("ERR") && err.to_string().contains("syntax error") {
             self.plain_claims.store(false, Ordering::Relaxed);
             return Ok(None);
         }
-        Err(redis_error("claim", &keys.state, err))
+        Err(redis_error("claim", state, err))
     }
 
     /// The claim script: claims in progress, released claims, and fences to correct.
@@ -409,15 +416,16 @@ where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
-        let keys = self.keys(request.key);
+        let state = self.state_key(request.key);
         let attempt = format!("{:032x}", request.attempt.0);
         let fingerprint = idem_core::hex(request.fingerprint);
         let outcome = match self
-            .plain_claim(&keys, &attempt, &fingerprint, request.lease)
+            .plain_claim(&state, &attempt, &fingerprint, request.lease)
             .await?
         {
             Some(outcome) => outcome,
             None => {
+                let keys = Keys::beside(state);
                 self.script_claim(request.key, &keys, &attempt, &fingerprint, request.lease)
                     .await?
             }
