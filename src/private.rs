@@ -6,7 +6,7 @@ use std::future::Future;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use idem_core::{default_runtime, Call, OnInProgress};
+pub use idem_core::{default_runtime, Call, FunctionNamespace, OnInProgress};
 
 use crate::{Error, Idempotency};
 

@@ -253,11 +253,25 @@ async fn functions_without_using_share_the_default_memory_store() {
     assert_eq!(on_default(10, &runs).await.unwrap(), 10);
     assert_eq!(on_default(10, &runs).await.unwrap(), 10);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-    // Its records are in the default runtime's store, under the function's namespace.
+    // Its records are in the default runtime's store, under the function's path: the test
+    // crate `memory`, and the function's name.
     let key = idem::default_runtime()
-        .store_key("on_default", "10")
+        .store_key("memory.on_default", "10")
         .unwrap();
-    assert_eq!(key, "idem:on_default:10");
+    assert_eq!(key, "idem:memory.on_default:10");
+    assert!(
+        idem::default_runtime()
+            .store()
+            .claim(ClaimRequest::new(
+                &key,
+                idem::AttemptId::random(),
+                b"",
+                Duration::from_secs(1)
+            ))
+            .await
+            .is_ok_and(|outcome| matches!(outcome, ClaimOutcome::Completed { .. })),
+        "the record is at {key}"
+    );
     assert!(
         idem::install(Idempotency::new(MemoryStore::new())).is_err(),
         "already in use"

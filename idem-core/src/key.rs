@@ -1,9 +1,21 @@
-//! Store keys: `{prefix}{namespace}:{key}`, or for long keys
-//! `{prefix}{namespace}#{readable head}~{sha256 of the key}`.
+//! Store keys, and the namespaces in them.
 //!
-//! The two forms use different separators after the namespace (which may contain neither), so a
-//! short key can never equal the hashed form of a long one, and keys of different namespaces
-//! never collide.
+//! A store key is `{prefix}{namespace}:{key}`, or for keys longer than [`MAX_PLAIN_KEY`] bytes
+//! `{prefix}{namespace}#{readable head}~{sha256 of the key}`, where
+//!
+//! * the prefix is empty or ends with `:` (one is added to a prefix that does not);
+//! * the namespace contains no `:` or `#` (nor `{`, `}`, control characters or whitespace other
+//!   than a space);
+//! * in the key and its head, `%`, `:` and `#` are written `%25`, `%3A` and `%23`, so the key
+//!   part holds no `:` or `#` of its own.
+//!
+//! Read from the right, the last `:` or `#` ends the namespace (and says which form follows),
+//! and the `:` before it, if any, ends the prefix. So every store key names exactly one
+//! (prefix, namespace, key): no two different calls meet at one key, whatever strings they use.
+
+use std::any::type_name;
+use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 
@@ -14,7 +26,7 @@ pub const MAX_PLAIN_KEY: usize = 128;
 const HEAD: usize = 48;
 const FORBIDDEN_IN_NAMESPACE: &[char] = &[':', '#', '{', '}'];
 
-/// Builds the store key for `user_key` in `namespace`.
+/// Builds the store key for `user_key` in `namespace`, under `prefix`.
 pub fn store_key(prefix: &str, namespace: &str, user_key: &str) -> Result<String, Error> {
     check_namespace(namespace)?;
     if user_key.is_empty() {
@@ -22,33 +34,135 @@ pub fn store_key(prefix: &str, namespace: &str, user_key: &str) -> Result<String
             "the key for `{namespace}` is empty; derive it from the request's idempotency key or id"
         )));
     }
+    let separator = if prefix.is_empty() || prefix.ends_with(':') {
+        ""
+    } else {
+        ":"
+    };
+    let mut out = String::with_capacity(prefix.len() + namespace.len() + user_key.len() + 72);
+    out.push_str(prefix);
+    out.push_str(separator);
+    out.push_str(namespace);
     if user_key.len() <= MAX_PLAIN_KEY {
-        return Ok(format!("{prefix}{namespace}:{user_key}"));
+        out.push(':');
+        push_escaped(&mut out, user_key);
+        return Ok(out);
     }
     let mut head_end = HEAD;
     while !user_key.is_char_boundary(head_end) {
         head_end -= 1;
     }
-    let digest = Sha256::digest(user_key.as_bytes());
-    Ok(format!(
-        "{prefix}{namespace}#{}~{}",
-        &user_key[..head_end],
-        hex(&digest)
-    ))
+    out.push('#');
+    push_escaped(&mut out, &user_key[..head_end]);
+    out.push('~');
+    out.push_str(&hex(&Sha256::digest(user_key.as_bytes())));
+    Ok(out)
 }
 
-/// Checks a namespace: not empty, no `:`, `#`, `{`, `}` or whitespace.
+/// Appends `text` with `%`, `:` and `#` escaped (the separators of a store key).
+fn push_escaped(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            '#' => out.push_str("%23"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Checks a namespace: not empty; no `:`, `#`, `{`, `}`, control characters, or whitespace other
+/// than a plain space.
 pub fn check_namespace(namespace: &str) -> Result<(), Error> {
-    if namespace.is_empty()
-        || namespace
-            .chars()
-            .any(|c| c.is_whitespace() || FORBIDDEN_IN_NAMESPACE.contains(&c))
-    {
+    let bad = |c: char| {
+        FORBIDDEN_IN_NAMESPACE.contains(&c) || c.is_control() || (c.is_whitespace() && c != ' ')
+    };
+    if namespace.is_empty() || namespace.chars().any(bad) {
         return Err(Error::invalid_key(format!(
-            "namespace `{namespace}` must be non-empty and contain no whitespace, `:`, `#`, `{{` or `}}`"
+            "namespace `{}` must be non-empty and contain no `:`, `#`, `{{`, `}}`, control \
+             characters or whitespace other than spaces",
+            namespace.escape_debug()
         )));
     }
     Ok(())
+}
+
+/// The default namespace of a function, from the path the compiler gives a marker item declared
+/// in its body (`std::any::type_name` of a nested `fn`), for example
+/// `my_app::billing::<my_app::billing::Refunds as my_app::Handler>::handle::{{closure}}::marker`:
+/// the marker's own name and every `{{...}}` segment are dropped and `::` becomes `.`, giving
+/// `my_app.billing.<my_app.billing.Refunds as my_app.Handler>.handle`. It names the crate, the
+/// module, the `Self` type (and trait) of a method, and the function, so no two functions of a
+/// program share it.
+pub(crate) fn function_namespace(marker_path: &str) -> String {
+    let mut segments: Vec<Cow<'_, str>> = split_path(marker_path)
+        .into_iter()
+        .filter(|segment| !segment.starts_with("{{"))
+        .collect();
+    segments.pop(); // the marker itself
+    let joined = segments.join(".");
+    // Anything the namespace grammar refuses (which no Rust path produces) is replaced, so the
+    // default namespace is always usable.
+    joined
+        .chars()
+        .map(|c| match c {
+            c if FORBIDDEN_IN_NAMESPACE.contains(&c) || c.is_control() => '_',
+            c if c.is_whitespace() => ' ',
+            c => c,
+        })
+        .collect()
+}
+
+/// Splits a path at the `::` that are not inside `<...>`: the segments of `a::<b::C as d::E>::f`
+/// are `a`, `<b::C as d::E>` and `f`, and a qualified segment is then rewritten recursively.
+fn split_path(path: &str) -> Vec<Cow<'_, str>> {
+    let mut segments = Vec::new();
+    let (mut depth, mut start) = (0usize, 0);
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'<' => depth += 1,
+            b'>' => depth = depth.saturating_sub(1),
+            b':' if depth == 0 && bytes.get(i + 1) == Some(&b':') => {
+                segments.push(Cow::Borrowed(&path[start..i]));
+                start = i + 2;
+                i += 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    segments.push(Cow::Borrowed(&path[start..]));
+    segments
+        .into_iter()
+        .map(|segment| {
+            if segment.contains("::") {
+                Cow::Owned(segment.replace("::", "."))
+            } else {
+                segment
+            }
+        })
+        .collect()
+}
+
+/// The default namespace of one `#[idempotent]` function, computed on its first call and kept:
+/// generated code declares one per function as a `static`.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct FunctionNamespace(OnceLock<String>);
+
+impl FunctionNamespace {
+    /// An empty cell, for a `static`.
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        FunctionNamespace(OnceLock::new())
+    }
+
+    /// The namespace of the function whose body declares `marker`.
+    pub fn get<F>(&'static self, _marker: F) -> &'static str {
+        self.0.get_or_init(|| function_namespace(type_name::<F>()))
+    }
 }
 
 /// Lowercase hex of `bytes` (used in keys, and by stores that keep fingerprints as text).
@@ -80,6 +194,47 @@ pub fn unhex(text: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// What a store key says, read back: (prefix with its `:`, namespace, plain key or
+    /// (head, digest) of a hashed one).
+    #[derive(Debug, PartialEq, Eq)]
+    enum Parsed {
+        Plain(String, String, String),
+        Hashed(String, String, String, String),
+    }
+
+    fn unescape(text: &str) -> String {
+        text.replace("%3A", ":")
+            .replace("%23", "#")
+            .replace("%25", "%")
+    }
+
+    /// The inverse of `store_key`: if every store key parses back to the parts that made it,
+    /// no two different parts can make the same key.
+    fn parse(store_key: &str) -> Parsed {
+        let boundary = store_key.rfind([':', '#']).expect("a separator");
+        let (front, rest) = store_key.split_at(boundary);
+        let (prefix, namespace) = match front.rfind(':') {
+            Some(colon) => (&front[..=colon], &front[colon + 1..]),
+            None => ("", front),
+        };
+        let (prefix, namespace) = (prefix.to_owned(), namespace.to_owned());
+        match rest.split_at(1) {
+            (":", key) => Parsed::Plain(prefix, namespace, unescape(key)),
+            (_, hashed) => {
+                let (head, digest) = hashed.rsplit_once('~').expect("a digest");
+                Parsed::Hashed(prefix, namespace, unescape(head), digest.to_owned())
+            }
+        }
+    }
+
+    fn normalized_prefix(prefix: &str) -> String {
+        if prefix.is_empty() || prefix.ends_with(':') {
+            prefix.to_owned()
+        } else {
+            format!("{prefix}:")
+        }
+    }
+
     #[test]
     fn hex_round_trips() {
         let bytes: Vec<u8> = (0..=255).collect();
@@ -94,7 +249,9 @@ mod tests {
             store_key("idem:", "charge", "order-1").unwrap(),
             "idem:charge:order-1"
         );
-        assert_eq!(store_key("", "f", "a:b c/ü").unwrap(), "f:a:b c/ü");
+        assert_eq!(store_key("", "f", "a b/ü").unwrap(), "f:a b/ü");
+        assert_eq!(store_key("idem", "f", "k").unwrap(), "idem:f:k");
+        assert_eq!(store_key("", "f", "a:b#c%").unwrap(), "f:a%3Ab%23c%25");
     }
 
     #[test]
@@ -103,11 +260,75 @@ mod tests {
             store_key("p:", "f", ""),
             Err(Error::InvalidKey { .. })
         ));
-        for ns in ["", "a:b", "a b", "a#", "{x}"] {
+        for ns in ["", "a:b", "a\tb", "a\nb", "a#", "{x}", "a\u{0}"] {
             assert!(
                 matches!(store_key("p:", ns, "k"), Err(Error::InvalidKey { .. })),
-                "{ns}"
+                "{ns:?}"
             );
+        }
+        store_key("p:", "<a.B as c.D>.f", "k").unwrap();
+    }
+
+    /// Regression: prefix `idem:billing:` + namespace `refund` + key `42` and prefix `idem:` +
+    /// namespace `billing` + key `refund:42` were both `idem:billing:refund:42`.
+    #[test]
+    fn prefix_namespace_and_key_cannot_be_confused() {
+        assert_ne!(
+            store_key("idem:billing:", "refund", "42").unwrap(),
+            store_key("idem:", "billing", "refund:42").unwrap()
+        );
+        assert_ne!(
+            store_key("", "x", "ns:k").unwrap(),
+            store_key("x:", "ns", "k").unwrap()
+        );
+        assert_ne!(
+            store_key("a", "b", "k").unwrap(),
+            store_key("", "ab", "k").unwrap()
+        );
+    }
+
+    /// Every key parses back to its own parts, over random strings rich in separators: so the
+    /// encoding is one-to-one.
+    #[test]
+    fn every_store_key_names_one_prefix_namespace_and_key() {
+        let alphabet: Vec<char> = ":#%~{}a b3-_.<>é\u{1F600}%3A".chars().collect();
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |bound: usize| {
+            // xorshift64*: reproducible, no dependency.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % bound
+        };
+        let text = |max: usize, next: &mut dyn FnMut(usize) -> usize| -> String {
+            let len = next(max + 1);
+            (0..len).map(|_| alphabet[next(alphabet.len())]).collect()
+        };
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..50_000 {
+            let prefix = text(6, &mut next);
+            let namespace = text(6, &mut next);
+            let long = next(10) == 0;
+            let key = text(if long { 200 } else { 8 }, &mut next);
+            let Ok(built) = store_key(&prefix, &namespace, &key) else {
+                assert!(key.is_empty() || check_namespace(&namespace).is_err());
+                continue;
+            };
+            let parsed = parse(&built);
+            let prefix = normalized_prefix(&prefix);
+            match &parsed {
+                Parsed::Plain(p, n, k) => {
+                    assert_eq!((p, n, k), (&prefix, &namespace, &key), "{built}");
+                }
+                Parsed::Hashed(p, n, _, digest) => {
+                    assert!(key.len() > MAX_PLAIN_KEY, "{built}");
+                    assert_eq!((p, n), (&prefix, &namespace), "{built}");
+                    assert_eq!(digest, &hex(&Sha256::digest(key.as_bytes())));
+                }
+            }
+            if let Some(earlier) = seen.insert(built.clone(), (prefix, namespace, key.clone())) {
+                assert_eq!(earlier.2, key, "{built} made twice");
+            }
         }
     }
 
@@ -122,5 +343,41 @@ mod tests {
         // A short key shaped like a hashed one stays in the plain form.
         let suffix = key.trim_start_matches("p:f#");
         assert_ne!(store_key("p:", "f", suffix).unwrap(), key);
+    }
+
+    #[test]
+    fn function_namespaces_name_module_type_trait_and_function() {
+        assert_eq!(
+            function_namespace("app::billing::handle::{{closure}}::__idem_namespace"),
+            "app.billing.handle"
+        );
+        assert_eq!(
+            function_namespace(
+                "app::billing::<app::billing::Refunds as app::Handler>::handle::{{closure}}::{{closure}}::m"
+            ),
+            "app.billing.<app.billing.Refunds as app.Handler>.handle"
+        );
+        assert_eq!(
+            function_namespace("app::Generic<_>::run::m"),
+            "app.Generic<_>.run"
+        );
+        for path in ["", "m", "a::{weird}::f::m", "a::\u{0}::m"] {
+            let namespace = function_namespace(path);
+            if !namespace.is_empty() {
+                check_namespace(&namespace).unwrap();
+            }
+        }
+    }
+
+    fn marker() {}
+
+    #[test]
+    fn the_namespace_of_a_real_function() {
+        static NAMESPACE: FunctionNamespace = FunctionNamespace::new();
+        assert_eq!(
+            NAMESPACE.get(marker),
+            "idem_core.key.tests",
+            "the marker's own name is dropped"
+        );
     }
 }

@@ -27,7 +27,7 @@ pub use context::{context, ClaimContext};
 pub use error::{BoxError, Error};
 pub use fingerprint::Fingerprint;
 pub use global::{default_runtime, install};
-pub use key::{check_namespace, hex, store_key, unhex, MAX_PLAIN_KEY};
+pub use key::{check_namespace, hex, store_key, unhex, FunctionNamespace, MAX_PLAIN_KEY};
 pub use memory::MemoryStore;
 pub use record::{Outcome, Record, MAX_FINGERPRINT, RECORD_VERSION};
 pub use runtime::{

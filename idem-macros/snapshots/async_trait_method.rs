@@ -9,7 +9,14 @@ fn post<'life0, 'async_trait>(
     >,
 > {
     ::std::boxed::Box::pin(async move {
-        let __idem_call = ::idem::__private::Call::new("post", &(id));
+        let __idem_call = ::idem::__private::Call::new(
+            {
+                fn __idem_namespace() {}
+                static __IDEM_NAMESPACE: ::idem::__private::FunctionNamespace = ::idem::__private::FunctionNamespace::new();
+                __IDEM_NAMESPACE.get(__idem_namespace)
+            },
+            &(id),
+        );
         let __idem_runtime = ::idem::__private::runtime(
             ::idem::__private::default_runtime(),
         );

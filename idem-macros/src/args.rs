@@ -158,17 +158,16 @@ fn duration_value(input: ParseStream) -> syn::Result<DurationArg> {
     Ok(DurationArg { value })
 }
 
-/// Namespaces become part of store keys, where `:`, `#`, `{` and `}` are separators.
+/// Namespaces become part of store keys, where `:` and `#` are separators (and `{`, `}` a Redis
+/// hash tag): the same grammar as `idem_core::check_namespace`, checked at compile time.
 fn check_namespace(literal: &LitStr) -> syn::Result<()> {
     let value = literal.value();
-    if value.is_empty()
-        || value
-            .chars()
-            .any(|c| c.is_whitespace() || ":#{}".contains(c))
-    {
+    let bad = |c: char| ":#{}".contains(c) || c.is_control() || (c.is_whitespace() && c != ' ');
+    if value.is_empty() || value.chars().any(bad) {
         return Err(syn::Error::new(
             literal.span(),
-            "a namespace must be non-empty and contain no whitespace, `:`, `#`, `{` or `}`",
+            "a namespace must be non-empty and contain no `:`, `#`, `{`, `}`, control characters \
+             or whitespace other than spaces",
         ));
     }
     Ok(())

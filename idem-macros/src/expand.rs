@@ -3,7 +3,6 @@
 
 use proc_macro2::{Literal, Span, TokenStream};
 use quote::{quote, quote_spanned, ToTokens};
-use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{Ident, Type};
 
@@ -51,10 +50,10 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
     let private = quote!(#krate::__private);
     let call_var = Ident::new("__idem_call", Span::mixed_site());
     let runtime_var = Ident::new("__idem_runtime", Span::mixed_site());
-    let namespace = args
-        .namespace
-        .as_ref()
-        .map_or_else(|| sig.ident.unraw().to_string(), syn::LitStr::value);
+    let namespace = match &args.namespace {
+        Some(namespace) => namespace.to_token_stream(),
+        None => default_namespace(&private),
+    };
     let call = call_expr(&args, &private, &namespace);
     let runtime = match &args.using {
         Some(using) => quote!(#private::runtime(#using)),
@@ -125,7 +124,17 @@ fn typed_body(ret: &Type, stmts: TokenStream) -> TokenStream {
     }
 }
 
-fn call_expr(args: &Args, private: &TokenStream, namespace: &str) -> TokenStream {
+/// The function's own path as the compiler names it (crate, module, `Self` type and trait of a
+/// method, name): the path of a marker item declared in the body, computed once per function.
+fn default_namespace(private: &TokenStream) -> TokenStream {
+    quote! {{
+        fn __idem_namespace() {}
+        static __IDEM_NAMESPACE: #private::FunctionNamespace = #private::FunctionNamespace::new();
+        __IDEM_NAMESPACE.get(__idem_namespace)
+    }}
+}
+
+fn call_expr(args: &Args, private: &TokenStream, namespace: &TokenStream) -> TokenStream {
     let key = &args.key;
     let mut call = quote!(#private::Call::new(#namespace, &(#key)));
     if let Some(fingerprint) = &args.fingerprint {

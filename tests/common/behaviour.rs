@@ -45,7 +45,8 @@ impl From<Error> for Declined {
     }
 }
 
-#[idempotent(key = order, using = idem)]
+// Pinned, so that checks can plant records under its keys.
+#[idempotent(key = order, using = idem, namespace = "charge")]
 async fn charge(
     idem: &Idempotency,
     order: &str,
@@ -121,8 +122,9 @@ async fn panic_first(idem: &Idempotency, order: &str, runs: Arc<AtomicU32>) -> R
     Ok(execution)
 }
 
-/// Counts its execution, works for `work`, returns the execution number; 1s lease.
-#[idempotent(key = order, using = idem, lease = "1s")]
+/// Counts its execution, works for `work`, returns the execution number; 1s lease. Its namespace
+/// is pinned so that `slow_rejecting` shares it.
+#[idempotent(key = order, using = idem, lease = "1s", namespace = "slow_with_short_lease")]
 pub async fn slow_with_short_lease(
     idem: &Idempotency,
     order: &str,
