@@ -43,8 +43,8 @@
 //! | `key = EXPR` | the idempotency key: any `Display` value, evaluated once before the body | required |
 //! | `using = EXPR` | an `&Idempotency` (e.g. `&self.idem`) | the [`install`]ed default |
 //! | `fingerprint = EXPR` | any `Serialize` value describing the request; the same key with another fingerprint is [`Error::KeyReused`] and the body does not run | none |
-//! | `ttl = "24h"` | how long the record is kept (a duplicate within it is replayed) | the runtime's (24h) |
-//! | `lease = "30s"` | how long a claim lasts; renewed every third of it while the body runs | the runtime's (30s) |
+//! | `ttl = "24h"` | how long the record is kept (above zero, at most 100 years) (a duplicate within it is replayed) | the runtime's (24h) |
+//! | `lease = "30s"` | how long a claim lasts; renewed every third of it while the body runs; from 250ms ([`MIN_LEASE`]) to 100 years, else [`Error::InvalidOption`] before the body runs | the runtime's (30s) |
 //! | `namespace = "..."` | keys of different namespaces never collide; pin it to keep a function's records across a rename or a move (and across compiler versions, which name the default) | the function's path: crate, module, the `Self` type (and trait) of a method, and the name, so no two functions share records |
 //! | `on_in_progress = wait \| reject` | a duplicate arriving while the first call runs waits for its result (up to one lease), or gets [`Error::InProgress`] at once | `wait` |
 //! | `record_errors` | record and replay `Err` values too (needs `E: Serialize + DeserializeOwned`) | `Err` releases the claim |
@@ -117,7 +117,8 @@ mod private;
 
 pub use idem_core::{
     context, default_runtime, install, AttemptId, Call, ClaimContext, ClaimOutcome, ClaimRequest,
-    Error, Fence, Fingerprint, Idempotency, MemoryStore, OnInProgress, Store,
+    Error, Fence, Fingerprint, Idempotency, MemoryStore, OnInProgress, Store, MAX_DURATION,
+    MIN_LEASE,
 };
 pub use idem_macros::idempotent;
 

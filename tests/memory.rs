@@ -14,7 +14,7 @@ use idem::{idempotent, ClaimOutcome, ClaimRequest, Error, Fence, Idempotency, Me
 behaviour_tests!(
     #[tokio::test(start_paused = true)]
     async {
-        Idempotency::new(MemoryStore::new())
+        Idempotency::new(MemoryStore::with_tokio_clock())
     }
 );
 
@@ -28,8 +28,8 @@ mod parallel {
     );
 }
 
-/// A memory store whose operations fail on demand: `fail_*` counts the failures still to come.
-#[derive(Default)]
+/// A memory store (on tokio's paused clock) whose operations fail on demand: `fail_*` counts the
+/// failures still to come.
 struct FailingStore {
     inner: MemoryStore,
     fail_claims: AtomicU32,
@@ -83,7 +83,13 @@ impl Store for FailingStore {
 }
 
 fn failing() -> (Arc<FailingStore>, Idempotency) {
-    let store = Arc::new(FailingStore::default());
+    let store = Arc::new(FailingStore {
+        inner: MemoryStore::with_tokio_clock(),
+        fail_claims: AtomicU32::new(0),
+        fail_completes: AtomicU32::new(0),
+        fail_renews: AtomicU32::new(0),
+        completes: AtomicU32::new(0),
+    });
     let idem = Idempotency::from_arc(store.clone());
     (store, idem)
 }
@@ -209,7 +215,7 @@ async fn failed_renewals_surface_as_lease_lost_and_nothing_is_recorded() {
 
 #[tokio::test(start_paused = true)]
 async fn expired_entries_are_evicted() {
-    let store = Arc::new(MemoryStore::new());
+    let store = Arc::new(MemoryStore::with_tokio_clock());
     let idem = Idempotency::from_arc(store.clone()).with_retention(Duration::from_secs(10));
     let runs = AtomicU32::new(0);
     for i in 0..10_000 {

@@ -23,7 +23,11 @@ fn simulate(seed: u64) -> (Report, Vec<(u64, String, CallOutcome)>) {
         .build()
         .expect("a tokio runtime");
     runtime.block_on(async {
-        let store = std::sync::Arc::new(FaultyStore::new(MemoryStore::new(), PLAN, seed));
+        let store = std::sync::Arc::new(FaultyStore::new(
+            MemoryStore::with_tokio_clock(),
+            PLAN,
+            seed,
+        ));
         let idem = Idempotency::from_arc(store.clone());
         let spec = Spec::small(8, 3, seed);
         let (report, history) = workload::run(&idem, &spec, || store.heal()).await;

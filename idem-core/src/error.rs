@@ -12,7 +12,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// | variant | did the body run in this call? |
 /// | --- | --- |
-/// | [`InvalidKey`](Error::InvalidKey), [`InProgress`](Error::InProgress), [`KeyReused`](Error::KeyReused), [`Store`](Error::Store), [`Corrupt`](Error::Corrupt), [`Encode`](Error::Encode) | no |
+/// | [`InvalidKey`](Error::InvalidKey), [`InvalidOption`](Error::InvalidOption), [`InProgress`](Error::InProgress), [`KeyReused`](Error::KeyReused), [`Store`](Error::Store), [`Corrupt`](Error::Corrupt), [`Encode`](Error::Encode) | no |
 /// | [`LeaseLost`](Error::LeaseLost), [`NotRecorded`](Error::NotRecorded) | yes: its effect happened, its result was not recorded |
 #[derive(Debug)]
 #[non_exhaustive]
@@ -21,6 +21,14 @@ pub enum Error {
     #[non_exhaustive]
     InvalidKey {
         /// Why the key was refused.
+        reason: String,
+    },
+    /// A lease or retention the runtime cannot use (zero, below [`MIN_LEASE`](crate::MIN_LEASE),
+    /// or above [`MAX_DURATION`](crate::MAX_DURATION)). Nothing was claimed; the body did not
+    /// run. Fix the option.
+    #[non_exhaustive]
+    InvalidOption {
+        /// Which option, its value and the accepted range.
         reason: String,
     },
     /// Another call holds the claim on this key and has not finished. The body did not run.
@@ -155,6 +163,10 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::InvalidKey { reason } => write!(f, "invalid idempotency key: {reason}"),
+            Error::InvalidOption { reason } => write!(
+                f,
+                "invalid idempotency option: {reason}; nothing was claimed and the body did not run"
+            ),
             Error::InProgress { key } => write!(
                 f,
                 "idempotency key `{key}` is in progress in another call; retry later to get its result"

@@ -32,5 +32,6 @@ pub use memory::MemoryStore;
 pub use record::{Outcome, Record, MAX_FINGERPRINT, RECORD_VERSION};
 pub use runtime::{
     Call, Idempotency, OnInProgress, DEFAULT_KEY_PREFIX, DEFAULT_LEASE, DEFAULT_RETENTION,
+    MAX_DURATION, MIN_LEASE,
 };
 pub use store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};

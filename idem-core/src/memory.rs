@@ -5,11 +5,10 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
 use crate::store::{ClaimOutcome, ClaimRequest, Fence, Store};
 use crate::{AttemptId, Error};
@@ -24,7 +23,8 @@ const MIN_EARLY_GROWTH: usize = 1024;
 ///
 /// * Safe under concurrency: keys are spread over 64 independently locked shards, so two cores
 ///   do not serialise on one lock.
-/// * Leases and retention follow tokio's clock (so tests can pause and advance it).
+/// * Leases and retention follow the real monotonic clock ([`MemoryStore::new`]), or tokio's
+///   clock ([`MemoryStore::with_tokio_clock`], for tests that pause and advance time).
 /// * Memory stays bounded by live keys: expired records and lapsed claims are evicted by an
 ///   amortised sweep of each shard, not kept forever. Each shard doubles its table at its own
 ///   fill level (50% to 85%), so the shards do not all rehash at once; tables may be up to four
@@ -34,11 +34,47 @@ const MIN_EARLY_GROWTH: usize = 1024;
 ///
 /// It does not survive a restart and is not shared between processes: use the Redis store for
 /// that.
+///
+/// # Which clock
+///
+/// A store on tokio's clock reads the clock of whichever runtime calls it, and each runtime has
+/// its own: a `#[tokio::test(start_paused = true)]` that advances a day would expire, for every
+/// other runtime, the records it sweeps. So share a tokio-clock store only between calls of one
+/// runtime. The process-wide default store (used by functions without `using = ...`) is on the
+/// real clock, so the tests of one binary, each on its own runtime, cannot disturb each other's
+/// records through it; a test that advances time to check leases or retention gives its
+/// functions a runtime of its own over [`MemoryStore::with_tokio_clock`].
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     next_fence: AtomicU64,
     sweep_cursor: AtomicUsize,
+    clock: Clock,
+}
+
+/// Where the store reads the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    /// `std::time::Instant`: the same for every runtime in the process.
+    Real,
+    /// `tokio::time::Instant`: the calling runtime's clock, which a test may pause and advance.
+    Tokio,
+}
+
+impl Clock {
+    fn now(self) -> Instant {
+        match self {
+            Clock::Real => Instant::now(),
+            Clock::Tokio => tokio::time::Instant::now().into_std(),
+        }
+    }
+}
+
+/// `at + by`, saturating far in the future instead of overflowing.
+fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by)
+        .or_else(|| at.checked_add(crate::MAX_DURATION))
+        .unwrap_or(at)
 }
 
 #[derive(Default)]
@@ -98,9 +134,21 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty store.
+    /// An empty store on the real monotonic clock.
     pub fn new() -> Self {
+        Self::on(Clock::Real)
+    }
+
+    /// An empty store on tokio's clock, for tests that pause and advance time
+    /// (`#[tokio::test(start_paused = true)]`, `tokio::time::advance`). Use it from one runtime
+    /// only: see "Which clock" above.
+    pub fn with_tokio_clock() -> Self {
+        Self::on(Clock::Tokio)
+    }
+
+    fn on(clock: Clock) -> Self {
         MemoryStore {
+            clock,
             // Levels spread from 50% to 85%, below the 87.5% at which a table grows by itself.
             shards: (0..SHARDS)
                 .map(|index| {
@@ -164,7 +212,7 @@ impl MemoryStore {
 
     /// The waiters' handle of `key` if it is pending under `fence` with a live lease.
     fn pending_notify(&self, key: &str, fence: Fence) -> Option<(Arc<Notify>, Instant)> {
-        let now = Instant::now();
+        let now = self.clock.now();
         match self.shard(key, now).entries.get(key) {
             Some(Entry::Pending {
                 fence: current,
@@ -203,7 +251,7 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 #[async_trait]
 impl Store for MemoryStore {
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut shard = self.shard(request.key, now);
         let mut takeover = false;
         if let Some(entry) = shard.entries.get(request.key) {
@@ -253,7 +301,7 @@ impl Store for MemoryStore {
                 fence,
                 attempt: request.attempt,
                 fingerprint: request.fingerprint.to_vec(),
-                lease_until: now + request.lease,
+                lease_until: later(now, request.lease),
                 changed: Arc::new(Notify::new()),
             },
         );
@@ -267,7 +315,7 @@ impl Store for MemoryStore {
         record: &[u8],
         retention: Duration,
     ) -> Result<(), Error> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut shard = self.shard(key, now);
         let Some(entry) = shard.entries.get_mut(key) else {
             return Err(Error::lease_lost(key));
@@ -282,7 +330,7 @@ impl Store for MemoryStore {
                 *entry = Entry::Completed {
                     fence,
                     record: record.to_vec(),
-                    expires_at: now + retention,
+                    expires_at: later(now, retention),
                 };
                 Ok(())
             }
@@ -296,7 +344,7 @@ impl Store for MemoryStore {
     }
 
     async fn release(&self, key: &str, fence: Fence) -> Result<(), Error> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut shard = self.shard(key, now);
         match shard.entries.get(key) {
             None => Ok(()),
@@ -311,7 +359,7 @@ impl Store for MemoryStore {
     }
 
     async fn renew(&self, key: &str, fence: Fence, lease: Duration) -> Result<(), Error> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut shard = self.shard(key, now);
         match shard.entries.get_mut(key) {
             Some(Entry::Pending {
@@ -319,7 +367,7 @@ impl Store for MemoryStore {
                 lease_until,
                 ..
             }) if *current == fence && *lease_until > now => {
-                *lease_until = now + lease;
+                *lease_until = later(now, lease);
                 Ok(())
             }
             _ => Err(Error::lease_lost(key)),
@@ -335,8 +383,11 @@ impl Store for MemoryStore {
         if self.pending_notify(key, fence).is_none() {
             return Ok(());
         }
-        let deadline = lease_until.min(Instant::now() + timeout);
-        let _ = tokio::time::timeout_at(deadline, notified).await;
+        let now = self.clock.now();
+        let remaining = lease_until
+            .min(later(now, timeout))
+            .saturating_duration_since(now);
+        let _ = tokio::time::timeout(remaining, notified).await;
         Ok(())
     }
 }

@@ -23,6 +23,14 @@ use crate::Error;
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 /// How long a claim lasts between renewals by default.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// The shortest lease a call may have. A lease is the time a crashed holder blocks its key, and
+/// the time a store has to tell claims apart; below this, clock error between processes and
+/// round trips on a loaded machine would eat it (the Redis store keeps its fencing tokens
+/// increasing only for leases above twice its accepted clock error).
+pub const MIN_LEASE: Duration = Duration::from_millis(250);
+/// The longest lease or retention a call may have: 100 years. Longer durations overflow clocks
+/// and store expiry commands.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 /// The key prefix by default.
 pub const DEFAULT_KEY_PREFIX: &str = "idem:";
 
@@ -258,6 +266,7 @@ impl Idempotency {
         let fingerprint: &[u8] = fingerprint.as_ref().map_or(&[], |f| &f.0);
         let lease = call.lease.unwrap_or(settings.lease);
         let retention = call.retention.unwrap_or(settings.retention);
+        check_durations(lease, retention)?;
 
         let (fence, claimed_at) = match self
             .acquire(&key, fingerprint, lease, call.on_in_progress)
@@ -271,7 +280,7 @@ impl Idempotency {
             key: key.clone(),
             fence,
         };
-        let lease_clock = LeaseClock::new(claimed_at + lease);
+        let lease_clock = LeaseClock::new(later(claimed_at, lease));
         let (outcome, lease_lost) = self
             .run_body(
                 &key,
@@ -324,7 +333,7 @@ impl Idempotency {
         // The record write is retried for up to one more lease, as long as the claim is known
         // to be valid, and the lease is renewed meanwhile: giving up earlier would leave an
         // effect without its record, which the next delivery repeats.
-        let give_up_at = Instant::now() + lease;
+        let give_up_at = later(Instant::now(), lease);
         let written = {
             let write = self.retrying(Some((&lease_clock, give_up_at)), || {
                 settings.store.complete(&key, fence, &record, retention)
@@ -357,7 +366,7 @@ impl Idempotency {
         let request = ClaimRequest::new(key, attempt, fingerprint, lease);
         // A duplicate waits at most one lease for the first call; a live first call renews its
         // claim, so after that the duplicate reports it in progress instead of waiting forever.
-        let give_up_at = Instant::now() + lease;
+        let give_up_at = later(Instant::now(), lease);
         loop {
             let sent = Instant::now();
             match self.retrying(None, || store.claim(request)).await? {
@@ -380,8 +389,9 @@ impl Idempotency {
                         });
                     }
                     // Wake a little after the lease would lapse, so the re-claim can take over.
-                    let timeout =
-                        (lease_remaining + Duration::from_millis(1)).min(give_up_at - now);
+                    let timeout = lease_remaining
+                        .saturating_add(Duration::from_millis(1))
+                        .min(give_up_at - now);
                     if store.wait(key, fence, timeout).await.is_err() {
                         // The notification path failed; fall back to a short poll.
                         tokio::time::sleep(timeout.min(Duration::from_millis(50))).await;
@@ -430,19 +440,22 @@ impl Idempotency {
     /// refused the fence, or no renewal succeeded for a whole lease).
     async fn keep_lease(&self, key: &str, fence: Fence, lease: Duration, clock: &LeaseClock) {
         let store = &self.inner.store;
-        let mut next = clock.valid_until() - lease + lease / 3;
+        let mut next = clock
+            .valid_until()
+            .checked_sub(lease - lease / 3)
+            .unwrap_or_else(Instant::now);
         loop {
             tokio::time::sleep_until(next).await;
             let sent = Instant::now();
             match store.renew(key, fence, lease).await {
                 Ok(()) => {
-                    clock.renewed(sent + lease);
-                    next = sent + lease / 3;
+                    clock.renewed(later(sent, lease));
+                    next = later(sent, lease / 3);
                 }
                 Err(Error::LeaseLost { .. }) => return,
                 Err(_) if Instant::now() >= clock.valid_until() => return,
                 // A transient failure: try again soon, while the lease still holds.
-                Err(_) => next = Instant::now() + lease / 10,
+                Err(_) => next = later(Instant::now(), lease / 10),
             }
         }
     }
@@ -465,7 +478,7 @@ impl Idempotency {
             match op().await {
                 Err(err) if err.is_transient() => {
                     let before_deadline = valid.is_some_and(|(clock, give_up_at)| {
-                        Instant::now() + backoff < clock.valid_until().min(give_up_at)
+                        later(Instant::now(), backoff) < clock.valid_until().min(give_up_at)
                     });
                     if attempt >= self.inner.store_attempts && !before_deadline {
                         return Err(err);
@@ -508,6 +521,33 @@ impl LeaseClock {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = valid_until;
     }
+}
+
+/// Refuses a lease or retention that the runtime and the stores cannot honour.
+fn check_durations(lease: Duration, retention: Duration) -> Result<(), Error> {
+    let refuse = |reason: String| Err(Error::InvalidOption { reason });
+    if lease < MIN_LEASE || lease > MAX_DURATION {
+        return refuse(format!(
+            "the lease is {lease:?}, but it must be from {MIN_LEASE:?} to {} days; \
+             a lease is how long a crashed call blocks its key, so keep it a few times the \
+             body's usual duration",
+            MAX_DURATION.as_secs() / 86_400
+        ));
+    }
+    if retention.is_zero() || retention > MAX_DURATION {
+        return refuse(format!(
+            "the retention is {retention:?}, but it must be above zero and at most {} days",
+            MAX_DURATION.as_secs() / 86_400
+        ));
+    }
+    Ok(())
+}
+
+/// `at + by`, saturating far in the future instead of overflowing.
+pub(crate) fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by)
+        .or_else(|| at.checked_add(MAX_DURATION))
+        .unwrap_or(at)
 }
 
 fn not_recorded(key: String, source: Error) -> Error {

@@ -27,6 +27,7 @@ const OPTIONS: &str = "`key = EXPR`, `using = EXPR`, `fingerprint = EXPR`, `ttl 
 /// A duration written as a literal, with its span for errors.
 pub(crate) struct DurationArg {
     pub(crate) value: Duration,
+    pub(crate) span: Span,
 }
 
 /// What `on_in_progress` asks for.
@@ -87,7 +88,15 @@ impl Args {
             set(&mut self.ttl, token.span, "ttl", duration_value(input)?)
         } else if lookahead.peek(kw::lease) {
             let token = input.parse::<kw::lease>()?;
-            set(&mut self.lease, token.span, "lease", duration_value(input)?)
+            let lease = duration_value(input)?;
+            // The runtime's `MIN_LEASE`, refused here rather than on every call.
+            if lease.value < Duration::from_millis(250) {
+                return Err(syn::Error::new(
+                    lease.span,
+                    "a lease must be at least 250ms (`idem::MIN_LEASE`)",
+                ));
+            }
+            set(&mut self.lease, token.span, "lease", lease)
         } else if lookahead.peek(kw::namespace) {
             let token = input.parse::<kw::namespace>()?;
             input.parse::<Token![=]>()?;
@@ -155,7 +164,10 @@ fn duration_value(input: ParseStream) -> syn::Result<DurationArg> {
             "the duration must be greater than zero",
         ));
     }
-    Ok(DurationArg { value })
+    Ok(DurationArg {
+        value,
+        span: literal.span(),
+    })
 }
 
 /// Namespaces become part of store keys, where `:` and `#` are separators (and `{`, `}` a Redis

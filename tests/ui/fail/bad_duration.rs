@@ -9,3 +9,8 @@ async fn zero(id: u64) -> Result<u64, idem::Error> {
 }
 
 fn main() {}
+
+#[idem::idempotent(key = id, lease = "100ms")]
+async fn short_lease(id: u64) -> Result<u64, idem::Error> {
+    Ok(id)
+}
