@@ -248,7 +248,7 @@ impl Idempotency {
     {
         let codec = Codec {
             record_errors: true,
-            encode_err: |err| serde_json::to_vec(err),
+            encode_err: encode_exactly::<E>,
             decode_err: |bytes| serde_json::from_slice(bytes),
         };
         self.execute(call, body, codec).await
@@ -304,7 +304,7 @@ impl Idempotency {
             return Err(Error::lease_lost(key).into());
         }
         let encoded = match &result {
-            Ok(value) => serde_json::to_vec(value).map(|json| (Outcome::Ok, json)),
+            Ok(value) => encode_exactly(value).map(|json| (Outcome::Ok, json)),
             Err(err) if codec.record_errors => {
                 (codec.encode_err)(err).map(|json| (Outcome::Err, json))
             }
@@ -521,6 +521,38 @@ impl LeaseClock {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = valid_until;
     }
+}
+
+/// The JSON of a record's value, if it decodes back to the same value: otherwise duplicates
+/// would be replayed something else than the first caller got (JSON writes NaN as `null`, and
+/// `Some(None)` like `None`), so the value is refused instead.
+fn encode_exactly<V: Serialize + DeserializeOwned>(
+    value: &V,
+) -> Result<Vec<u8>, serde_json::Error> {
+    use serde::ser::Error as _;
+    let json = serde_json::to_vec(value)?;
+    let refuse = |why: String| {
+        serde_json::Error::custom(format!(
+            "a `{}` value cannot be recorded: {why}; duplicates would be replayed a different \
+             value, so it was not recorded (use a type whose JSON decodes back to the same value: \
+             finite floats, an enum instead of nested `Option`s)",
+            std::any::type_name::<V>()
+        ))
+    };
+    let decoded: V = serde_json::from_slice(&json).map_err(|err| {
+        refuse(format!(
+            "its JSON `{}` does not decode back ({err})",
+            String::from_utf8_lossy(&json[..json.len().min(64)])
+        ))
+    })?;
+    let shape = |v: &V| serde_value::to_value(v).map_err(|err| refuse(err.to_string()));
+    if shape(value)? != shape(&decoded)? {
+        return Err(refuse(format!(
+            "its JSON `{}` decodes as a different value",
+            String::from_utf8_lossy(&json[..json.len().min(64)])
+        )));
+    }
+    Ok(json)
 }
 
 /// Refuses a lease or retention that the runtime and the stores cannot honour.
