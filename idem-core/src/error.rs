@@ -159,46 +159,88 @@ impl Error {
     }
 }
 
+/// Messages say what happened to the body (and so to its effect) and what to do. A cause is
+/// never printed here but reached through [`std::error::Error::source`], as the Rust error
+/// ecosystem expects (print the chain with `{:#}` in anyhow, or walk `source()`).
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidKey { reason } => write!(f, "invalid idempotency key: {reason}"),
+            Error::InvalidKey { reason } => write!(
+                f,
+                "invalid idempotency key: {reason}; nothing was claimed and the body did not run"
+            ),
             Error::InvalidOption { reason } => write!(
                 f,
                 "invalid idempotency option: {reason}; nothing was claimed and the body did not run"
             ),
             Error::InProgress { key } => write!(
                 f,
-                "idempotency key `{key}` is in progress in another call; retry later to get its result"
+                "idempotency key `{key}` is held by another call still in progress, so the body did \
+                 not run here; retry later to get that call's result"
             ),
             Error::KeyReused { key } => write!(
                 f,
-                "idempotency key `{key}` was already used for a different request (fingerprint mismatch); use a new key for a new request"
+                "idempotency key `{key}` was already used for a different request (fingerprint \
+                 mismatch), so the body did not run; use a new key for a new request"
             ),
             Error::LeaseLost { key } => write!(
                 f,
-                "the claim on `{key}` lapsed before its result was recorded (lease not renewed in time, or taken over); the effect may have happened and its result was not recorded"
+                "the claim on `{key}` lapsed while the body ran (its lease was not renewed in time, \
+                 or another call took over): the body ran and its effect may have happened, but its \
+                 result was not recorded, and another call may run it again; make the effect \
+                 idempotent downstream (pass `idem::context()`'s fence or a downstream key)"
             ),
             Error::Store {
                 operation,
                 indeterminate,
-                source,
+                ..
             } => {
-                write!(f, "idempotency store failed during `{operation}`")?;
+                write!(f, "the idempotency store failed during `{operation}`")?;
                 if *indeterminate {
-                    write!(f, " (outcome unknown: the command may have been applied)")?;
+                    write!(
+                        f,
+                        " and the command may have been applied (its reply was lost); a retry of \
+                         this call finds its own claim"
+                    )?;
                 }
-                write!(f, "; the body did not run: {source}")
+                write!(
+                    f,
+                    "; the body did not run: retry when the store answers again"
+                )
             }
-            Error::NotRecorded { key, source } => write!(
-                f,
-                "the body for `{key}` ran but its result could not be recorded ({source}); the claim is held until its lease lapses"
-            ),
+            Error::NotRecorded { key, source } => {
+                write!(f, "the body for `{key}` ran and its effect happened, but its result ")?;
+                match source.as_ref() {
+                    Error::Store {
+                        operation,
+                        indeterminate,
+                        ..
+                    } => {
+                        write!(f, "could not be recorded (the store's `{operation}` failed")?;
+                        if *indeterminate {
+                            write!(f, ", and may have applied")?;
+                        }
+                        write!(f, ")")?;
+                    }
+                    Error::Encode { .. } => write!(f, "cannot be recorded (see the cause)")?,
+                    _ => write!(f, "could not be recorded")?,
+                }
+                write!(
+                    f,
+                    "; the key stays claimed until its lease lapses, then a retry runs the body \
+                     again: check whether the effect happened before retrying, or make it \
+                     idempotent downstream"
+                )
+            }
             Error::Corrupt { key, reason } => write!(
                 f,
-                "the stored record for `{key}` is corrupt ({reason}); it is not treated as a miss: inspect or delete it"
+                "the stored record for `{key}` is corrupt ({reason}), so the body did not run; it \
+                 is not treated as a miss: inspect or delete the key"
             ),
-            Error::Encode { what, source } => write!(f, "could not encode {what}: {source}"),
+            Error::Encode { what, .. } => write!(
+                f,
+                "could not encode {what}, so nothing was claimed and the body did not run"
+            ),
         }
     }
 }
@@ -207,7 +249,12 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Store { source, .. } => Some(source.as_ref()),
-            Error::NotRecorded { source, .. } => Some(source.as_ref()),
+            // The store's or the encoder's own error: this variant's message already says which
+            // operation failed, and the wrapped `Error`'s would contradict it ("did not run").
+            Error::NotRecorded { source, .. } => match source.as_ref() {
+                inner @ (Error::Store { .. } | Error::Encode { .. }) => inner.source(),
+                inner => Some(inner),
+            },
             Error::Encode { source, .. } => Some(source),
             _ => None,
         }

@@ -47,6 +47,17 @@ impl ConnectionLike for Counting {
 }
 
 /// `calls` of one command in `INFO commandstats`.
+/// An error and its causes, as a log line would show them.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
 fn calls(server: &RedisServer, command: &str) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
@@ -297,10 +308,7 @@ async fn a_server_that_is_down_fails_closed_with_a_clear_error() {
     // Nothing listens on a fresh free port.
     let url = format!("redis://127.0.0.1:{}", support::free_port());
     let err = RedisStore::connect(&url).await.unwrap_err();
-    assert!(
-        err.to_string().contains("cannot connect to Redis at"),
-        "{err}"
-    );
+    assert!(chain(&err).contains("cannot connect to Redis at"), "{err}");
 
     let mut server = RedisServer::start();
     let config = ConnectionManagerConfig::new()
@@ -417,8 +425,8 @@ async fn replica_acknowledgements_fail_closed_without_replicas() {
         .run(Call::new("acks", "no-replica"), body(&runs, Duration::ZERO))
         .await
         .unwrap_err();
-    println!("{err}");
-    assert!(err.to_string().contains("0 of 1 replicas"), "{err}");
+    println!("{}", chain(&err));
+    assert!(chain(&err).contains("0 of 1 replicas"), "{err}");
     assert_eq!(
         runs.load(Ordering::SeqCst),
         0,
