@@ -156,10 +156,16 @@ async fn record_write_is_retried_then_reported_as_not_recorded() {
     let cause = std::error::Error::source(&err).expect("the store's error");
     let text = err.to_string();
     assert!(text.contains("ran and its effect happened"), "{text}");
-    assert!(text.contains("`complete` failed, and may have applied"), "{text}");
+    assert!(
+        text.contains("`complete` failed, and may have applied"),
+        "{text}"
+    );
     assert_eq!(cause.to_string(), "injected: reply lost");
     assert!(!text.contains(&cause.to_string()), "{text}");
-    assert!(!format!("{text}: {cause}").contains("did not run"), "{text}: {cause}");
+    assert!(
+        !format!("{text}: {cause}").contains("did not run"),
+        "{text}: {cause}"
+    );
     // The claim is held until its lease lapses, so a duplicate does not run the body at once.
     store.fail_completes.store(0, Ordering::SeqCst);
     let retry = slow_with_short_lease(&idem, "unrecorded", &runs, Duration::ZERO)

@@ -1,6 +1,8 @@
 //! Default namespaces: two functions of the same name never share records, whether they live in
 //! different modules or are methods of different types; `namespace = "..."` pins one.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use idem::{idempotent, Error, Idempotency, MemoryStore};

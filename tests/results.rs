@@ -1,6 +1,8 @@
 //! Invariant I2: every `Ok` for a key carries the same value. A result whose JSON record would
 //! decode to something else is refused to the first caller instead of recorded.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use std::time::Duration;
 
 use idem::{Call, ClaimOutcome, ClaimRequest, Error, Idempotency, MemoryStore, OnInProgress};

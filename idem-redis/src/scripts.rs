@@ -15,23 +15,35 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// The shared preamble: parse a state value, or fail with `IDEM_CORRUPT` before any write.
-macro_rules! with_state_parser {
-    ($body:literal) => {
-        concat!(
-            r#"
+use crate::server_clock::MAX_FENCE_ERROR;
+use crate::state::MAX_FENCE;
+
+/// The shared preamble: parse a state value or a fence, or fail with `IDEM_CORRUPT` before any
+/// write. `valid_fence` accepts exactly what `state::parse_fence` does (1 to 16 digits, no
+/// leading zero, at most `MAX_FENCE`) (its bound is put in from
+/// Rust), so a value is never corrupt to one side and usable to the other.
+const PREAMBLE: &str = r#"
+local MAX_FENCE = __MAX_FENCE__
+local function valid_fence(text)
+  if type(text) ~= 'string' or #text < 1 or #text > 16 or not string.match(text, '^%d+$')
+    or (#text > 1 and string.sub(text, 1, 1) == '0') then
+    return nil
+  end
+  local n = tonumber(text)
+  if n > MAX_FENCE then return nil end
+  return n
+end
 local function parse_state(v)
   local kind = string.sub(v, 1, 2)
+  local fence, attempt, fp
   if kind == 'R:' then
-    local fence = string.match(v, '^R:(%d+):')
-    if fence then return 'R', fence end
+    fence = string.match(v, '^R:(%d+):')
   elseif kind == 'P:' then
-    local fence, attempt, fp = string.match(v, '^P:(%d+):(%x+):(%x*)$')
-    if fence then return 'P', fence, attempt, fp end
+    fence, attempt, fp = string.match(v, '^P:(%d+):(%x+):(%x*)$')
   elseif kind == 'F:' then
-    local fence = string.match(v, '^F:(%d+)$')
-    if fence then return 'F', fence end
+    fence = string.match(v, '^F:(%d+)$')
   end
+  if fence and valid_fence(fence) then return string.sub(kind, 1, 1), fence, attempt, fp end
   return redis.error_reply('IDEM_CORRUPT the value at ' .. KEYS[1] .. ' is not an idem state')
 end
 local function read_state()
@@ -45,17 +57,23 @@ local function keep_fence(ms)
   local ttl = redis.call('PTTL', KEYS[2])
   if ttl < tonumber(ms) then redis.call('PEXPIRE', KEYS[2], ms) end
 end
-"#,
-            $body
-        )
-    };
+"#;
+
+/// A script: the preamble, with the Rust side's bounds put in, then `body`.
+fn script(body: &str) -> Script {
+    let preamble = PREAMBLE.replace("__MAX_FENCE__", &MAX_FENCE.to_string());
+    let body = body.replace(
+        "__MAX_FENCE_ERROR_US__",
+        &MAX_FENCE_ERROR.as_micros().to_string(),
+    );
+    Script::new(&format!("{preamble}{body}"))
 }
 
 /// KEYS: state, fence. ARGV: attempt (hex), fingerprint (hex), lease ms, and `1` when a pending
 /// claim of this attempt holds a fence the client proposed and the server did not confirm.
 /// Returns `{'A', fence, reentrant}` | `{'R', value}` | `{'P', fence, fingerprint, pttl}`.
 pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(with_state_parser!(
+    script(
         r#"
 local v, kind, fence, attempt, fp = read_state()
 if type(v) == 'table' then return v end
@@ -66,12 +84,12 @@ if v then
     if attempt ~= ARGV[1] then return {'P', fence, fp, redis.call('PTTL', KEYS[1])} end
     if ARGV[4] ~= '1' then return {'A', fence, '1'} end
     -- The fast path proposed this fence from a client's clock. Keep it (the same claim back)
-    -- if it was within a quarter of the lease of the server's clock when the claim was set,
+    -- if it was within the store's error bound of the server's clock when the claim was set,
     -- estimated from its TTL with 1ms to spare; otherwise replace it.
     local now = redis.call('TIME')
     local set_at = tonumber(now[1]) * 1000000 + tonumber(now[2])
       - (tonumber(ARGV[3]) - redis.call('PTTL', KEYS[1])) * 1000
-    if math.abs(tonumber(fence) - set_at) <= tonumber(ARGV[3]) * 250 - 1000 then
+    if math.abs(tonumber(fence) - set_at) <= __MAX_FENCE_ERROR_US__ - 1000 then
       return {'A', fence, '1'}
     end
     refence = true
@@ -80,9 +98,9 @@ end
 local last = redis.call('GET', KEYS[2])
 local last_fence = 0
 if last then
-  last_fence = tonumber(last)
+  last_fence = valid_fence(last)
   if not last_fence then
-    return redis.error_reply('IDEM_CORRUPT the fence at ' .. KEYS[2] .. ' is not a number')
+    return redis.error_reply('IDEM_CORRUPT the fence at ' .. KEYS[2] .. ' is not a fence')
   end
 end
 -- A released claim's fence bounds the next one. An unconfirmed proposal does not: it is the
@@ -90,6 +108,9 @@ end
 if kind == 'F' then last_fence = math.max(last_fence, tonumber(fence)) end
 local now = redis.call('TIME')
 local next_fence = math.max(last_fence + 1, tonumber(now[1]) * 1000000 + tonumber(now[2]))
+if next_fence > MAX_FENCE then
+  return redis.error_reply('IDEM_CORRUPT the fences of ' .. KEYS[1] .. ' are exhausted')
+end
 local fence_text = string.format('%.0f', next_fence)
 local pending = 'P:' .. fence_text .. ':' .. ARGV[1] .. ':' .. ARGV[2]
 if refence then
@@ -101,14 +122,14 @@ redis.call('SET', KEYS[2], fence_text, 'KEEPTTL')
 keep_fence(ARGV[3] * 2)
 if refence then return {'A', fence_text, '1'} end
 return {'A', fence_text, '0'}
-"#
-    ))
+"#,
+    )
 });
 
 /// KEYS: state, fence. ARGV: fence, record, retention ms, channel.
 /// Returns 'OK' | 'LOST'.
 pub(crate) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(with_state_parser!(
+    script(
         r#"
 local v, kind, fence = read_state()
 if type(v) == 'table' then return v end
@@ -121,8 +142,8 @@ redis.call('SET', KEYS[1], 'R:' .. fence .. ':' .. ARGV[2], 'PX', keep)
 keep_fence(keep)
 redis.call('PUBLISH', ARGV[4], fence)
 return 'OK'
-"#
-    ))
+"#,
+    )
 });
 
 /// KEYS: state, fence. ARGV: fence, channel. Returns 'OK' | 'LOST'.
@@ -130,7 +151,7 @@ return 'OK'
 /// A released claim leaves `F:<fence>` until its lease would have ended, so that the next claim
 /// goes through the claim script and gets a greater fence.
 pub(crate) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(with_state_parser!(
+    script(
         r#"
 local v, kind, fence = read_state()
 if type(v) == 'table' then return v end
@@ -140,13 +161,13 @@ if kind ~= 'P' or fence ~= ARGV[1] then return 'LOST' end
 redis.call('SET', KEYS[1], 'F:' .. fence, 'KEEPTTL')
 redis.call('PUBLISH', ARGV[2], fence)
 return 'OK'
-"#
-    ))
+"#,
+    )
 });
 
 /// KEYS: state, fence. ARGV: fence, lease ms. Returns 'OK' | 'LOST'.
 pub(crate) static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(with_state_parser!(
+    script(
         r#"
 local v, kind, fence = read_state()
 if type(v) == 'table' then return v end
@@ -154,6 +175,6 @@ if not v or kind ~= 'P' or fence ~= ARGV[1] then return 'LOST' end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 keep_fence(ARGV[2] * 2)
 return 'OK'
-"#
-    ))
+"#,
+    )
 });

@@ -100,10 +100,14 @@ fn next_after_last(at_least: u64) -> u64 {
     }
 }
 
-/// Whether a fence is close enough to the server's clock to keep: within a quarter of the
-/// lease (see "Fences" on `RedisStore`).
-pub(crate) fn acceptable(error: Duration, lease: Duration) -> bool {
-    error <= lease / 4
+/// How far a kept fence may be from the server's clock when its claim was written, for every
+/// claim whatever its lease: fences increase across claims as long as every lease is longer
+/// than twice this (see "Fences" on `RedisStore`), which `MIN_LEASE` (250ms) is.
+pub(crate) const MAX_FENCE_ERROR: Duration = Duration::from_millis(100);
+
+/// Whether a fence is close enough to the server's clock to keep.
+pub(crate) fn acceptable(error: Duration) -> bool {
+    error <= MAX_FENCE_ERROR
 }
 
 #[cfg(test)]
@@ -147,9 +151,9 @@ mod tests {
     }
 
     #[test]
-    fn the_error_must_fit_in_a_quarter_of_the_lease() {
-        let lease = Duration::from_secs(4);
-        assert!(acceptable(Duration::from_secs(1), lease));
-        assert!(!acceptable(Duration::from_millis(1001), lease));
+    fn the_error_bound_is_the_same_for_every_lease_and_fits_the_shortest_twice() {
+        assert!(acceptable(MAX_FENCE_ERROR));
+        assert!(!acceptable(MAX_FENCE_ERROR + Duration::from_micros(1)));
+        assert!(idem_core::MIN_LEASE > MAX_FENCE_ERROR * 2);
     }
 }

@@ -43,12 +43,24 @@ pub(crate) fn parse(value: &[u8]) -> Option<State<'_>> {
     }
 }
 
+/// The greatest fence the store uses: the scripts compute with Lua's doubles, exact up to 2^53
+/// (µs since 1970 stay below it until the year 2255). The scripts get it from here, so both
+/// sides accept exactly the same fences: 1 to 16 decimal digits without a leading zero, at most
+/// this.
+pub(crate) const MAX_FENCE: u64 = (1 << 53) - 1;
+
 /// Parses decimal fence digits.
 pub(crate) fn parse_fence(digits: &[u8]) -> Option<Fence> {
-    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+    let leading_zero = digits.len() > 1 && digits[0] == b'0';
+    if digits.is_empty()
+        || digits.len() > 16
+        || leading_zero
+        || !digits.iter().all(u8::is_ascii_digit)
+    {
         return None;
     }
-    std::str::from_utf8(digits).ok()?.parse().ok().map(Fence)
+    let fence: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    (fence <= MAX_FENCE).then_some(Fence(fence))
 }
 
 #[cfg(test)]
@@ -72,6 +84,12 @@ mod tests {
             })
         );
         assert_eq!(parse(b"F:12"), Some(State::Released { fence: Fence(12) }));
+        assert_eq!(
+            parse(b"F:9007199254740991"),
+            Some(State::Released {
+                fence: Fence(MAX_FENCE)
+            })
+        );
         for garbage in [
             &b""[..],
             b"R",
@@ -86,6 +104,9 @@ mod tests {
             b"F:",
             b"F:1:",
             b"R:99999999999999999999999:",
+            b"R:9007199254740992:",
+            b"F:12345678901234567",
+            b"F:012",
         ] {
             assert_eq!(parse(garbage), None, "{garbage:?}");
         }

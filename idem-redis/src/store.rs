@@ -39,16 +39,20 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// a second, and in between adds the time elapsed on this machine's monotonic clock; on a
 /// cluster, whose nodes have their own clocks, and over a connection from
 /// [`from_connection`](Self::from_connection), every claim reads `TIME`. A proposal is kept
-/// only if it is provably within a quarter of the lease of the server's clock when the claim
-/// was written (allowing for the reading's round trip, the claim's round trip and 1000 ppm of
-/// drift); otherwise the claim script replaces it with `max(last + 1, server µs)`.
+/// only if it is provably within 100ms of the server's clock when the claim was written
+/// (allowing for the reading's round trip, the claim's round trip and 1000 ppm of drift);
+/// otherwise the claim script replaces it with `max(last + 1, server µs)`. The bound is the same
+/// for every claim, whatever its lease.
 ///
 /// A key is only claimable afresh once the previous claim's lease has run out (a record or a
 /// released claim keeps the key at least that long), so a new fence is at least
-/// `lease - lease/4` above the previous claim's server time, and the previous fence at most
-/// `lease/4` above it: fences increase as long as the server's clock does not go back (and,
-/// with `connect`, as long as a failover does not move to a server whose clock differs by more
-/// than a quarter of the lease within a second of it).
+/// `previous lease - 100ms` above the previous claim's server time, and the previous fence at
+/// most 100ms above it: fences increase as long as every lease is longer than 200ms (this store
+/// treats a shorter one as [`MIN_LEASE`](idem_core::MIN_LEASE), 250ms, and the runtime never
+/// asks for less), the server's clock does not go back, and (with `connect`) a failover does
+/// not move to a server whose clock differs by more than 100ms within a second of it. Fences
+/// have at most 16 digits (`2^53 - 1`, what Lua computes exactly); the scripts and this side
+/// refuse anything else at idem's keys as corrupt before writing.
 pub struct RedisStore<C = ConnectionManager> {
     connection: C,
     key_prefix: String,
@@ -328,12 +332,12 @@ where
         };
         let previous = match previous {
             Value::Nil => {
-                return Ok(server_clock::acceptable(error, lease).then_some(
-                    ClaimOutcome::Acquired {
+                return Ok(
+                    server_clock::acceptable(error).then_some(ClaimOutcome::Acquired {
                         fence: Fence(fence),
                         takeover: false,
-                    },
-                ))
+                    }),
+                )
             }
             Value::BulkString(previous) => previous,
             other => return Err(unexpected("claim", &other)),
@@ -417,16 +421,17 @@ where
 {
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
         let state = self.state_key(request.key);
+        let lease = at_least_min_lease(request.lease);
         let attempt = format!("{:032x}", request.attempt.0);
         let fingerprint = idem_core::hex(request.fingerprint);
         let outcome = match self
-            .plain_claim(&state, &attempt, &fingerprint, request.lease)
+            .plain_claim(&state, &attempt, &fingerprint, lease)
             .await?
         {
             Some(outcome) => outcome,
             None => {
                 let keys = Keys::beside(state);
-                self.script_claim(request.key, &keys, &attempt, &fingerprint, request.lease)
+                self.script_claim(request.key, &keys, &attempt, &fingerprint, lease)
                     .await?
             }
         };
@@ -475,7 +480,7 @@ where
 
     async fn renew(&self, key: &str, fence: Fence, lease: Duration) -> Result<(), Error> {
         let fence = fence.to_string();
-        let lease = millis(lease).to_string();
+        let lease = millis(at_least_min_lease(lease)).to_string();
         self.fenced("renew", key, &RENEW, &[fence.as_bytes(), lease.as_bytes()])
             .await
     }
@@ -572,8 +577,14 @@ fn redis_error(operation: &'static str, key: &str, err: RedisError) -> Error {
     }
 }
 
+/// Milliseconds for `PX`, from 1 to `MAX_DURATION` (Redis refuses expiries past `i64`).
 fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1)
+    let capped = duration.min(idem_core::MAX_DURATION).as_millis();
+    u64::try_from(capped).unwrap_or(u64::MAX).max(1)
+}
+
+/// A lease of at least `MIN_LEASE`: the runtime never asks for less, and the fences of a key
+/// keep increasing only while every lease is longer than twice the accepted clock error.
+fn at_least_min_lease(lease: Duration) -> Duration {
+    lease.max(idem_core::MIN_LEASE)
 }

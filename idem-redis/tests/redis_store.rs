@@ -14,7 +14,7 @@ use idem_core::{
     AttemptId, Call, ClaimOutcome, ClaimRequest, Error, Idempotency, OnInProgress, Store,
 };
 use idem_redis::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use idem_redis::redis::{self, Cmd, Pipeline, RedisFuture, Value};
+use idem_redis::redis::{self, Cmd, FromRedisValue, Pipeline, RedisFuture, Value};
 use idem_redis::RedisStore;
 use support::RedisServer;
 
@@ -821,4 +821,248 @@ async fn claims_read_the_server_clock_about_once_a_second_and_fences_follow_it()
         "the clock reading is reused between claims: {time_reads}"
     );
     assert_eq!(calls(&server, "evalsha"), 0, "no claim needed the script");
+}
+
+/// A store's view of time gone wrong: every fast claim's proposed fence, and every `TIME` reply,
+/// is moved `shift_micros` back (a client whose wall clock is behind the server's: it proposes
+/// fences from its clock and measures their error against `TIME`), and every request is held
+/// `delay` before it is sent (a slow round trip). The store returns the fence it proposed, not
+/// the shifted one it wrote: tests read the written fence from the server.
+#[derive(Clone)]
+struct SkewedClient {
+    inner: ConnectionManager,
+    shift_micros: u64,
+    delay: Duration,
+}
+
+impl SkewedClient {
+    /// The pending value of a fast claim with its fence moved back.
+    fn shifted(&self, cmd: &Cmd) -> Option<Cmd> {
+        let args: Vec<Vec<u8>> = cmd
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => Vec::new(),
+            })
+            .collect();
+        if args.first()? != b"SET" || !args.iter().any(|a| a == b"NX") {
+            return None;
+        }
+        let value = String::from_utf8(args.get(2)?.clone()).ok()?;
+        let (fence, rest) = value.strip_prefix("P:")?.split_once(':')?;
+        let fence: u64 = fence.parse().ok()?;
+        let mut shifted = redis::cmd("SET");
+        shifted
+            .arg(&args[1])
+            .arg(format!("P:{}:{rest}", fence - self.shift_micros));
+        for arg in &args[3..] {
+            shifted.arg(arg);
+        }
+        Some(shifted)
+    }
+}
+
+impl ConnectionLike for SkewedClient {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let cmd = self.shifted(cmd).unwrap_or_else(|| cmd.clone());
+        let (mut inner, delay) = (self.inner.clone(), self.delay);
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            inner.req_packed_command(&cmd).await
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let mut rebuilt = redis::pipe();
+        for cmd in pipeline.cmd_iter() {
+            rebuilt.add_command(self.shifted(cmd).unwrap_or_else(|| cmd.clone()));
+        }
+        let (mut inner, delay, shift) = (self.inner.clone(), self.delay, self.shift_micros);
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            let mut replies = inner.req_packed_commands(&rebuilt, offset, count).await?;
+            for reply in &mut replies {
+                if let Ok((seconds, micros)) = <(u64, u64)>::from_redis_value(reply.clone()) {
+                    let shifted = seconds * 1_000_000 + micros - shift;
+                    *reply = Value::Array(vec![
+                        Value::BulkString((shifted / 1_000_000).to_string().into_bytes()),
+                        Value::BulkString((shifted % 1_000_000).to_string().into_bytes()),
+                    ]);
+                }
+            }
+            Ok(replies)
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        self.inner.get_db()
+    }
+}
+
+async fn skewed_store(
+    server: &RedisServer,
+    shift: Duration,
+    delay: Duration,
+) -> RedisStore<SkewedClient> {
+    let client = redis::Client::open(server.url()).unwrap();
+    RedisStore::from_connection(SkewedClient {
+        inner: ConnectionManager::new(client).await.unwrap(),
+        shift_micros: u64::try_from(shift.as_micros()).unwrap(),
+        delay,
+    })
+}
+
+/// The fence of the pending claim at `key`, as the server holds it.
+fn written_fence(server: &RedisServer, key: &str) -> u64 {
+    let value: String = redis::cmd("GET")
+        .arg(format!("{{{key}}}"))
+        .query(&mut server.connection())
+        .unwrap();
+    let fence = value.strip_prefix("P:").unwrap().split(':').next().unwrap();
+    fence.parse().unwrap()
+}
+
+async fn acquire(store: &dyn Store, key: &str, lease: Duration) -> idem_core::Fence {
+    match store
+        .claim(ClaimRequest::new(key, AttemptId::random(), b"", lease))
+        .await
+        .unwrap()
+    {
+        ClaimOutcome::Acquired { fence, .. } => fence,
+        other => panic!("expected a claim, got {other:?}"),
+    }
+}
+
+/// Regression: the accepted clock error was a quarter of the *new* claim's lease, but keeping
+/// fences increasing needs it bounded by the *previous* claim's. A 2s claim, then 2.1s later a
+/// 60s takeover from a store whose clock is 5s behind, got a lower fence (error 5s < 15s). The
+/// same after a release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fences_increase_across_stores_with_different_clocks_and_leases() {
+    let server = RedisServer::start();
+    let accurate = RedisStore::connect(&server.url()).await.unwrap();
+    let behind = skewed_store(&server, Duration::from_secs(5), Duration::ZERO).await;
+    let short = Duration::from_secs(2);
+    let long = Duration::from_secs(60);
+
+    let first = acquire(&accurate, "lapsed", short).await;
+    let released = acquire(&accurate, "released", short).await;
+    accurate.release("released", released).await.unwrap();
+    tokio::time::sleep(short + Duration::from_millis(100)).await;
+    acquire(&behind, "lapsed", long).await;
+    acquire(&behind, "released", long).await;
+    let (after_lapse, after_release) = (
+        written_fence(&server, "lapsed"),
+        written_fence(&server, "released"),
+    );
+    println!("lapsed: {first} then {after_lapse}; released: {released} then {after_release}");
+    assert!(after_lapse > first.0, "{after_lapse} after {first}");
+    assert!(
+        after_release > released.0,
+        "{after_release} after {released}"
+    );
+}
+
+/// A fast claim whose round trip is too slow to bound its fence's error is given a fence by
+/// the server instead: the fence is never further from the server's clock than the bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_fast_claim_does_not_keep_its_proposed_fence() {
+    let server = RedisServer::start();
+    // Each request held 150ms: within a quarter of a 1s lease, beyond the store's 100ms bound.
+    let slow = skewed_store(&server, Duration::ZERO, Duration::from_millis(150)).await;
+    for i in 0..3 {
+        let key = format!("slow{i}");
+        let before = server_micros(&server);
+        let fence = acquire(&slow, &key, Duration::from_secs(1)).await;
+        let after = server_micros(&server);
+        println!("fence {fence}, server time {before}..{after}");
+        // Written no earlier than the 150ms hold: a fence proposed when the claim was sent is
+        // ~150ms stale by then.
+        assert!(
+            fence.0 >= before + 140_000 && fence.0 <= after,
+            "the fence {fence} must be the server's time when written, in {}..{after}",
+            before + 140_000
+        );
+        assert_eq!(written_fence(&server, &key), fence.0);
+    }
+}
+
+/// Regression: the scripts read fences with `tonumber`, which takes `1e30`, `-5` and `0x1f`:
+/// a fence key holding `1e30` made a claim rewrite both keys and report an indeterminate error.
+/// Both sides now accept only digits up to the same bound, and refuse the rest as corrupt
+/// before any write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fences_the_rust_side_calls_corrupt_are_corrupt_to_the_scripts_too() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let mut conn = server.connection();
+    let set = |conn: &mut redis::Connection, key: &str, value: &str| {
+        let _: () = redis::cmd("SET").arg(key).arg(value).query(conn).unwrap();
+    };
+    let get = |conn: &mut redis::Connection, key: &str| -> Option<String> {
+        redis::cmd("GET").arg(key).query(conn).unwrap()
+    };
+    for (i, bad) in [
+        "1e30",
+        "-5",
+        "0x1f",
+        "99999999999999999999",
+        " 7",
+        "7.0",
+        "",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // A released claim sends the next claim to the script, which reads the fence key.
+        let key = format!("bad-fence-{i}");
+        let (state, fence_key) = (format!("{{{key}}}"), format!("{{{key}}}:fence"));
+        set(&mut conn, &state, "F:12");
+        set(&mut conn, &fence_key, bad);
+        let outcome = store
+            .claim(ClaimRequest::new(
+                &key,
+                AttemptId::random(),
+                b"",
+                Duration::from_secs(5),
+            ))
+            .await;
+        assert!(
+            matches!(outcome, Err(Error::Corrupt { .. })),
+            "fence key {bad:?}: {outcome:?}"
+        );
+        assert_eq!(get(&mut conn, &state).as_deref(), Some("F:12"), "{bad:?}");
+        assert_eq!(get(&mut conn, &fence_key).as_deref(), Some(bad), "{bad:?}");
+
+        // The same digits in a state value.
+        let key = format!("bad-state-{i}");
+        let state = format!("{{{key}}}");
+        let value = format!("R:{bad}:idem-record");
+        set(&mut conn, &state, &value);
+        let outcome = store
+            .claim(ClaimRequest::new(
+                &key,
+                AttemptId::random(),
+                b"",
+                Duration::from_secs(5),
+            ))
+            .await;
+        assert!(
+            matches!(outcome, Err(Error::Corrupt { .. })),
+            "state {value:?}: {outcome:?}"
+        );
+        let completed = store
+            .complete(&key, idem_core::Fence(7), b"r", Duration::from_secs(5))
+            .await;
+        assert!(
+            matches!(completed, Err(Error::Corrupt { .. })),
+            "complete over {value:?}: {completed:?}"
+        );
+        assert_eq!(get(&mut conn, &state), Some(value));
+    }
 }
