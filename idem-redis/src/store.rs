@@ -15,6 +15,8 @@ use crate::waiters::Waiters;
 
 /// How long a waiter without a subscriber sleeps between re-checks.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a subscribed waiter waits for a wake-up before it re-checks the key anyway.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A [`Store`] on Redis (or Redis Cluster, feature `cluster`): the shared authority for many
 /// service instances.
@@ -486,8 +488,9 @@ where
     }
 
     async fn wait(&self, key: &str, fence: Fence, timeout: Duration) -> Result<(), Error> {
+        let started = Instant::now();
         let keys = self.keys(key);
-        let subscription = self.waiters.subscribe(&keys.channel).await;
+        let subscription = self.waiters.subscribe(&keys.channel, timeout).await;
         let changed = subscription.as_ref().map(|s| s.changed.clone());
         let mut notified = std::pin::pin!(changed.as_ref().map(|changed| changed.notified()));
         // Registered before the re-check, so a change between the two is not missed.
@@ -497,11 +500,14 @@ where
         if !self.is_pending(&keys, fence).await? {
             return Ok(());
         }
+        let remaining = timeout.saturating_sub(started.elapsed());
         match notified.as_pin_mut() {
+            // Woken by the record, or re-checked after a while in case the subscriber went
+            // silent without the connection closing.
             Some(notified) => {
-                let _ = tokio::time::timeout(timeout, notified).await;
+                let _ = tokio::time::timeout(remaining.min(RECHECK_INTERVAL), notified).await;
             }
-            None => tokio::time::sleep(timeout.min(POLL_INTERVAL)).await,
+            None => tokio::time::sleep(remaining.min(POLL_INTERVAL)).await,
         }
         Ok(())
     }
