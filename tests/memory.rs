@@ -298,3 +298,50 @@ async fn functions_without_using_share_the_default_memory_store() {
         "already in use"
     );
 }
+
+#[idempotent(key = order, using = idem, namespace = "fingerprint-added")]
+async fn before_fingerprinting(
+    idem: &Idempotency,
+    order: u32,
+    runs: &AtomicU32,
+) -> Result<u32, Error> {
+    runs.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(order * 10)
+}
+
+#[idempotent(key = order, using = idem, namespace = "fingerprint-added", fingerprint = (order, cents))]
+async fn after_fingerprinting(
+    idem: &Idempotency,
+    order: u32,
+    cents: u64,
+    runs: &AtomicU32,
+) -> Result<u32, Error> {
+    runs.fetch_add(1, Ordering::SeqCst);
+    Ok(order * 10 + u32::try_from(cents).unwrap_or(0))
+}
+
+/// Regression: adding `fingerprint = ...` to a function turned duplicates of requests recorded
+/// before (with no fingerprint) into `KeyReused`, whose message tells clients to use a new key,
+/// which charges them again. A record or claim without a fingerprint matches any request.
+#[tokio::test(start_paused = true)]
+async fn adding_a_fingerprint_keeps_older_records_replayable() {
+    let idem = Idempotency::new(MemoryStore::with_tokio_clock());
+    let runs = AtomicU32::new(0);
+    assert_eq!(before_fingerprinting(&idem, 1, &runs).await.unwrap(), 10);
+    // The new version of the function, deployed: the old record is replayed.
+    assert_eq!(after_fingerprinting(&idem, 1, 5, &runs).await.unwrap(), 10);
+    // And a call of the new version meets an old one still in progress: it waits for it.
+    let (old, new) = tokio::join!(before_fingerprinting(&idem, 2, &runs), async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after_fingerprinting(&idem, 2, 5, &runs).await
+    });
+    assert_eq!((old.unwrap(), new.unwrap()), (20, 20));
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    // Between fingerprinted requests the check holds.
+    assert_eq!(after_fingerprinting(&idem, 3, 5, &runs).await.unwrap(), 35);
+    assert!(matches!(
+        after_fingerprinting(&idem, 3, 6, &runs).await,
+        Err(Error::KeyReused { .. })
+    ));
+}

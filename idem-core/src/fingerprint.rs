@@ -75,6 +75,28 @@ mod tests {
         assert_eq!(Fingerprint::of(&a).unwrap(), Fingerprint::of(&c).unwrap());
     }
 
+    /// The tests are built with serde_json's `preserve_order` (see Cargo.toml): without it,
+    /// objects arrive sorted whatever the fingerprint does, and the test above proves nothing.
+    #[test]
+    fn objects_keep_their_insertion_order_in_this_build() {
+        let mut map = serde_json::Map::new();
+        map.insert("b".into(), Value::from(1));
+        map.insert("a".into(), Value::from(2));
+        let keys: Vec<&String> = map.keys().collect();
+        assert_eq!(keys, ["b", "a"]);
+        #[derive(Serialize)]
+        struct Backwards {
+            z: u8,
+            a: u8,
+        }
+        let value = serde_json::to_value(Backwards { z: 1, a: 2 }).unwrap();
+        assert_eq!(value.to_string(), r#"{"z":1,"a":2}"#);
+        assert_eq!(
+            Fingerprint::of(&Backwards { z: 1, a: 2 }).unwrap(),
+            Fingerprint::of(&serde_json::json!({"a": 2, "z": 1})).unwrap()
+        );
+    }
+
     #[test]
     fn different_requests_differ() {
         let fps = [

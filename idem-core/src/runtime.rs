@@ -377,7 +377,7 @@ impl Idempotency {
                     fingerprint: holder,
                     lease_remaining,
                 } => {
-                    if holder != fingerprint {
+                    if !same_request(&holder, fingerprint) {
                         return Err(Error::KeyReused {
                             key: key.to_owned(),
                         });
@@ -589,6 +589,14 @@ fn not_recorded(key: String, source: Error) -> Error {
     }
 }
 
+/// Whether a stored fingerprint and a call's describe the same request. A missing one (a call
+/// without `fingerprint`, or a record made before the function had one) matches any: adding a
+/// fingerprint to a function must not turn duplicates of older requests into `KeyReused`,
+/// which tells clients to use a new key and so runs the effect again.
+fn same_request(stored: &[u8], call: &[u8]) -> bool {
+    stored.is_empty() || call.is_empty() || stored == call
+}
+
 fn decode_replay<T, E>(
     key: &str,
     fingerprint: &[u8],
@@ -600,7 +608,7 @@ where
     E: From<Error>,
 {
     let record = Record::decode(key, bytes)?;
-    if record.fingerprint != fingerprint {
+    if !same_request(record.fingerprint, fingerprint) {
         return Err(Error::KeyReused {
             key: key.to_owned(),
         }

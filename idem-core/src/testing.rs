@@ -274,6 +274,26 @@ pub async fn wait_returns_when_the_claim_changes(store: &dyn Store, key: &str) {
     assert!(start.elapsed() < timeout / 2);
 }
 
+/// `wait` returns once the awaited claim is released, well before its timeout: the path a
+/// waiting duplicate takes after the first call failed and gave the key back.
+pub async fn wait_returns_when_the_claim_is_released(store: &dyn Store, key: &str) {
+    let (fence, _) = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    let timeout = Duration::from_secs(20);
+    let start = tokio::time::Instant::now();
+    let waiter = store.wait(key, fence, timeout);
+    let releaser = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        store.release(key, fence).await
+    };
+    let (waited, released) = tokio::join!(waiter, releaser);
+    waited.expect("wait");
+    released.expect("release");
+    assert!(
+        start.elapsed() < timeout / 2,
+        "wait must return when the claim is released, not at its timeout"
+    );
+}
+
 /// Keys with any characters are distinct keys, and empty and large records round-trip.
 pub async fn odd_keys_and_large_records(store: &dyn Store, key: &str) {
     let keys = [
@@ -356,6 +376,7 @@ macro_rules! store_contract_tests {
             fences_strictly_increase,
             concurrent_claims_grant_exactly_one,
             wait_returns_when_the_claim_changes,
+            wait_returns_when_the_claim_is_released,
             odd_keys_and_large_records,
         );
     };

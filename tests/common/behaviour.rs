@@ -98,6 +98,20 @@ async fn charge_fingerprinted(
     Ok(cents)
 }
 
+/// `charge_fingerprinted` with a body that takes `work`.
+#[idempotent(key = order, using = idem, lease = "1s", fingerprint = ChargeRequest { order, cents })]
+async fn charge_fingerprinted_slowly(
+    idem: &Idempotency,
+    order: &str,
+    cents: u64,
+    runs: &AtomicU32,
+    work: Duration,
+) -> Result<u64, Error> {
+    runs.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(work).await;
+    Ok(cents)
+}
+
 #[idempotent(key = order, using = idem)]
 async fn fail_first(idem: &Idempotency, order: &str, runs: &AtomicU32) -> Result<u32, Error> {
     let execution = runs.fetch_add(1, Ordering::SeqCst) + 1;
@@ -262,6 +276,31 @@ pub async fn fingerprint_mismatch_is_key_reused(idem: &Idempotency) {
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
+/// Another request with a key in progress is refused at once as `KeyReused`: it neither waits
+/// for nor is given the first request's result.
+pub async fn fingerprint_mismatch_in_progress_is_key_reused(idem: &Idempotency) {
+    let runs = AtomicU32::new(0);
+    let order = key("fingerprint-in-progress");
+    let first = charge_fingerprinted_slowly(idem, &order, 100, &runs, Duration::from_millis(600));
+    let other = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = tokio::time::Instant::now();
+        let other = charge_fingerprinted_slowly(idem, &order, 999, &runs, Duration::ZERO).await;
+        (other, started.elapsed())
+    };
+    let (first, (other, waited)) = tokio::join!(first, other);
+    assert_eq!(first.unwrap(), 100);
+    match other {
+        Err(Error::KeyReused { .. }) => {}
+        other => panic!("expected KeyReused while the first runs, got {other:?}"),
+    }
+    assert!(
+        waited < Duration::from_millis(400),
+        "it did not wait: {waited:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
 /// An `Err` releases the claim: a retry runs the body again and its `Ok` is then recorded.
 pub async fn errors_release_and_retry_runs_again(idem: &Idempotency) {
     let runs = AtomicU32::new(0);
@@ -416,6 +455,7 @@ macro_rules! behaviour_tests {
             concurrent_duplicates_wait_and_share_one_result,
             concurrent_duplicates_are_rejected_in_reject_mode,
             fingerprint_mismatch_is_key_reused,
+            fingerprint_mismatch_in_progress_is_key_reused,
             errors_release_and_retry_runs_again,
             recorded_errors_are_replayed,
             panics_release_the_claim,
