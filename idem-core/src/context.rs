@@ -16,6 +16,53 @@ pub struct ClaimContext {
     pub fence: Fence,
 }
 
+impl ClaimContext {
+    /// An idempotency key for a call this body makes to another system (a payment provider's
+    /// `Idempotency-Key`, another idem service), named by `downstream` (`"stripe"`,
+    /// `"ledger"`). It is derived from this call's store key alone, so every attempt of the
+    /// same logical call gets the same one (retries, and a takeover after a lapsed lease or an
+    /// unknown outcome), and the downstream system recognises the repeat; each name gets its
+    /// own. It is shaped as a UUID (RFC 9562 version 8, from a SHA-256), which APIs that take
+    /// idempotency keys accept.
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), idem_core::Error> {
+    /// let idem = idem_core::Idempotency::new(idem_core::MemoryStore::new());
+    /// let key = idem
+    ///     .run(idem_core::Call::new("charge", "order-1"), async {
+    ///         let ctx = idem_core::context().expect("inside a body");
+    ///         // e.g. `.header("Idempotency-Key", ctx.downstream_key("stripe"))`
+    ///         Ok::<_, idem_core::Error>(ctx.downstream_key("stripe"))
+    ///     })
+    ///     .await?;
+    /// assert_eq!(key.len(), 36);
+    /// # Ok(()) }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+    /// ```
+    pub fn downstream_key(&self, downstream: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        hasher.update(b"idem downstream key\0");
+        hasher.update(self.key.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(downstream.as_bytes());
+        let digest = hasher.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        bytes[6] = (bytes[6] & 0x0f) | 0x80; // version 8
+        bytes[8] = (bytes[8] & 0x3f) | 0x80; // variant 10
+        let hex = crate::hex(&bytes);
+        format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        )
+    }
+}
+
 tokio::task_local! {
     static CONTEXT: ClaimContext;
 }
