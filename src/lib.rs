@@ -48,6 +48,7 @@
 //! | `namespace = "..."` | keys of different namespaces never collide; pin it to keep a function's records across a rename or a move (and across compiler versions, which name the default) | the function's path: crate, module, the `Self` type (and trait) of a method, and the name, so no two functions share records |
 //! | `on_in_progress = wait \| reject` | a duplicate arriving while the first call runs waits for its result (up to one lease), or gets [`Error::InProgress`] at once | `wait` |
 //! | `record_errors` | record and replay `Err` values too (needs `E: Serialize + DeserializeOwned`) | `Err` releases the claim |
+//! | `on_error = EXPR` | a `fn(&E) -> `[`OnError`] deciding per error: `Release`, `Record` (with `record_errors`) or `OutcomeUnknown` | every `Err` is `Release` (`Record` with `record_errors`) |
 //! | `crate = "path"` | where the `idem` crate is, if renamed | `::idem` |
 //!
 //! The function must be `async` (or a method of an `#[async_trait]` impl) and return
@@ -63,10 +64,8 @@
 //! | duplicate after completion | replays the record; the body does not run |
 //! | duplicate while the first runs | `wait`: gets the first call's result when it is recorded; `reject`: [`Error::InProgress`] |
 //! | same key, different fingerprint | [`Error::KeyReused`]; the body does not run |
-//! | body returns `Err` | the claim is released, so a retry runs the body again (or, with `record_errors`, the `Err` is recorded and replayed) |
-//! | body panics | the claim is released, then the panic resumes |
-//! | caller drops the future (cancellation, timeout) | the claim is **kept** until its lease lapses: the effect may have half-happened, so it is never released blindly; after the lease, the next call takes over |
-//! | process crashes mid-body | as cancellation: the next call takes over after the lease |
+//! | body returns `Err` | as `on_error` says; by default the claim is released, so a retry runs the body again (or, with `record_errors`, the `Err` is recorded and replayed) |
+//! | unknown outcome: the body panics, the caller drops the future, the process crashes, or `on_error` says [`OnError::OutcomeUnknown`] | nothing is recorded and the claim is **kept** until its lease lapses (a panic then resumes); then the next call takes over, sending the same [downstream keys](ClaimContext::downstream_key). See [`OnError`] for why |
 //! | body runs longer than the lease | the runtime renews the lease while the body runs; if renewal fails, the result is not recorded under a stale claim and the caller gets [`Error::LeaseLost`] |
 //! | store down before the body | fails closed: [`Error::Store`], the body does not run |
 //! | store down after the body | the effect happened; the runtime retries the record write, then returns [`Error::NotRecorded`] |
@@ -97,16 +96,28 @@
 //! }
 //! ```
 //!
-//! becomes, in essence,
+//! becomes (the snapshots in `idem-macros/snapshots` show every case)
 //!
 //! ```text
 //! async fn charge(&self, order: &Order) -> Result<Receipt, PayError> {
-//!     ::idem::__private::assert_return::<Result<Receipt, PayError>>();
-//!     let call = ::idem::__private::Call::new("charge", &(order.id));
-//!     let runtime = ::idem::__private::runtime(&self.idem);
-//!     ::idem::__private::run(runtime, call, async move {
-//!         self.gateway.charge(order).await
-//!     })
+//!     let __idem_call = ::idem::__private::Call::new(
+//!         {
+//!             fn __idem_namespace() {}
+//!             static __IDEM_NAMESPACE: ::idem::__private::FunctionNamespace =
+//!                 ::idem::__private::FunctionNamespace::new();
+//!             __IDEM_NAMESPACE.get(__idem_namespace) // "app.<app.Payments>.charge"
+//!         },
+//!         &(order.id),
+//!     );
+//!     let __idem_runtime = ::idem::__private::runtime(&self.idem);
+//!     <Result<Receipt, PayError> as ::idem::__private::IdempotentReturn>::run_idempotent(
+//!         __idem_runtime,
+//!         __idem_call,
+//!         async move {
+//!             // a never-taken `return` that fixes the block's type, then the body as written
+//!             self.gateway.charge(order).await
+//!         },
+//!     )
 //!     .await
 //! }
 //! ```
@@ -116,9 +127,9 @@
 mod private;
 
 pub use idem_core::{
-    context, default_runtime, install, AttemptId, Call, ClaimContext, ClaimOutcome, ClaimRequest,
-    Error, Fence, Fingerprint, Idempotency, MemoryStore, OnInProgress, Store, MAX_DURATION,
-    MIN_LEASE,
+    context, default_runtime, install, served, AttemptId, Call, ClaimContext, ClaimOutcome,
+    ClaimRequest, Error, Fence, Fingerprint, Idempotency, MemoryStore, OnError, OnInProgress,
+    Served, Store, MAX_DURATION, MIN_LEASE,
 };
 pub use idem_macros::idempotent;
 

@@ -6,7 +6,7 @@ use std::future::Future;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use idem_core::{default_runtime, Call, FunctionNamespace, OnInProgress};
+pub use idem_core::{default_runtime, Call, FunctionNamespace, OnError, OnInProgress};
 
 use crate::{Error, Idempotency};
 
@@ -67,5 +67,77 @@ where
         body: Fut,
     ) -> Self {
         runtime.run_recording_errors(call, body).await
+    }
+}
+
+/// The return types of an `#[idempotent(on_error = ...)]` function. A trait of its own, so that
+/// functions without `on_error` see exactly the bounds (and errors) they always did.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the return type of an #[idempotent(on_error = ...)] function",
+    label = "expected `Result<T, E>` with `T: Serialize + DeserializeOwned` and `E: From<idem::Error>`",
+    note = "`on_error` is a function `fn(&E) -> idem::OnError` of the function's error type `E`"
+)]
+pub trait ClassifiedReturn: Sized {
+    /// The `Err` type.
+    type Error;
+
+    /// Drives the body through the runtime, `on_error` classifying its errors.
+    fn run_idempotent_with<Fut: Future<Output = Self>>(
+        runtime: Idempotency,
+        call: Call,
+        on_error: impl Fn(&Self::Error) -> OnError,
+        body: Fut,
+    ) -> impl Future<Output = Self>;
+}
+
+impl<T: Serialize + DeserializeOwned, E: From<Error>> ClassifiedReturn for Result<T, E> {
+    type Error = E;
+
+    async fn run_idempotent_with<Fut: Future<Output = Self>>(
+        runtime: Idempotency,
+        call: Call,
+        on_error: impl Fn(&E) -> OnError,
+        body: Fut,
+    ) -> Self {
+        runtime.run_with(call, on_error, body).await
+    }
+}
+
+/// The return types of an `#[idempotent(record_errors, on_error = ...)]` function.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the return type of an #[idempotent(record_errors, on_error = ...)] function",
+    label = "expected `Result<T, E>` with `T` and `E: Serialize + DeserializeOwned` and `E: From<idem::Error>`",
+    note = "`on_error` is a function `fn(&E) -> idem::OnError` of the function's error type `E`"
+)]
+pub trait ClassifiedRecordedReturn: Sized {
+    /// The `Err` type.
+    type Error;
+
+    /// Drives the body through the runtime, `on_error` classifying its errors, which may be
+    /// recorded.
+    fn run_idempotent_with<Fut: Future<Output = Self>>(
+        runtime: Idempotency,
+        call: Call,
+        on_error: impl Fn(&Self::Error) -> OnError,
+        body: Fut,
+    ) -> impl Future<Output = Self>;
+}
+
+impl<T, E> ClassifiedRecordedReturn for Result<T, E>
+where
+    T: Serialize + DeserializeOwned,
+    E: Serialize + DeserializeOwned + From<Error>,
+{
+    type Error = E;
+
+    async fn run_idempotent_with<Fut: Future<Output = Self>>(
+        runtime: Idempotency,
+        call: Call,
+        on_error: impl Fn(&E) -> OnError,
+        body: Fut,
+    ) -> Self {
+        runtime
+            .run_recording_errors_with(call, on_error, body)
+            .await
     }
 }

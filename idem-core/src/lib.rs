@@ -16,6 +16,7 @@ mod fingerprint;
 mod global;
 mod key;
 mod memory;
+mod outcome;
 mod random;
 mod record;
 mod runtime;
@@ -29,6 +30,7 @@ pub use fingerprint::Fingerprint;
 pub use global::{default_runtime, install};
 pub use key::{check_namespace, hex, store_key, unhex, FunctionNamespace, MAX_PLAIN_KEY};
 pub use memory::MemoryStore;
+pub use outcome::{served, OnError, Served};
 pub use record::{Outcome, Record, MAX_FINGERPRINT, RECORD_VERSION};
 pub use runtime::{
     Call, Idempotency, OnInProgress, DEFAULT_KEY_PREFIX, DEFAULT_LEASE, DEFAULT_RETENTION,

@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::context::{self, ClaimContext};
 use crate::fingerprint::Fingerprint;
 use crate::key::store_key;
+use crate::outcome::{self, OnError, Served};
 use crate::record::{Outcome, Record};
 use crate::store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
 use crate::Error;
@@ -146,12 +147,52 @@ impl Call {
     }
 }
 
-/// How results become records and records become results again: built per `run` flavour, so
-/// the core loop is written once.
-struct Codec<E> {
-    record_errors: bool,
-    encode_err: fn(&E) -> Result<Vec<u8>, serde_json::Error>,
-    decode_err: fn(&[u8]) -> Result<E, serde_json::Error>,
+/// How a body's `Err` is treated: the policy of one `run` flavour, so the core is written once.
+trait ErrorPolicy<E> {
+    /// What this error means.
+    fn classify(&self, err: &E) -> OnError;
+    /// The error's JSON for a record; `None` when errors of this type cannot be recorded.
+    fn encode(&self, err: &E) -> Option<Result<Vec<u8>, serde_json::Error>>;
+    /// A recorded error back; `None` when errors of this type are not recorded.
+    fn decode(&self, json: &[u8]) -> Option<Result<E, serde_json::Error>>;
+}
+
+/// Errors that cannot be recorded, classified by `F` (`Record` is kept as `OutcomeUnknown`).
+struct Unrecorded<F>(F);
+
+impl<E, F: Fn(&E) -> OnError> ErrorPolicy<E> for Unrecorded<F> {
+    fn classify(&self, err: &E) -> OnError {
+        match (self.0)(err) {
+            // The safe side of what was asked: nothing is replayed, nothing re-runs at once.
+            OnError::Record => OnError::OutcomeUnknown,
+            other => other,
+        }
+    }
+    fn encode(&self, _: &E) -> Option<Result<Vec<u8>, serde_json::Error>> {
+        None
+    }
+    fn decode(&self, _: &[u8]) -> Option<Result<E, serde_json::Error>> {
+        None
+    }
+}
+
+/// Errors that round-trip through serde, classified by `F`.
+struct Recordable<F>(F);
+
+impl<E, F> ErrorPolicy<E> for Recordable<F>
+where
+    E: Serialize + DeserializeOwned,
+    F: Fn(&E) -> OnError,
+{
+    fn classify(&self, err: &E) -> OnError {
+        (self.0)(err)
+    }
+    fn encode(&self, err: &E) -> Option<Result<Vec<u8>, serde_json::Error>> {
+        Some(encode_exactly(err))
+    }
+    fn decode(&self, json: &[u8]) -> Option<Result<E, serde_json::Error>> {
+        Some(serde_json::from_slice(json))
+    }
 }
 
 impl Idempotency {
@@ -225,18 +266,15 @@ impl Idempotency {
     /// is not recorded: the claim is released so that a retry runs the body again.
     ///
     /// The body is not polled unless the claim is confirmed (store failures fail closed).
+    /// [`served`](crate::served) tells how the value came to be (executed, replayed, waited).
     pub async fn run<T, E, Fut>(&self, call: Call, body: Fut) -> Result<T, E>
     where
         Fut: Future<Output = Result<T, E>>,
         T: Serialize + DeserializeOwned,
         E: From<Error>,
     {
-        let codec = Codec {
-            record_errors: false,
-            encode_err: |_| Ok(Vec::new()),
-            decode_err: |_| Err(serde::de::Error::custom("errors are not recorded")),
-        };
-        self.execute(call, body, codec).await
+        self.execute(call, body, Unrecorded(|_: &E| OnError::Release))
+            .await
     }
 
     /// Like [`run`](Self::run), but an `Err` is recorded and replayed too.
@@ -246,110 +284,227 @@ impl Idempotency {
         T: Serialize + DeserializeOwned,
         E: Serialize + DeserializeOwned + From<Error>,
     {
-        let codec = Codec {
-            record_errors: true,
-            encode_err: encode_exactly::<E>,
-            decode_err: |bytes| serde_json::from_slice(bytes),
-        };
-        self.execute(call, body, codec).await
+        self.execute(call, body, Recordable(|_: &E| OnError::Record))
+            .await
     }
 
-    async fn execute<T, E, Fut>(&self, call: Call, body: Fut, codec: Codec<E>) -> Result<T, E>
+    /// Like [`run`](Self::run), with `on_error` deciding what each `Err` means: release the key
+    /// for a retry, or [`OnError::OutcomeUnknown`] when the effect may have started. Errors of
+    /// this type are not recorded, so [`OnError::Record`] is taken as `OutcomeUnknown`; use
+    /// [`run_recording_errors_with`](Self::run_recording_errors_with) to record some.
+    ///
+    /// ```
+    /// use idem_core::{Call, Error, Idempotency, MemoryStore, OnError};
+    ///
+    /// #[derive(Debug)]
+    /// enum PayError { Declined, Timeout, Idem(Error) }
+    /// impl From<Error> for PayError {
+    ///     fn from(err: Error) -> Self { PayError::Idem(err) }
+    /// }
+    /// fn on_error(err: &PayError) -> OnError {
+    ///     match err {
+    ///         // The provider may have charged: neither retry at once nor claim success.
+    ///         PayError::Timeout => OnError::OutcomeUnknown,
+    ///         _ => OnError::Release,
+    ///     }
+    /// }
+    ///
+    /// # async fn demo() {
+    /// let idem = Idempotency::new(MemoryStore::new());
+    /// let call = || Call::new("charge", "order-1").on_in_progress(idem_core::OnInProgress::Reject);
+    /// let first = idem.run_with(call(), on_error, async { Err::<u32, _>(PayError::Timeout) }).await;
+    /// assert!(matches!(first, Err(PayError::Timeout)));
+    /// // The claim is kept until its lease lapses: a retry now does not run the body.
+    /// let retry = idem.run_with(call(), on_error, async { Ok::<u32, PayError>(1) }).await;
+    /// assert!(matches!(retry, Err(PayError::Idem(Error::InProgress { .. }))));
+    /// # }
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo());
+    /// ```
+    pub async fn run_with<T, E, Fut>(
+        &self,
+        call: Call,
+        on_error: impl Fn(&E) -> OnError,
+        body: Fut,
+    ) -> Result<T, E>
     where
         Fut: Future<Output = Result<T, E>>,
         T: Serialize + DeserializeOwned,
         E: From<Error>,
     {
-        let settings = &*self.inner;
-        let key = store_key(&settings.key_prefix, &call.namespace, &call.key)?;
-        let fingerprint = call.fingerprint?;
-        let fingerprint: &[u8] = fingerprint.as_ref().map_or(&[], |f| &f.0);
-        let lease = call.lease.unwrap_or(settings.lease);
-        let retention = call.retention.unwrap_or(settings.retention);
-        check_durations(lease, retention)?;
+        self.execute(call, body, Unrecorded(on_error)).await
+    }
 
-        let (fence, claimed_at) = match self
-            .acquire(&key, fingerprint, lease, call.on_in_progress)
-            .await?
-        {
-            Acquired::Fence(fence, claimed_at) => (fence, claimed_at),
-            Acquired::Replay(record) => return decode_replay(&key, fingerprint, &record, &codec),
+    /// Like [`run_recording_errors`](Self::run_recording_errors), with `on_error` deciding what
+    /// each `Err` means: recorded, released, or an unknown outcome.
+    pub async fn run_recording_errors_with<T, E, Fut>(
+        &self,
+        call: Call,
+        on_error: impl Fn(&E) -> OnError,
+        body: Fut,
+    ) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned + From<Error>,
+    {
+        self.execute(call, body, Recordable(on_error)).await
+    }
+
+    async fn execute<T, E, Fut>(
+        &self,
+        call: Call,
+        body: Fut,
+        errors: impl ErrorPolicy<E>,
+    ) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+    {
+        let (result, served) = self.serve(call, body, errors).await;
+        outcome::report(served);
+        result
+    }
+
+    /// The call, and how its result came to be.
+    async fn serve<T, E, Fut>(
+        &self,
+        call: Call,
+        body: Fut,
+        errors: impl ErrorPolicy<E>,
+    ) -> (Result<T, E>, Served)
+    where
+        Fut: Future<Output = Result<T, E>>,
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+    {
+        let claim = match self.begin(call).await {
+            Ok(Begun::Claimed(claim)) => claim,
+            Ok(Begun::Replay {
+                key,
+                fingerprint,
+                record,
+                waited,
+            }) => {
+                let served = if waited {
+                    Served::Waited
+                } else {
+                    Served::Replayed
+                };
+                return (decode_replay(&key, &fingerprint, &record, &errors), served);
+            }
+            Err(err) => return (Err(err.into()), Served::NotRun),
         };
-
         let context = ClaimContext {
-            key: key.clone(),
-            fence,
+            key: claim.key.clone(),
+            fence: claim.fence,
         };
-        let lease_clock = LeaseClock::new(later(claimed_at, lease));
-        let (outcome, lease_lost) = self
-            .run_body(
-                &key,
-                fence,
-                lease,
-                &lease_clock,
-                context::scope(context, body),
-            )
-            .await;
-        let result = match outcome {
+        let (output, lease_lost) = self.run_body(&claim, context::scope(context, body)).await;
+        let result = match output {
             Ok(result) => result,
             Err(panic) => {
-                // The body failed before finishing: give the key back so a retry can run it.
-                let _ = self
-                    .retrying(None, || settings.store.release(&key, fence))
-                    .await;
+                // An unknown outcome: the claim is kept (see `OnError::OutcomeUnknown`).
                 std::panic::resume_unwind(panic)
             }
         };
         if lease_lost {
-            return Err(Error::lease_lost(key).into());
+            return (Err(Error::lease_lost(claim.key).into()), Served::Executed);
         }
-        let encoded = match &result {
-            Ok(value) => encode_exactly(value).map(|json| (Outcome::Ok, json)),
-            Err(err) if codec.record_errors => {
-                (codec.encode_err)(err).map(|json| (Outcome::Err, json))
-            }
-            Err(_) => {
+        let end = match &result {
+            Ok(value) => End::Record(Outcome::Ok, encode_exactly(value)),
+            Err(err) => match (errors.classify(err), errors.encode(err)) {
+                (OnError::Record, Some(json)) => End::Record(Outcome::Err, json),
+                (OnError::Release, _) => End::Release,
+                _ => End::KeepClaim,
+            },
+        };
+        let finished = self.finish(&claim, end).await;
+        let result = match finished {
+            Ok(()) => result,
+            Err(err) => Err(err.into()),
+        };
+        (result, Served::Executed)
+    }
+
+    /// Everything before the body, the same for every function: the key, the options, and the
+    /// claim (or the record to replay).
+    async fn begin(&self, call: Call) -> Result<Begun, Error> {
+        let settings = &*self.inner;
+        let key = store_key(&settings.key_prefix, &call.namespace, &call.key)?;
+        let fingerprint = call.fingerprint?.map_or_else(Vec::new, |f| f.0.to_vec());
+        let lease = call.lease.unwrap_or(settings.lease);
+        let retention = call.retention.unwrap_or(settings.retention);
+        check_durations(lease, retention)?;
+        match self
+            .acquire(&key, &fingerprint, lease, call.on_in_progress)
+            .await?
+        {
+            Acquired::Fence(fence, claimed_at) => Ok(Begun::Claimed(Claim {
+                lease_clock: LeaseClock::new(later(claimed_at, lease)),
+                key,
+                fingerprint,
+                fence,
+                lease,
+                retention,
+            })),
+            Acquired::Replay { record, waited } => Ok(Begun::Replay {
+                key,
+                fingerprint,
+                record,
+                waited,
+            }),
+        }
+    }
+
+    /// Everything after the body, the same for every function: record, release or keep the
+    /// claim.
+    async fn finish(&self, claim: &Claim, end: End) -> Result<(), Error> {
+        let store = &self.inner.store;
+        let (outcome, json) = match end {
+            End::Record(outcome, json) => (outcome, json),
+            End::Release => {
                 // Not recorded: release so that a retry runs the body again. If the release
                 // fails the claim lapses with its lease, which delays a retry but loses nothing.
                 let _ = self
-                    .retrying(None, || settings.store.release(&key, fence))
+                    .retrying(None, || store.release(&claim.key, claim.fence))
                     .await;
-                return result;
+                return Ok(());
             }
+            // An unknown outcome: the claim lapses with its lease.
+            End::KeepClaim => return Ok(()),
         };
-        let record = match encoded {
-            Ok((outcome, json)) => Record::encode(outcome, fingerprint, &json),
+        let record = match json {
+            Ok(json) => Record::encode(outcome, &claim.fingerprint, &json),
             Err(source) => {
                 return Err(not_recorded(
-                    key,
+                    claim.key.clone(),
                     Error::Encode {
                         what: "the result",
                         source,
                     },
-                )
-                .into())
+                ))
             }
         };
         // The record write is retried for up to one more lease, as long as the claim is known
         // to be valid, and the lease is renewed meanwhile: giving up earlier would leave an
         // effect without its record, which the next delivery repeats.
-        let give_up_at = later(Instant::now(), lease);
+        let give_up_at = later(Instant::now(), claim.lease);
         let written = {
-            let write = self.retrying(Some((&lease_clock, give_up_at)), || {
-                settings.store.complete(&key, fence, &record, retention)
+            let write = self.retrying(Some((&claim.lease_clock, give_up_at)), || {
+                store.complete(&claim.key, claim.fence, &record, claim.retention)
             });
             let mut write = std::pin::pin!(write);
             tokio::select! {
                 biased;
                 written = &mut write => written,
                 // The lease was lost: the write stops by itself once the claim's validity ran out.
-                () = self.keep_lease(&key, fence, lease, &lease_clock) => write.await,
+                () = self.keep_lease(claim) => write.await,
             }
         };
         match written {
-            Ok(()) => result,
-            Err(err @ Error::LeaseLost { .. }) => Err(err.into()),
-            Err(err) => Err(not_recorded(key, err).into()),
+            Ok(()) => Ok(()),
+            Err(err @ Error::LeaseLost { .. }) => Err(err),
+            Err(err) => Err(not_recorded(claim.key.clone(), err)),
         }
     }
 
@@ -367,11 +522,14 @@ impl Idempotency {
         // A duplicate waits at most one lease for the first call; a live first call renews its
         // claim, so after that the duplicate reports it in progress instead of waiting forever.
         let give_up_at = later(Instant::now(), lease);
+        let mut waited = false;
         loop {
             let sent = Instant::now();
             match self.retrying(None, || store.claim(request)).await? {
                 ClaimOutcome::Acquired { fence, .. } => return Ok(Acquired::Fence(fence, sent)),
-                ClaimOutcome::Completed { record } => return Ok(Acquired::Replay(record)),
+                ClaimOutcome::Completed { record } => {
+                    return Ok(Acquired::Replay { record, waited })
+                }
                 ClaimOutcome::InProgress {
                     fence,
                     fingerprint: holder,
@@ -392,6 +550,7 @@ impl Idempotency {
                     let timeout = lease_remaining
                         .saturating_add(Duration::from_millis(1))
                         .min(give_up_at - now);
+                    waited = true;
                     if store.wait(key, fence, timeout).await.is_err() {
                         // The notification path failed; fall back to a short poll.
                         tokio::time::sleep(timeout.min(Duration::from_millis(50))).await;
@@ -414,10 +573,7 @@ impl Idempotency {
     /// stopping it halfway would leave its effect half-done.
     async fn run_body<F: Future>(
         &self,
-        key: &str,
-        fence: Fence,
-        lease: Duration,
-        lease_clock: &LeaseClock,
+        claim: &Claim,
         body: F,
     ) -> (std::thread::Result<F::Output>, bool) {
         let mut body = std::pin::pin!(body);
@@ -428,18 +584,17 @@ impl Idempotency {
                 Err(panic) => Poll::Ready(Err(panic)),
             }
         });
-        let renewal = self.keep_lease(key, fence, lease, lease_clock);
         tokio::select! {
             biased;
             output = &mut body => (output, false),
-            () = renewal => (body.await, true),
+            () = self.keep_lease(claim) => (body.await, true),
         }
     }
 
     /// Renews the lease every third of it; returns only when the lease is lost (the store
     /// refused the fence, or no renewal succeeded for a whole lease).
-    async fn keep_lease(&self, key: &str, fence: Fence, lease: Duration, clock: &LeaseClock) {
-        let store = &self.inner.store;
+    async fn keep_lease(&self, claim: &Claim) {
+        let (store, clock, lease) = (&self.inner.store, &claim.lease_clock, claim.lease);
         let mut next = clock
             .valid_until()
             .checked_sub(lease - lease / 3)
@@ -447,7 +602,7 @@ impl Idempotency {
         loop {
             tokio::time::sleep_until(next).await;
             let sent = Instant::now();
-            match store.renew(key, fence, lease).await {
+            match store.renew(&claim.key, claim.fence, lease).await {
                 Ok(()) => {
                     clock.renewed(later(sent, lease));
                     next = later(sent, lease / 3);
@@ -496,7 +651,39 @@ impl Idempotency {
 enum Acquired {
     /// The claim, and when its request was sent (its lease runs from no earlier than that).
     Fence(Fence, Instant),
-    Replay(Vec<u8>),
+    /// A record to replay, and whether this call waited for a concurrent first call.
+    Replay { record: Vec<u8>, waited: bool },
+}
+
+/// What `begin` found.
+enum Begun {
+    Claimed(Claim),
+    Replay {
+        key: String,
+        fingerprint: Vec<u8>,
+        record: Vec<u8>,
+        waited: bool,
+    },
+}
+
+/// A claim held while the body runs.
+struct Claim {
+    key: String,
+    fingerprint: Vec<u8>,
+    fence: Fence,
+    lease: Duration,
+    retention: Duration,
+    lease_clock: LeaseClock,
+}
+
+/// How a claim ends once the body returned.
+enum End {
+    /// Record this outcome with this JSON (or report why it cannot be recorded).
+    Record(Outcome, Result<Vec<u8>, serde_json::Error>),
+    /// Give the key back: a retry runs the body again.
+    Release,
+    /// The outcome is unknown: keep the claim until its lease lapses.
+    KeepClaim,
 }
 
 /// Until when the current claim is known to be valid: the send time of the claim or of the last
@@ -601,7 +788,7 @@ fn decode_replay<T, E>(
     key: &str,
     fingerprint: &[u8],
     bytes: &[u8],
-    codec: &Codec<E>,
+    errors: &impl ErrorPolicy<E>,
 ) -> Result<T, E>
 where
     T: DeserializeOwned,
@@ -622,12 +809,14 @@ where
     };
     match record.outcome {
         Outcome::Ok => Ok(serde_json::from_slice(record.value).map_err(undecodable)?),
-        Outcome::Err if !codec.record_errors => Err(Error::corrupt(
-            key,
-            "it records an `Err`, but this function does not record errors (was `record_errors` removed?)",
-        )
-        .into()),
-        Outcome::Err => Err((codec.decode_err)(record.value).map_err(undecodable)?),
+        Outcome::Err => match errors.decode(record.value) {
+            Some(decoded) => Err(decoded.map_err(undecodable)?),
+            None => Err(Error::corrupt(
+                key,
+                "it records an `Err`, but this function does not record errors (was `record_errors` removed?)",
+            )
+            .into()),
+        },
     }
 }
 

@@ -9,9 +9,10 @@ pub async fn charge(&self, order: &Order) -> Result<Receipt, PayError> {
     <Result<
         Receipt,
         PayError,
-    > as ::idem::__private::RecordedErrorsReturn>::run_idempotent(
+    > as ::idem::__private::ClassifiedRecordedReturn>::run_idempotent_with(
             __idem_runtime,
             __idem_call,
+            PayError::means,
             async move {
                 if let ::core::option::Option::Some(__idem_ret) = ::core::option::Option::None::<
                     Result<Receipt, PayError>,

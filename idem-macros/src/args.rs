@@ -15,6 +15,7 @@ mod kw {
     syn::custom_keyword!(namespace);
     syn::custom_keyword!(on_in_progress);
     syn::custom_keyword!(record_errors);
+    syn::custom_keyword!(on_error);
     syn::custom_keyword!(wait);
     syn::custom_keyword!(reject);
 }
@@ -22,6 +23,7 @@ mod kw {
 /// The list shown when an option is unknown.
 const OPTIONS: &str = "`key = EXPR`, `using = EXPR`, `fingerprint = EXPR`, `ttl = \"24h\"`, \
     `lease = \"30s\"`, `namespace = \"...\"`, `on_in_progress = wait | reject`, `record_errors`, \
+    `on_error = EXPR`, \
     `crate = \"path\"`";
 
 /// A duration written as a literal, with its span for errors.
@@ -49,6 +51,7 @@ pub(crate) struct Args {
     pub(crate) namespace: Option<LitStr>,
     pub(crate) on_in_progress: Option<InProgressMode>,
     pub(crate) record_errors: bool,
+    pub(crate) on_error: Option<Expr>,
     pub(crate) krate: Option<Path>,
 }
 
@@ -116,6 +119,14 @@ impl Args {
                 return Err(input.error("expected `wait` or `reject`"));
             };
             set(&mut self.on_in_progress, token.span, "on_in_progress", mode)
+        } else if lookahead.peek(kw::on_error) {
+            let token = input.parse::<kw::on_error>()?;
+            set(
+                &mut self.on_error,
+                token.span,
+                "on_error",
+                expr_value(input)?,
+            )
         } else if lookahead.peek(kw::record_errors) {
             let token = input.parse::<kw::record_errors>()?;
             if self.record_errors {

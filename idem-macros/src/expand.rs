@@ -59,10 +59,11 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
         Some(using) => quote!(#private::runtime(#using)),
         None => quote!(#private::runtime(#private::default_runtime())),
     };
-    let return_trait = if args.record_errors {
-        quote!(#private::RecordedErrorsReturn)
-    } else {
-        quote!(#private::IdempotentReturn)
+    let return_trait = match (args.record_errors, args.on_error.is_some()) {
+        (false, false) => quote!(#private::IdempotentReturn),
+        (true, false) => quote!(#private::RecordedErrorsReturn),
+        (false, true) => quote!(#private::ClassifiedReturn),
+        (true, true) => quote!(#private::ClassifiedRecordedReturn),
     };
     let prelude = quote! {
         let #call_var = #call;
@@ -70,13 +71,23 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
     };
     // The call and its `.await` are spanned on the return type, so that an unsuitable one is
     // reported there, once.
+    let (run_fn, on_error) = match &args.on_error {
+        Some(on_error) => ("run_idempotent_with", quote!(#on_error,)),
+        None => ("run_idempotent", quote!()),
+    };
     let run = |ret: Option<&Type>, body: TokenStream| match ret {
-        Some(ret) => quote_spanned! {ret.span()=>
-            <#ret as #return_trait>::run_idempotent(#runtime_var, #call_var, async move { #body }).await
-        },
-        None => quote! {
-            #return_trait::run_idempotent(#runtime_var, #call_var, async move { #body }).await
-        },
+        Some(ret) => {
+            let run_fn = Ident::new(run_fn, ret.span());
+            quote_spanned! {ret.span()=>
+            <#ret as #return_trait>::#run_fn(#runtime_var, #call_var, #on_error async move { #body }).await
+            }
+        }
+        None => {
+            let run_fn = Ident::new(run_fn, Span::call_site());
+            quote! {
+            #return_trait::#run_fn(#runtime_var, #call_var, #on_error async move { #body }).await
+            }
+        }
     };
     match shape {
         Shape::Async { ret } => {
@@ -198,7 +209,8 @@ mod tests {
                 lease = "10s",
                 namespace = "charge-v2",
                 on_in_progress = reject,
-                record_errors
+                record_errors,
+                on_error = PayError::means
             ),
             quote! {
                 pub async fn charge(&self, order: &Order) -> Result<Receipt, PayError> {

@@ -127,7 +127,7 @@ async fn decline(idem: &Idempotency, order: &str, runs: &AtomicU32) -> Result<u3
     Err(Declined::Insufficient { execution })
 }
 
-#[idempotent(key = order, using = idem)]
+#[idempotent(key = order, using = idem, lease = "1s", namespace = "panic_first")]
 async fn panic_first(idem: &Idempotency, order: &str, runs: Arc<AtomicU32>) -> Result<u32, Error> {
     let execution = runs.fetch_add(1, Ordering::SeqCst) + 1;
     if execution == 1 {
@@ -321,8 +321,15 @@ pub async fn recorded_errors_are_replayed(idem: &Idempotency) {
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
-/// A panic releases the claim and resumes; the next call runs the body.
-pub async fn panics_release_the_claim(idem: &Idempotency) {
+/// `panic_first`'s namespace, rejecting duplicates instead of waiting.
+#[idempotent(key = order, using = idem, lease = "1s", namespace = "panic_first", on_in_progress = reject)]
+async fn panic_first_rejecting(idem: &Idempotency, order: &str) -> Result<u32, Error> {
+    Ok(0)
+}
+
+/// A panic is an unknown outcome: the panic resumes in the caller and the claim is kept until
+/// its lease lapses (as after a cancellation); then the next call takes over.
+pub async fn panics_keep_the_claim_until_the_lease_lapses(idem: &Idempotency) {
     let runs = Arc::new(AtomicU32::new(0));
     let order = key("panic");
     let task = {
@@ -331,7 +338,146 @@ pub async fn panics_release_the_claim(idem: &Idempotency) {
     };
     let err = task.await.unwrap_err();
     assert!(err.is_panic(), "the panic resumes in the caller");
+    match panic_first_rejecting(idem, &order).await {
+        Err(Error::InProgress { .. }) => {}
+        other => panic!("the claim must still be held, got {other:?}"),
+    }
+    let started = tokio::time::Instant::now();
     assert_eq!(panic_first(idem, &order, runs.clone()).await.unwrap(), 2);
+    assert!(
+        started.elapsed() + Duration::from_millis(200) >= Duration::from_secs(1),
+        "taken over after the lease, not before: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PayError {
+    /// Refused by the provider: recorded, replayed.
+    Declined,
+    /// Invalid input: nothing happened, a retry may run again.
+    Invalid,
+    /// No answer from the provider: it may have charged.
+    Timeout,
+    Idem(String),
+}
+
+impl From<Error> for PayError {
+    fn from(err: Error) -> Self {
+        PayError::Idem(err.to_string())
+    }
+}
+
+fn pay_error_means(err: &PayError) -> idem::OnError {
+    match err {
+        PayError::Declined => idem::OnError::Record,
+        PayError::Timeout => idem::OnError::OutcomeUnknown,
+        _ => idem::OnError::Release,
+    }
+}
+
+/// Fails with the errors in `script`, one per execution (then succeeds), and notes the
+/// downstream key each execution would send.
+#[idempotent(key = order, using = idem, lease = "1s", namespace = "pay", record_errors, on_error = pay_error_means)]
+async fn pay(
+    idem: &Idempotency,
+    order: &str,
+    script: &[PayError],
+    keys: &std::sync::Mutex<Vec<String>>,
+) -> Result<u32, PayError> {
+    let context = idem::context().expect("a body has a claim context");
+    let mut keys = keys.lock().unwrap();
+    keys.push(context.downstream_key("provider"));
+    match script.get(keys.len() - 1) {
+        Some(err) => Err(err.clone()),
+        None => Ok(u32::try_from(keys.len()).unwrap()),
+    }
+}
+
+/// `pay`'s namespace, rejecting duplicates instead of waiting.
+#[idempotent(key = order, using = idem, lease = "1s", namespace = "pay", record_errors, on_in_progress = reject)]
+async fn pay_rejecting(idem: &Idempotency, order: &str) -> Result<u32, PayError> {
+    Ok(0)
+}
+
+/// `on_error` decides per error: an unknown outcome keeps the claim for a lease and the
+/// takeover sends the same downstream key; a release lets the retry run at once; a recorded
+/// error is replayed.
+pub async fn errors_are_released_recorded_or_unknown_as_classified(idem: &Idempotency) {
+    let keys = std::sync::Mutex::new(Vec::new());
+    let order = key("classified");
+    let script = [PayError::Invalid, PayError::Timeout, PayError::Declined];
+    // Invalid: released, so the retry runs at once.
+    assert_eq!(
+        pay(idem, &order, &script, &keys).await,
+        Err(PayError::Invalid)
+    );
+    // Timeout: the outcome is unknown; the claim is kept...
+    assert_eq!(
+        pay(idem, &order, &script, &keys).await,
+        Err(PayError::Timeout)
+    );
+    match pay_rejecting(idem, &order).await {
+        Err(PayError::Idem(text)) if text.contains("in progress") => {}
+        other => panic!("the claim must be kept after an unknown outcome, got {other:?}"),
+    }
+    // ...until its lease lapses; the takeover runs again: Declined, recorded and replayed.
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        pay(idem, &order, &script, &keys).await,
+        Err(PayError::Declined)
+    );
+    assert!(started.elapsed() + Duration::from_millis(200) >= Duration::from_secs(1));
+    assert_eq!(
+        pay(idem, &order, &script, &keys).await,
+        Err(PayError::Declined)
+    );
+    let keys = keys.into_inner().unwrap();
+    assert_eq!(keys.len(), 3, "three executions: {keys:?}");
+    assert!(
+        keys.iter().all(|k| k == &keys[0]),
+        "every attempt of one call sends the same downstream key: {keys:?}"
+    );
+    // Another call, or another downstream, gets another key.
+    let other = std::sync::Mutex::new(Vec::new());
+    assert_eq!(
+        pay(idem, &key("classified-other"), &[], &other).await,
+        Ok(1)
+    );
+    assert_ne!(other.into_inner().unwrap()[0], keys[0]);
+}
+
+/// `served` tells the caller how each result came to be, without changing the function.
+pub async fn callers_see_how_a_result_was_served(idem: &Idempotency) {
+    let runs = AtomicU32::new(0);
+    let order = key("served");
+    let work = Duration::from_millis(300);
+    let (first, how) = idem::served(charge(idem, &order, 1, &runs, work)).await;
+    assert_eq!(
+        (first.unwrap().execution, how),
+        (1, Some(idem::Served::Executed))
+    );
+    let (again, how) = idem::served(charge(idem, &order, 1, &runs, work)).await;
+    assert_eq!(
+        (again.unwrap().execution, how),
+        (1, Some(idem::Served::Replayed))
+    );
+
+    let order = key("served-concurrent");
+    let (first, second) = tokio::join!(idem::served(charge(idem, &order, 1, &runs, work)), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        idem::served(charge(idem, &order, 1, &runs, Duration::ZERO)).await
+    });
+    assert_eq!(first.1, Some(idem::Served::Executed));
+    assert_eq!(second.1, Some(idem::Served::Waited));
+    assert_eq!(first.0.unwrap(), second.0.unwrap());
+
+    let (empty, how) = idem::served(charge(idem, "", 1, &runs, work)).await;
+    assert!(matches!(empty, Err(Error::InvalidKey { .. })));
+    assert_eq!(how, Some(idem::Served::NotRun));
+    let (_, how) = idem::served(async { 1 }).await;
+    assert_eq!(how, None, "no idempotent call inside");
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
 
@@ -458,7 +604,9 @@ macro_rules! behaviour_tests {
             fingerprint_mismatch_in_progress_is_key_reused,
             errors_release_and_retry_runs_again,
             recorded_errors_are_replayed,
-            panics_release_the_claim,
+            panics_keep_the_claim_until_the_lease_lapses,
+            errors_are_released_recorded_or_unknown_as_classified,
+            callers_see_how_a_result_was_served,
             cancellation_keeps_the_claim_until_the_lease_lapses,
             long_body_keeps_its_claim,
             fences_increase_across_claims,
