@@ -10,7 +10,7 @@ mod state;
 mod store;
 mod waiters;
 
-pub use store::RedisStore;
+pub use store::{RedisStore, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT};
 
 /// The `redis` crate this store is built on, for connection settings
 /// (`ConnectionManagerConfig`) and your own connections.
