@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use idem_core::{ClaimOutcome, ClaimRequest, Error, Fence, Store};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, FromRedisValue, RedisError, Script, Value};
+use redis::{ErrorKind, FromRedisValue, RedisError, RedisResult, Script, Value};
 
 use crate::scripts::{CLAIM, COMPLETE, RELEASE, RENEW};
 use crate::server_clock::{self, Proposal, ServerClock};
@@ -66,6 +66,21 @@ pub struct RedisStore<C = ConnectionManager> {
     server_clock: ServerClock,
     /// Read `TIME` with every claim: on a cluster, and on connections we did not make.
     time_per_claim: bool,
+    /// Sends `WAIT` to the primary that holds a key: set on clusters, where redis-rs would
+    /// otherwise send it to every primary and keep the least count.
+    wait_route: Option<WaitRoute>,
+}
+
+type WaitFuture = std::pin::Pin<Box<dyn std::future::Future<Output = RedisResult<Value>> + Send>>;
+type WaitRoute = std::sync::Arc<dyn Fn(redis::Cmd, &str) -> WaitFuture + Send + Sync>;
+
+/// What the fast claim did.
+enum FastClaim {
+    /// It decided.
+    Done(ClaimOutcome),
+    /// The claim script must decide; `wrote` when the fast claim's `SET` was applied (a claim of
+    /// this attempt is in place, under a fence the script may replace).
+    ToScript { wrote: bool },
 }
 
 /// The Redis keys of one idempotency key.
@@ -136,6 +151,7 @@ impl RedisStore<ConnectionManager> {
         let mut store = Self::from_connection(connection).with_pubsub(client);
         // One server behind one connection: a reading of its clock stays valid between claims.
         store.time_per_claim = false;
+        store.check_eviction_policy().await?;
         Ok(store)
     }
 }
@@ -152,7 +168,17 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
             .await
             .map_err(|err| connect_error(&joined, err))?;
         // Cluster PUBLISH reaches every node, so any node can serve the waiters.
-        let store = Self::from_connection(connection);
+        let router = connection.clone();
+        let mut store = Self::from_connection(connection);
+        store.wait_route = Some(std::sync::Arc::new(move |wait, key| {
+            use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+            let mut connection = router.clone();
+            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                Route::with_key(key, SlotAddr::Master),
+            ));
+            Box::pin(async move { connection.route_command(wait, route).await })
+        }));
+        store.check_eviction_policy().await?;
         Ok(match nodes.first().map(|node| redis::Client::open(*node)) {
             Some(Ok(client)) => store.with_pubsub(client),
             _ => store,
@@ -185,7 +211,49 @@ where
             plain_claims: AtomicBool::new(true),
             server_clock: ServerClock::default(),
             time_per_claim: true,
+            wait_route: None,
         }
+    }
+
+    /// Refuses a server that may evict idem's keys: one with a memory limit (`maxmemory`) and
+    /// an eviction policy other than `noeviction`. Every idem key has an expiry, so the
+    /// `volatile-*` policies (a common default of managed Redis) evict them as readily as the
+    /// `allkeys-*` ones, and an evicted claim, record or fence lets a duplicate run the body
+    /// again. `connect`, `connect_with_config` and `connect_cluster` call this; a store built
+    /// with [`from_connection`](Self::from_connection) does not, so that is the way to accept
+    /// the risk. When the server does not answer `CONFIG GET` (disabled, or not allowed to
+    /// this user), nothing can be told and the store is accepted.
+    pub async fn check_eviction_policy(&self) -> Result<(), Error> {
+        let mut connection = self.connection.clone();
+        let reply: RedisResult<Vec<String>> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory*")
+            .query_async(&mut connection)
+            .await;
+        let Ok(settings) = reply else {
+            return Ok(());
+        };
+        let setting = |name: &str| {
+            settings
+                .chunks(2)
+                .find(|pair| pair[0] == name)
+                .and_then(|pair| pair.get(1).cloned())
+        };
+        let limit = setting("maxmemory").unwrap_or_default();
+        let policy = setting("maxmemory-policy").unwrap_or_default();
+        if limit == "0" || limit.is_empty() || policy == "noeviction" {
+            return Ok(());
+        }
+        Err(Error::store(
+            "connect",
+            format!(
+                "the Redis server may evict idem's keys (maxmemory {limit}, maxmemory-policy \
+                 {policy}): an evicted claim or record lets a duplicate run again; set \
+                 `maxmemory-policy noeviction` (writes then fail when memory is full, and idem \
+                 fails closed), or accept the risk by building the store with \
+                 `RedisStore::from_connection`"
+            ),
+        ))
     }
 
     /// Wakes waiting duplicates through pub/sub on a connection of `client`'s.
@@ -207,9 +275,12 @@ where
         Ok(self)
     }
 
-    /// After every claim and record, waits until `replicas` replicas acknowledged the write
-    /// (`WAIT replicas timeout`), and fails closed when fewer do: a claim then reports a store
-    /// error (the body does not run), a record is retried and then reported as not recorded.
+    /// After every claim, renewal and record, waits until `replicas` replicas acknowledged the
+    /// write (`WAIT replicas timeout`, on a cluster sent to the primary that holds the key), and
+    /// fails closed when fewer do: a claim then reports a store error (the body does not run), a
+    /// renewal is retried while the lease holds, a record is retried and then reported as not
+    /// recorded. (A store built with `from_connection` over a cluster connection sends `WAIT`
+    /// the way redis-rs routes it: to every primary, keeping the least count.)
     /// Each acknowledged write costs one more round trip. Keep `timeout` below the connection's
     /// response timeout ([`DEFAULT_RESPONSE_TIMEOUT`], 400ms, with `connect`), or the `WAIT`
     /// itself times out.
@@ -264,17 +335,25 @@ where
         }
     }
 
-    async fn await_replicas(&self, operation: &'static str) -> Result<(), Error> {
+    /// `WAIT replicas timeout` on the primary that holds `state` (the key just written); fails
+    /// closed when fewer replicas acknowledged.
+    async fn await_replicas(&self, operation: &'static str, state: &str) -> Result<(), Error> {
         let Some((replicas, timeout)) = self.replica_acks else {
             return Ok(());
         };
-        let mut connection = self.connection.clone();
-        let acked: i64 = redis::cmd("WAIT")
-            .arg(replicas)
-            .arg(millis(timeout))
-            .query_async(&mut connection)
-            .await
-            .map_err(|err| redis_error(operation, "WAIT", err))?;
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(millis(timeout));
+        let reply = match &self.wait_route {
+            Some(route) => route(wait, state).await,
+            None => {
+                let mut connection = self.connection.clone();
+                wait.query_async(&mut connection).await
+            }
+        };
+        let reply = reply.map_err(|err| redis_error(operation, "WAIT", err))?;
+        let acked = i64::from_redis_value(reply).map_err(|err| {
+            Error::store_indeterminate(operation, format!("unexpected WAIT reply: {err}"))
+        })?;
         if acked < i64::from(replicas) {
             return Err(Error::store_indeterminate(
                 operation,
@@ -288,18 +367,19 @@ where
     }
 
     /// The fast claim: one `SET NX GET` (with `TIME` when the store has no recent reading of the
-    /// server's clock), no script. `None` when the claim script has to decide: the key is
-    /// pending or released, the proposed fence may be too far from the server's clock, or the
-    /// server is older than 7.0.
+    /// server's clock), no script. `ToScript` when the claim script has to decide: the key is
+    /// pending or released, the proposed fence may be too far from the server's clock (the
+    /// claim was written: `wrote`), or the server is older than 7.0.
     async fn plain_claim(
         &self,
         state: &str,
         attempt: &str,
         fingerprint: &str,
         lease: Duration,
-    ) -> Result<Option<ClaimOutcome>, Error> {
+    ) -> Result<FastClaim, Error> {
+        const UNWRITTEN: FastClaim = FastClaim::ToScript { wrote: false };
         if !self.plain_claims.load(Ordering::Relaxed) {
-            return Ok(None);
+            return Ok(UNWRITTEN);
         }
         let sent = Instant::now();
         let estimated = if self.time_per_claim {
@@ -357,14 +437,13 @@ where
             }
         };
         let previous = match previous {
-            Value::Nil => {
-                return Ok(
-                    server_clock::acceptable(error).then_some(ClaimOutcome::Acquired {
-                        fence: Fence(fence),
-                        takeover: false,
-                    }),
-                )
+            Value::Nil if server_clock::acceptable(error) => {
+                return Ok(FastClaim::Done(ClaimOutcome::Acquired {
+                    fence: Fence(fence),
+                    takeover: false,
+                }))
             }
+            Value::Nil => return Ok(FastClaim::ToScript { wrote: true }),
             Value::BulkString(previous) => previous,
             other => return Err(unexpected("claim", &other)),
         };
@@ -374,19 +453,21 @@ where
                 let start = previous.len() - record.len();
                 let mut previous = previous;
                 previous.drain(..start);
-                Ok(Some(ClaimOutcome::Completed { record: previous }))
+                Ok(FastClaim::Done(ClaimOutcome::Completed {
+                    record: previous,
+                }))
             }
-            Some(State::Pending { .. } | State::Released { .. }) => Ok(None),
+            Some(State::Pending { .. } | State::Released { .. }) => Ok(UNWRITTEN),
             None => Err(Error::corrupt(state, "its value is not an idem state")),
         }
     }
 
     /// A refused fast claim: a syntax error means a server before 7.0 (nothing was written, use
     /// the script from now on); anything else is the claim's error.
-    fn refused(&self, state: &str, err: RedisError) -> Result<Option<ClaimOutcome>, Error> {
+    fn refused(&self, state: &str, err: RedisError) -> Result<FastClaim, Error> {
         if err.code() == Some("ERR") && err.to_string().contains("syntax error") {
             self.plain_claims.store(false, Ordering::Relaxed);
-            return Ok(None);
+            return Ok(FastClaim::ToScript { wrote: false });
         }
         Err(redis_error("claim", state, err))
     }
@@ -454,15 +535,24 @@ where
             .plain_claim(&state, &attempt, &fingerprint, lease)
             .await?
         {
-            Some(outcome) => outcome,
-            None => {
-                let keys = Keys::beside(state);
-                self.script_claim(request.key, &keys, &attempt, &fingerprint, lease)
-                    .await?
+            FastClaim::Done(outcome) => outcome,
+            FastClaim::ToScript { wrote } => {
+                let keys = Keys::beside(state.clone());
+                let scripted = self
+                    .script_claim(request.key, &keys, &attempt, &fingerprint, lease)
+                    .await;
+                match scripted {
+                    // The fast path's claim is in place, so a failing script leaves a claim
+                    // held however definite its own error.
+                    Err(Error::Store {
+                        operation, source, ..
+                    }) if wrote => return Err(Error::store_indeterminate(operation, source)),
+                    other => other?,
+                }
             }
         };
         if let ClaimOutcome::Acquired { .. } = outcome {
-            self.await_replicas("claim").await?;
+            self.await_replicas("claim", &state).await?;
         }
         Ok(outcome)
     }
@@ -489,7 +579,7 @@ where
             ],
         )
         .await?;
-        self.await_replicas("complete").await
+        self.await_replicas("complete", &keys.state).await
     }
 
     async fn release(&self, key: &str, fence: Fence) -> Result<(), Error> {
@@ -508,7 +598,10 @@ where
         let fence = fence.to_string();
         let lease = millis(at_least_min_lease(lease)).to_string();
         self.fenced("renew", key, &RENEW, &[fence.as_bytes(), lease.as_bytes()])
-            .await
+            .await?;
+        // A renewal a failover loses would expire a live claim early: it is acknowledged like
+        // the claim it extends.
+        self.await_replicas("renew", &self.state_key(key)).await
     }
 
     async fn wait(&self, key: &str, fence: Fence, timeout: Duration) -> Result<(), Error> {

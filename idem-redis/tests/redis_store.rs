@@ -16,7 +16,7 @@ use idem_core::{
 use idem_redis::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use idem_redis::redis::{self, Cmd, FromRedisValue, Pipeline, RedisFuture, Value};
 use idem_redis::RedisStore;
-use support::RedisServer;
+use support::{RedisCluster, RedisServer};
 
 /// Counts round trips: every request a store sends through it.
 #[derive(Clone)]
@@ -833,9 +833,24 @@ struct SkewedClient {
     inner: ConnectionManager,
     shift_micros: u64,
     delay: Duration,
+    /// Every script call fails with a definite error reply instead (as `BUSY`, `READONLY` or
+    /// `OOM` would).
+    fail_scripts: bool,
 }
 
 impl SkewedClient {
+    /// A command that the server refuses, in place of a script call.
+    fn refused_script(&self, cmd: &Cmd) -> Option<Cmd> {
+        let first = cmd.args_iter().next()?;
+        let is_script =
+            matches!(first, redis::Arg::Simple(name) if name == b"EVALSHA" || name == b"EVAL");
+        (self.fail_scripts && is_script).then(|| {
+            let mut refused = redis::cmd("SET");
+            refused.arg("{never-written}").arg("x").arg("NOT-AN-OPTION");
+            refused
+        })
+    }
+
     /// The pending value of a fast claim with its fence moved back.
     fn shifted(&self, cmd: &Cmd) -> Option<Cmd> {
         let args: Vec<Vec<u8>> = cmd
@@ -864,7 +879,10 @@ impl SkewedClient {
 
 impl ConnectionLike for SkewedClient {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        let cmd = self.shifted(cmd).unwrap_or_else(|| cmd.clone());
+        let cmd = self
+            .shifted(cmd)
+            .or_else(|| self.refused_script(cmd))
+            .unwrap_or_else(|| cmd.clone());
         let (mut inner, delay) = (self.inner.clone(), self.delay);
         Box::pin(async move {
             tokio::time::sleep(delay).await;
@@ -914,7 +932,59 @@ async fn skewed_store(
         inner: ConnectionManager::new(client).await.unwrap(),
         shift_micros: u64::try_from(shift.as_micros()).unwrap(),
         delay,
+        fail_scripts: false,
     })
+}
+
+/// Suspicion confirmed: a fast claim whose `SET` applied, followed by a claim script that failed
+/// with a definite error (`BUSY`, `READONLY`, `OOM`), was reported as definite although this
+/// attempt's claim was held. It is indeterminate now; the runtime's retry finds the claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_script_after_a_written_fast_claim_is_indeterminate() {
+    let server = RedisServer::start();
+    let client = redis::Client::open(server.url()).unwrap();
+    // Slow enough that the fast claim's fence goes to the script, which fails.
+    let store = RedisStore::from_connection(SkewedClient {
+        inner: ConnectionManager::new(client).await.unwrap(),
+        shift_micros: 0,
+        delay: Duration::from_millis(150),
+        fail_scripts: true,
+    });
+    let outcome = store
+        .claim(ClaimRequest::new(
+            "k",
+            AttemptId::random(),
+            b"",
+            Duration::from_secs(5),
+        ))
+        .await;
+    match &outcome {
+        Err(err @ Error::Store { .. }) => assert!(err.is_indeterminate(), "{}", chain(err)),
+        other => panic!("expected a store error, got {other:?}"),
+    }
+    let held: String = redis::cmd("GET")
+        .arg("{k}")
+        .query(&mut server.connection())
+        .unwrap();
+    assert!(held.starts_with("P:"), "a claim is held: {held}");
+    // Where nothing was written, the script's error stays definite.
+    let _: () = redis::cmd("SET")
+        .arg("{released}")
+        .arg("F:12")
+        .query(&mut server.connection())
+        .unwrap();
+    let outcome = store
+        .claim(ClaimRequest::new(
+            "released",
+            AttemptId::random(),
+            b"",
+            Duration::from_secs(5),
+        ))
+        .await;
+    match &outcome {
+        Err(err @ Error::Store { .. }) => assert!(!err.is_indeterminate(), "{}", chain(err)),
+        other => panic!("expected a store error, got {other:?}"),
+    }
 }
 
 /// The fence of the pending claim at `key`, as the server holds it.
@@ -1064,5 +1134,200 @@ async fn fences_the_rust_side_calls_corrupt_are_corrupt_to_the_scripts_too() {
             "complete over {value:?}: {completed:?}"
         );
         assert_eq!(get(&mut conn, &state), Some(value));
+    }
+}
+
+/// The slot ranges a cluster node serves, from its own `CLUSTER NODES` line.
+fn own_slots(node: &RedisServer) -> Vec<(u16, u16)> {
+    let nodes = node.cli(&["cluster", "nodes"]);
+    let line = nodes.lines().find(|l| l.contains("myself")).unwrap();
+    line.split_whitespace()
+        .skip(8)
+        .filter_map(|range| {
+            let (low, high) = range.split_once('-').unwrap_or((range, range));
+            Some((low.parse().ok()?, high.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A key of namespace `ns` whose state key lives on `node` (or, with `on = false`, elsewhere).
+fn key_on(idem: &Idempotency, node: &RedisServer, ns: &str, on: bool) -> String {
+    let slots = own_slots(node);
+    (0..)
+        .map(|i| format!("k{i}"))
+        .find(|key| {
+            let state = state_key(idem, ns, key);
+            let slot: u16 = node
+                .cli(&["cluster", "keyslot", &state])
+                .trim()
+                .parse()
+                .unwrap();
+            slots
+                .iter()
+                .any(|(low, high)| (*low..=*high).contains(&slot))
+                == on
+        })
+        .unwrap()
+}
+
+/// Suspicion confirmed: `WAIT` was routed to every primary and the least count taken, so on a
+/// cluster where one shard had no replica, every claim failed, on every shard. `WAIT` now goes to
+/// the primary that holds the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_acknowledgements_on_a_cluster_ask_the_keys_own_shard() {
+    let cluster = RedisCluster::start();
+    // A replica for the first master only.
+    let master = &cluster.nodes[0];
+    let replica = RedisServer::start_with(&[
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--cluster-enabled",
+        "yes",
+        "--cluster-node-timeout",
+        "2000",
+    ]);
+    replica.cli(&["cluster", "meet", "127.0.0.1", &master.port.to_string()]);
+    let master_id = master.cli(&["cluster", "myid"]).trim().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let known = replica.cli(&["cluster", "nodes"]).contains(&master_id);
+        if known
+            && replica
+                .cli(&["cluster", "replicate", &master_id])
+                .contains("OK")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica did not join"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    while !replica
+        .cli(&["info", "replication"])
+        .contains("master_link_status:up")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replica did not sync"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let urls = cluster.urls();
+    let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let store = RedisStore::connect_cluster(&urls)
+        .await
+        .unwrap()
+        .with_replica_acks(1, Duration::from_millis(300));
+    let idem = Idempotency::new(store).with_store_attempts(1);
+    let runs = AtomicU32::new(0);
+
+    let replicated = key_on(&idem, master, "acks", true);
+    let value = idem
+        .run(Call::new("acks", &replicated), body(&runs, Duration::ZERO))
+        .await;
+    assert_eq!(value.unwrap(), 1, "the key's shard has its replica");
+
+    let unreplicated = key_on(&idem, master, "acks", false);
+    let err = idem
+        .run(
+            Call::new("acks", &unreplicated),
+            body(&runs, Duration::ZERO),
+        )
+        .await
+        .unwrap_err();
+    assert!(chain(&err).contains("0 of 1 replicas"), "{}", chain(&err));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// Suspicion confirmed: renewals were not covered by `WAIT`, so a failover to a replica that
+/// missed a renewal expired a live claim early. Every renewal is acknowledged like the claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_wait_for_replica_acknowledgements_too() {
+    let server = RedisServer::start();
+    let (store, trips) = counting_store(&server).await;
+    // Zero replicas: every WAIT succeeds at once, and commandstats count them.
+    let idem = Idempotency::new(store.with_replica_acks(0, Duration::from_millis(100)))
+        .with_lease(Duration::from_millis(900));
+    let runs = AtomicU32::new(0);
+    // Loads the scripts, so that the counted calls are the call's own.
+    idem.run(
+        Call::new("renewed", "warm"),
+        body(&runs, Duration::from_millis(400)),
+    )
+    .await
+    .unwrap();
+    reset_stats(&server, &trips);
+    idem.run(
+        Call::new("renewed", "k"),
+        body(&runs, Duration::from_millis(1300)),
+    )
+    .await
+    .unwrap();
+    // Every script call but the record is a renewal (a fast claim runs none).
+    let (renewals, waits) = (calls(&server, "evalsha") - 1, calls(&server, "wait"));
+    println!("{renewals} renewals, {waits} WAITs");
+    assert!(
+        renewals >= 4,
+        "the body outlived several thirds of the lease"
+    );
+    assert_eq!(
+        waits,
+        1 + renewals + 1,
+        "the claim, each renewal and the record"
+    );
+}
+
+/// Suspicion confirmed (every idem key has a TTL, so `volatile-*` policies evict them): a server
+/// that may evict is refused at connect, with what to do; `noeviction`, no memory limit, or a
+/// server that will not tell are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_that_may_evict_idems_keys_are_refused_at_connect() {
+    for policy in ["volatile-lru", "allkeys-lru", "volatile-ttl"] {
+        let server = RedisServer::start_with(&[
+            "--save",
+            "",
+            "--maxmemory",
+            "100mb",
+            "--maxmemory-policy",
+            policy,
+        ]);
+        let err = RedisStore::connect(&server.url()).await.unwrap_err();
+        let text = chain(&err);
+        assert!(
+            text.contains(policy) && text.contains("noeviction"),
+            "{policy}: {text}"
+        );
+    }
+    for args in [
+        &[
+            "--save",
+            "",
+            "--maxmemory",
+            "100mb",
+            "--maxmemory-policy",
+            "noeviction",
+        ][..],
+        &["--save", "", "--maxmemory-policy", "allkeys-lru"][..],
+        // Would be refused, but the server will not tell.
+        &[
+            "--save",
+            "",
+            "--maxmemory",
+            "100mb",
+            "--maxmemory-policy",
+            "volatile-lru",
+            "--rename-command",
+            "CONFIG",
+            "",
+        ][..],
+    ] {
+        let server = RedisServer::start_with(args);
+        RedisStore::connect(&server.url())
+            .await
+            .unwrap_or_else(|err| panic!("{args:?}: {}", chain(&err)));
     }
 }
