@@ -546,6 +546,48 @@ pub async fn fences_increase_across_claims(idem: &Idempotency) {
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
 }
 
+/// A holder that crashed after claiming blocks its key for one lease, no longer; the call that
+/// takes over records its result, and the crashed holder's late write is refused.
+pub async fn a_crashed_holder_is_taken_over_and_cannot_record_late(idem: &Idempotency) {
+    let runs = AtomicU32::new(0);
+    let order = key("crashed");
+    let store_key = idem.store_key("charge", &order).unwrap();
+    let crashed = idem
+        .store()
+        .claim(idem::ClaimRequest::new(
+            &store_key,
+            idem::AttemptId::random(),
+            b"",
+            Duration::from_millis(500),
+        ))
+        .await
+        .unwrap();
+    let idem::ClaimOutcome::Acquired { fence: stale, .. } = crashed else {
+        panic!("expected Acquired, got {crashed:?}");
+    };
+    let started = tokio::time::Instant::now();
+    let receipt = charge(idem, &order, 7, &runs, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(receipt.execution, 1);
+    let waited = started.elapsed();
+    assert!(
+        waited + Duration::from_millis(100) >= Duration::from_millis(500)
+            && waited < Duration::from_secs(5),
+        "taken over when the lease lapsed: {waited:?}"
+    );
+    let late = idem
+        .store()
+        .complete(&store_key, stale, b"late", Duration::from_secs(60))
+        .await;
+    assert!(matches!(late, Err(Error::LeaseLost { .. })), "{late:?}");
+    let replay = charge(idem, &order, 7, &runs, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(replay, receipt, "the record is the takeover's");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
 /// Garbage at a completed key is `Corrupt`, never a miss: the body does not run.
 pub async fn corrupt_record_is_an_error_not_a_miss(idem: &Idempotency) {
     let runs = AtomicU32::new(0);
@@ -611,6 +653,7 @@ macro_rules! behaviour_tests {
             long_body_keeps_its_claim,
             fences_increase_across_claims,
             corrupt_record_is_an_error_not_a_miss,
+            a_crashed_holder_is_taken_over_and_cannot_record_late,
             retention_expiry_allows_a_new_execution,
         );
     };
