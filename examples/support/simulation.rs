@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use idem::{idempotent, Idempotency};
+use idem::{idempotent, Idempotency, OnError, Served};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,7 +25,10 @@ pub(crate) struct Receipt {
 
 #[derive(Debug)]
 pub(crate) enum PaymentError {
+    /// The gateway refused before charging: a retry may run again.
     GatewayUnavailable,
+    /// No answer from the gateway: it may have charged.
+    GatewayTimeout,
     Idempotency(idem::Error),
 }
 
@@ -35,31 +38,63 @@ impl From<idem::Error> for PaymentError {
     }
 }
 
-/// The downstream effect we must not repeat: it records every charge it makes.
+impl PaymentError {
+    /// What each error means for a retry (`on_error`).
+    fn means(&self) -> OnError {
+        match self {
+            // The charge may have gone through: keep the claim for a lease, then let a retry
+            // ask the gateway again with the same downstream key.
+            PaymentError::GatewayTimeout => OnError::OutcomeUnknown,
+            _ => OnError::Release,
+        }
+    }
+}
+
+/// The downstream effect we must not repeat: a payment provider that, like real ones, takes an
+/// idempotency key and answers a repeated key with the charge it already made.
 #[derive(Default)]
 pub(crate) struct Gateway {
+    /// Charges made, per order.
     charges: Mutex<HashMap<String, u32>>,
+    /// The receipt of every idempotency key seen.
+    by_key: Mutex<HashMap<String, Receipt>>,
+    /// Requests answered from `by_key`: repeats the gateway recognised.
+    repeats: AtomicU32,
     next_charge_id: AtomicU32,
-    /// Orders whose first attempt fails (the gateway times out before charging).
-    flaky: Mutex<Vec<String>>,
+    /// Orders whose first attempt is refused before charging.
+    unavailable: Mutex<Vec<String>>,
+    /// Orders whose first attempt charges, but whose answer is lost (a timeout).
+    timeouts: Mutex<Vec<String>>,
+}
+
+/// Removes `order` from `list`, telling whether it was there.
+fn take(list: &Mutex<Vec<String>>, order: &str) -> bool {
+    let mut list = lock(list);
+    let found = list.iter().position(|id| id == order);
+    found.map(|at| list.remove(at)).is_some()
 }
 
 impl Gateway {
-    async fn charge(&self, order: &Order) -> Result<Receipt, PaymentError> {
+    async fn charge(&self, order: &Order, idempotency_key: &str) -> Result<Receipt, PaymentError> {
         tokio::time::sleep(Duration::from_millis(20)).await; // the network round trip
-        {
-            let mut flaky = lock(&self.flaky);
-            if let Some(at) = flaky.iter().position(|id| *id == order.id) {
-                flaky.remove(at);
-                return Err(PaymentError::GatewayUnavailable);
-            }
+        if take(&self.unavailable, &order.id) {
+            return Err(PaymentError::GatewayUnavailable);
+        }
+        if let Some(receipt) = lock(&self.by_key).get(idempotency_key) {
+            self.repeats.fetch_add(1, Ordering::SeqCst);
+            return Ok(receipt.clone());
         }
         *lock(&self.charges).entry(order.id.clone()).or_default() += 1;
-        Ok(Receipt {
+        let receipt = Receipt {
             order: order.id.clone(),
             cents: order.cents,
             charge_id: self.next_charge_id.fetch_add(1, Ordering::SeqCst) + 1,
-        })
+        };
+        lock(&self.by_key).insert(idempotency_key.to_owned(), receipt.clone());
+        if take(&self.timeouts, &order.id) {
+            return Err(PaymentError::GatewayTimeout);
+        }
+        Ok(receipt)
     }
 }
 
@@ -71,10 +106,16 @@ pub(crate) struct PaymentService {
 }
 
 impl PaymentService {
-    #[idempotent(key = order.id, using = &self.idem, fingerprint = order)]
+    /// Charges an order once, however often it is delivered. A gateway timeout is an unknown
+    /// outcome: the claim is kept for the lease, then a redelivery runs the body again and
+    /// sends the gateway the same downstream key, so the gateway does not charge twice.
+    #[idempotent(key = order.id, using = &self.idem, fingerprint = order, lease = "1s", on_error = PaymentError::means)]
     pub(crate) async fn charge(&self, order: &Order) -> Result<Receipt, PaymentError> {
         self.executions.fetch_add(1, Ordering::SeqCst);
-        self.gateway.charge(order).await
+        let context = idem::context().ok_or(PaymentError::GatewayUnavailable)?;
+        self.gateway
+            .charge(order, &context.downstream_key("gateway"))
+            .await
     }
 }
 
@@ -120,9 +161,14 @@ pub(crate) async fn simulate(instances: Vec<Idempotency>) -> bool {
             cents: 500 + 125 * i,
         })
         .collect();
-    for order in orders.iter().filter(|_| random.below(4) == 0) {
-        lock(&gateway.flaky).push(order.id.clone());
+    for order in &orders {
+        match random.below(6) {
+            0 => lock(&gateway.unavailable).push(order.id.clone()),
+            1 => lock(&gateway.timeouts).push(order.id.clone()),
+            _ => {}
+        }
     }
+    let served: Arc<Mutex<HashMap<Served, u32>>> = Arc::default();
 
     let deliveries = Arc::new(AtomicU32::new(0));
     let redeliveries = Arc::new(AtomicU32::new(0));
@@ -133,21 +179,33 @@ pub(crate) async fn simulate(instances: Vec<Idempotency>) -> bool {
             let mut instance = random.below(services.len() as u64) as usize;
             let (services, order) = (services.clone(), order.clone());
             let (deliveries, redeliveries) = (deliveries.clone(), redeliveries.clone());
+            let served = served.clone();
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep(jitter).await;
                 // The broker's at-least-once loop: redeliver, to the next instance, until the
                 // handler succeeds.
                 loop {
                     deliveries.fetch_add(1, Ordering::SeqCst);
-                    match services[instance].charge(&order).await {
+                    // `served` tells this delivery's fate without changing `charge`.
+                    let (result, how) = idem::served(services[instance].charge(&order)).await;
+                    if let Some(how) = how {
+                        *lock(&served).entry(how).or_default() += 1;
+                    }
+                    match result {
                         Ok(receipt) => return receipt,
                         Err(err) => {
-                            if let PaymentError::Idempotency(err) = &err {
-                                eprintln!("delivery of {} failed: {err}", order.id);
+                            match &err {
+                                PaymentError::Idempotency(err @ idem::Error::InProgress { .. }) => {
+                                    eprintln!("delivery of {}: {err}", order.id);
+                                }
+                                PaymentError::Idempotency(err) => {
+                                    eprintln!("delivery of {} failed: {err}", order.id);
+                                }
+                                other => eprintln!("delivery of {}: {other:?}", order.id),
                             }
                             redeliveries.fetch_add(1, Ordering::SeqCst);
                             instance = (instance + 1) % services.len();
-                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                     }
                 }
@@ -187,6 +245,19 @@ pub(crate) async fn simulate(instances: Vec<Idempotency>) -> bool {
     println!(
         "handler executions:  {} (the other deliveries were replayed or waited for the first)",
         executions.load(Ordering::SeqCst)
+    );
+    let served = lock(&served).clone();
+    let count = |how: Served| served.get(&how).copied().unwrap_or(0);
+    println!(
+        "deliveries served:   {} executed, {} replayed, {} waited for the first, {} refused (in progress)",
+        count(Served::Executed),
+        count(Served::Replayed),
+        count(Served::Waited),
+        count(Served::NotRun)
+    );
+    println!(
+        "gateway:             {} repeated requests recognised by their downstream key (after timeouts)",
+        gateway.repeats.load(Ordering::SeqCst)
     );
     println!(
         "charges:             {charged_once} orders charged exactly once, {} not",
