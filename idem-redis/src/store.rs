@@ -15,6 +15,8 @@ use crate::waiters::Waiters;
 
 /// How long a waiter without a subscriber sleeps between re-checks.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Waits shorter than this do not subscribe (a subscription takes a round trip).
+const MIN_SUBSCRIBED_WAIT: Duration = Duration::from_millis(20);
 /// How long a subscribed waiter waits for a wake-up before it re-checks the key anyway.
 const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -219,41 +221,61 @@ where
     /// an eviction policy other than `noeviction`. Every idem key has an expiry, so the
     /// `volatile-*` policies (a common default of managed Redis) evict them as readily as the
     /// `allkeys-*` ones, and an evicted claim, record or fence lets a duplicate run the body
-    /// again. `connect`, `connect_with_config` and `connect_cluster` call this; a store built
-    /// with [`from_connection`](Self::from_connection) does not, so that is the way to accept
-    /// the risk. When the server does not answer `CONFIG GET` (disabled, or not allowed to
-    /// this user), nothing can be told and the store is accepted.
+    /// again. It reads `INFO memory` (which managed services that block `CONFIG` still answer),
+    /// from every primary of a cluster. `connect`, `connect_with_config` and `connect_cluster`
+    /// call this; a store built with [`from_connection`](Self::from_connection) does not, so
+    /// that is the way to accept the risk. A server that refuses `INFO` cannot be checked and is
+    /// accepted; a reply without the memory settings is refused.
     pub async fn check_eviction_policy(&self) -> Result<(), Error> {
         let mut connection = self.connection.clone();
-        let reply: RedisResult<Vec<String>> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("maxmemory*")
+        let reply: RedisResult<Value> = redis::cmd("INFO")
+            .arg("memory")
             .query_async(&mut connection)
             .await;
-        let Ok(settings) = reply else {
+        let Ok(reply) = reply else {
             return Ok(());
         };
-        let setting = |name: &str| {
-            settings
-                .chunks(2)
-                .find(|pair| pair[0] == name)
-                .and_then(|pair| pair.get(1).cloned())
-        };
-        let limit = setting("maxmemory").unwrap_or_default();
-        let policy = setting("maxmemory-policy").unwrap_or_default();
-        if limit == "0" || limit.is_empty() || policy == "noeviction" {
-            return Ok(());
+        let mut sections = Vec::new();
+        info_texts(&reply, &mut sections);
+        let mut checked = 0;
+        for section in &sections {
+            let field = |name: &str| {
+                section.lines().find_map(|line| {
+                    line.strip_prefix(name)
+                        .and_then(|rest| rest.strip_prefix(':'))
+                        .map(str::trim)
+                })
+            };
+            let (Some(limit), Some(policy)) = (field("maxmemory"), field("maxmemory_policy"))
+            else {
+                continue;
+            };
+            checked += 1;
+            if limit != "0" && policy != "noeviction" {
+                return Err(Error::store(
+                    "connect",
+                    format!(
+                        "the Redis server may evict idem's keys (maxmemory {limit}, \
+                         maxmemory-policy {policy}): an evicted claim or record lets a duplicate \
+                         run again; set `maxmemory-policy noeviction` (writes then fail when \
+                         memory is full, and idem fails closed), or accept the risk by building \
+                         the store with `RedisStore::from_connection`"
+                    ),
+                ));
+            }
         }
-        Err(Error::store(
-            "connect",
-            format!(
-                "the Redis server may evict idem's keys (maxmemory {limit}, maxmemory-policy \
-                 {policy}): an evicted claim or record lets a duplicate run again; set \
-                 `maxmemory-policy noeviction` (writes then fail when memory is full, and idem \
-                 fails closed), or accept the risk by building the store with \
-                 `RedisStore::from_connection`"
-            ),
-        ))
+        if checked == 0 {
+            return Err(Error::store(
+                "connect",
+                format!(
+                    "cannot tell whether the Redis server may evict idem's keys: its `INFO \
+                     memory` reply has no maxmemory settings ({:.120}); build the store with \
+                     `RedisStore::from_connection` to skip this check",
+                    format!("{reply:?}")
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Wakes waiting duplicates through pub/sub on a connection of `client`'s.
@@ -607,6 +629,11 @@ where
     async fn wait(&self, key: &str, fence: Fence, timeout: Duration) -> Result<(), Error> {
         let started = Instant::now();
         let keys = self.keys(key);
+        // Too short a wait to subscribe in: re-check the key after it instead.
+        if timeout < MIN_SUBSCRIBED_WAIT {
+            tokio::time::sleep(timeout).await;
+            return Ok(());
+        }
         let subscription = self.waiters.subscribe(&keys.channel, timeout).await;
         let changed = subscription.as_ref().map(|s| s.changed.clone());
         let mut notified = std::pin::pin!(changed.as_ref().map(|changed| changed.notified()));
@@ -627,6 +654,25 @@ where
             None => tokio::time::sleep(remaining.min(POLL_INTERVAL)).await,
         }
         Ok(())
+    }
+}
+
+/// The text sections of an `INFO` reply: one string, or on a cluster a map of node to string.
+fn info_texts(reply: &Value, out: &mut Vec<String>) {
+    match reply {
+        Value::BulkString(bytes) => out.push(String::from_utf8_lossy(bytes).into_owned()),
+        Value::SimpleString(text) | Value::VerbatimString { text, .. } => out.push(text.clone()),
+        Value::Array(items) | Value::Set(items) => {
+            for item in items {
+                info_texts(item, out);
+            }
+        }
+        Value::Map(entries) => {
+            for (_, value) in entries {
+                info_texts(value, out);
+            }
+        }
+        _ => {}
     }
 }
 

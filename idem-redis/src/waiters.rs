@@ -114,10 +114,12 @@ impl Waiters {
             channel: channel.to_owned(),
             subscriber: subscriber.clone(),
         };
-        let budget = SUBSCRIBE_TIMEOUT.min(within.saturating_sub(started.elapsed()));
+        let budget = within.saturating_sub(started.elapsed());
         let mut sink = subscriber.sink.clone();
-        match tokio::time::timeout(budget, sink.subscribe(channel)).await {
+        match tokio::time::timeout(budget.min(SUBSCRIBE_TIMEOUT), sink.subscribe(channel)).await {
             Ok(Ok(())) => Some(subscription),
+            // The caller's own budget ran out first: that says nothing of the connection.
+            Err(_) if budget < SUBSCRIBE_TIMEOUT => None,
             // No answer in time: the connection is silent or broken. Retire it; the next waiter
             // connects a new one.
             Ok(Err(_)) | Err(_) => {
@@ -149,14 +151,14 @@ impl Waiters {
         let connecting = Connecting(&self.slot);
         let connected =
             tokio::time::timeout(CONNECT_TIMEOUT.min(within), client.get_async_pubsub()).await;
-        let subscriber = match connected {
-            Ok(Ok(pubsub)) => Some(start(pubsub)),
-            Ok(Err(_)) | Err(_) => None,
+        // Only a failure of the server's (not the end of the caller's budget) delays the next try.
+        let (subscriber, failed) = match connected {
+            Ok(Ok(pubsub)) => (Some(start(pubsub)), false),
+            Ok(Err(_)) => (None, true),
+            Err(_) => (None, within >= CONNECT_TIMEOUT),
         };
         let mut slot = lock(&self.slot);
-        slot.next_attempt = subscriber
-            .is_none()
-            .then(|| Instant::now() + RECONNECT_AFTER);
+        slot.next_attempt = failed.then(|| Instant::now() + RECONNECT_AFTER);
         slot.subscriber.clone_from(&subscriber);
         drop(slot);
         drop(connecting);

@@ -1282,10 +1282,30 @@ async fn renewals_wait_for_replica_acknowledgements_too() {
 }
 
 /// Suspicion confirmed (every idem key has a TTL, so `volatile-*` policies evict them): a server
-/// that may evict is refused at connect, with what to do; `noeviction`, no memory limit, or a
-/// server that will not tell are accepted.
+/// that may evict is refused at connect, with what to do, over RESP2 and RESP3 and when
+/// `CONFIG` is blocked (as managed services do); `noeviction`, no memory limit, or a server that
+/// will not tell are accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_that_may_evict_idems_keys_are_refused_at_connect() {
+    let blocked = RedisServer::start_with(&[
+        "--save",
+        "",
+        "--maxmemory",
+        "100mb",
+        "--maxmemory-policy",
+        "volatile-lru",
+        "--rename-command",
+        "CONFIG",
+        "",
+    ]);
+    for url in [blocked.url(), format!("{}?protocol=resp3", blocked.url())] {
+        let err = RedisStore::connect(&url).await.unwrap_err();
+        assert!(
+            chain(&err).contains("volatile-lru"),
+            "{url}: {}",
+            chain(&err)
+        );
+    }
     for policy in ["volatile-lru", "allkeys-lru", "volatile-ttl"] {
         let server = RedisServer::start_with(&[
             "--save",
@@ -1321,7 +1341,7 @@ async fn servers_that_may_evict_idems_keys_are_refused_at_connect() {
             "--maxmemory-policy",
             "volatile-lru",
             "--rename-command",
-            "CONFIG",
+            "INFO",
             "",
         ][..],
     ] {
@@ -1330,4 +1350,69 @@ async fn servers_that_may_evict_idems_keys_are_refused_at_connect() {
             .await
             .unwrap_or_else(|err| panic!("{args:?}: {}", chain(&err)));
     }
+}
+
+/// Regression (review): the eviction check asked one random node of a cluster, so a cluster with
+/// one evicting node was accepted most of the time. Every primary is asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_one_evicting_node_is_refused() {
+    let cluster = RedisCluster::start();
+    cluster.nodes[2].cli(&["config", "set", "maxmemory", "100mb"]);
+    cluster.nodes[2].cli(&["config", "set", "maxmemory-policy", "volatile-lru"]);
+    let urls = cluster.urls();
+    let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
+    for _ in 0..4 {
+        let err = RedisStore::connect_cluster(&nodes).await.unwrap_err();
+        assert!(chain(&err).contains("volatile-lru"), "{}", chain(&err));
+    }
+}
+
+/// Connections the server accepted so far.
+fn connections(server: &RedisServer) -> u64 {
+    let info = server.cli(&["info", "stats"]);
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_connections_received:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Regression (review): a waiter whose budget was shorter than a subscribe round trip timed out
+/// subscribing and retired the shared subscriber, waking every other waiter and making the
+/// next ones poll and reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_waits_leave_the_shared_subscriber_alone() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let long_key = acquire(&store, "long", lease).await;
+    let short_key = acquire(&store, "short", lease).await;
+    // The subscriber is connected.
+    store
+        .wait("short", short_key, Duration::from_millis(50))
+        .await
+        .unwrap();
+    let before = connections(&server);
+    let started = std::time::Instant::now();
+    let long = store.wait("long", long_key, Duration::from_secs(5));
+    let short = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for budget in [0, 1, 5, 19, 25] {
+            store
+                .wait("short", short_key, Duration::from_millis(budget))
+                .await
+                .unwrap();
+        }
+    };
+    let (long, ()) = tokio::join!(long, short);
+    long.unwrap();
+    let waited = started.elapsed();
+    println!("the long waiter returned after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "woken early by a retired subscriber: {waited:?}"
+    );
+    // redis-cli's own connection for this count is the only new one.
+    assert_eq!(connections(&server), before + 1, "no new connection");
 }
