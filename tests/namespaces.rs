@@ -155,3 +155,116 @@ async fn a_pinned_namespace_keeps_records_across_a_move_or_rename() {
         "a pinned namespace is used as written"
     );
 }
+
+// Regressions from review: functions whose paths print alike.
+
+trait Provided {
+    fn idem(&self) -> &Idempotency;
+    fn runs(&self) -> &AtomicU32;
+
+    /// A provided method: one function, but each implementor is its own handler.
+    #[idempotent(key = id, using = self.idem())]
+    async fn provided(&self, id: u32) -> Result<u32, Error> {
+        self.runs().fetch_add(1, Ordering::SeqCst);
+        Ok(id)
+    }
+}
+
+impl Provided for Refunds {
+    fn idem(&self) -> &Idempotency {
+        &self.idem
+    }
+    fn runs(&self) -> &AtomicU32 {
+        &self.runs
+    }
+}
+
+impl Provided for Receipts {
+    fn idem(&self) -> &Idempotency {
+        &self.idem
+    }
+    fn runs(&self) -> &AtomicU32 {
+        &self.runs
+    }
+}
+
+struct Wrapper<T>(T, Idempotency, AtomicU32);
+
+impl<T: Send + Sync> Wrapper<T> {
+    #[idempotent(key = id, using = &self.1)]
+    async fn generic(&self, id: u32) -> Result<u32, Error> {
+        self.2.fetch_add(1, Ordering::SeqCst);
+        Ok(id)
+    }
+}
+
+#[tokio::test]
+async fn a_provided_or_generic_method_has_a_namespace_per_self_type() {
+    let idem = Idempotency::new(MemoryStore::new());
+    let refunds = Refunds {
+        idem: idem.clone(),
+        runs: AtomicU32::new(0),
+    };
+    let receipts = Receipts {
+        idem: idem.clone(),
+        runs: AtomicU32::new(0),
+    };
+    for _ in 0..2 {
+        refunds.provided(7).await.unwrap();
+        receipts.provided(7).await.unwrap();
+    }
+    assert_eq!(refunds.runs.load(Ordering::SeqCst), 1);
+    assert_eq!(receipts.runs.load(Ordering::SeqCst), 1);
+
+    let bytes = Wrapper(0u8, idem.clone(), AtomicU32::new(0));
+    let words = Wrapper(0u16, idem.clone(), AtomicU32::new(0));
+    for _ in 0..2 {
+        bytes.generic(3).await.unwrap();
+        words.generic(3).await.unwrap();
+    }
+    assert_eq!(bytes.2.load(Ordering::SeqCst), 1);
+    assert_eq!(words.2.load(Ordering::SeqCst), 1);
+}
+
+static FIRST_BLOCK: AtomicU32 = AtomicU32::new(0);
+static SECOND_BLOCK: AtomicU32 = AtomicU32::new(0);
+
+async fn two_blocks(idem: &Idempotency) -> (Result<u32, Error>, Result<u32, Error>) {
+    let first = {
+        #[idempotent(key = id, using = idem)]
+        async fn step(idem: &Idempotency, id: u32) -> Result<u32, Error> {
+            FIRST_BLOCK.fetch_add(1, Ordering::SeqCst);
+            Ok(id)
+        }
+        step(idem, 1).await
+    };
+    let second = {
+        #[idempotent(key = id, using = idem)]
+        async fn step(idem: &Idempotency, id: u32) -> Result<u32, Error> {
+            SECOND_BLOCK.fetch_add(1, Ordering::SeqCst);
+            Ok(id + 100)
+        }
+        step(idem, 1).await
+    };
+    (first, second)
+}
+
+/// Two functions whose paths print alike cannot be told apart by name: the second one refuses
+/// to run (every call, before its body) rather than replay the first one's records.
+#[tokio::test]
+async fn functions_whose_paths_print_alike_do_not_share_records() {
+    let idem = Idempotency::new(MemoryStore::new());
+    let (first, second) = two_blocks(&idem).await;
+    assert_eq!(first.unwrap(), 1);
+    match second {
+        Err(err @ Error::InvalidOption { .. }) => {
+            assert!(err.to_string().contains("namespace = "), "{err}");
+        }
+        other => panic!("the second `step` must not replay the first's record: {other:?}"),
+    }
+    assert_eq!(SECOND_BLOCK.load(Ordering::SeqCst), 0);
+    let (first, second) = two_blocks(&idem).await;
+    assert_eq!(first.unwrap(), 1, "replayed");
+    assert!(matches!(second, Err(Error::InvalidOption { .. })));
+    assert_eq!(FIRST_BLOCK.load(Ordering::SeqCst), 1);
+}

@@ -99,3 +99,74 @@ async fn floats_replay_bit_for_bit() {
     }
     tokio::time::sleep(Duration::ZERO).await;
 }
+
+/// Regression (review): a call that found another request's record (`KeyReused`) or an
+/// unreadable one (`Corrupt`) was reported as `Served::Replayed`, though nothing was replayed.
+#[tokio::test]
+async fn a_refused_replay_is_served_as_not_run() {
+    let idem = runtime();
+    let call = |request: u32| Call::new("refused", "k").fingerprint(&request);
+    idem.run(call(1), async { Ok::<u32, Error>(1) })
+        .await
+        .unwrap();
+    let (other, how) = idem::served(idem.run(call(2), async { Ok::<u32, Error>(2) })).await;
+    assert!(matches!(other, Err(Error::KeyReused { .. })), "{other:?}");
+    assert_eq!(how, Some(idem::Served::NotRun));
+    let (wrong_type, how) =
+        idem::served(idem.run(call(1), async { Ok::<String, Error>("x".into()) })).await;
+    assert!(
+        matches!(wrong_type, Err(Error::Corrupt { .. })),
+        "{wrong_type:?}"
+    );
+    assert_eq!(how, Some(idem::Served::NotRun));
+    let (same, how) = idem::served(idem.run(call(1), async { Ok::<u32, Error>(9) })).await;
+    assert_eq!((same.unwrap(), how), (1, Some(idem::Served::Replayed)));
+}
+
+/// A store whose record write finds its key taken by something that is not an idem claim.
+struct CorruptOnComplete(MemoryStore);
+
+#[async_trait::async_trait]
+impl idem::Store for CorruptOnComplete {
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
+        self.0.claim(request).await
+    }
+    async fn complete(
+        &self,
+        key: &str,
+        _: idem::Fence,
+        _: &[u8],
+        _: Duration,
+    ) -> Result<(), Error> {
+        Err(Error::corrupt(
+            key,
+            "the value at the key is not an idem state",
+        ))
+    }
+    async fn release(&self, key: &str, fence: idem::Fence) -> Result<(), Error> {
+        self.0.release(key, fence).await
+    }
+    async fn renew(&self, key: &str, fence: idem::Fence, lease: Duration) -> Result<(), Error> {
+        self.0.renew(key, fence, lease).await
+    }
+}
+
+/// Regression (review): `NotRecorded` caused by a corrupt key printed, through its cause, that
+/// "the body did not run".
+#[tokio::test]
+async fn not_recorded_over_a_corrupt_key_never_says_the_body_did_not_run() {
+    let idem = Idempotency::new(CorruptOnComplete(MemoryStore::new()));
+    let err = idem
+        .run(Call::new("corrupt", "k"), async { Ok::<u32, Error>(1) })
+        .await
+        .unwrap_err();
+    let mut text = err.to_string();
+    let mut cause = std::error::Error::source(&err);
+    while let Some(next) = cause {
+        text = format!("{text}: {next}");
+        cause = next.source();
+    }
+    assert!(matches!(err, Error::NotRecorded { .. }), "{text}");
+    assert!(text.contains("not an idem state"), "{text}");
+    assert!(!text.contains("did not run"), "{text}");
+}

@@ -24,8 +24,8 @@ pub enum Error {
         reason: String,
     },
     /// A lease or retention the runtime cannot use (zero, below [`MIN_LEASE`](crate::MIN_LEASE),
-    /// or above [`MAX_DURATION`](crate::MAX_DURATION)). Nothing was claimed; the body did not
-    /// run. Fix the option.
+    /// or above [`MAX_DURATION`](crate::MAX_DURATION)), or a default namespace that another
+    /// function already has. Nothing was claimed; the body did not run. Fix the option.
     #[non_exhaustive]
     InvalidOption {
         /// Which option, its value and the accepted range.
@@ -132,6 +132,11 @@ impl Error {
         Error::LeaseLost { key: key.into() }
     }
 
+    /// An option that cannot be used.
+    pub(crate) fn invalid_option(reason: String) -> Self {
+        Error::InvalidOption { reason }
+    }
+
     /// A key or key prefix that cannot be used, for store implementations.
     pub fn invalid_key(reason: impl Into<String>) -> Self {
         Error::InvalidKey {
@@ -223,6 +228,11 @@ impl fmt::Display for Error {
                         write!(f, ")")?;
                     }
                     Error::Encode { .. } => write!(f, "cannot be recorded (see the cause)")?,
+                    Error::Corrupt { reason, .. } => write!(
+                        f,
+                        "could not be recorded (the value at the key was not an idem claim: \
+                         {reason})"
+                    )?,
                     _ => write!(f, "could not be recorded")?,
                 }
                 write!(
@@ -253,6 +263,7 @@ impl std::error::Error for Error {
             // operation failed, and the wrapped `Error`'s would contradict it ("did not run").
             Error::NotRecorded { source, .. } => match source.as_ref() {
                 inner @ (Error::Store { .. } | Error::Encode { .. }) => inner.source(),
+                Error::Corrupt { .. } => None,
                 inner => Some(inner),
             },
             Error::Encode { source, .. } => Some(source),

@@ -13,9 +13,10 @@
 //! and the `:` before it, if any, ends the prefix. So every store key names exactly one
 //! (prefix, namespace, key): no two different calls meet at one key, whatever strings they use.
 
-use std::any::type_name;
+use std::any::{type_name, TypeId};
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};
 
@@ -147,21 +148,132 @@ fn split_path(path: &str) -> Vec<Cow<'_, str>> {
 }
 
 /// The default namespace of one `#[idempotent]` function, computed on its first call and kept:
-/// generated code declares one per function as a `static`.
+/// generated code declares one per function as a `static`, and a marker `fn` in the function's
+/// body whose path names it.
+///
+/// Two things the path alone cannot tell apart are handled here:
+/// * a method's `Self` type, when the path does not name it (a provided trait method, shared by
+///   every implementor, or a method of a generic impl): it is appended, `…handle[app.Charges]`;
+/// * two functions whose paths print alike (same-named functions in two blocks of one function,
+///   in `const _: () = { … }` blocks, or in a closure): every namespace is registered with its
+///   marker, and a second function claiming a namespace already taken gets
+///   [`Error::InvalidOption`] on every call instead of sharing the first one's records.
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct FunctionNamespace(OnceLock<String>);
+pub struct FunctionNamespace {
+    /// The path of the marker, and for a method the first `Self` type and its namespace.
+    resolved: OnceLock<Resolved>,
+}
+
+#[derive(Debug)]
+struct Resolved {
+    marker: TypeId,
+    base: String,
+    /// The namespace of the first `Self` type seen (`None` for a function without receiver),
+    /// or why it cannot be used.
+    first: Result<&'static str, String>,
+    first_self: Option<&'static str>,
+}
 
 impl FunctionNamespace {
     /// An empty cell, for a `static`.
     #[allow(clippy::new_without_default)]
     pub const fn new() -> Self {
-        FunctionNamespace(OnceLock::new())
+        FunctionNamespace {
+            resolved: OnceLock::new(),
+        }
     }
 
-    /// The namespace of the function whose body declares `marker`.
-    pub fn get<F>(&'static self, _marker: F) -> &'static str {
-        self.0.get_or_init(|| function_namespace(type_name::<F>()))
+    /// The namespace of the function (without receiver) whose body declares `marker`.
+    pub fn get<F: 'static>(&'static self, _marker: F) -> Result<&'static str, Error> {
+        let resolved = self.resolved.get_or_init(|| {
+            let base = function_namespace(type_name::<F>());
+            let first = register(&base, TypeId::of::<F>());
+            Resolved {
+                marker: TypeId::of::<F>(),
+                base,
+                first,
+                first_self: None,
+            }
+        });
+        resolved.first.clone().map_err(Error::invalid_option)
+    }
+
+    /// The namespace of the method with receiver type `S` whose body declares `marker`.
+    pub fn get_for<S: ?Sized, F: 'static>(
+        &'static self,
+        _marker: F,
+    ) -> Result<&'static str, Error> {
+        let self_name = type_name::<S>();
+        let resolved = self.resolved.get_or_init(|| {
+            let base = function_namespace(type_name::<F>());
+            let first = register(&with_self(&base, self_name), TypeId::of::<F>());
+            Resolved {
+                marker: TypeId::of::<F>(),
+                base,
+                first,
+                first_self: Some(self_name),
+            }
+        });
+        if resolved.first_self == Some(self_name) {
+            return resolved.first.clone().map_err(Error::invalid_option);
+        }
+        // Another `Self` (a provided trait method, or a generic impl): one namespace each.
+        static BY_SELF: OnceLock<Mutex<HashMap<(TypeId, &'static str), Registered>>> =
+            OnceLock::new();
+        let mut by_self = BY_SELF
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        by_self
+            .entry((resolved.marker, self_name))
+            .or_insert_with(|| register(&with_self(&resolved.base, self_name), resolved.marker))
+            .clone()
+            .map_err(Error::invalid_option)
+    }
+}
+
+/// A namespace as registered: kept for the program's lifetime, or why it cannot be used.
+type Registered = Result<&'static str, String>;
+
+/// `base`, or `base[Self]` when `base` does not name the `Self` type as one of its segments.
+fn with_self(base: &str, self_name: &str) -> String {
+    let self_path = split_path(self_name).join(".");
+    let names_self = base.match_indices(self_path.as_str()).any(|(at, _)| {
+        let before = base[..at].chars().next_back();
+        let after = base[at + self_path.len()..].chars().next();
+        matches!(before, None | Some('.' | '<' | ' '))
+            && matches!(after, None | Some('.' | '>' | ' '))
+    });
+    if names_self {
+        base.to_owned()
+    } else {
+        format!("{base}[{self_path}]")
+    }
+}
+
+/// Records that `namespace` is the default namespace of the function with `marker`; a
+/// namespace is never shared by two functions. Returns it for the program's lifetime.
+fn register(namespace: &str, marker: TypeId) -> Result<&'static str, String> {
+    static TAKEN: OnceLock<Mutex<HashMap<String, (TypeId, &'static str)>>> = OnceLock::new();
+    let mut taken = TAKEN
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match taken.get(namespace) {
+        Some((owner, leaked)) if *owner == marker => Ok(leaked),
+        Some(_) => Err(format!(
+            "the default namespace `{namespace}` belongs to another function of this program \
+             too (functions of the same name in two blocks, `const _` items or closures of one \
+             scope print the same path); give this function `namespace = \"...\"` so their \
+             records stay apart"
+        )),
+        None => {
+            // One string per function (and `Self` type) of the program, kept for its lifetime.
+            let leaked: &'static str = Box::leak(namespace.to_owned().into_boxed_str());
+            taken.insert(namespace.to_owned(), (marker, leaked));
+            Ok(leaked)
+        }
     }
 }
 
@@ -375,9 +487,39 @@ mod tests {
     fn the_namespace_of_a_real_function() {
         static NAMESPACE: FunctionNamespace = FunctionNamespace::new();
         assert_eq!(
-            NAMESPACE.get(marker),
+            NAMESPACE.get(marker).unwrap(),
             "idem_core.key.tests",
             "the marker's own name is dropped"
         );
+    }
+
+    #[test]
+    fn a_methods_self_type_is_added_when_its_path_does_not_name_it() {
+        assert_eq!(
+            with_self("app.<app.A as app.H>.handle", "app::A"),
+            "app.<app.A as app.H>.handle"
+        );
+        assert_eq!(with_self("app.A.run", "app::A"), "app.A.run");
+        assert_eq!(
+            with_self("app.H.handle", "app::Charges"),
+            "app.H.handle[app.Charges]"
+        );
+        assert_eq!(
+            with_self("app.W<_>.run", "app::W<u8>"),
+            "app.W<_>.run[app.W<u8>]"
+        );
+        // A prefix of a segment is not the segment.
+        assert_eq!(with_self("app.AB.handle", "app::A"), "app.AB.handle[app.A]");
+    }
+
+    #[test]
+    fn two_functions_never_share_a_registered_namespace() {
+        struct First;
+        struct Second;
+        let name = "idem_core.key.tests.registered";
+        assert_eq!(register(name, TypeId::of::<First>()).unwrap(), name);
+        assert_eq!(register(name, TypeId::of::<First>()).unwrap(), name);
+        let err = register(name, TypeId::of::<Second>()).unwrap_err();
+        assert!(err.contains("namespace = "), "{err}");
     }
 }

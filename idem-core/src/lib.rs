@@ -12,6 +12,7 @@
 
 mod context;
 mod error;
+mod exact;
 mod fingerprint;
 mod global;
 mod key;

@@ -13,6 +13,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::context::{self, ClaimContext};
+use crate::exact::encode_exactly;
 use crate::fingerprint::Fingerprint;
 use crate::key::store_key;
 use crate::outcome::{self, OnError, Served};
@@ -99,7 +100,7 @@ impl std::fmt::Debug for Idempotency {
 #[derive(Debug)]
 #[must_use = "a Call does nothing until passed to Idempotency::run"]
 pub struct Call {
-    namespace: Cow<'static, str>,
+    namespace: Result<Cow<'static, str>, Error>,
     key: String,
     fingerprint: Result<Option<Fingerprint>, Error>,
     retention: Option<Duration>,
@@ -111,8 +112,18 @@ impl Call {
     /// A call of `key` in `namespace` (by the macro: the function's name). The key is formatted
     /// once, here.
     pub fn new(namespace: impl Into<Cow<'static, str>>, key: impl Display) -> Self {
+        Self::in_namespace(Ok(namespace.into()), key)
+    }
+
+    /// A call in a function's default namespace, or with why it has none (for the macro).
+    #[doc(hidden)]
+    pub fn in_function(namespace: Result<&'static str, Error>, key: impl Display) -> Self {
+        Self::in_namespace(namespace.map(Cow::Borrowed), key)
+    }
+
+    fn in_namespace(namespace: Result<Cow<'static, str>, Error>, key: impl Display) -> Self {
         Call {
-            namespace: namespace.into(),
+            namespace,
             key: key.to_string(),
             fingerprint: Ok(None),
             retention: None,
@@ -386,12 +397,13 @@ impl Idempotency {
                 record,
                 waited,
             }) => {
-                let served = if waited {
-                    Served::Waited
-                } else {
-                    Served::Replayed
+                return match decode_replay(&key, &fingerprint, &record, &errors) {
+                    Ok(replayed) if waited => (replayed, Served::Waited),
+                    Ok(replayed) => (replayed, Served::Replayed),
+                    // Another request's record (`KeyReused`) or an unreadable one (`Corrupt`)
+                    // replays nothing: the call failed before the body.
+                    Err(err) => (Err(err.into()), Served::NotRun),
                 };
-                return (decode_replay(&key, &fingerprint, &record, &errors), served);
             }
             Err(err) => return (Err(err.into()), Served::NotRun),
         };
@@ -430,7 +442,7 @@ impl Idempotency {
     /// claim (or the record to replay).
     async fn begin(&self, call: Call) -> Result<Begun, Error> {
         let settings = &*self.inner;
-        let key = store_key(&settings.key_prefix, &call.namespace, &call.key)?;
+        let key = store_key(&settings.key_prefix, &call.namespace?, &call.key)?;
         let fingerprint = call.fingerprint?.map_or_else(Vec::new, |f| f.0.to_vec());
         let lease = call.lease.unwrap_or(settings.lease);
         let retention = call.retention.unwrap_or(settings.retention);
@@ -710,38 +722,6 @@ impl LeaseClock {
     }
 }
 
-/// The JSON of a record's value, if it decodes back to the same value: otherwise duplicates
-/// would be replayed something else than the first caller got (JSON writes NaN as `null`, and
-/// `Some(None)` like `None`), so the value is refused instead.
-fn encode_exactly<V: Serialize + DeserializeOwned>(
-    value: &V,
-) -> Result<Vec<u8>, serde_json::Error> {
-    use serde::ser::Error as _;
-    let json = serde_json::to_vec(value)?;
-    let refuse = |why: String| {
-        serde_json::Error::custom(format!(
-            "a `{}` value cannot be recorded: {why}; duplicates would be replayed a different \
-             value, so it was not recorded (use a type whose JSON decodes back to the same value: \
-             finite floats, an enum instead of nested `Option`s)",
-            std::any::type_name::<V>()
-        ))
-    };
-    let decoded: V = serde_json::from_slice(&json).map_err(|err| {
-        refuse(format!(
-            "its JSON `{}` does not decode back ({err})",
-            String::from_utf8_lossy(&json[..json.len().min(64)])
-        ))
-    })?;
-    let shape = |v: &V| serde_value::to_value(v).map_err(|err| refuse(err.to_string()));
-    if shape(value)? != shape(&decoded)? {
-        return Err(refuse(format!(
-            "its JSON `{}` decodes as a different value",
-            String::from_utf8_lossy(&json[..json.len().min(64)])
-        )));
-    }
-    Ok(json)
-}
-
 /// Refuses a lease or retention that the runtime and the stores cannot honour.
 fn check_durations(lease: Duration, retention: Duration) -> Result<(), Error> {
     let refuse = |reason: String| Err(Error::InvalidOption { reason });
@@ -784,22 +764,21 @@ fn same_request(stored: &[u8], call: &[u8]) -> bool {
     stored.is_empty() || call.is_empty() || stored == call
 }
 
+/// The replayed result (an `Ok`, or a recorded `Err`), or why nothing can be replayed.
 fn decode_replay<T, E>(
     key: &str,
     fingerprint: &[u8],
     bytes: &[u8],
     errors: &impl ErrorPolicy<E>,
-) -> Result<T, E>
+) -> Result<Result<T, E>, Error>
 where
     T: DeserializeOwned,
-    E: From<Error>,
 {
     let record = Record::decode(key, bytes)?;
     if !same_request(record.fingerprint, fingerprint) {
         return Err(Error::KeyReused {
             key: key.to_owned(),
-        }
-        .into());
+        });
     }
     let undecodable = |source: serde_json::Error| {
         Error::corrupt(
@@ -808,14 +787,15 @@ where
         )
     };
     match record.outcome {
-        Outcome::Ok => Ok(serde_json::from_slice(record.value).map_err(undecodable)?),
+        Outcome::Ok => Ok(Ok(
+            serde_json::from_slice(record.value).map_err(undecodable)?
+        )),
         Outcome::Err => match errors.decode(record.value) {
-            Some(decoded) => Err(decoded.map_err(undecodable)?),
+            Some(decoded) => Ok(Err(decoded.map_err(undecodable)?)),
             None => Err(Error::corrupt(
                 key,
                 "it records an `Err`, but this function does not record errors (was `record_errors` removed?)",
-            )
-            .into()),
+            )),
         },
     }
 }

@@ -9,11 +9,11 @@ fn post<'life0, 'async_trait>(
     >,
 > {
     ::std::boxed::Box::pin(async move {
-        let __idem_call = ::idem::__private::Call::new(
+        let __idem_call = ::idem::__private::Call::in_function(
             {
                 fn __idem_namespace() {}
                 static __IDEM_NAMESPACE: ::idem::__private::FunctionNamespace = ::idem::__private::FunctionNamespace::new();
-                __IDEM_NAMESPACE.get(__idem_namespace)
+                __IDEM_NAMESPACE.get_for::<Self, _>(__idem_namespace)
             },
             &(id),
         );

@@ -50,11 +50,7 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
     let private = quote!(#krate::__private);
     let call_var = Ident::new("__idem_call", Span::mixed_site());
     let runtime_var = Ident::new("__idem_runtime", Span::mixed_site());
-    let namespace = match &args.namespace {
-        Some(namespace) => namespace.to_token_stream(),
-        None => default_namespace(&private),
-    };
-    let call = call_expr(&args, &private, &namespace);
+    let call = call_expr(&args, &private, sig.receiver().is_some());
     let runtime = match &args.using {
         Some(using) => quote!(#private::runtime(#using)),
         None => quote!(#private::runtime(#private::default_runtime())),
@@ -136,18 +132,30 @@ fn typed_body(ret: &Type, stmts: TokenStream) -> TokenStream {
 }
 
 /// The function's own path as the compiler names it (crate, module, `Self` type and trait of a
-/// method, name): the path of a marker item declared in the body, computed once per function.
-fn default_namespace(private: &TokenStream) -> TokenStream {
+/// method, name): the path of a marker item declared in the body, computed once per function;
+/// for a method, `Self` is added where the path does not name it (see `FunctionNamespace`).
+fn default_namespace(private: &TokenStream, method: bool) -> TokenStream {
+    let get = if method {
+        quote!(get_for::<Self, _>)
+    } else {
+        quote!(get)
+    };
     quote! {{
         fn __idem_namespace() {}
         static __IDEM_NAMESPACE: #private::FunctionNamespace = #private::FunctionNamespace::new();
-        __IDEM_NAMESPACE.get(__idem_namespace)
+        __IDEM_NAMESPACE.#get(__idem_namespace)
     }}
 }
 
-fn call_expr(args: &Args, private: &TokenStream, namespace: &TokenStream) -> TokenStream {
+fn call_expr(args: &Args, private: &TokenStream, method: bool) -> TokenStream {
     let key = &args.key;
-    let mut call = quote!(#private::Call::new(#namespace, &(#key)));
+    let mut call = match &args.namespace {
+        Some(namespace) => quote!(#private::Call::new(#namespace, &(#key))),
+        None => {
+            let namespace = default_namespace(private, method);
+            quote!(#private::Call::in_function(#namespace, &(#key)))
+        }
+    };
     if let Some(fingerprint) = &args.fingerprint {
         call.extend(quote!(.fingerprint(&(#fingerprint))));
     }
