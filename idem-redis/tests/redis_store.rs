@@ -987,6 +987,11 @@ async fn a_failing_script_after_a_written_fast_claim_is_indeterminate() {
     }
 }
 
+/// A claim of `key` by a new attempt, with a 5s lease.
+fn fresh_claim(key: &str) -> ClaimRequest<'_> {
+    ClaimRequest::new(key, AttemptId::random(), b"", Duration::from_secs(5))
+}
+
 /// The fence of the pending claim at `key`, as the server holds it.
 fn written_fence(server: &RedisServer, key: &str) -> u64 {
     let value: String = redis::cmd("GET")
@@ -1094,14 +1099,7 @@ async fn fences_the_rust_side_calls_corrupt_are_corrupt_to_the_scripts_too() {
         let (state, fence_key) = (format!("{{{key}}}"), format!("{{{key}}}:fence"));
         set(&mut conn, &state, "F:12");
         set(&mut conn, &fence_key, bad);
-        let outcome = store
-            .claim(ClaimRequest::new(
-                &key,
-                AttemptId::random(),
-                b"",
-                Duration::from_secs(5),
-            ))
-            .await;
+        let outcome = store.claim(fresh_claim(&key)).await;
         assert!(
             matches!(outcome, Err(Error::Corrupt { .. })),
             "fence key {bad:?}: {outcome:?}"
@@ -1114,14 +1112,7 @@ async fn fences_the_rust_side_calls_corrupt_are_corrupt_to_the_scripts_too() {
         let state = format!("{{{key}}}");
         let value = format!("R:{bad}:idem-record");
         set(&mut conn, &state, &value);
-        let outcome = store
-            .claim(ClaimRequest::new(
-                &key,
-                AttemptId::random(),
-                b"",
-                Duration::from_secs(5),
-            ))
-            .await;
+        let outcome = store.claim(fresh_claim(&key)).await;
         assert!(
             matches!(outcome, Err(Error::Corrupt { .. })),
             "state {value:?}: {outcome:?}"
@@ -1178,16 +1169,7 @@ async fn replica_acknowledgements_on_a_cluster_ask_the_keys_own_shard() {
     let cluster = RedisCluster::start();
     // A replica for the first master only.
     let master = &cluster.nodes[0];
-    let replica = RedisServer::start_with(&[
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--cluster-enabled",
-        "yes",
-        "--cluster-node-timeout",
-        "2000",
-    ]);
+    let replica = RedisCluster::node();
     replica.cli(&["cluster", "meet", "127.0.0.1", &master.port.to_string()]);
     let master_id = master.cli(&["cluster", "myid"]).trim().to_owned();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);

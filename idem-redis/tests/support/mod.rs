@@ -186,20 +186,7 @@ pub struct RedisCluster {
 impl RedisCluster {
     /// Starts three cluster-enabled servers and joins them, waiting for `cluster_state:ok`.
     pub fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| {
-                RedisServer::start_with(&[
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-node-timeout",
-                    "2000",
-                ])
-            })
-            .collect();
+        let nodes: Vec<RedisServer> = (0..3).map(|_| Self::node()).collect();
         let addresses: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
@@ -223,6 +210,20 @@ impl RedisCluster {
             std::thread::sleep(Duration::from_millis(100));
         }
         RedisCluster { nodes }
+    }
+
+    /// A cluster-enabled server without persistence, not yet part of any cluster.
+    pub fn node() -> RedisServer {
+        RedisServer::start_with(&[
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            "2000",
+        ])
     }
 
     /// The nodes' URLs.
