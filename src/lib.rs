@@ -124,6 +124,8 @@
 //!
 //! so the same logic is available without the macro: [`Idempotency::run`] with a [`Call`].
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod private;
 
 pub use idem_core::{
@@ -135,8 +137,11 @@ pub use idem_macros::idempotent;
 
 /// The Redis store (feature `redis`; Redis Cluster with `redis-cluster`).
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis {
-    pub use idem_redis::*;
+    pub use idem_redis::{RedisStore, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT};
+    /// Connection settings for [`RedisStore::connect_with_config`], from redis-rs.
+    pub use idem_redis::redis::aio::ConnectionManagerConfig;
 }
 
 #[doc(hidden)]

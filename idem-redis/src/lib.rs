@@ -4,6 +4,8 @@
 //! Use it through the `idem` crate's `redis` feature (`idem::redis::RedisStore`), or directly.
 //! See [`RedisStore`] for what it guarantees and costs.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod scripts;
 mod server_clock;
 mod state;
@@ -14,4 +16,5 @@ pub use store::{RedisStore, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT
 
 /// The `redis` crate this store is built on, for connection settings
 /// (`ConnectionManagerConfig`) and your own connections.
+#[doc(no_inline)]
 pub use redis;

@@ -159,6 +159,7 @@ impl RedisStore<ConnectionManager> {
 }
 
 #[cfg(feature = "cluster")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cluster")))]
 impl RedisStore<redis::cluster_async::ClusterConnection> {
     /// Connects to a Redis Cluster through any of its nodes' URLs.
     pub async fn connect_cluster(nodes: &[&str]) -> Result<Self, Error> {
