@@ -96,31 +96,12 @@
 //! }
 //! ```
 //!
-//! becomes (the snapshots in `idem-macros/snapshots` show every case)
+//! becomes (a test checks that this is the macro's output; the snapshots in
+//! `idem-macros/snapshots` show the other shapes)
 //!
-//! ```text
-//! async fn charge(&self, order: &Order) -> Result<Receipt, PayError> {
-//!     let __idem_call = ::idem::__private::Call::new(
-//!         {
-//!             fn __idem_namespace() {}
-//!             static __IDEM_NAMESPACE: ::idem::__private::FunctionNamespace =
-//!                 ::idem::__private::FunctionNamespace::new();
-//!             __IDEM_NAMESPACE.get(__idem_namespace) // "app.<app.Payments>.charge"
-//!         },
-//!         &(order.id),
-//!     );
-//!     let __idem_runtime = ::idem::__private::runtime(&self.idem);
-//!     <Result<Receipt, PayError> as ::idem::__private::IdempotentReturn>::run_idempotent(
-//!         __idem_runtime,
-//!         __idem_call,
-//!         async move {
-//!             // a never-taken `return` that fixes the block's type, then the body as written
-//!             self.gateway.charge(order).await
-//!         },
-//!     )
-//!     .await
-//! }
-//! ```
+#![doc = "```text"]
+#![doc = include_str!("expansion.rs.txt")]
+#![doc = "```"]
 //!
 //! so the same logic is available without the macro: [`Idempotency::run`] with a [`Call`].
 
@@ -139,9 +120,9 @@ pub use idem_macros::idempotent;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis {
-    pub use idem_redis::{RedisStore, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT};
     /// Connection settings for [`RedisStore::connect_with_config`], from redis-rs.
     pub use idem_redis::redis::aio::ConnectionManagerConfig;
+    pub use idem_redis::{RedisStore, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT};
 }
 
 #[doc(hidden)]

@@ -191,17 +191,41 @@ mod tests {
     /// Compares the pretty-printed expansion with `snapshots/NAME.rs`, so that every change to
     /// generated code shows in review. `IDEM_UPDATE_SNAPSHOTS=1` rewrites the files.
     fn assert_snapshot(name: &str, args: proc_macro2::TokenStream, item: proc_macro2::TokenStream) {
+        let path = format!("{}/snapshots/{name}.rs", env!("CARGO_MANIFEST_DIR"));
+        assert_expansion(&path, args, item);
+    }
+
+    fn assert_expansion(
+        path: &str,
+        args: proc_macro2::TokenStream,
+        item: proc_macro2::TokenStream,
+    ) {
         let expanded = idempotent(args, item);
         let file: syn::File = syn::parse2(expanded).expect("the expansion parses as items");
         let pretty = prettyplease::unparse(&file);
-        let path = format!("{}/snapshots/{name}.rs", env!("CARGO_MANIFEST_DIR"));
         if std::env::var_os("IDEM_UPDATE_SNAPSHOTS").is_some() {
             std::fs::write(&path, &pretty).expect("write snapshot");
         }
         let expected = std::fs::read_to_string(&path).unwrap_or_default();
         assert_eq!(
             pretty, expected,
-            "expansion of {name} changed; review and rerun with IDEM_UPDATE_SNAPSHOTS=1"
+            "expansion in {path} changed; review and rerun with IDEM_UPDATE_SNAPSHOTS=1"
+        );
+    }
+
+    /// The expansion the `idem` crate's docs show (its "Explanation" section includes the file),
+    /// so the docs cannot drift from the code.
+    #[test]
+    fn documented_expansion() {
+        let path = format!("{}/../src/expansion.rs.txt", env!("CARGO_MANIFEST_DIR"));
+        assert_expansion(
+            &path,
+            quote!(key = order.id, using = &self.idem),
+            quote! {
+                async fn charge(&self, order: &Order) -> Result<Receipt, PayError> {
+                    self.gateway.charge(order).await
+                }
+            },
         );
     }
 
