@@ -204,9 +204,9 @@ mod tests {
         let file: syn::File = syn::parse2(expanded).expect("the expansion parses as items");
         let pretty = prettyplease::unparse(&file);
         if std::env::var_os("IDEM_UPDATE_SNAPSHOTS").is_some() {
-            std::fs::write(&path, &pretty).expect("write snapshot");
+            std::fs::write(path, &pretty).expect("write snapshot");
         }
-        let expected = std::fs::read_to_string(&path).unwrap_or_default();
+        let expected = std::fs::read_to_string(path).unwrap_or_default();
         assert_eq!(
             pretty, expected,
             "expansion in {path} changed; review and rerun with IDEM_UPDATE_SNAPSHOTS=1"
