@@ -110,10 +110,19 @@
 mod private;
 
 pub use idem_core::{
-    context, default_runtime, install, served, AttemptId, Call, ClaimContext, ClaimOutcome,
-    ClaimRequest, Error, Fence, Fingerprint, Idempotency, MemoryStore, OnError, OnInProgress,
-    Served, Store, MAX_DURATION, MIN_LEASE,
+    context, default_runtime, install, served, Call, ClaimContext, Error, Fence, Idempotency,
+    MemoryStore, OnError, OnInProgress, Served, MAX_DURATION, MIN_LEASE,
 };
+
+/// For store authors and for reaching into a store: the contract a backend implements
+/// ([`Store`](store::Store), a per-key state machine), what it is asked and answers, and the
+/// record format the runtime keeps in it.
+pub mod store {
+    pub use idem_core::{
+        AttemptId, BoxError, ClaimOutcome, ClaimRequest, Fingerprint, Outcome, Record, Store,
+        MAX_FINGERPRINT, RECORD_VERSION,
+    };
+}
 pub use idem_macros::idempotent;
 
 /// The Redis store (feature `redis`; Redis Cluster with `redis-cluster`).

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use idem::{idempotent, AttemptId, Call, ClaimRequest, Error, Idempotency, MemoryStore};
+use idem::store::{AttemptId, ClaimRequest};
+use idem::{idempotent, Call, Error, Idempotency, MemoryStore};
 
 async fn count(runs: &AtomicU32) -> Result<u32, Error> {
     let execution = runs.fetch_add(1, Ordering::SeqCst) + 1;
@@ -80,7 +81,7 @@ async fn extreme_durations_are_refused_not_a_panic() {
 /// A store used directly with extreme durations saturates instead of panicking.
 #[tokio::test]
 async fn the_memory_store_saturates_extreme_durations() {
-    use idem::{ClaimOutcome, Store};
+    use idem::store::{ClaimOutcome, Store};
     let store = MemoryStore::new();
     let claim = ClaimRequest::new("k", AttemptId::random(), b"", Duration::MAX);
     let Ok(ClaimOutcome::Acquired { fence, .. }) = store.claim(claim).await else {

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::behaviour::slow_with_short_lease;
-use idem::{idempotent, ClaimOutcome, ClaimRequest, Error, Fence, Idempotency, MemoryStore, Store};
+use idem::store::{ClaimOutcome, ClaimRequest, Store};
+use idem::{idempotent, Error, Fence, Idempotency, MemoryStore};
 
 behaviour_tests!(
     #[tokio::test(start_paused = true)]
@@ -285,7 +286,7 @@ async fn functions_without_using_share_the_default_memory_store() {
             .store()
             .claim(ClaimRequest::new(
                 &key,
-                idem::AttemptId::random(),
+                idem::store::AttemptId::random(),
                 b"",
                 Duration::from_secs(1)
             ))

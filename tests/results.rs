@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use idem::{Call, ClaimOutcome, ClaimRequest, Error, Idempotency, MemoryStore, OnInProgress};
+use idem::store::{ClaimOutcome, ClaimRequest};
+use idem::{Call, Error, Idempotency, MemoryStore, OnInProgress};
 
 fn runtime() -> Idempotency {
     Idempotency::new(MemoryStore::new())
@@ -13,7 +14,7 @@ fn runtime() -> Idempotency {
 
 async fn nothing_recorded(idem: &Idempotency, namespace: &str, key: &str) -> bool {
     let key = idem.store_key(namespace, key).unwrap();
-    let request = ClaimRequest::new(&key, idem::AttemptId::random(), b"", idem::MIN_LEASE);
+    let request = ClaimRequest::new(&key, idem::store::AttemptId::random(), b"", idem::MIN_LEASE);
     !matches!(
         idem.store().claim(request).await,
         Ok(ClaimOutcome::Completed { .. })
@@ -127,7 +128,7 @@ async fn a_refused_replay_is_served_as_not_run() {
 struct CorruptOnComplete(MemoryStore);
 
 #[async_trait::async_trait]
-impl idem::Store for CorruptOnComplete {
+impl idem::store::Store for CorruptOnComplete {
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
         self.0.claim(request).await
     }

@@ -20,10 +20,7 @@ struct GrantsEverything {
 impl Store for GrantsEverything {
     async fn claim(&self, _: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
         let fence = Fence(self.fences.fetch_add(1, Ordering::SeqCst) + 1);
-        Ok(ClaimOutcome::Acquired {
-            fence,
-            takeover: false,
-        })
+        Ok(ClaimOutcome::acquired(fence))
     }
     async fn complete(&self, _: &str, _: Fence, _: &[u8], _: Duration) -> Result<(), Error> {
         Ok(())

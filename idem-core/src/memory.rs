@@ -253,7 +253,6 @@ impl Store for MemoryStore {
     async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
         let now = self.clock.now();
         let mut shard = self.shard(request.key, now);
-        let mut takeover = false;
         if let Some(entry) = shard.entries.get(request.key) {
             match entry {
                 Entry::Completed {
@@ -269,10 +268,7 @@ impl Store for MemoryStore {
                     lease_until,
                     ..
                 } if *attempt == request.attempt && *lease_until > now => {
-                    return Ok(ClaimOutcome::Acquired {
-                        fence: *fence,
-                        takeover: false,
-                    })
+                    return Ok(ClaimOutcome::acquired(*fence))
                 }
                 Entry::Pending {
                     fence,
@@ -287,7 +283,6 @@ impl Store for MemoryStore {
                     })
                 }
                 Entry::Pending { .. } => {
-                    takeover = true;
                     entry.wake_waiters();
                 }
                 Entry::Completed { .. } => {}
@@ -305,7 +300,7 @@ impl Store for MemoryStore {
                 changed: Arc::new(Notify::new()),
             },
         );
-        Ok(ClaimOutcome::Acquired { fence, takeover })
+        Ok(ClaimOutcome::acquired(fence))
     }
 
     async fn complete(

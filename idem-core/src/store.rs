@@ -61,12 +61,11 @@ impl<'a> ClaimRequest<'a> {
 #[non_exhaustive]
 pub enum ClaimOutcome {
     /// The caller now holds the key (it was absent, its lease had lapsed, or this attempt already
-    /// held it). `takeover` is true when a lapsed claim of another attempt was replaced.
+    /// held it).
+    #[non_exhaustive]
     Acquired {
         /// The fencing token of this claim.
         fence: Fence,
-        /// True when an earlier holder's lease had lapsed.
-        takeover: bool,
     },
     /// The key holds a completed record: replay it.
     Completed {
@@ -82,6 +81,13 @@ pub enum ClaimOutcome {
         /// How long its lease has left, by the store's clock.
         lease_remaining: Duration,
     },
+}
+
+impl ClaimOutcome {
+    /// The caller now holds the key, under `fence`.
+    pub fn acquired(fence: Fence) -> Self {
+        ClaimOutcome::Acquired { fence }
+    }
 }
 
 /// A backend that decides, per key, who runs the effect: a per-key state machine that the store

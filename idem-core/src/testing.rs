@@ -47,9 +47,9 @@ async fn claim_with(
     }
 }
 
-fn acquired(outcome: ClaimOutcome) -> (Fence, bool) {
+fn acquired(outcome: ClaimOutcome) -> Fence {
     match outcome {
-        ClaimOutcome::Acquired { fence, takeover } => (fence, takeover),
+        ClaimOutcome::Acquired { fence, .. } => fence,
         other => panic!("expected Acquired, got {other:?}"),
     }
 }
@@ -65,9 +65,8 @@ fn assert_lease_lost(result: Result<(), Error>, what: &str) {
 /// (a retried claim whose reply was lost); another attempt sees it in progress.
 pub async fn claim_is_granted_once_and_reentrant(store: &dyn Store, key: &str) {
     let first = AttemptId::random();
-    let (fence, takeover) = acquired(claim(store, key, first, LONG).await);
-    assert!(!takeover, "a fresh key is not a takeover");
-    let (again, _) = acquired(claim(store, key, first, LONG).await);
+    let fence = acquired(claim(store, key, first, LONG).await);
+    let again = acquired(claim(store, key, first, LONG).await);
     assert_eq!(again, fence, "the same attempt must get its own claim back");
     match claim_with(store, key, AttemptId::random(), b"other", LONG).await {
         ClaimOutcome::InProgress {
@@ -89,7 +88,7 @@ pub async fn claim_is_granted_once_and_reentrant(store: &dyn Store, key: &str) {
 /// A completed key replays its exact bytes to every claim; completing again with the same
 /// fence is accepted (a retried complete), with another fence refused.
 pub async fn completed_key_replays_its_record(store: &dyn Store, key: &str) {
-    let (fence, _) = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    let fence = acquired(claim(store, key, AttemptId::random(), LONG).await);
     let record: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
     store
         .complete(key, fence, &record, LONG)
@@ -121,7 +120,7 @@ pub async fn completed_key_replays_its_record(store: &dyn Store, key: &str) {
 
 /// Only the current fence may complete, release or renew; a refused write changes nothing.
 pub async fn stale_fences_are_refused(store: &dyn Store, key: &str) {
-    let (fence, _) = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    let fence = acquired(claim(store, key, AttemptId::random(), LONG).await);
     let stale = Fence(fence.0.saturating_sub(1));
     assert_lease_lost(store.complete(key, stale, b"stale", LONG).await, "complete");
     assert_lease_lost(store.renew(key, stale, LONG).await, "renew");
@@ -141,7 +140,7 @@ pub async fn stale_fences_are_refused(store: &dyn Store, key: &str) {
 
 /// A released key can be claimed again, with a greater fence; releasing again is harmless.
 pub async fn release_frees_the_key_with_a_greater_fence_next(store: &dyn Store, key: &str) {
-    let (first, _) = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    let first = acquired(claim(store, key, AttemptId::random(), LONG).await);
     store
         .release(key, first)
         .await
@@ -150,8 +149,7 @@ pub async fn release_frees_the_key_with_a_greater_fence_next(store: &dyn Store, 
         .release(key, first)
         .await
         .expect("a repeated release of an absent key is accepted");
-    let (second, takeover) = acquired(claim(store, key, AttemptId::random(), LONG).await);
-    assert!(!takeover);
+    let second = acquired(claim(store, key, AttemptId::random(), LONG).await);
     assert!(
         second > first,
         "fences must increase: {first} then {second}"
@@ -162,15 +160,14 @@ pub async fn release_frees_the_key_with_a_greater_fence_next(store: &dyn Store, 
 /// When a lease lapses, another attempt takes over with a greater fence and the old holder's
 /// writes are refused.
 pub async fn lapsed_lease_is_taken_over(store: &dyn Store, key: &str) {
-    let (old, _) = acquired(claim(store, key, AttemptId::random(), SHORT_LEASE).await);
+    let old = acquired(claim(store, key, AttemptId::random(), SHORT_LEASE).await);
     tokio::time::sleep(SHORT_LEASE + Duration::from_millis(100)).await;
-    let (new, takeover) = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    let new = acquired(claim(store, key, AttemptId::random(), LONG).await);
     assert!(
         new > old,
         "fences must increase across a takeover: {old} then {new}"
     );
     // A store may forget a lapsed claim before the takeover; then it is not reported as one.
-    let _ = takeover;
     assert_lease_lost(
         store.complete(key, old, b"late", LONG).await,
         "late complete",
@@ -186,7 +183,7 @@ pub async fn lapsed_lease_is_taken_over(store: &dyn Store, key: &str) {
 /// Renewing keeps a claim alive past its first lease; the same attempt's lapsed claim cannot
 /// be renewed.
 pub async fn renew_extends_the_lease(store: &dyn Store, key: &str) {
-    let (fence, _) = acquired(claim(store, key, AttemptId::random(), SHORT_LEASE).await);
+    let fence = acquired(claim(store, key, AttemptId::random(), SHORT_LEASE).await);
     for _ in 0..3 {
         tokio::time::sleep(SHORT_LEASE / 2).await;
         store
@@ -209,7 +206,7 @@ pub async fn renew_extends_the_lease(store: &dyn Store, key: &str) {
 pub async fn records_expire_after_retention(store: &dyn Store, key: &str) {
     // The claim's lease is no longer than the retention: a store may keep a record for the
     // rest of its claim's lease (the Redis store does, for its fences).
-    let (fence, _) = acquired(claim(store, key, AttemptId::random(), SHORT_LEASE).await);
+    let fence = acquired(claim(store, key, AttemptId::random(), SHORT_LEASE).await);
     store
         .complete(key, fence, b"short-lived", SHORT_LEASE)
         .await
@@ -219,7 +216,7 @@ pub async fn records_expire_after_retention(store: &dyn Store, key: &str) {
         ClaimOutcome::Completed { .. }
     ));
     tokio::time::sleep(SHORT_LEASE + Duration::from_millis(100)).await;
-    let (next, _) = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    let next = acquired(claim(store, key, AttemptId::random(), LONG).await);
     assert!(
         next > fence,
         "fences must increase after retention: {fence} then {next}"
@@ -230,7 +227,7 @@ pub async fn records_expire_after_retention(store: &dyn Store, key: &str) {
 pub async fn fences_strictly_increase(store: &dyn Store, key: &str) {
     let mut last = Fence(0);
     for round in 0..20 {
-        let (fence, _) = acquired(claim(store, key, AttemptId::random(), LONG).await);
+        let fence = acquired(claim(store, key, AttemptId::random(), LONG).await);
         assert!(fence > last, "round {round}: {last} then {fence}");
         last = fence;
         store.release(key, fence).await.expect("release");
@@ -251,7 +248,7 @@ pub async fn concurrent_claims_grant_exactly_one(store: &dyn Store, key: &str) {
 /// `wait` returns once the awaited claim completes, well before its timeout, and at once when
 /// the fence is not the current claim.
 pub async fn wait_returns_when_the_claim_changes(store: &dyn Store, key: &str) {
-    let (fence, _) = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    let fence = acquired(claim(store, key, AttemptId::random(), LONG).await);
     let timeout = Duration::from_secs(20);
     let start = tokio::time::Instant::now();
     let waiter = store.wait(key, fence, timeout);
@@ -277,7 +274,7 @@ pub async fn wait_returns_when_the_claim_changes(store: &dyn Store, key: &str) {
 /// `wait` returns once the awaited claim is released, well before its timeout: the path a
 /// waiting duplicate takes after the first call failed and gave the key back.
 pub async fn wait_returns_when_the_claim_is_released(store: &dyn Store, key: &str) {
-    let (fence, _) = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    let fence = acquired(claim(store, key, AttemptId::random(), LONG).await);
     let timeout = Duration::from_secs(20);
     let start = tokio::time::Instant::now();
     let waiter = store.wait(key, fence, timeout);
@@ -304,7 +301,7 @@ pub async fn odd_keys_and_large_records(store: &dyn Store, key: &str) {
     ];
     let large = vec![0xA5u8; 1 << 20];
     for (i, k) in keys.iter().enumerate() {
-        let (fence, _) = acquired(claim(store, k, AttemptId::random(), LONG).await);
+        let fence = acquired(claim(store, k, AttemptId::random(), LONG).await);
         let record = if i == 0 { Vec::new() } else { large.clone() };
         store
             .complete(k, fence, &record, LONG)

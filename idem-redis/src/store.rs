@@ -461,10 +461,7 @@ where
         };
         let previous = match previous {
             Value::Nil if server_clock::acceptable(error) => {
-                return Ok(FastClaim::Done(ClaimOutcome::Acquired {
-                    fence: Fence(fence),
-                    takeover: false,
-                }))
+                return Ok(FastClaim::Done(ClaimOutcome::acquired(Fence(fence))))
             }
             Value::Nil => return Ok(FastClaim::ToScript { wrote: true }),
             Value::BulkString(previous) => previous,
@@ -684,10 +681,7 @@ fn parse_claim(key: &str, reply: &Value) -> Option<Result<ClaimOutcome, Error>> 
     };
     let text = |i: usize| items.get(i).and_then(reply_text);
     Some(Ok(match text(0)? {
-        b"A" => ClaimOutcome::Acquired {
-            fence: state::parse_fence(text(1)?)?,
-            takeover: false,
-        },
+        b"A" => ClaimOutcome::acquired(state::parse_fence(text(1)?)?),
         b"R" => match state::parse(text(1)?) {
             Some(State::Completed { record, .. }) => ClaimOutcome::Completed {
                 record: record.to_vec(),

@@ -554,15 +554,15 @@ pub async fn a_crashed_holder_is_taken_over_and_cannot_record_late(idem: &Idempo
     let store_key = idem.store_key("charge", &order).unwrap();
     let crashed = idem
         .store()
-        .claim(idem::ClaimRequest::new(
+        .claim(idem::store::ClaimRequest::new(
             &store_key,
-            idem::AttemptId::random(),
+            idem::store::AttemptId::random(),
             b"",
             Duration::from_millis(500),
         ))
         .await
         .unwrap();
-    let idem::ClaimOutcome::Acquired { fence: stale, .. } = crashed else {
+    let idem::store::ClaimOutcome::Acquired { fence: stale, .. } = crashed else {
         panic!("expected Acquired, got {crashed:?}");
     };
     let started = tokio::time::Instant::now();
@@ -595,15 +595,15 @@ pub async fn corrupt_record_is_an_error_not_a_miss(idem: &Idempotency) {
     let store_key = idem.store_key("charge", &order).unwrap();
     let outcome = idem
         .store()
-        .claim(idem::ClaimRequest::new(
+        .claim(idem::store::ClaimRequest::new(
             &store_key,
-            idem::AttemptId::random(),
+            idem::store::AttemptId::random(),
             b"",
             Duration::from_secs(5),
         ))
         .await
         .unwrap();
-    let idem::ClaimOutcome::Acquired { fence, .. } = outcome else {
+    let idem::store::ClaimOutcome::Acquired { fence, .. } = outcome else {
         panic!("expected Acquired, got {outcome:?}");
     };
     idem.store()
