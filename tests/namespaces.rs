@@ -268,3 +268,91 @@ async fn functions_whose_paths_print_alike_do_not_share_records() {
     assert!(matches!(second, Err(Error::InvalidOption { .. })));
     assert_eq!(FIRST_BLOCK.load(Ordering::SeqCst), 1);
 }
+
+// Regressions from the second review.
+
+static EMAIL_JOBS: AtomicU32 = AtomicU32::new(0);
+static REFUND_JOBS: AtomicU32 = AtomicU32::new(0);
+
+trait Job {
+    fn runs() -> &'static AtomicU32;
+
+    /// A provided associated function without receiver that depends on `Self`.
+    #[idempotent(key = id, using = idem)]
+    async fn run_job(idem: &Idempotency, id: u32) -> Result<u32, Error> {
+        Self::runs().fetch_add(1, Ordering::SeqCst);
+        Ok(id)
+    }
+}
+
+struct EmailJob;
+struct RefundJob;
+
+impl Job for EmailJob {
+    fn runs() -> &'static AtomicU32 {
+        &EMAIL_JOBS
+    }
+}
+
+impl Job for RefundJob {
+    fn runs() -> &'static AtomicU32 {
+        &REFUND_JOBS
+    }
+}
+
+#[tokio::test]
+async fn a_provided_function_without_receiver_has_a_namespace_per_self_type() {
+    let idem = Idempotency::new(MemoryStore::new());
+    for _ in 0..2 {
+        EmailJob::run_job(&idem, 9).await.unwrap();
+        RefundJob::run_job(&idem, 9).await.unwrap();
+    }
+    assert_eq!(EMAIL_JOBS.load(Ordering::SeqCst), 1);
+    assert_eq!(REFUND_JOBS.load(Ordering::SeqCst), 1, "the refund ran");
+}
+
+struct Tagged<T>(T, Idempotency, &'static AtomicU32);
+
+impl<T: Send + Sync> Tagged<T> {
+    #[idempotent(key = id, using = &self.1)]
+    async fn go(&self, id: u32) -> Result<u32, Error> {
+        self.2.fetch_add(1, Ordering::SeqCst);
+        Ok(id)
+    }
+}
+
+static LOCAL_A: AtomicU32 = AtomicU32::new(0);
+static LOCAL_B: AtomicU32 = AtomicU32::new(0);
+
+/// Regression: a method whose `Self` type is local to an async fn (or a closure) printed
+/// `{{closure}}` into its namespace, and every call failed with `InvalidKey`; and two local
+/// `Self` types that print alike shared records.
+#[tokio::test]
+async fn methods_of_local_types_work_and_local_types_that_print_alike_do_not_share() {
+    struct Local;
+    impl Local {
+        #[idempotent(key = id, using = idem)]
+        async fn method(&self, idem: &Idempotency, id: u32) -> Result<u32, Error> {
+            Ok(id)
+        }
+    }
+    let idem = Idempotency::new(MemoryStore::new());
+    assert_eq!(Local.method(&idem, 4).await.unwrap(), 4);
+    let by_closure = Tagged(|| 1, idem.clone(), &LOCAL_A);
+    assert_eq!(by_closure.go(1).await.unwrap(), 1);
+
+    let first = {
+        struct Alike;
+        Tagged(Alike, idem.clone(), &LOCAL_A).go(5).await
+    };
+    let second = {
+        struct Alike;
+        Tagged(Alike, idem.clone(), &LOCAL_B).go(5).await
+    };
+    assert_eq!(first.unwrap(), 5);
+    assert!(
+        matches!(second, Err(Error::InvalidOption { .. })),
+        "the second local type must not replay the first's record: {second:?}"
+    );
+    assert_eq!(LOCAL_B.load(Ordering::SeqCst), 0);
+}

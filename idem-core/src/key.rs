@@ -96,16 +96,28 @@ pub fn check_namespace(namespace: &str) -> Result<(), Error> {
 /// module, the `Self` type (and trait) of a method, and the function, so no two functions of a
 /// program share it.
 pub(crate) fn function_namespace(marker_path: &str) -> String {
-    let mut segments: Vec<Cow<'_, str>> = split_path(marker_path)
+    let mut segments = named_segments(marker_path);
+    segments.pop(); // the marker itself
+    usable(&segments.join("."))
+}
+
+/// A type's or item's path as namespace text: `::` as `.`, without `{{closure}}`-like segments.
+fn path_text(path: &str) -> String {
+    usable(&named_segments(path).join("."))
+}
+
+/// The segments of a path but the compiler's `{{closure}}`, `{{constant}}`, ... ones.
+fn named_segments(path: &str) -> Vec<Cow<'_, str>> {
+    split_path(path)
         .into_iter()
         .filter(|segment| !segment.starts_with("{{"))
-        .collect();
-    segments.pop(); // the marker itself
-    let joined = segments.join(".");
-    // Anything the namespace grammar refuses (which no Rust path produces) is replaced, so the
-    // default namespace is always usable.
-    joined
-        .chars()
+        .collect()
+}
+
+/// `text` with whatever the namespace grammar refuses (`{{closure}}` inside a generic type's
+/// arguments, say) replaced, so a default namespace is always usable.
+fn usable(text: &str) -> String {
+    text.chars()
         .map(|c| match c {
             c if FORBIDDEN_IN_NAMESPACE.contains(&c) || c.is_control() => '_',
             c if c.is_whitespace() => ' ',
@@ -169,11 +181,14 @@ pub struct FunctionNamespace {
 struct Resolved {
     marker: TypeId,
     base: String,
-    /// The namespace of the first `Self` type seen (`None` for a function without receiver),
-    /// or why it cannot be used.
-    first: Result<&'static str, String>,
-    first_self: Option<&'static str>,
+    /// The namespace of the first `Self` type seen (of the function itself when it has no
+    /// `Self`), or why it cannot be used.
+    first: Registered,
+    first_self: Option<TypeId>,
 }
+
+/// Who owns a registered namespace: a function's marker, and for a method its `Self` type.
+type Owner = (TypeId, Option<TypeId>);
 
 impl FunctionNamespace {
     /// An empty cell, for a `static`.
@@ -184,11 +199,11 @@ impl FunctionNamespace {
         }
     }
 
-    /// The namespace of the function (without receiver) whose body declares `marker`.
+    /// The namespace of the function (without `Self`) whose body declares `marker`.
     pub fn get<F: 'static>(&'static self, _marker: F) -> Result<&'static str, Error> {
         let resolved = self.resolved.get_or_init(|| {
             let base = function_namespace(type_name::<F>());
-            let first = register(&base, TypeId::of::<F>());
+            let first = register(&base, (TypeId::of::<F>(), None));
             Resolved {
                 marker: TypeId::of::<F>(),
                 base,
@@ -199,35 +214,37 @@ impl FunctionNamespace {
         resolved.first.clone().map_err(Error::invalid_option)
     }
 
-    /// The namespace of the method with receiver type `S` whose body declares `marker`.
+    /// The namespace of the method or associated function with `Self` type `S` whose body
+    /// declares `marker`.
     pub fn get_for<S: ?Sized, F: 'static>(
         &'static self,
         _marker: F,
     ) -> Result<&'static str, Error> {
-        let self_name = type_name::<S>();
+        let self_type = typeid::of::<S>();
         let resolved = self.resolved.get_or_init(|| {
             let base = function_namespace(type_name::<F>());
-            let first = register(&with_self(&base, self_name), TypeId::of::<F>());
+            let namespace = with_self(&base, type_name::<S>());
+            let first = register(&namespace, (TypeId::of::<F>(), Some(self_type)));
             Resolved {
                 marker: TypeId::of::<F>(),
                 base,
                 first,
-                first_self: Some(self_name),
+                first_self: Some(self_type),
             }
         });
-        if resolved.first_self == Some(self_name) {
+        if resolved.first_self == Some(self_type) {
             return resolved.first.clone().map_err(Error::invalid_option);
         }
         // Another `Self` (a provided trait method, or a generic impl): one namespace each.
-        static BY_SELF: OnceLock<Mutex<HashMap<(TypeId, &'static str), Registered>>> =
-            OnceLock::new();
+        static BY_SELF: OnceLock<Mutex<HashMap<Owner, Registered>>> = OnceLock::new();
         let mut by_self = BY_SELF
             .get_or_init(Mutex::default)
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let owner = (resolved.marker, Some(self_type));
         by_self
-            .entry((resolved.marker, self_name))
-            .or_insert_with(|| register(&with_self(&resolved.base, self_name), resolved.marker))
+            .entry(owner)
+            .or_insert_with(|| register(&with_self(&resolved.base, type_name::<S>()), owner))
             .clone()
             .map_err(Error::invalid_option)
     }
@@ -238,7 +255,7 @@ type Registered = Result<&'static str, String>;
 
 /// `base`, or `base[Self]` when `base` does not name the `Self` type as one of its segments.
 fn with_self(base: &str, self_name: &str) -> String {
-    let self_path = split_path(self_name).join(".");
+    let self_path = path_text(self_name);
     let names_self = base.match_indices(self_path.as_str()).any(|(at, _)| {
         let before = base[..at].chars().next_back();
         let after = base[at + self_path.len()..].chars().next();
@@ -252,26 +269,27 @@ fn with_self(base: &str, self_name: &str) -> String {
     }
 }
 
-/// Records that `namespace` is the default namespace of the function with `marker`; a
-/// namespace is never shared by two functions. Returns it for the program's lifetime.
-fn register(namespace: &str, marker: TypeId) -> Result<&'static str, String> {
-    static TAKEN: OnceLock<Mutex<HashMap<String, (TypeId, &'static str)>>> = OnceLock::new();
+/// Records that `namespace` is the default namespace of `owner` (a function, and for a method
+/// its `Self` type); a namespace is never shared by two owners. Returns it for the program's
+/// lifetime.
+fn register(namespace: &str, owner: Owner) -> Registered {
+    static TAKEN: OnceLock<Mutex<HashMap<String, (Owner, &'static str)>>> = OnceLock::new();
     let mut taken = TAKEN
         .get_or_init(Mutex::default)
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     match taken.get(namespace) {
-        Some((owner, leaked)) if *owner == marker => Ok(leaked),
+        Some((taken_by, leaked)) if *taken_by == owner => Ok(leaked),
         Some(_) => Err(format!(
             "the default namespace `{namespace}` belongs to another function of this program \
-             too (functions of the same name in two blocks, `const _` items or closures of one \
-             scope print the same path); give this function `namespace = \"...\"` so their \
-             records stay apart"
+             too (functions, or `Self` types, of the same name in two blocks, `const _` items or \
+             closures of one scope print the same path); give this function \
+             `namespace = \"...\"` so their records stay apart"
         )),
         None => {
             // One string per function (and `Self` type) of the program, kept for its lifetime.
             let leaked: &'static str = Box::leak(namespace.to_owned().into_boxed_str());
-            taken.insert(namespace.to_owned(), (marker, leaked));
+            taken.insert(namespace.to_owned(), (owner, leaked));
             Ok(leaked)
         }
     }
@@ -510,6 +528,12 @@ mod tests {
         );
         // A prefix of a segment is not the segment.
         assert_eq!(with_self("app.AB.handle", "app::A"), "app.AB.handle[app.A]");
+        // Types local to an async fn or a closure print compiler segments: left out, or made
+        // usable inside generic arguments.
+        let local = with_self("app.run.Local.m", "app::run::{{closure}}::Local");
+        assert_eq!(local, "app.run.Local.m");
+        let closure = with_self("app.Retry<_>.run", "app::Retry<app::main::{{closure}}>");
+        check_namespace(&closure).unwrap();
     }
 
     #[test]
@@ -517,9 +541,10 @@ mod tests {
         struct First;
         struct Second;
         let name = "idem_core.key.tests.registered";
-        assert_eq!(register(name, TypeId::of::<First>()).unwrap(), name);
-        assert_eq!(register(name, TypeId::of::<First>()).unwrap(), name);
-        let err = register(name, TypeId::of::<Second>()).unwrap_err();
+        let first = (TypeId::of::<First>(), None);
+        assert_eq!(register(name, first).unwrap(), name);
+        assert_eq!(register(name, first).unwrap(), name);
+        let err = register(name, (TypeId::of::<Second>(), None)).unwrap_err();
         assert!(err.contains("namespace = "), "{err}");
     }
 }

@@ -43,6 +43,11 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
     let (inner_attrs, stmts) = body
         .map(|body| (body.inner_attrs, body.stmts))
         .unwrap_or_default();
+    // A function that can tell its `Self` apart (a receiver, or `Self` named anywhere) gets a
+    // namespace per `Self` type; one that cannot behaves alike for every implementor.
+    let per_self = sig.receiver().is_some()
+        || mentions_self(sig.to_token_stream())
+        || mentions_self(stmts.clone());
     let krate = args
         .krate
         .as_ref()
@@ -50,7 +55,7 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
     let private = quote!(#krate::__private);
     let call_var = Ident::new("__idem_call", Span::mixed_site());
     let runtime_var = Ident::new("__idem_runtime", Span::mixed_site());
-    let call = call_expr(&args, &private, sig.receiver().is_some());
+    let call = call_expr(&args, &private, per_self);
     let runtime = match &args.using {
         Some(using) => quote!(#private::runtime(#using)),
         None => quote!(#private::runtime(#private::default_runtime())),
@@ -131,11 +136,20 @@ fn typed_body(ret: &Type, stmts: TokenStream) -> TokenStream {
     }
 }
 
+/// Whether `tokens` name `Self` anywhere.
+fn mentions_self(tokens: TokenStream) -> bool {
+    tokens.into_iter().any(|token| match token {
+        proc_macro2::TokenTree::Ident(ident) => ident == "Self",
+        proc_macro2::TokenTree::Group(group) => mentions_self(group.stream()),
+        _ => false,
+    })
+}
+
 /// The function's own path as the compiler names it (crate, module, `Self` type and trait of a
 /// method, name): the path of a marker item declared in the body, computed once per function;
 /// for a method, `Self` is added where the path does not name it (see `FunctionNamespace`).
-fn default_namespace(private: &TokenStream, method: bool) -> TokenStream {
-    let get = if method {
+fn default_namespace(private: &TokenStream, per_self: bool) -> TokenStream {
+    let get = if per_self {
         quote!(get_for::<Self, _>)
     } else {
         quote!(get)
@@ -147,12 +161,12 @@ fn default_namespace(private: &TokenStream, method: bool) -> TokenStream {
     }}
 }
 
-fn call_expr(args: &Args, private: &TokenStream, method: bool) -> TokenStream {
+fn call_expr(args: &Args, private: &TokenStream, per_self: bool) -> TokenStream {
     let key = &args.key;
     let mut call = match &args.namespace {
         Some(namespace) => quote!(#private::Call::new(#namespace, &(#key))),
         None => {
-            let namespace = default_namespace(private, method);
+            let namespace = default_namespace(private, per_self);
             quote!(#private::Call::in_function(#namespace, &(#key)))
         }
     };
