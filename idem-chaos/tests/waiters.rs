@@ -103,3 +103,51 @@ async fn a_subscriber_that_cannot_connect_does_not_hold_waiters() {
         assert!(late < LEASE, "{late:?}");
     }
 }
+
+/// Regression (second review): waits shorter than the subscribe timeout never retired a silent
+/// subscriber, so with leases under about 750ms every duplicate waited out its whole budget. The
+/// subscription's answer is now judged by a task with the library's own timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_waits_retire_a_silent_subscriber_too() {
+    use idem_core::{AttemptId, ClaimOutcome, ClaimRequest, Store};
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(address(&server), 4).await.unwrap();
+    let store = RedisStore::connect(&server.url())
+        .await
+        .unwrap()
+        .with_pubsub(redis::Client::open(proxy.url()).unwrap());
+    let lease = Duration::from_secs(30);
+    let request = ClaimRequest::new("released", AttemptId::random(), b"", lease);
+    let Ok(ClaimOutcome::Acquired { fence, .. }) = store.claim(request).await else {
+        panic!("a fresh key is acquired");
+    };
+    store.release("released", fence).await.unwrap();
+    // A healthy subscriber first.
+    let healthy = ClaimRequest::new("held", AttemptId::random(), b"", lease);
+    let Ok(ClaimOutcome::Acquired { fence: held, .. }) = store.claim(healthy).await else {
+        panic!("a fresh key is acquired");
+    };
+    store
+        .wait("held", held, Duration::from_millis(200))
+        .await
+        .unwrap();
+    proxy.set(ProxyFaults {
+        black_hole: true,
+        ..ProxyFaults::default()
+    });
+    let mut took = Vec::new();
+    for _ in 0..6 {
+        let started = Instant::now();
+        store
+            .wait("released", fence, Duration::from_millis(400))
+            .await
+            .unwrap();
+        took.push(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    println!("waits of 400ms on a released key, subscriber silent: {took:?}");
+    assert!(
+        took[3..].iter().all(|t| *t < Duration::from_millis(250)),
+        "the silent subscriber was never retired: {took:?}"
+    );
+}

@@ -19,6 +19,8 @@ use tokio::task::AbortHandle;
 
 /// How long connecting the subscriber may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a waiter waits for a subscriber being connected before it polls instead.
+const CONNECT_WAIT: Duration = Duration::from_millis(100);
 /// How long the server may take to confirm a subscription before the subscriber is retired.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// After a failed connect, waiters poll for this long before the next try.
@@ -29,7 +31,7 @@ type Registry = Arc<Mutex<HashMap<String, (Arc<Notify>, usize)>>>;
 /// The subscriber side of a store.
 pub(crate) struct Waiters {
     client: Option<redis::Client>,
-    slot: Mutex<Slot>,
+    slot: Arc<Mutex<Slot>>,
 }
 
 #[derive(Default)]
@@ -79,20 +81,11 @@ fn wake_all(registry: &Registry) {
     }
 }
 
-/// Clears `connecting` however the connect ends, a dropped (cancelled) waiter included.
-struct Connecting<'a>(&'a Mutex<Slot>);
-
-impl Drop for Connecting<'_> {
-    fn drop(&mut self) {
-        lock(self.0).connecting = false;
-    }
-}
-
 impl Waiters {
     pub(crate) fn new(client: Option<redis::Client>) -> Self {
         Waiters {
             client,
-            slot: Mutex::new(Slot::default()),
+            slot: Arc::default(),
         }
     }
 
@@ -114,27 +107,33 @@ impl Waiters {
             channel: channel.to_owned(),
             subscriber: subscriber.clone(),
         };
-        let budget = within.saturating_sub(started.elapsed());
-        let mut sink = subscriber.sink.clone();
-        match tokio::time::timeout(budget.min(SUBSCRIBE_TIMEOUT), sink.subscribe(channel)).await {
-            Ok(Ok(())) => Some(subscription),
-            // The caller's own budget ran out first: that says nothing of the connection.
-            Err(_) if budget < SUBSCRIBE_TIMEOUT => None,
-            // No answer in time: the connection is silent or broken. Retire it; the next waiter
-            // connects a new one.
-            Ok(Err(_)) | Err(_) => {
-                subscriber.retire();
-                None
+        // The server's answer is awaited (and the connection judged) by a task of its own, with
+        // the library's timeout, however short the caller's budget: a silent connection is
+        // retired even when no caller waits long enough to see it.
+        let (mut sink, channel) = (subscriber.sink.clone(), channel.to_owned());
+        let confirmed = tokio::spawn(async move {
+            match tokio::time::timeout(SUBSCRIBE_TIMEOUT, sink.subscribe(channel)).await {
+                Ok(Ok(())) => true,
+                Ok(Err(_)) | Err(_) => {
+                    subscriber.retire();
+                    false
+                }
             }
+        });
+        let budget = within.saturating_sub(started.elapsed());
+        match tokio::time::timeout(budget, confirmed).await {
+            Ok(Ok(true)) => Some(subscription),
+            _ => None,
         }
     }
 
     /// The shared subscriber, (re)connected when it is missing or its connection died; `None`
     /// while another waiter connects, shortly after a failed connect, or when connecting takes
-    /// longer than `within` or [`CONNECT_TIMEOUT`].
+    /// longer than `within`. The connect runs in a task of its own, bounded by
+    /// [`CONNECT_TIMEOUT`], so a caller's short budget never cuts it short.
     async fn subscriber(&self, within: Duration) -> Option<Subscriber> {
         let client = self.client.as_ref()?;
-        {
+        let connect = {
             let mut slot = lock(&self.slot);
             if let Some(subscriber) = &slot.subscriber {
                 if subscriber.alive.load(Ordering::Relaxed) {
@@ -147,22 +146,29 @@ impl Waiters {
                 return None;
             }
             slot.connecting = true;
-        }
-        let connecting = Connecting(&self.slot);
-        let connected =
-            tokio::time::timeout(CONNECT_TIMEOUT.min(within), client.get_async_pubsub()).await;
-        // Only a failure of the server's (not the end of the caller's budget) delays the next try.
-        let (subscriber, failed) = match connected {
-            Ok(Ok(pubsub)) => (Some(start(pubsub)), false),
-            Ok(Err(_)) => (None, true),
-            Err(_) => (None, within >= CONNECT_TIMEOUT),
+            let (shared, client) = (self.slot.clone(), client.clone());
+            tokio::spawn(async move {
+                let connected =
+                    tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await;
+                let subscriber = match connected {
+                    Ok(Ok(pubsub)) => Some(start(pubsub)),
+                    Ok(Err(_)) | Err(_) => None,
+                };
+                let mut slot = lock(&shared);
+                slot.connecting = false;
+                slot.next_attempt = subscriber
+                    .is_none()
+                    .then(|| Instant::now() + RECONNECT_AFTER);
+                slot.subscriber.clone_from(&subscriber);
+                subscriber
+            })
         };
-        let mut slot = lock(&self.slot);
-        slot.next_attempt = failed.then(|| Instant::now() + RECONNECT_AFTER);
-        slot.subscriber.clone_from(&subscriber);
-        drop(slot);
-        drop(connecting);
-        subscriber
+        // A connect that takes longer than a healthy one would is not waited for: the caller
+        // polls, and finds the subscriber next time.
+        match tokio::time::timeout(within.min(CONNECT_WAIT), connect).await {
+            Ok(Ok(subscriber)) => subscriber,
+            _ => None,
+        }
     }
 }
 
