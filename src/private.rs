@@ -6,7 +6,9 @@ use std::future::Future;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use idem_core::{default_runtime, Call, FunctionNamespace, OnError, OnInProgress};
+pub use idem_core::{
+    default_runtime, inventory, marker_of, Call, FunctionNamespace, Marker, OnError, OnInProgress,
+};
 
 use crate::{Error, Idempotency};
 

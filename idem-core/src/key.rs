@@ -203,7 +203,8 @@ impl FunctionNamespace {
     pub fn get<F: 'static>(&'static self, _marker: F) -> Result<&'static str, Error> {
         let resolved = self.resolved.get_or_init(|| {
             let base = function_namespace(type_name::<F>());
-            let first = register(&base, (TypeId::of::<F>(), None));
+            let first =
+                unambiguous(&base).and_then(|()| register(&base, (TypeId::of::<F>(), None)));
             Resolved {
                 marker: TypeId::of::<F>(),
                 base,
@@ -224,7 +225,8 @@ impl FunctionNamespace {
         let resolved = self.resolved.get_or_init(|| {
             let base = function_namespace(type_name::<F>());
             let namespace = with_self(&base, type_name::<S>());
-            let first = register(&namespace, (TypeId::of::<F>(), Some(self_type)));
+            let first = unambiguous(&base)
+                .and_then(|()| register(&namespace, (TypeId::of::<F>(), Some(self_type))));
             Resolved {
                 marker: TypeId::of::<F>(),
                 base,
@@ -244,9 +246,60 @@ impl FunctionNamespace {
         let owner = (resolved.marker, Some(self_type));
         by_self
             .entry(owner)
-            .or_insert_with(|| register(&with_self(&resolved.base, type_name::<S>()), owner))
+            .or_insert_with(|| {
+                unambiguous(&resolved.base)
+                    .and_then(|()| register(&with_self(&resolved.base, type_name::<S>()), owner))
+            })
             .clone()
             .map_err(Error::invalid_option)
+    }
+}
+
+/// A function's marker, registered at link time by the code `#[idempotent]` generates: with all
+/// of them, the runtime knows which default namespaces print alike before any is used.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Marker {
+    /// The marker type's identity and path.
+    pub of: fn() -> (TypeId, &'static str),
+}
+
+inventory::collect!(Marker);
+
+/// The identity and path of a marker type, for [`Marker`].
+#[doc(hidden)]
+pub fn marker_of<T: 'static>() -> (TypeId, &'static str) {
+    (TypeId::of::<T>(), type_name::<T>())
+}
+
+/// The default namespaces that more than one function of the program prints.
+fn printed_alike() -> &'static HashMap<String, usize> {
+    static ALIKE: OnceLock<HashMap<String, usize>> = OnceLock::new();
+    ALIKE.get_or_init(|| {
+        let mut markers: HashMap<TypeId, &'static str> = HashMap::new();
+        for marker in inventory::iter::<Marker> {
+            let (id, path) = (marker.of)();
+            markers.insert(id, path);
+        }
+        let mut functions: HashMap<String, usize> = HashMap::new();
+        for path in markers.values() {
+            *functions.entry(function_namespace(path)).or_default() += 1;
+        }
+        functions.retain(|_, count| *count > 1);
+        functions
+    })
+}
+
+/// Refuses a default namespace that several functions of the program print.
+fn unambiguous(base: &str) -> Result<(), String> {
+    match printed_alike().get(base) {
+        Some(count) => Err(format!(
+            "the default namespace `{base}` is the path of {count} functions of this program \
+             (functions of the same name in two blocks, `const _` items or closures of one \
+             scope print the same path), so none of them may use it; give each \
+             `namespace = \"...\"` so their records stay apart"
+        )),
+        None => Ok(()),
     }
 }
 

@@ -29,7 +29,11 @@ pub use context::{context, ClaimContext};
 pub use error::{BoxError, Error};
 pub use fingerprint::Fingerprint;
 pub use global::{default_runtime, install};
-pub use key::{check_namespace, hex, store_key, unhex, FunctionNamespace, MAX_PLAIN_KEY};
+#[doc(hidden)]
+pub use inventory;
+pub use key::{
+    check_namespace, hex, marker_of, store_key, unhex, FunctionNamespace, Marker, MAX_PLAIN_KEY,
+};
 pub use memory::MemoryStore;
 pub use outcome::{served, OnError, Served};
 pub use record::{Outcome, Record, MAX_FINGERPRINT, RECORD_VERSION};

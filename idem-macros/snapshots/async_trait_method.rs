@@ -11,9 +11,13 @@ fn post<'life0, 'async_trait>(
     ::std::boxed::Box::pin(async move {
         let __idem_call = ::idem::__private::Call::in_function(
             {
-                fn __idem_namespace() {}
+                struct __IdemNamespace;
+                ::idem::__private::inventory::submit! {
+                    ::idem::__private::Marker { of : ::idem::__private::marker_of:: <
+                    __IdemNamespace > }
+                }
                 static __IDEM_NAMESPACE: ::idem::__private::FunctionNamespace = ::idem::__private::FunctionNamespace::new();
-                __IDEM_NAMESPACE.get_for::<Self, _>(__idem_namespace)
+                __IDEM_NAMESPACE.get_for::<Self, _>(__IdemNamespace)
             },
             &(id),
         );

@@ -146,7 +146,8 @@ fn mentions_self(tokens: TokenStream) -> bool {
 }
 
 /// The function's own path as the compiler names it (crate, module, `Self` type and trait of a
-/// method, name): the path of a marker item declared in the body, computed once per function;
+/// method, name): the path of a marker type declared in the body (and registered at link time),
+/// computed once per function;
 /// for a method, `Self` is added where the path does not name it (see `FunctionNamespace`).
 fn default_namespace(private: &TokenStream, per_self: bool) -> TokenStream {
     let get = if per_self {
@@ -155,9 +156,12 @@ fn default_namespace(private: &TokenStream, per_self: bool) -> TokenStream {
         quote!(get)
     };
     quote! {{
-        fn __idem_namespace() {}
+        struct __IdemNamespace;
+        #private::inventory::submit! {
+            #private::Marker { of: #private::marker_of::<__IdemNamespace> }
+        }
         static __IDEM_NAMESPACE: #private::FunctionNamespace = #private::FunctionNamespace::new();
-        __IDEM_NAMESPACE.#get(__idem_namespace)
+        __IDEM_NAMESPACE.#get(__IdemNamespace)
     }}
 }
 
