@@ -1,17 +1,19 @@
 //! Recording a value exactly: duplicates must be replayed what the first caller got (invariant
 //! I2). JSON cannot tell some values apart: it writes NaN and the infinities as `null`, and
-//! `Some(x)` exactly like `x`, so `Some(None)`, `Some(())` and `Some(f64::NAN)` all come back as
-//! `None`. Such a value is refused before it is recorded.
+//! `Some(x)` exactly like `x`, so `Some(None)` comes back as `None`; and an untagged enum may
+//! decode as another variant. Such a value is refused before it is recorded.
 //!
-//! The check walks the value as serde sees it, looking for exactly those writings, rather than
-//! comparing the value with its decoded copy: a comparison also refuses values that are equal
-//! but serialize differently once decoded (a `HashSet` iterates in another order, and a type
-//! may write one into a string), and a refusal comes after the effect happened.
+//! The check compares the *structure* of the value with that of its decoded copy: which
+//! `Option`s are `Some`, which structs, variants, fields and primitive types make it up, with the
+//! elements of sequences and maps compared in any order, and without the contents of strings and
+//! numbers. Comparing whole values instead would refuse values that are equal but serialize
+//! differently once decoded (a `HashSet` iterates in another order, and a type may write one
+//! into a string), and a refusal comes after the effect happened.
 
 use serde::de::DeserializeOwned;
 use serde::ser::{self, Serialize};
 
-/// The JSON of `value`, if its type decodes it and nothing in it is written ambiguously.
+/// The JSON of `value`, if it decodes back with the same structure.
 pub(crate) fn encode_exactly<V: Serialize + DeserializeOwned>(
     value: &V,
 ) -> Result<Vec<u8>, serde_json::Error> {
@@ -21,75 +23,109 @@ pub(crate) fn encode_exactly<V: Serialize + DeserializeOwned>(
         <serde_json::Error as ser::Error>::custom(format!(
             "a `{}` value cannot be recorded: {why}; duplicates would be replayed a different \
              value, so it was not recorded (use a type whose JSON decodes back to the same value: \
-             finite floats, an enum instead of nested `Option`s)",
+             finite floats, an enum instead of nested `Option`s, tagged enums)",
             std::any::type_name::<V>()
         ))
     };
-    serde_json::from_slice::<V>(&json).map_err(|err| {
+    let decoded: V = serde_json::from_slice(&json).map_err(|err| {
         refuse(format!(
             "its JSON `{}` does not decode back ({err})",
             shown()
         ))
     })?;
-    value
-        .serialize(Check)
-        .map_err(|Ambiguous(why)| refuse(format!("its JSON `{}` {why}", shown())))?;
+    let trace = |v: &V| v.serialize(Trace).map_err(|Unwritable(why)| refuse(why));
+    if trace(value)? != trace(&decoded)? {
+        return Err(refuse(format!(
+            "its JSON `{}` decodes as a different value",
+            shown()
+        )));
+    }
     Ok(json)
 }
 
-/// What a value was written as, as far as the check cares.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Written {
-    /// `null`: a unit, a `None`, a unit struct (or a newtype around one).
-    Null,
-    Other,
-}
-
-/// Why a value cannot be written unambiguously.
+/// Why a value cannot be traced.
 #[derive(Debug)]
-struct Ambiguous(String);
+struct Unwritable(String);
 
-impl std::fmt::Display for Ambiguous {
+impl std::fmt::Display for Unwritable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for Ambiguous {}
+impl std::error::Error for Unwritable {}
 
-impl ser::Error for Ambiguous {
+impl ser::Error for Unwritable {
     fn custom<T: std::fmt::Display>(msg: T) -> Self {
-        Ambiguous(format!("does not serialize ({msg})"))
+        Unwritable(format!("it does not serialize ({msg})"))
     }
 }
 
-/// A serializer that writes nothing and fails on what JSON cannot tell apart.
-struct Check;
+/// A serializer that writes a value's structure as text.
+struct Trace;
 
-/// The compound parts: every element, key and field is checked in turn.
-struct Parts;
+/// A compound value being traced: its parts, and how to close it.
+struct Parts {
+    open: String,
+    parts: Vec<String>,
+    close: &'static str,
+    /// Sequences and maps: their parts in any order (a set decodes in another order).
+    unordered: bool,
+    /// A map entry's key, waiting for its value.
+    key: Option<String>,
+}
 
-fn float(value: f64) -> Result<Written, Ambiguous> {
+impl Parts {
+    fn new(open: String, close: &'static str, unordered: bool) -> Parts {
+        Parts {
+            open,
+            parts: Vec::new(),
+            close,
+            unordered,
+            key: None,
+        }
+    }
+
+    fn push<T: Serialize + ?Sized>(&mut self, label: &str, value: &T) -> Result<(), Unwritable> {
+        let traced = value.serialize(Trace)?;
+        self.parts.push(format!("{label}{traced}"));
+        Ok(())
+    }
+
+    fn end(mut self) -> Result<String, Unwritable> {
+        if self.unordered {
+            self.parts.sort_unstable();
+        }
+        Ok(format!(
+            "{}{}{}",
+            self.open,
+            self.parts.join(","),
+            self.close
+        ))
+    }
+}
+
+fn float(value: f64) -> Result<String, Unwritable> {
     if value.is_finite() {
-        Ok(Written::Other)
+        Ok("float".to_owned())
     } else {
-        Err(Ambiguous(format!(
-            "holds {value}, which JSON writes as `null`"
+        Err(Unwritable(format!(
+            "it holds {value}, which JSON writes as `null`"
         )))
     }
 }
 
-macro_rules! plain {
-    ($($method:ident: $ty:ty),* $(,)?) => {
-        $(fn $method(self, _: $ty) -> Result<Written, Ambiguous> {
-            Ok(Written::Other)
+macro_rules! primitive {
+    ($($method:ident: $ty:ty => $name:literal),* $(,)?) => {
+        $(fn $method(self, _: $ty) -> Result<String, Unwritable> {
+            Ok($name.to_owned())
         })*
     };
 }
 
-impl ser::Serializer for Check {
-    type Ok = Written;
-    type Error = Ambiguous;
+impl ser::Serializer for Trace {
+    type Ok = String;
+    type Error = Unwritable;
     type SerializeSeq = Parts;
     type SerializeTuple = Parts;
     type SerializeTupleStruct = Parts;
@@ -98,133 +134,125 @@ impl ser::Serializer for Check {
     type SerializeStruct = Parts;
     type SerializeStructVariant = Parts;
 
-    plain!(
-        serialize_bool: bool, serialize_i8: i8, serialize_i16: i16, serialize_i32: i32,
-        serialize_i64: i64, serialize_i128: i128, serialize_u8: u8, serialize_u16: u16,
-        serialize_u32: u32, serialize_u64: u64, serialize_u128: u128, serialize_char: char,
-        serialize_str: &str, serialize_bytes: &[u8],
+    primitive!(
+        serialize_bool: bool => "bool", serialize_i8: i8 => "i8", serialize_i16: i16 => "i16",
+        serialize_i32: i32 => "i32", serialize_i64: i64 => "i64", serialize_i128: i128 => "i128",
+        serialize_u8: u8 => "u8", serialize_u16: u16 => "u16", serialize_u32: u32 => "u32",
+        serialize_u64: u64 => "u64", serialize_u128: u128 => "u128", serialize_char: char => "char",
+        serialize_str: &str => "str", serialize_bytes: &[u8] => "bytes",
     );
 
-    fn serialize_f32(self, value: f32) -> Result<Written, Ambiguous> {
+    fn serialize_f32(self, value: f32) -> Result<String, Unwritable> {
         float(f64::from(value))
     }
 
-    fn serialize_f64(self, value: f64) -> Result<Written, Ambiguous> {
+    fn serialize_f64(self, value: f64) -> Result<String, Unwritable> {
         float(value)
     }
 
-    fn serialize_none(self) -> Result<Written, Ambiguous> {
-        Ok(Written::Null)
+    fn serialize_none(self) -> Result<String, Unwritable> {
+        Ok("None".to_owned())
     }
 
-    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<Written, Ambiguous> {
-        match value.serialize(Check)? {
-            Written::Null => Err(Ambiguous(
-                "holds a `Some` of a value written as `null` (`Some(None)`, `Some(())`), which \
-                 decodes as `None`"
-                    .to_owned(),
-            )),
-            Written::Other => Ok(Written::Other),
-        }
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<String, Unwritable> {
+        Ok(format!("Some({})", value.serialize(Trace)?))
     }
 
-    fn serialize_unit(self) -> Result<Written, Ambiguous> {
-        Ok(Written::Null)
+    fn serialize_unit(self) -> Result<String, Unwritable> {
+        Ok("()".to_owned())
     }
 
-    fn serialize_unit_struct(self, _: &'static str) -> Result<Written, Ambiguous> {
-        Ok(Written::Null)
+    fn serialize_unit_struct(self, name: &'static str) -> Result<String, Unwritable> {
+        Ok(name.to_owned())
     }
 
     fn serialize_unit_variant(
         self,
-        _: &'static str,
+        name: &'static str,
         _: u32,
-        _: &'static str,
-    ) -> Result<Written, Ambiguous> {
-        Ok(Written::Other)
+        variant: &'static str,
+    ) -> Result<String, Unwritable> {
+        Ok(format!("{name}::{variant}"))
     }
 
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
-        _: &'static str,
+        name: &'static str,
         value: &T,
-    ) -> Result<Written, Ambiguous> {
-        value.serialize(Check)
+    ) -> Result<String, Unwritable> {
+        Ok(format!("{name}({})", value.serialize(Trace)?))
     }
 
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
         self,
-        _: &'static str,
+        name: &'static str,
         _: u32,
-        _: &'static str,
+        variant: &'static str,
         value: &T,
-    ) -> Result<Written, Ambiguous> {
-        value.serialize(Check).map(|_| Written::Other)
+    ) -> Result<String, Unwritable> {
+        Ok(format!("{name}::{variant}({})", value.serialize(Trace)?))
     }
 
-    fn serialize_seq(self, _: Option<usize>) -> Result<Parts, Ambiguous> {
-        Ok(Parts)
+    fn serialize_seq(self, _: Option<usize>) -> Result<Parts, Unwritable> {
+        Ok(Parts::new("[".to_owned(), "]", true))
     }
 
-    fn serialize_tuple(self, _: usize) -> Result<Parts, Ambiguous> {
-        Ok(Parts)
+    fn serialize_tuple(self, _: usize) -> Result<Parts, Unwritable> {
+        Ok(Parts::new("(".to_owned(), ")", false))
     }
 
-    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Parts, Ambiguous> {
-        Ok(Parts)
+    fn serialize_tuple_struct(self, name: &'static str, _: usize) -> Result<Parts, Unwritable> {
+        Ok(Parts::new(format!("{name}("), ")", false))
     }
 
     fn serialize_tuple_variant(
         self,
-        _: &'static str,
+        name: &'static str,
         _: u32,
-        _: &'static str,
+        variant: &'static str,
         _: usize,
-    ) -> Result<Parts, Ambiguous> {
-        Ok(Parts)
+    ) -> Result<Parts, Unwritable> {
+        Ok(Parts::new(format!("{name}::{variant}("), ")", false))
     }
 
-    fn serialize_map(self, _: Option<usize>) -> Result<Parts, Ambiguous> {
-        Ok(Parts)
+    fn serialize_map(self, _: Option<usize>) -> Result<Parts, Unwritable> {
+        Ok(Parts::new("{".to_owned(), "}", true))
     }
 
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Parts, Ambiguous> {
-        Ok(Parts)
+    fn serialize_struct(self, name: &'static str, _: usize) -> Result<Parts, Unwritable> {
+        Ok(Parts::new(format!("{name}{{"), "}", false))
     }
 
     fn serialize_struct_variant(
         self,
-        _: &'static str,
+        name: &'static str,
         _: u32,
-        _: &'static str,
+        variant: &'static str,
         _: usize,
-    ) -> Result<Parts, Ambiguous> {
-        Ok(Parts)
+    ) -> Result<Parts, Unwritable> {
+        Ok(Parts::new(format!("{name}::{variant}{{"), "}", false))
     }
 }
 
-/// One part of a compound value, checked.
-fn part<T: Serialize + ?Sized>(value: &T) -> Result<(), Ambiguous> {
-    value.serialize(Check).map(drop)
-}
-
 macro_rules! compound {
-    ($($trait:ident: $method:ident $(($($name:ident: $ty:ty),*))?;)*) => {
+    ($($trait:ident: $method:ident $(($key:ident))?;)*) => {
         $(impl ser::$trait for Parts {
-            type Ok = Written;
-            type Error = Ambiguous;
+            type Ok = String;
+            type Error = Unwritable;
 
             fn $method<T: Serialize + ?Sized>(
                 &mut self,
-                $($($name: $ty,)*)?
+                $($key: &'static str,)?
                 value: &T,
-            ) -> Result<(), Ambiguous> {
-                part(value)
+            ) -> Result<(), Unwritable> {
+                #[allow(unused_mut, unused_assignments)]
+                let mut label = String::new();
+                $(label = format!("{}:", $key);)?
+                self.push(&label, value)
             }
 
-            fn end(self) -> Result<Written, Ambiguous> {
-                Ok(Written::Other)
+            fn end(self) -> Result<String, Unwritable> {
+                Parts::end(self)
             }
         })*
     };
@@ -235,24 +263,26 @@ compound! {
     SerializeTuple: serialize_element;
     SerializeTupleStruct: serialize_field;
     SerializeTupleVariant: serialize_field;
-    SerializeStruct: serialize_field(_key: &'static str);
-    SerializeStructVariant: serialize_field(_key: &'static str);
+    SerializeStruct: serialize_field(key);
+    SerializeStructVariant: serialize_field(key);
 }
 
 impl ser::SerializeMap for Parts {
-    type Ok = Written;
-    type Error = Ambiguous;
+    type Ok = String;
+    type Error = Unwritable;
 
-    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Ambiguous> {
-        part(key)
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Unwritable> {
+        self.key = Some(key.serialize(Trace)?);
+        Ok(())
     }
 
-    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Ambiguous> {
-        part(value)
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unwritable> {
+        let key = self.key.take().unwrap_or_default();
+        self.push(&format!("{key}:"), value)
     }
 
-    fn end(self) -> Result<Written, Ambiguous> {
-        Ok(Written::Other)
+    fn end(self) -> Result<String, Unwritable> {
+        Parts::end(self)
     }
 }
 
@@ -286,8 +316,42 @@ mod tests {
         }
     }
 
+    /// Untagged variants that JSON cannot tell apart.
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    #[serde(untagged)]
+    enum Reply {
+        Charged { charge_id: Option<String> },
+        Declined { reason: Option<String> },
+        Small(u8),
+        Large(u64),
+    }
+
+    /// A JSON merge patch: `Some(None)` ("set to null") decodes back exactly.
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct MergePatch {
+        #[serde(
+            default,
+            skip_serializing_if = "Option::is_none",
+            deserialize_with = "some"
+        )]
+        note: Option<Option<String>>,
+    }
+
+    fn some<'de, D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Option<String>>, D::Error> {
+        serde::Deserialize::deserialize(deserializer).map(Some)
+    }
+
     #[test]
     fn values_that_replay_as_themselves_are_recorded() {
+        encode_exactly(&MergePatch { note: Some(None) }).unwrap();
+        encode_exactly(&MergePatch { note: None }).unwrap();
+        encode_exactly(&Reply::Charged {
+            charge_id: Some("ch_1".into()),
+        })
+        .unwrap();
+        encode_exactly(&Reply::Small(3)).unwrap();
         let set: HashSet<String> = (0..64).map(|i| format!("perm-{i}")).collect();
         encode_exactly(&set).unwrap();
         let map: HashMap<u32, Vec<HashSet<u8>>> =
@@ -329,9 +393,11 @@ mod tests {
                 note: Some(None),
             })
             .map(drop),
+            encode_exactly(&Reply::Declined { reason: None }).map(drop),
+            encode_exactly(&Reply::Large(3)).map(drop),
         ] {
             let err = refused.unwrap_err().to_string();
-            assert!(err.contains("decodes as `None`"), "{err}");
+            assert!(err.contains("decodes as a different value"), "{err}");
         }
     }
 }
