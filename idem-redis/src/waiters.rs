@@ -81,6 +81,20 @@ fn wake_all(registry: &Registry) {
     }
 }
 
+/// Clears `connecting` however the connect task ends: done, or dropped with its runtime (a store
+/// shared between runtimes outlives them) or by a panic, which then also delays the next try.
+struct Connecting(Arc<Mutex<Slot>>);
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        let mut slot = lock(&self.0);
+        slot.connecting = false;
+        if slot.subscriber.is_none() && slot.next_attempt.is_none() {
+            slot.next_attempt = Some(Instant::now() + RECONNECT_AFTER);
+        }
+    }
+}
+
 impl Waiters {
     pub(crate) fn new(client: Option<redis::Client>) -> Self {
         Waiters {
@@ -146,7 +160,7 @@ impl Waiters {
                 return None;
             }
             slot.connecting = true;
-            let (shared, client) = (self.slot.clone(), client.clone());
+            let (connecting, client) = (Connecting(self.slot.clone()), client.clone());
             tokio::spawn(async move {
                 let connected =
                     tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await;
@@ -154,12 +168,13 @@ impl Waiters {
                     Ok(Ok(pubsub)) => Some(start(pubsub)),
                     Ok(Err(_)) | Err(_) => None,
                 };
-                let mut slot = lock(&shared);
-                slot.connecting = false;
+                let mut slot = lock(&connecting.0);
                 slot.next_attempt = subscriber
                     .is_none()
                     .then(|| Instant::now() + RECONNECT_AFTER);
                 slot.subscriber.clone_from(&subscriber);
+                drop(slot);
+                drop(connecting);
                 subscriber
             })
         };

@@ -1398,3 +1398,62 @@ async fn short_waits_leave_the_shared_subscriber_alone() {
     // redis-cli's own connection for this count is the only new one.
     assert_eq!(connections(&server), before + 1, "no new connection");
 }
+
+/// Regression (third review): a connect task dropped with its runtime (a store shared between
+/// runtimes outlives them) left the subscriber "connecting" for good, so waiters polled forever
+/// and never tried to subscribe again.
+#[test]
+fn a_connect_cancelled_with_its_runtime_does_not_stop_reconnecting() {
+    // A subscriber address that accepts connections and never answers: every connect hangs.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("redis://{}", silent.local_addr().unwrap());
+    let accepted = Arc::new(AtomicU64::new(0));
+    {
+        let accepted = accepted.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in silent.incoming().flatten() {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+    }
+    let server = RedisServer::start();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    // The store's own connections live on a runtime that stays; the subscriber's connect is
+    // started from another one, which then goes away mid-connect.
+    let lasting = runtime();
+    let (store, fence) = lasting.block_on(async {
+        let store = RedisStore::connect(&server.url())
+            .await
+            .unwrap()
+            .with_pubsub(redis::Client::open(silent_url.as_str()).unwrap());
+        let fence = acquire(&store, "k", Duration::from_secs(30)).await;
+        (store, fence)
+    });
+    let passing = runtime();
+    passing
+        .block_on(store.wait("k", fence, Duration::from_millis(50)))
+        .unwrap();
+    drop(passing);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    std::thread::sleep(Duration::from_millis(1200));
+    lasting.block_on(async {
+        store
+            .wait("k", fence, Duration::from_millis(50))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    });
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the subscriber is connected again after the back-off"
+    );
+}
