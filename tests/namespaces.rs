@@ -357,3 +357,47 @@ async fn methods_of_local_types_work_and_local_types_that_print_alike_do_not_sha
     );
     assert_eq!(LOCAL_B.load(Ordering::SeqCst), 0);
 }
+
+// Regressions from the third review.
+
+static LOADS: AtomicU32 = AtomicU32::new(0);
+
+#[idempotent(key = id, using = idem)]
+async fn load<T: Default + serde::Serialize + serde::de::DeserializeOwned + Send>(
+    idem: &Idempotency,
+    id: u32,
+) -> Result<T, Error> {
+    LOADS.fetch_add(1, Ordering::SeqCst);
+    Ok(T::default())
+}
+
+/// Different instantiations of a generic function are different handlers: `load::<u8>` and
+/// `load::<String>` with one key do not replay each other's records.
+#[tokio::test]
+async fn instantiations_of_a_generic_function_do_not_share_records() {
+    let idem = Idempotency::new(MemoryStore::new());
+    for _ in 0..2 {
+        assert_eq!(load::<u8>(&idem, 1).await.unwrap(), 0);
+        assert_eq!(load::<String>(&idem, 1).await.unwrap(), "");
+    }
+    assert_eq!(LOADS.load(Ordering::SeqCst), 2);
+}
+
+/// A free function whose body holds an item with a `Self` of its own compiles (`Self` there
+/// is not the function's).
+#[idempotent(key = id, using = idem)]
+async fn with_a_local_item(idem: &Idempotency, id: u32) -> Result<u32, Error> {
+    struct Counter(u32);
+    impl Counter {
+        fn new(start: u32) -> Self {
+            Counter(start)
+        }
+    }
+    Ok(Counter::new(id).0)
+}
+
+#[tokio::test]
+async fn a_local_items_self_is_not_the_functions() {
+    let idem = Idempotency::new(MemoryStore::new());
+    assert_eq!(with_a_local_item(&idem, 3).await.unwrap(), 3);
+}

@@ -15,7 +15,7 @@
 
 use std::any::{type_name, TypeId};
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};
 
 use sha2::{Digest, Sha256};
@@ -262,6 +262,9 @@ impl FunctionNamespace {
 pub struct Marker {
     /// The marker type's identity and path.
     pub of: fn() -> (TypeId, &'static str),
+    /// Where the function is written (`file!()`, `line!()`, `column!()`): one function compiled
+    /// into a program twice (a module of both a binary and its library) is still one function.
+    pub at: (&'static str, u32, u32),
 }
 
 inventory::collect!(Marker);
@@ -276,18 +279,30 @@ pub fn marker_of<T: 'static>() -> (TypeId, &'static str) {
 fn printed_alike() -> &'static HashMap<String, usize> {
     static ALIKE: OnceLock<HashMap<String, usize>> = OnceLock::new();
     ALIKE.get_or_init(|| {
-        let mut markers: HashMap<TypeId, &'static str> = HashMap::new();
-        for marker in inventory::iter::<Marker> {
-            let (id, path) = (marker.of)();
-            markers.insert(id, path);
-        }
-        let mut functions: HashMap<String, usize> = HashMap::new();
-        for path in markers.values() {
-            *functions.entry(function_namespace(path)).or_default() += 1;
-        }
-        functions.retain(|_, count| *count > 1);
-        functions
+        alike(
+            inventory::iter::<Marker>
+                .into_iter()
+                .map(|marker| ((marker.of)().1, marker.at)),
+        )
     })
+}
+
+/// The namespaces printed by functions written in more than one place, with how many places.
+fn alike<'a>(
+    markers: impl Iterator<Item = (&'a str, (&'static str, u32, u32))>,
+) -> HashMap<String, usize> {
+    let mut places: HashMap<String, HashSet<(&'static str, u32, u32)>> = HashMap::new();
+    for (path, at) in markers {
+        places
+            .entry(function_namespace(path))
+            .or_default()
+            .insert(at);
+    }
+    places
+        .into_iter()
+        .filter(|(_, at)| at.len() > 1)
+        .map(|(namespace, at)| (namespace, at.len()))
+        .collect()
 }
 
 /// Refuses a default namespace that several functions of the program print.
@@ -587,6 +602,25 @@ mod tests {
         assert_eq!(local, "app.run.Local.m");
         let closure = with_self("app.Retry<_>.run", "app::Retry<app::main::{{closure}}>");
         check_namespace(&closure).unwrap();
+    }
+
+    /// Regression (third review): a function compiled into the program twice (a module of
+    /// both a binary and its library) counted as two functions printing one path, and was
+    /// refused on every call.
+    #[test]
+    fn one_place_compiled_twice_is_one_function_two_places_are_not() {
+        let here = ("src/handlers.rs", 3, 1);
+        let there = ("src/other.rs", 9, 5);
+        let twice = [
+            ("app::handlers::handle::M", here),
+            ("app::handlers::handle::M", here),
+        ];
+        assert!(alike(twice.into_iter()).is_empty());
+        let two = [
+            ("app::f::{{closure}}::step::M", here),
+            ("app::f::{{closure}}::step::M", there),
+        ];
+        assert_eq!(alike(two.into_iter()).get("app.f.step"), Some(&2));
     }
 
     #[test]

@@ -14,7 +14,8 @@ fn post<'life0, 'async_trait>(
                 struct __IdemNamespace;
                 ::idem::__private::inventory::submit! {
                     ::idem::__private::Marker { of : ::idem::__private::marker_of:: <
-                    __IdemNamespace > }
+                    __IdemNamespace >, at : (::core::file!(), ::core::line!(),
+                    ::core::column!()), }
                 }
                 static __IDEM_NAMESPACE: ::idem::__private::FunctionNamespace = ::idem::__private::FunctionNamespace::new();
                 __IDEM_NAMESPACE.get_for::<Self, _>(__IdemNamespace)

@@ -46,8 +46,21 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
     // A function that can tell its `Self` apart (a receiver, or `Self` named anywhere) gets a
     // namespace per `Self` type; one that cannot behaves alike for every implementor.
     let per_self = sig.receiver().is_some()
-        || mentions_self(sig.to_token_stream())
+        || mentions_self(sig.inputs.to_token_stream())
+        || mentions_self(sig.output.to_token_stream())
+        || mentions_self(sig.generics.to_token_stream())
+        || mentions_self(sig.generics.where_clause.to_token_stream())
         || mentions_self(stmts.clone());
+    // What tells this function's instances apart: its `Self` type and its type parameters.
+    let type_params: Vec<&Ident> = sig.generics.type_params().map(|p| &p.ident).collect();
+    let instance = match (per_self, type_params.is_empty()) {
+        (false, true) => None,
+        (true, true) => Some(quote!(Self)),
+        (per_self, false) => {
+            let this = per_self.then(|| quote!(fn(&Self),));
+            Some(quote!((#this #(fn(&#type_params),)*)))
+        }
+    };
     let krate = args
         .krate
         .as_ref()
@@ -55,7 +68,7 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
     let private = quote!(#krate::__private);
     let call_var = Ident::new("__idem_call", Span::mixed_site());
     let runtime_var = Ident::new("__idem_runtime", Span::mixed_site());
-    let call = call_expr(&args, &private, per_self);
+    let call = call_expr(&args, &private, instance.as_ref());
     let runtime = match &args.using {
         Some(using) => quote!(#private::runtime(#using)),
         None => quote!(#private::runtime(#private::default_runtime())),
@@ -136,41 +149,66 @@ fn typed_body(ret: &Type, stmts: TokenStream) -> TokenStream {
     }
 }
 
-/// Whether `tokens` name `Self` anywhere.
+/// Whether `tokens` name `Self`, outside items nested in them (an `impl`, `trait`, `fn`,
+/// `struct`, `enum`, `union` or `mod` inside the body has a `Self` of its own, or none).
 fn mentions_self(tokens: TokenStream) -> bool {
-    tokens.into_iter().any(|token| match token {
-        proc_macro2::TokenTree::Ident(ident) => ident == "Self",
-        proc_macro2::TokenTree::Group(group) => mentions_self(group.stream()),
-        _ => false,
-    })
+    let mut tokens = tokens.into_iter();
+    while let Some(token) = tokens.next() {
+        match token {
+            proc_macro2::TokenTree::Ident(ident) if ident == "Self" => return true,
+            proc_macro2::TokenTree::Ident(ident)
+                if ["impl", "trait", "fn", "struct", "enum", "union", "mod"]
+                    .iter()
+                    .any(|item| ident == item) =>
+            {
+                // Skip the nested item up to its body (or its `;`).
+                for token in tokens.by_ref() {
+                    match token {
+                        proc_macro2::TokenTree::Group(group)
+                            if group.delimiter() == proc_macro2::Delimiter::Brace =>
+                        {
+                            break
+                        }
+                        proc_macro2::TokenTree::Punct(punct) if punct.as_char() == ';' => break,
+                        _ => {}
+                    }
+                }
+            }
+            proc_macro2::TokenTree::Group(group) if mentions_self(group.stream()) => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The function's own path as the compiler names it (crate, module, `Self` type and trait of a
 /// method, name): the path of a marker type declared in the body (and registered at link time),
-/// computed once per function;
-/// for a method, `Self` is added where the path does not name it (see `FunctionNamespace`).
-fn default_namespace(private: &TokenStream, per_self: bool) -> TokenStream {
-    let get = if per_self {
-        quote!(get_for::<Self, _>)
-    } else {
-        quote!(get)
+/// computed once per function; `instance` (its `Self` type and type parameters) is added where
+/// the path does not name it (see `FunctionNamespace`).
+fn default_namespace(private: &TokenStream, instance: Option<&TokenStream>) -> TokenStream {
+    let get = match instance {
+        Some(instance) => quote!(get_for::<#instance, _>),
+        None => quote!(get),
     };
     quote! {{
         struct __IdemNamespace;
         #private::inventory::submit! {
-            #private::Marker { of: #private::marker_of::<__IdemNamespace> }
+            #private::Marker {
+                of: #private::marker_of::<__IdemNamespace>,
+                at: (::core::file!(), ::core::line!(), ::core::column!()),
+            }
         }
         static __IDEM_NAMESPACE: #private::FunctionNamespace = #private::FunctionNamespace::new();
         __IDEM_NAMESPACE.#get(__IdemNamespace)
     }}
 }
 
-fn call_expr(args: &Args, private: &TokenStream, per_self: bool) -> TokenStream {
+fn call_expr(args: &Args, private: &TokenStream, instance: Option<&TokenStream>) -> TokenStream {
     let key = &args.key;
     let mut call = match &args.namespace {
         Some(namespace) => quote!(#private::Call::new(#namespace, &(#key))),
         None => {
-            let namespace = default_namespace(private, per_self);
+            let namespace = default_namespace(private, instance);
             quote!(#private::Call::in_function(#namespace, &(#key)))
         }
     };
