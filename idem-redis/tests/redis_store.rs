@@ -950,14 +950,7 @@ async fn a_failing_script_after_a_written_fast_claim_is_indeterminate() {
         delay: Duration::from_millis(150),
         fail_scripts: true,
     });
-    let outcome = store
-        .claim(ClaimRequest::new(
-            "k",
-            AttemptId::random(),
-            b"",
-            Duration::from_secs(5),
-        ))
-        .await;
+    let outcome = store.claim(fresh_claim("k")).await;
     match &outcome {
         Err(err @ Error::Store { .. }) => assert!(err.is_indeterminate(), "{}", chain(err)),
         other => panic!("expected a store error, got {other:?}"),
@@ -973,14 +966,7 @@ async fn a_failing_script_after_a_written_fast_claim_is_indeterminate() {
         .arg("F:12")
         .query(&mut server.connection())
         .unwrap();
-    let outcome = store
-        .claim(ClaimRequest::new(
-            "released",
-            AttemptId::random(),
-            b"",
-            Duration::from_secs(5),
-        ))
-        .await;
+    let outcome = store.claim(fresh_claim("released")).await;
     match &outcome {
         Err(err @ Error::Store { .. }) => assert!(!err.is_indeterminate(), "{}", chain(err)),
         other => panic!("expected a store error, got {other:?}"),
