@@ -147,7 +147,7 @@ impl Waiters {
     /// [`CONNECT_TIMEOUT`], so a caller's short budget never cuts it short.
     async fn subscriber(&self, within: Duration) -> Option<Subscriber> {
         let client = self.client.as_ref()?;
-        let connect = {
+        {
             let mut slot = lock(&self.slot);
             if let Some(subscriber) = &slot.subscriber {
                 if subscriber.alive.load(Ordering::Relaxed) {
@@ -160,6 +160,10 @@ impl Waiters {
                 return None;
             }
             slot.connecting = true;
+        }
+        // Spawned with the lock released: a runtime shutting down drops the task inside
+        // `spawn`, and the guard's `Drop` takes the lock.
+        let connect = {
             let (connecting, client) = (Connecting(self.slot.clone()), client.clone());
             tokio::spawn(async move {
                 let connected =
