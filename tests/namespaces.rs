@@ -401,3 +401,26 @@ async fn a_local_items_self_is_not_the_functions() {
     let idem = Idempotency::new(MemoryStore::new());
     assert_eq!(with_a_local_item(&idem, 3).await.unwrap(), 3);
 }
+
+// Regression from the fourth review.
+
+struct Repo<T>(std::marker::PhantomData<T>);
+
+impl<T: Send + Sync> Repo<T> {
+    /// `Self` named in the signature after an `impl Trait` argument.
+    #[idempotent(key = id, using = idem)]
+    async fn kind(
+        idem: &Idempotency,
+        id: impl std::fmt::Display + Send,
+        _this: Option<&Self>,
+    ) -> Result<String, Error> {
+        Ok(std::any::type_name::<T>().to_owned())
+    }
+}
+
+#[tokio::test]
+async fn self_named_after_an_impl_trait_argument_counts() {
+    let idem = Idempotency::new(MemoryStore::new());
+    assert_eq!(Repo::<u8>::kind(&idem, 1, None).await.unwrap(), "u8");
+    assert_eq!(Repo::<u16>::kind(&idem, 1, None).await.unwrap(), "u16");
+}

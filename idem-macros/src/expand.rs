@@ -46,10 +46,10 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
     // A function that can tell its `Self` apart (a receiver, or `Self` named anywhere) gets a
     // namespace per `Self` type; one that cannot behaves alike for every implementor.
     let per_self = sig.receiver().is_some()
-        || mentions_self(sig.inputs.to_token_stream())
-        || mentions_self(sig.output.to_token_stream())
-        || mentions_self(sig.generics.to_token_stream())
-        || mentions_self(sig.generics.where_clause.to_token_stream())
+        || names_self(sig.inputs.to_token_stream())
+        || names_self(sig.output.to_token_stream())
+        || names_self(sig.generics.to_token_stream())
+        || names_self(sig.generics.where_clause.to_token_stream())
         || mentions_self(stmts.clone());
     // What tells this function's instances apart: its `Self` type and its type parameters.
     let type_params: Vec<&Ident> = sig.generics.type_params().map(|p| &p.ident).collect();
@@ -149,7 +149,16 @@ fn typed_body(ret: &Type, stmts: TokenStream) -> TokenStream {
     }
 }
 
-/// Whether `tokens` name `Self`, outside items nested in them (an `impl`, `trait`, `fn`,
+/// Whether `tokens` (a signature's parts: types, bounds) name `Self` anywhere.
+fn names_self(tokens: TokenStream) -> bool {
+    tokens.into_iter().any(|token| match token {
+        proc_macro2::TokenTree::Ident(ident) => ident == "Self",
+        proc_macro2::TokenTree::Group(group) => names_self(group.stream()),
+        _ => false,
+    })
+}
+
+/// Whether `tokens` (a body) name `Self`, outside items nested in them (an `impl`, `trait`, `fn`,
 /// `struct`, `enum`, `union` or `mod` inside the body has a `Self` of its own, or none).
 fn mentions_self(tokens: TokenStream) -> bool {
     let mut tokens = tokens.into_iter();
