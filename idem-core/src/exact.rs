@@ -1,7 +1,9 @@
 //! Recording a value exactly: duplicates must be replayed what the first caller got (invariant
 //! I2). JSON cannot tell some values apart: it writes NaN and the infinities as `null`, and
 //! `Some(x)` exactly like `x`, so `Some(None)` comes back as `None`; and an untagged enum may
-//! decode as another variant. Such a value is refused before it is recorded.
+//! decode as another variant. Such a value is refused before it is recorded, when the decoded
+//! copy differs in structure (not when two variants hold the same structure: `Id(String)` and
+//! `Name(String)` of an untagged enum write the same JSON and cannot be told apart).
 //!
 //! The check compares the *structure* of the value with that of its decoded copy: which
 //! `Option`s are `Some`, which structs, variants, fields and primitive types make it up, with the
@@ -9,6 +11,9 @@
 //! numbers. Comparing whole values instead would refuse values that are equal but serialize
 //! differently once decoded (a `HashSet` iterates in another order, and a type may write one
 //! into a string), and a refusal comes after the effect happened.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 
 use serde::de::DeserializeOwned;
 use serde::ser::{self, Serialize};
@@ -64,22 +69,28 @@ impl ser::Error for Unwritable {
 /// A serializer that writes a value's structure as text.
 struct Trace;
 
+/// A value's structure, as text.
+type Trace_ = Cow<'static, str>;
+
 /// A compound value being traced: its parts, and how to close it.
 struct Parts {
     open: String,
-    parts: Vec<String>,
+    /// Tuples and structs: their parts in order.
+    ordered: Vec<Trace_>,
+    /// Sequences and maps: their parts in any order (a set decodes in another order), counted.
+    counted: BTreeMap<Trace_, usize>,
     close: &'static str,
-    /// Sequences and maps: their parts in any order (a set decodes in another order).
     unordered: bool,
     /// A map entry's key, waiting for its value.
-    key: Option<String>,
+    key: Option<Trace_>,
 }
 
 impl Parts {
     fn new(open: String, close: &'static str, unordered: bool) -> Parts {
         Parts {
             open,
-            parts: Vec::new(),
+            ordered: Vec::new(),
+            counted: BTreeMap::new(),
             close,
             unordered,
             key: None,
@@ -88,26 +99,43 @@ impl Parts {
 
     fn push<T: Serialize + ?Sized>(&mut self, label: &str, value: &T) -> Result<(), Unwritable> {
         let traced = value.serialize(Trace)?;
-        self.parts.push(format!("{label}{traced}"));
+        let part = if label.is_empty() {
+            traced
+        } else {
+            Cow::Owned(format!("{label}{traced}"))
+        };
+        if self.unordered {
+            *self.counted.entry(part).or_default() += 1;
+        } else {
+            self.ordered.push(part);
+        }
         Ok(())
     }
 
-    fn end(mut self) -> Result<String, Unwritable> {
-        if self.unordered {
-            self.parts.sort_unstable();
-        }
-        Ok(format!(
+    fn end(self) -> Result<Trace_, Unwritable> {
+        let parts: Vec<Cow<'_, str>> = if self.unordered {
+            self.counted
+                .iter()
+                .map(|(part, count)| Cow::Owned(format!("{part}*{count}")))
+                .collect()
+        } else {
+            self.ordered
+                .iter()
+                .map(|part| Cow::Borrowed(&**part))
+                .collect()
+        };
+        Ok(Cow::Owned(format!(
             "{}{}{}",
             self.open,
-            self.parts.join(","),
+            parts.join(","),
             self.close
-        ))
+        )))
     }
 }
 
-fn float(value: f64) -> Result<String, Unwritable> {
+fn float(value: f64) -> Result<Trace_, Unwritable> {
     if value.is_finite() {
-        Ok("float".to_owned())
+        Ok(Cow::Borrowed("float"))
     } else {
         Err(Unwritable(format!(
             "it holds {value}, which JSON writes as `null`"
@@ -117,14 +145,14 @@ fn float(value: f64) -> Result<String, Unwritable> {
 
 macro_rules! primitive {
     ($($method:ident: $ty:ty => $name:literal),* $(,)?) => {
-        $(fn $method(self, _: $ty) -> Result<String, Unwritable> {
-            Ok($name.to_owned())
+        $(fn $method(self, _: $ty) -> Result<Trace_, Unwritable> {
+            Ok(Cow::Borrowed($name))
         })*
     };
 }
 
 impl ser::Serializer for Trace {
-    type Ok = String;
+    type Ok = Trace_;
     type Error = Unwritable;
     type SerializeSeq = Parts;
     type SerializeTuple = Parts;
@@ -142,28 +170,28 @@ impl ser::Serializer for Trace {
         serialize_str: &str => "str", serialize_bytes: &[u8] => "bytes",
     );
 
-    fn serialize_f32(self, value: f32) -> Result<String, Unwritable> {
+    fn serialize_f32(self, value: f32) -> Result<Trace_, Unwritable> {
         float(f64::from(value))
     }
 
-    fn serialize_f64(self, value: f64) -> Result<String, Unwritable> {
+    fn serialize_f64(self, value: f64) -> Result<Trace_, Unwritable> {
         float(value)
     }
 
-    fn serialize_none(self) -> Result<String, Unwritable> {
-        Ok("None".to_owned())
+    fn serialize_none(self) -> Result<Trace_, Unwritable> {
+        Ok(Cow::Borrowed("None"))
     }
 
-    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<String, Unwritable> {
-        Ok(format!("Some({})", value.serialize(Trace)?))
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<Trace_, Unwritable> {
+        Ok(Cow::Owned(format!("Some({})", value.serialize(Trace)?)))
     }
 
-    fn serialize_unit(self) -> Result<String, Unwritable> {
-        Ok("()".to_owned())
+    fn serialize_unit(self) -> Result<Trace_, Unwritable> {
+        Ok(Cow::Borrowed("()"))
     }
 
-    fn serialize_unit_struct(self, name: &'static str) -> Result<String, Unwritable> {
-        Ok(name.to_owned())
+    fn serialize_unit_struct(self, name: &'static str) -> Result<Trace_, Unwritable> {
+        Ok(Cow::Borrowed(name))
     }
 
     fn serialize_unit_variant(
@@ -171,16 +199,16 @@ impl ser::Serializer for Trace {
         name: &'static str,
         _: u32,
         variant: &'static str,
-    ) -> Result<String, Unwritable> {
-        Ok(format!("{name}::{variant}"))
+    ) -> Result<Trace_, Unwritable> {
+        Ok(Cow::Owned(format!("{name}::{variant}")))
     }
 
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
         name: &'static str,
         value: &T,
-    ) -> Result<String, Unwritable> {
-        Ok(format!("{name}({})", value.serialize(Trace)?))
+    ) -> Result<Trace_, Unwritable> {
+        Ok(Cow::Owned(format!("{name}({})", value.serialize(Trace)?)))
     }
 
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
@@ -189,8 +217,11 @@ impl ser::Serializer for Trace {
         _: u32,
         variant: &'static str,
         value: &T,
-    ) -> Result<String, Unwritable> {
-        Ok(format!("{name}::{variant}({})", value.serialize(Trace)?))
+    ) -> Result<Trace_, Unwritable> {
+        Ok(Cow::Owned(format!(
+            "{name}::{variant}({})",
+            value.serialize(Trace)?
+        )))
     }
 
     fn serialize_seq(self, _: Option<usize>) -> Result<Parts, Unwritable> {
@@ -237,7 +268,7 @@ impl ser::Serializer for Trace {
 macro_rules! compound {
     ($($trait:ident: $method:ident $(($key:ident))?;)*) => {
         $(impl ser::$trait for Parts {
-            type Ok = String;
+            type Ok = Trace_;
             type Error = Unwritable;
 
             fn $method<T: Serialize + ?Sized>(
@@ -251,7 +282,7 @@ macro_rules! compound {
                 self.push(&label, value)
             }
 
-            fn end(self) -> Result<String, Unwritable> {
+            fn end(self) -> Result<Trace_, Unwritable> {
                 Parts::end(self)
             }
         })*
@@ -268,7 +299,7 @@ compound! {
 }
 
 impl ser::SerializeMap for Parts {
-    type Ok = String;
+    type Ok = Trace_;
     type Error = Unwritable;
 
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Unwritable> {
@@ -277,11 +308,11 @@ impl ser::SerializeMap for Parts {
     }
 
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unwritable> {
-        let key = self.key.take().unwrap_or_default();
+        let key = self.key.take().unwrap_or(Cow::Borrowed(""));
         self.push(&format!("{key}:"), value)
     }
 
-    fn end(self) -> Result<String, Unwritable> {
+    fn end(self) -> Result<Trace_, Unwritable> {
         Parts::end(self)
     }
 }
