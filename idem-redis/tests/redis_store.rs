@@ -435,17 +435,7 @@ async fn replica_acknowledgements_fail_closed_without_replicas() {
 
     let port = primary.port.to_string();
     let replica = RedisServer::start_with(&["--save", "", "--replicaof", "127.0.0.1", &port]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !replica
-        .cli(&["info", "replication"])
-        .contains("master_link_status:up")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the replica did not sync"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    replica.wait_for_primary_link();
     let value = idem
         .run(Call::new("acks", "replicated"), body(&runs, Duration::ZERO))
         .await
@@ -1174,16 +1164,7 @@ async fn replica_acknowledgements_on_a_cluster_ask_the_keys_own_shard() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    while !replica
-        .cli(&["info", "replication"])
-        .contains("master_link_status:up")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the replica did not sync"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    replica.wait_for_primary_link();
     let urls = cluster.urls();
     let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
     let store = RedisStore::connect_cluster(&urls)

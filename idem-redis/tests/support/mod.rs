@@ -138,6 +138,18 @@ impl RedisServer {
             .unwrap()
     }
 
+    /// Waits until this replica's link to its primary is up (10s at most).
+    pub fn wait_for_primary_link(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self
+            .cli(&["info", "replication"])
+            .contains("master_link_status:up")
+        {
+            assert!(Instant::now() < deadline, "the replica did not sync");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// `redis-cli` against this server.
     pub fn cli(&self, args: &[&str]) -> String {
         run_cli(&[&["-p", &self.port.to_string()][..], args].concat())
