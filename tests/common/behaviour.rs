@@ -546,25 +546,31 @@ pub async fn fences_increase_across_claims(idem: &Idempotency) {
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
 }
 
+/// Claims `store_key` in the store itself, as a holder outside the runtime would.
+async fn claim_directly(idem: &Idempotency, store_key: &str, lease: Duration) -> idem::Fence {
+    let outcome = idem
+        .store()
+        .claim(idem::store::ClaimRequest::new(
+            store_key,
+            idem::store::AttemptId::random(),
+            b"",
+            lease,
+        ))
+        .await
+        .unwrap();
+    match outcome {
+        idem::store::ClaimOutcome::Acquired { fence, .. } => fence,
+        other => panic!("expected Acquired, got {other:?}"),
+    }
+}
+
 /// A holder that crashed after claiming blocks its key for one lease, no longer; the call that
 /// takes over records its result, and the crashed holder's late write is refused.
 pub async fn a_crashed_holder_is_taken_over_and_cannot_record_late(idem: &Idempotency) {
     let runs = AtomicU32::new(0);
     let order = key("crashed");
     let store_key = idem.store_key("charge", &order).unwrap();
-    let crashed = idem
-        .store()
-        .claim(idem::store::ClaimRequest::new(
-            &store_key,
-            idem::store::AttemptId::random(),
-            b"",
-            Duration::from_millis(500),
-        ))
-        .await
-        .unwrap();
-    let idem::store::ClaimOutcome::Acquired { fence: stale, .. } = crashed else {
-        panic!("expected Acquired, got {crashed:?}");
-    };
+    let stale = claim_directly(idem, &store_key, Duration::from_millis(500)).await;
     let started = tokio::time::Instant::now();
     let receipt = charge(idem, &order, 7, &runs, Duration::ZERO)
         .await
@@ -593,19 +599,7 @@ pub async fn corrupt_record_is_an_error_not_a_miss(idem: &Idempotency) {
     let runs = AtomicU32::new(0);
     let order = key("corrupt");
     let store_key = idem.store_key("charge", &order).unwrap();
-    let outcome = idem
-        .store()
-        .claim(idem::store::ClaimRequest::new(
-            &store_key,
-            idem::store::AttemptId::random(),
-            b"",
-            Duration::from_secs(5),
-        ))
-        .await
-        .unwrap();
-    let idem::store::ClaimOutcome::Acquired { fence, .. } = outcome else {
-        panic!("expected Acquired, got {outcome:?}");
-    };
+    let fence = claim_directly(idem, &store_key, Duration::from_secs(5)).await;
     idem.store()
         .complete(
             &store_key,
