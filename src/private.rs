@@ -12,6 +12,30 @@ pub use idem_core::{
 
 use crate::{Error, Idempotency};
 
+/// A value `#[idempotent]` can record and replay: one bound, so that a type lacking either half
+/// gets one error that names both.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be recorded by #[idempotent]: it must implement `serde::Serialize` and `serde::de::DeserializeOwned`",
+    label = "`{Self}` must implement `Serialize` and `DeserializeOwned`",
+    note = "the value is recorded and replayed to duplicates; for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]`; for a response (such as axum's `Json` or `StatusCode`), return the data it is built from and build the response outside the function"
+)]
+pub trait Recordable: Serialize + DeserializeOwned {}
+
+// `do_not_recommend`: report the missing `Recordable`, not each missing serde trait.
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + DeserializeOwned> Recordable for T {}
+
+/// An error type `#[idempotent]` can return its own failures through.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the error type of an #[idempotent] function: it must implement `From<idem::Error>`",
+    label = "`{Self}` must implement `From<idem::Error>`",
+    note = "the function returns idem's own failures (an unreachable store, a key reused with other arguments, ...) through its error type; add `impl From<idem::Error> for {Self}`, or a variant with `#[from] idem::Error` if it derives `thiserror::Error`"
+)]
+pub trait FromIdemError: From<Error> {}
+
+#[diagnostic::do_not_recommend]
+impl<E: From<Error>> FromIdemError for E {}
+
 /// `using = EXPR` takes any `&Idempotency`; the handle is cloned (one `Arc`) so that no borrow
 /// of the arguments outlives the prelude.
 pub fn runtime(runtime: &Idempotency) -> Idempotency {
@@ -33,7 +57,7 @@ pub trait IdempotentReturn: Sized {
     ) -> impl Future<Output = Self>;
 }
 
-impl<T: Serialize + DeserializeOwned, E: From<Error>> IdempotentReturn for Result<T, E> {
+impl<T: Recordable, E: FromIdemError> IdempotentReturn for Result<T, E> {
     async fn run_idempotent<Fut: Future<Output = Self>>(
         runtime: Idempotency,
         call: Call,
@@ -60,8 +84,8 @@ pub trait RecordedErrorsReturn: Sized {
 
 impl<T, E> RecordedErrorsReturn for Result<T, E>
 where
-    T: Serialize + DeserializeOwned,
-    E: Serialize + DeserializeOwned + From<Error>,
+    T: Recordable,
+    E: Recordable + FromIdemError,
 {
     async fn run_idempotent<Fut: Future<Output = Self>>(
         runtime: Idempotency,
@@ -92,7 +116,7 @@ pub trait ClassifiedReturn: Sized {
     ) -> impl Future<Output = Self>;
 }
 
-impl<T: Serialize + DeserializeOwned, E: From<Error>> ClassifiedReturn for Result<T, E> {
+impl<T: Recordable, E: FromIdemError> ClassifiedReturn for Result<T, E> {
     type Error = E;
 
     async fn run_idempotent_with<Fut: Future<Output = Self>>(
@@ -127,8 +151,8 @@ pub trait ClassifiedRecordedReturn: Sized {
 
 impl<T, E> ClassifiedRecordedReturn for Result<T, E>
 where
-    T: Serialize + DeserializeOwned,
-    E: Serialize + DeserializeOwned + From<Error>,
+    T: Recordable,
+    E: Recordable + FromIdemError,
 {
     type Error = E;
 

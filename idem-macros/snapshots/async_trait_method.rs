@@ -25,10 +25,7 @@ fn post<'life0, 'async_trait>(
         let __idem_runtime = ::idem::__private::runtime(
             ::idem::__private::default_runtime(),
         );
-        <Result<
-            u64,
-            Error,
-        > as ::idem::__private::IdempotentReturn>::run_idempotent(
+        ::idem::__private::IdempotentReturn::run_idempotent(
                 __idem_runtime,
                 __idem_call,
                 async move {

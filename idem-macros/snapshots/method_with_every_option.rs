@@ -6,10 +6,7 @@ pub async fn charge(&self, order: &Order) -> Result<Receipt, PayError> {
         .lease(::core::time::Duration::new(10u64, 0u32))
         .on_in_progress(::idem::__private::OnInProgress::Reject);
     let __idem_runtime = ::idem::__private::runtime(&self.idem);
-    <Result<
-        Receipt,
-        PayError,
-    > as ::idem::__private::ClassifiedRecordedReturn>::run_idempotent_with(
+    ::idem::__private::ClassifiedRecordedReturn::run_idempotent_with(
             __idem_runtime,
             __idem_call,
             PayError::means,

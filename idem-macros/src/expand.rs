@@ -83,24 +83,20 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
         let #call_var = #call;
         let #runtime_var = #runtime;
     };
-    // The call and its `.await` are spanned on the return type, so that an unsuitable one is
-    // reported there, once.
+    // The call and its `.await` are spanned on the return type's first token, so that an
+    // unsuitable one is reported there, once: `Self` is inferred from the body's output (which
+    // `typed_body` fixes), since naming the type (`<#ret as ...>`) would report it a second time,
+    // at another span.
     let (run_fn, on_error) = match &args.on_error {
         Some(on_error) => ("run_idempotent_with", quote!(#on_error,)),
         None => ("run_idempotent", quote!()),
     };
-    let run = |ret: Option<&Type>, body: TokenStream| match ret {
-        Some(ret) => {
-            let run_fn = Ident::new(run_fn, ret.span());
-            quote_spanned! {ret.span()=>
-            <#ret as #return_trait>::#run_fn(#runtime_var, #call_var, #on_error async move { #body }).await
-            }
-        }
-        None => {
-            let run_fn = Ident::new(run_fn, Span::call_site());
-            quote! {
-            #return_trait::#run_fn(#runtime_var, #call_var, #on_error async move { #body }).await
-            }
+    let run = |ret: Option<&Type>, body: TokenStream| {
+        let span = ret.map_or_else(Span::call_site, Spanned::span);
+        let run_fn = Ident::new(run_fn, span);
+        let return_trait = respanned(return_trait.clone(), span);
+        quote_spanned! {span=>
+        #return_trait::#run_fn(#runtime_var, #call_var, #on_error async move { #body }).await
         }
     };
     match shape {
@@ -134,6 +130,24 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
             }
         }
     }
+}
+
+/// `tokens` with every span set to `span`: a path whose parts had other spans would have the
+/// compiler report a failed bound at each of them.
+fn respanned(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let proc_macro2::TokenTree::Group(group) = &token {
+                let mut inner =
+                    proc_macro2::Group::new(group.delimiter(), respanned(group.stream(), span));
+                inner.set_span(span);
+                token = proc_macro2::TokenTree::Group(inner);
+            }
+            token.set_span(span);
+            token
+        })
+        .collect()
 }
 
 /// The original statements, behind a never-taken typed `return` that fixes the async block's
