@@ -4,9 +4,45 @@
 //! After an intended change to a message, regenerate with `TRYBUILD=overwrite cargo test --test ui`
 //! and review the diff.
 
+use std::fs;
+use std::path::Path;
+
 #[test]
 fn ui() {
     let cases = trybuild::TestCases::new();
     cases.pass("tests/ui/pass/*.rs");
     cases.compile_fail("tests/ui/fail/*.rs");
+}
+
+/// A misuse costs one error: each `fail/` case has exactly as many errors in its expected output
+/// as it has misused attributes, so a change that makes rustc report a bound twice (at two spans,
+/// or once per serde trait) fails here even after `TRYBUILD=overwrite`.
+#[test]
+fn each_misuse_is_one_error() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/fail");
+    let mut checked = 0;
+    for entry in fs::read_dir(&dir).expect("tests/ui/fail is readable") {
+        let path = entry.expect("a directory entry").path();
+        if path.extension().is_none_or(|ext| ext != "rs") {
+            continue;
+        }
+        let source = fs::read_to_string(&path).expect("a case is readable");
+        let stderr_path = path.with_extension("stderr");
+        let stderr = fs::read_to_string(&stderr_path)
+            .unwrap_or_else(|err| panic!("{}: {err}", stderr_path.display()));
+        let misuses = source.matches("#[idem::idempotent").count();
+        let errors = stderr.lines().filter(|l| l.starts_with("error")).count();
+        assert_eq!(
+            errors,
+            misuses,
+            "{}: {misuses} misused attribute(s) but {errors} error(s)",
+            path.display()
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 10,
+        "only {checked} cases found in {}",
+        dir.display()
+    );
 }
