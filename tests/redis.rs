@@ -2,8 +2,6 @@
 //! same results as on the memory store. Each test starts its own servers.
 
 mod common;
-#[path = "../idem-redis/tests/support/mod.rs"]
-mod support;
 
 use idem::redis::RedisStore;
 use idem::Idempotency;
@@ -26,7 +24,7 @@ mod standalone {
     crate::behaviour_tests!(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async {
-            let (url, server) = support::any_server();
+            let (url, server) = idem_test_servers::any_server();
             let store = RedisStore::connect(&url).await.unwrap();
             Served {
                 idem: Idempotency::new(store),
@@ -42,7 +40,7 @@ mod cluster {
     crate::behaviour_tests!(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async {
-            let cluster = support::RedisCluster::start();
+            let cluster = idem_test_servers::RedisCluster::start();
             let urls = cluster.urls();
             let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
             let store = RedisStore::connect_cluster(&urls).await.unwrap();

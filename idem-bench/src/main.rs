@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use idem_chaos::servers::RedisServer;
+use idem_test_servers::RedisServer;
 
 use crate::measure::Keys;
 use crate::report::{Cell, Results};

@@ -9,13 +9,10 @@
 //!   (the ground truth), every call's outcome recorded as ok, definite or indeterminate, and a
 //!   [`Report`] that checks the invariants.
 //! * [`scenarios`]: the fault scenarios, shared by the tests and the `chaos` example.
-//! * [`servers`]: real `redis-server` processes and clusters on free local ports.
 
 mod faulty;
 mod proxy;
 pub mod scenarios;
-#[path = "../../idem-redis/tests/support/mod.rs"]
-pub mod servers;
 pub mod workload;
 
 pub use faulty::{FaultCounts, FaultPlan, FaultyStore};

@@ -10,9 +10,9 @@ use idem_core::{Idempotency, MemoryStore, Store};
 use idem_redis::redis::aio::ConnectionManagerConfig;
 use idem_redis::RedisStore;
 
-use crate::servers::{RedisCluster, RedisServer};
 use crate::workload::{self, History, Report, Spec};
 use crate::{FaultPlan, FaultProxy, FaultyStore, ProxyFaults};
+use idem_test_servers::{RedisCluster, RedisServer};
 
 /// Which store a scenario runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

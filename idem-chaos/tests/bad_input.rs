@@ -5,9 +5,9 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use idem_chaos::servers::RedisServer;
 use idem_core::{Call, Error, Idempotency, MemoryStore, Store};
 use idem_redis::RedisStore;
+use idem_test_servers::RedisServer;
 
 async fn check_keys_and_sizes(store: Arc<dyn Store>) {
     let idem = Idempotency::from_arc(store);

@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use idem_chaos::servers::RedisServer;
 use idem_chaos::{FaultProxy, ProxyFaults};
 use idem_core::{Call, Error, Idempotency};
 use idem_redis::RedisStore;
+use idem_test_servers::RedisServer;
 
 /// One call, its error, and how long the caller waited for it.
 async fn failing_call(idem: &Idempotency, runs: &AtomicU32, key: &str) -> (Error, Duration) {

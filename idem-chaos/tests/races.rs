@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idem_chaos::servers::RedisServer;
 use idem_chaos::{FaultPlan, FaultyStore};
 use idem_core::{AttemptId, Call, ClaimOutcome, ClaimRequest, Error, Idempotency};
 use idem_redis::RedisStore;
+use idem_test_servers::RedisServer;
 
 async fn redis(server: &RedisServer) -> Idempotency {
     Idempotency::new(RedisStore::connect(&server.url()).await.unwrap())

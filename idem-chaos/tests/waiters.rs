@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idem_chaos::servers::RedisServer;
 use idem_chaos::{FaultProxy, ProxyFaults};
 use idem_core::{Call, Error, Idempotency};
 use idem_redis::redis;
 use idem_redis::RedisStore;
+use idem_test_servers::RedisServer;
 
 const LEASE: Duration = Duration::from_secs(1);
 

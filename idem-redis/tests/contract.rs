@@ -1,12 +1,10 @@
 //! The store contract suite against real servers: a standalone `redis-server` and a 3-master
 //! Redis Cluster, each started by the test itself.
 
-mod support;
-
 use idem_core::testing::Fixture;
 use idem_core::Store;
 use idem_redis::RedisStore;
-use support::RedisCluster;
+use idem_test_servers::RedisCluster;
 
 /// A store with the servers behind it, which live as long as the test.
 struct Served<S, G> {
@@ -24,7 +22,7 @@ mod standalone {
     use super::*;
 
     idem_core::store_contract_tests!(async {
-        let (url, server) = support::any_server();
+        let (url, server) = idem_test_servers::any_server();
         let store = RedisStore::connect(&url).await.unwrap();
         Served {
             store,

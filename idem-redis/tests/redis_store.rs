@@ -4,8 +4,6 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
-mod support;
-
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +14,7 @@ use idem_core::{
 use idem_redis::redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use idem_redis::redis::{self, Cmd, FromRedisValue, Pipeline, RedisFuture, Value};
 use idem_redis::RedisStore;
-use support::{RedisCluster, RedisServer};
+use idem_test_servers::{RedisCluster, RedisServer};
 
 /// Counts round trips: every request a store sends through it.
 #[derive(Clone)]
@@ -306,7 +304,7 @@ async fn garbage_and_wrong_types_are_corrupt_and_left_untouched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_is_down_fails_closed_with_a_clear_error() {
     // Nothing listens on a fresh free port.
-    let url = format!("redis://127.0.0.1:{}", support::free_port());
+    let url = format!("redis://127.0.0.1:{}", idem_test_servers::free_port());
     let err = RedisStore::connect(&url).await.unwrap_err();
     assert!(chain(&err).contains("cannot connect to Redis at"), "{err}");
 
@@ -452,7 +450,7 @@ async fn replica_acknowledgements_fail_closed_without_replicas() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn several_instances_sharing_one_server_run_the_body_once() {
-    let (url, _server) = support::any_server();
+    let (url, _server) = idem_test_servers::any_server();
     let runs = Arc::new(AtomicU32::new(0));
     let key = format!("shared-{}", AttemptId::random().0);
     let mut tasks = Vec::new();

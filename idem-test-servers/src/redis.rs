@@ -1,11 +1,12 @@
-//! Real `redis-server` processes for tests: each on a free port in a temporary directory,
-//! waited for until it answers, killed (and its directory removed) on drop. On a failure to
-//! start, the server's log is printed.
+//! `redis-server` processes: each on a free port in a temporary directory, waited for until it
+//! answers, killed (and its directory removed) on drop. On a failure to start, the server's log
+//! is printed.
 //!
 //! `IDEM_REDIS_SERVER` names another `redis-server` binary; `IDEM_TEST_REDIS_URL` points the
 //! tests that only need *a* server at an existing one (tests that stop, restart or cluster
 //! servers always start their own).
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+// Test support: a failure to set a server up fails the test that asked for it.
+#![allow(clippy::unwrap_used)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
