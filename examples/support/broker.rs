@@ -1,54 +1,15 @@
-//! The payment simulation shared by the examples: a broker that delivers every order one to
-//! four times, often concurrently and to different service instances, and redelivers whenever
-//! the handler fails (a flaky gateway). Each instance's `charge` is `#[idempotent]`.
+//! The world around the payment example's service: a payment gateway that fails the way real
+//! ones do, and a broker that delivers every order one to four times, often concurrently and to
+//! different service instances, and redelivers whenever the handler fails.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use idem::{idempotent, Idempotency, OnError, Served};
-use serde::{Deserialize, Serialize};
+use idem::{Idempotency, Served};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Order {
-    pub(crate) id: String,
-    pub(crate) cents: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct Receipt {
-    pub(crate) order: String,
-    pub(crate) cents: u64,
-    pub(crate) charge_id: u32,
-}
-
-#[derive(Debug)]
-pub(crate) enum PaymentError {
-    /// The gateway refused before charging: a retry may run again.
-    GatewayUnavailable,
-    /// No answer from the gateway: it may have charged.
-    GatewayTimeout,
-    Idempotency(idem::Error),
-}
-
-impl From<idem::Error> for PaymentError {
-    fn from(err: idem::Error) -> Self {
-        PaymentError::Idempotency(err)
-    }
-}
-
-impl PaymentError {
-    /// What each error means for a retry (`on_error`).
-    fn means(&self) -> OnError {
-        match self {
-            // The charge may have gone through: keep the claim for a lease, then let a retry
-            // ask the gateway again with the same downstream key.
-            PaymentError::GatewayTimeout => OnError::OutcomeUnknown,
-            _ => OnError::Release,
-        }
-    }
-}
+use crate::{Order, PaymentError, PaymentService, Receipt};
 
 /// The downstream effect we must not repeat: a payment provider that, like real ones, takes an
 /// idempotency key and answers a repeated key with the charge it already made.
@@ -75,7 +36,11 @@ fn take(list: &Mutex<Vec<String>>, order: &str) -> bool {
 }
 
 impl Gateway {
-    async fn charge(&self, order: &Order, idempotency_key: &str) -> Result<Receipt, PaymentError> {
+    pub(crate) async fn charge(
+        &self,
+        order: &Order,
+        idempotency_key: &str,
+    ) -> Result<Receipt, PaymentError> {
         tokio::time::sleep(Duration::from_millis(20)).await; // the network round trip
         if take(&self.unavailable, &order.id) {
             return Err(PaymentError::GatewayUnavailable);
@@ -95,27 +60,6 @@ impl Gateway {
             return Err(PaymentError::GatewayTimeout);
         }
         Ok(receipt)
-    }
-}
-
-/// One instance of the payment service.
-pub(crate) struct PaymentService {
-    idem: Idempotency,
-    gateway: Arc<Gateway>,
-    executions: Arc<AtomicU32>,
-}
-
-impl PaymentService {
-    /// Charges an order once, however often it is delivered. A gateway timeout is an unknown
-    /// outcome: the claim is kept for the lease, then a redelivery runs the body again and
-    /// sends the gateway the same downstream key, so the gateway does not charge twice.
-    #[idempotent(key = order.id, using = &self.idem, fingerprint = order, lease = "1s", on_error = PaymentError::means)]
-    pub(crate) async fn charge(&self, order: &Order) -> Result<Receipt, PaymentError> {
-        self.executions.fetch_add(1, Ordering::SeqCst);
-        let context = idem::context().ok_or(PaymentError::GatewayUnavailable)?;
-        self.gateway
-            .charge(order, &context.downstream_key("gateway"))
-            .await
     }
 }
 
