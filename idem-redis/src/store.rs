@@ -146,10 +146,11 @@ impl RedisStore<ConnectionManager> {
         url: &str,
         config: ConnectionManagerConfig,
     ) -> Result<Self, Error> {
-        let client = redis::Client::open(url).map_err(|err| connect_error(url, err))?;
+        let shown = without_password(url);
+        let client = redis::Client::open(url).map_err(|err| connect_error(&shown, err))?;
         let connection = ConnectionManager::new_with_config(client.clone(), config)
             .await
-            .map_err(|err| connect_error(url, err))?;
+            .map_err(|err| connect_error(&shown, err))?;
         let mut store = Self::from_connection(connection).with_pubsub(client);
         // One server behind one connection: a reading of its clock stays valid between claims.
         store.time_per_claim = false;
@@ -163,7 +164,11 @@ impl RedisStore<ConnectionManager> {
 impl RedisStore<redis::cluster_async::ClusterConnection> {
     /// Connects to a Redis Cluster through any of its nodes' URLs.
     pub async fn connect_cluster(nodes: &[&str]) -> Result<Self, Error> {
-        let joined = nodes.join(", ");
+        let joined = nodes
+            .iter()
+            .map(|node| without_password(node))
+            .collect::<Vec<_>>()
+            .join(", ");
         let client = redis::cluster::ClusterClient::new(nodes.to_vec())
             .map_err(|err| connect_error(&joined, err))?;
         let connection = client
@@ -186,6 +191,18 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
             Some(Ok(client)) => store.with_pubsub(client),
             _ => store,
         })
+    }
+}
+
+/// `url` without its user and password, for messages that end up in logs.
+fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
     }
 }
 

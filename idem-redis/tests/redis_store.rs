@@ -301,6 +301,22 @@ async fn garbage_and_wrong_types_are_corrupt_and_left_untouched() {
     }
 }
 
+/// Connection errors end up in logs: they name the server, never the password in its URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_errors_do_not_show_the_password() {
+    let port = idem_test_servers::free_port();
+    let url = format!("redis://idem:hunter2@127.0.0.1:{port}");
+    let err = RedisStore::connect(&url).await.unwrap_err();
+    let shown = format!("{} {err:?}", chain(&err));
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains(&format!("127.0.0.1:{port}")), "{shown}");
+
+    let cluster_url = format!("redis://idem:hunter2@127.0.0.1:{port}");
+    let err = RedisStore::connect_cluster(&[&cluster_url]).await.unwrap_err();
+    let shown = format!("{} {err:?}", chain(&err));
+    assert!(!shown.contains("hunter2"), "{shown}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_is_down_fails_closed_with_a_clear_error() {
     // Nothing listens on a fresh free port.
