@@ -312,7 +312,9 @@ async fn connection_errors_do_not_show_the_password() {
     assert!(shown.contains(&format!("127.0.0.1:{port}")), "{shown}");
 
     let cluster_url = format!("redis://idem:hunter2@127.0.0.1:{port}");
-    let err = RedisStore::connect_cluster(&[&cluster_url]).await.unwrap_err();
+    let err = RedisStore::connect_cluster(&[&cluster_url])
+        .await
+        .unwrap_err();
     let shown = format!("{} {err:?}", chain(&err));
     assert!(!shown.contains("hunter2"), "{shown}");
 }
