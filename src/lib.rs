@@ -84,6 +84,12 @@ pub use idem_macros::idempotent;
 pub mod redis {
     /// Connection settings for [`RedisStore::connect_with_config`], from redis-rs.
     pub use idem_redis::redis::aio::ConnectionManagerConfig;
+    /// A redis-rs client, for [`RedisStore::connect_with_client`].
+    pub use idem_redis::redis::Client;
+    /// Certificates for `Client::build_with_tls` (feature `redis-tls`), from redis-rs.
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub use idem_redis::redis::{ClientTlsConfig, TlsCertificates};
     pub use idem_redis::{RedisStore, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT};
 }
 

@@ -146,11 +146,34 @@ impl RedisStore<ConnectionManager> {
         url: &str,
         config: ConnectionManagerConfig,
     ) -> Result<Self, Error> {
-        let shown = without_password(url);
-        let client = redis::Client::open(url).map_err(|err| connect_error(&shown, err))?;
+        let client =
+            redis::Client::open(url).map_err(|err| connect_error(&without_password(url), err))?;
+        Self::connect_with_client(client, config).await
+    }
+
+    /// Connects through a client you built: for TLS with your own certificate authority or a
+    /// client certificate (`redis::Client::build_with_tls`, feature `tls`), or anything else
+    /// `redis::Client` can be told. `config` is [`fail_fast_config`](Self::fail_fast_config)
+    /// unless you have reasons. Checks the eviction policy as [`connect`](Self::connect) does.
+    ///
+    /// ```no_run
+    /// # async fn example(ca_pem: Vec<u8>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use idem_redis::{redis, RedisStore};
+    ///
+    /// let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(ca_pem) };
+    /// let client = redis::Client::build_with_tls("rediss://redis.internal:6380", certificates)?;
+    /// let store = RedisStore::connect_with_client(client, RedisStore::fail_fast_config()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_with_client(
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+    ) -> Result<Self, Error> {
+        use_tls_provider();
+        let url = client.get_connection_info().addr().to_string();
         let connection = ConnectionManager::new_with_config(client.clone(), config)
             .await
-            .map_err(|err| connect_error(&shown, err))?;
+            .map_err(|err| connect_error(&url, err))?;
         let mut store = Self::from_connection(connection).with_pubsub(client);
         // One server behind one connection: a reading of its clock stays valid between claims.
         store.time_per_claim = false;
@@ -164,6 +187,7 @@ impl RedisStore<ConnectionManager> {
 impl RedisStore<redis::cluster_async::ClusterConnection> {
     /// Connects to a Redis Cluster through any of its nodes' URLs.
     pub async fn connect_cluster(nodes: &[&str]) -> Result<Self, Error> {
+        use_tls_provider();
         let joined = nodes
             .iter()
             .map(|node| without_password(node))
@@ -191,6 +215,17 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
             Some(Ok(client)) => store.with_pubsub(client),
             _ => store,
         })
+    }
+}
+
+/// With the `tls` feature, makes rustls's `ring` provider the process's default unless one was
+/// installed already: rustls cannot pick one by itself when the build enables two (`ring` here,
+/// `aws-lc-rs` through another crate), and would panic on the first TLS connection.
+fn use_tls_provider() {
+    #[cfg(feature = "tls")]
+    {
+        // An error means a provider is installed already, which is what we need.
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 

@@ -7,4 +7,4 @@
 
 pub mod redis;
 
-pub use crate::redis::{any_server, free_port, RedisCluster, RedisServer};
+pub use crate::redis::{any_server, free_port, RedisCluster, RedisServer, TlsRedisServer};

@@ -244,3 +244,99 @@ impl RedisCluster {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 }
+
+/// A server that also accepts TLS, on [`tls_port`](Self::tls_port), with a certificate for
+/// `127.0.0.1` and `localhost` signed by a certificate authority made for it at start. The plain
+/// port stays open for set-up and inspection (`cli`, `connection`).
+pub struct TlsRedisServer {
+    /// The server; its plain port serves the harness.
+    pub server: RedisServer,
+    /// The TLS port (127.0.0.1).
+    pub tls_port: u16,
+    /// The certificate authority's certificate (PEM): what a client must trust.
+    pub ca_pem: String,
+    certificates: PathBuf,
+}
+
+impl TlsRedisServer {
+    /// Makes the certificates and starts the server without persistence.
+    pub fn start() -> Self {
+        let tls_port = free_port();
+        let certificates =
+            std::env::temp_dir().join(format!("idem-redis-tls-{}-{tls_port}", std::process::id()));
+        std::fs::create_dir_all(&certificates).unwrap();
+        let made =
+            make_certificates().unwrap_or_else(|err| panic!("cannot make certificates: {err}"));
+        let file = |name: &str, pem: &str| {
+            let path = certificates.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path.to_string_lossy().into_owned()
+        };
+        let (ca, cert, key) = (
+            file("ca.pem", &made.ca),
+            file("server.pem", &made.cert),
+            file("server.key", &made.key),
+        );
+        let tls_port_text = tls_port.to_string();
+        let server = RedisServer::start_with(&[
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--tls-port",
+            &tls_port_text,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            // Clients prove nothing with certificates; the server proves itself.
+            "--tls-auth-clients",
+            "no",
+        ]);
+        TlsRedisServer {
+            server,
+            tls_port,
+            ca_pem: made.ca,
+            certificates,
+        }
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT`.
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.tls_port)
+    }
+}
+
+impl Drop for TlsRedisServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.certificates);
+    }
+}
+
+/// PEM texts: the authority's certificate, the server's certificate and its key.
+struct Certificates {
+    ca: String,
+    cert: String,
+    key: String,
+}
+
+fn make_certificates() -> Result<Certificates, rcgen::Error> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, KeyUsagePurpose,
+    };
+
+    let mut authority = CertificateParams::new(Vec::<String>::new())?;
+    authority.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    authority.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let authority = CertifiedIssuer::self_signed(authority, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?
+        .signed_by(&key, &authority)?;
+    Ok(Certificates {
+        ca: authority.pem(),
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
