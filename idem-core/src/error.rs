@@ -132,9 +132,12 @@ impl Error {
         Error::LeaseLost { key: key.into() }
     }
 
-    /// An option that cannot be used.
-    pub(crate) fn invalid_option(reason: String) -> Self {
-        Error::InvalidOption { reason }
+    /// An option that cannot be honoured, for store implementations (a table name, a setting):
+    /// `reason` says what is wrong and what to write instead.
+    pub fn invalid_option(reason: impl Into<String>) -> Self {
+        Error::InvalidOption {
+            reason: reason.into(),
+        }
     }
 
     /// A key or key prefix that cannot be used, for store implementations.

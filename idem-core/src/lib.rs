@@ -24,6 +24,7 @@ mod runtime;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod transaction;
 
 pub use context::{context, ClaimContext};
 pub use error::{BoxError, Error};
@@ -42,3 +43,4 @@ pub use runtime::{
     MAX_DURATION, MIN_LEASE,
 };
 pub use store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
+pub use transaction::TransactionalStore;

@@ -79,6 +79,8 @@ pub struct Idempotency {
 #[derive(Clone)]
 struct Settings {
     store: Arc<dyn Store>,
+    /// The same store as its own type, for modes only some stores offer (`store_as`).
+    concrete: Option<Arc<dyn std::any::Any + Send + Sync>>,
     retention: Duration,
     lease: Duration,
     key_prefix: String,
@@ -159,17 +161,19 @@ impl Call {
 }
 
 /// How a body's `Err` is treated: the policy of one `run` flavour, so the core is written once.
-trait ErrorPolicy<E> {
+pub(crate) trait ErrorPolicy<E> {
     /// What this error means.
     fn classify(&self, err: &E) -> OnError;
     /// The error's JSON for a record; `None` when errors of this type cannot be recorded.
     fn encode(&self, err: &E) -> Option<Result<Vec<u8>, serde_json::Error>>;
     /// A recorded error back; `None` when errors of this type are not recorded.
     fn decode(&self, json: &[u8]) -> Option<Result<E, serde_json::Error>>;
+    /// Whether errors of this type may be recorded.
+    fn can_record(&self) -> bool;
 }
 
 /// Errors that cannot be recorded, classified by `F` (`Record` is kept as `OutcomeUnknown`).
-struct Unrecorded<F>(F);
+pub(crate) struct Unrecorded<F>(pub(crate) F);
 
 impl<E, F: Fn(&E) -> OnError> ErrorPolicy<E> for Unrecorded<F> {
     fn classify(&self, err: &E) -> OnError {
@@ -185,10 +189,13 @@ impl<E, F: Fn(&E) -> OnError> ErrorPolicy<E> for Unrecorded<F> {
     fn decode(&self, _: &[u8]) -> Option<Result<E, serde_json::Error>> {
         None
     }
+    fn can_record(&self) -> bool {
+        false
+    }
 }
 
 /// Errors that round-trip through serde, classified by `F`.
-struct Recordable<F>(F);
+pub(crate) struct Recordable<F>(pub(crate) F);
 
 impl<E, F> ErrorPolicy<E> for Recordable<F>
 where
@@ -204,20 +211,28 @@ where
     fn decode(&self, json: &[u8]) -> Option<Result<E, serde_json::Error>> {
         Some(serde_json::from_slice(json))
     }
+    fn can_record(&self) -> bool {
+        true
+    }
 }
 
 impl Idempotency {
     /// A runtime over `store` with the defaults: retention 24h, lease 30s, key prefix `idem:`,
     /// 3 attempts for each store operation.
-    pub fn new(store: impl Store) -> Self {
-        Self::from_arc(Arc::new(store))
+    pub fn new<S: Store>(store: S) -> Self {
+        let store = Arc::new(store);
+        let mut runtime = Self::from_arc(store.clone());
+        Arc::make_mut(&mut runtime.inner).concrete = Some(store);
+        runtime
     }
 
-    /// A runtime over a shared store.
+    /// A runtime over a shared store. (Modes that need a store's own type, such as running in a
+    /// database transaction, need [`new`](Self::new).)
     pub fn from_arc(store: Arc<dyn Store>) -> Self {
         Idempotency {
             inner: Arc::new(Settings {
                 store,
+                concrete: None,
                 retention: DEFAULT_RETENTION,
                 lease: DEFAULT_LEASE,
                 key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
@@ -255,6 +270,12 @@ impl Idempotency {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    /// The store as its own type `S`, if the runtime was made with [`new`](Self::new) over an
+    /// `S`.
+    pub fn store_as<S: Store>(&self) -> Option<&S> {
+        self.inner.concrete.as_ref()?.downcast_ref()
     }
 
     /// The default retention.
@@ -441,14 +462,15 @@ impl Idempotency {
     /// Everything before the body, the same for every function: the key, the options, and the
     /// claim (or the record to replay).
     async fn begin(&self, call: Call) -> Result<Begun, Error> {
-        let settings = &*self.inner;
-        let key = store_key(&settings.key_prefix, &call.namespace?, &call.key)?;
-        let fingerprint = call.fingerprint?.map_or_else(Vec::new, |f| f.0.to_vec());
-        let lease = call.lease.unwrap_or(settings.lease);
-        let retention = call.retention.unwrap_or(settings.retention);
-        check_durations(lease, retention)?;
+        let Prepared {
+            key,
+            fingerprint,
+            lease,
+            retention,
+            on_in_progress,
+        } = self.prepare(call)?;
         match self
-            .acquire(&key, &fingerprint, lease, call.on_in_progress)
+            .acquire(&key, &fingerprint, lease, on_in_progress)
             .await?
         {
             Acquired::Fence(fence, claimed_at) => Ok(Begun::Claimed(Claim {
@@ -466,6 +488,23 @@ impl Idempotency {
                 waited,
             }),
         }
+    }
+
+    /// A call's options resolved against the runtime's, and checked.
+    pub(crate) fn prepare(&self, call: Call) -> Result<Prepared, Error> {
+        let settings = &*self.inner;
+        let key = store_key(&settings.key_prefix, &call.namespace?, &call.key)?;
+        let fingerprint = call.fingerprint?.map_or_else(Vec::new, |f| f.0.to_vec());
+        let lease = call.lease.unwrap_or(settings.lease);
+        let retention = call.retention.unwrap_or(settings.retention);
+        check_durations(lease, retention)?;
+        Ok(Prepared {
+            key,
+            fingerprint,
+            lease,
+            retention,
+            on_in_progress: call.on_in_progress,
+        })
     }
 
     /// Everything after the body, the same for every function: record, release or keep the
@@ -660,6 +699,15 @@ impl Idempotency {
     }
 }
 
+/// A call's options, resolved and checked.
+pub(crate) struct Prepared {
+    pub(crate) key: String,
+    pub(crate) fingerprint: Vec<u8>,
+    pub(crate) lease: Duration,
+    pub(crate) retention: Duration,
+    pub(crate) on_in_progress: OnInProgress,
+}
+
 enum Acquired {
     /// The claim, and when its request was sent (its lease runs from no earlier than that).
     Fence(Fence, Instant),
@@ -749,7 +797,7 @@ pub(crate) fn later(at: Instant, by: Duration) -> Instant {
         .unwrap_or(at)
 }
 
-fn not_recorded(key: String, source: Error) -> Error {
+pub(crate) fn not_recorded(key: String, source: Error) -> Error {
     Error::NotRecorded {
         key,
         source: Box::new(source),
@@ -760,12 +808,12 @@ fn not_recorded(key: String, source: Error) -> Error {
 /// without `fingerprint`, or a record made before the function had one) matches any: adding a
 /// fingerprint to a function must not turn duplicates of older requests into `KeyReused`,
 /// which tells clients to use a new key and so runs the effect again.
-fn same_request(stored: &[u8], call: &[u8]) -> bool {
+pub(crate) fn same_request(stored: &[u8], call: &[u8]) -> bool {
     stored.is_empty() || call.is_empty() || stored == call
 }
 
 /// The replayed result (an `Ok`, or a recorded `Err`), or why nothing can be replayed.
-fn decode_replay<T, E>(
+pub(crate) fn decode_replay<T, E>(
     key: &str,
     fingerprint: &[u8],
     bytes: &[u8],
