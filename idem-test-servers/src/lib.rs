@@ -5,6 +5,11 @@
 //! A missing server binary fails the test with a message that says how to install it; there
 //! are no silent skips.
 
+// Test support: a failure to set a server up fails the test that asked for it, loudly.
+#![allow(clippy::unwrap_used)]
+
+pub mod postgres;
 pub mod redis;
 
+pub use crate::postgres::{any_database, PostgresServer};
 pub use crate::redis::{any_server, free_port, RedisCluster, RedisServer, TlsRedisServer};

@@ -5,8 +5,6 @@
 //! `IDEM_REDIS_SERVER` names another `redis-server` binary; `IDEM_TEST_REDIS_URL` points the
 //! tests that only need *a* server at an existing one (tests that stop, restart or cluster
 //! servers always start their own).
-// Test support: a failure to set a server up fails the test that asked for it.
-#![allow(clippy::unwrap_used)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
