@@ -1,0 +1,232 @@
+//! The store's SQL, written once for a validated table name.
+
+use idem_core::Error;
+use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
+
+/// The table name when none is chosen.
+pub const DEFAULT_TABLE: &str = "idem_records";
+
+/// The schema file's text, with the default names.
+const SCHEMA: &str = include_str!("../schema.sql");
+
+/// Longest table name part: PostgreSQL's 63-byte identifiers, less the longest suffix added
+/// (`_expires_at`).
+const MAX_TABLE_PART: usize = 63 - "_expires_at".len();
+
+/// Every statement the store runs, for one table.
+#[derive(Debug, Clone)]
+pub(crate) struct Statements {
+    /// The table as given: `name` or `schema.name`.
+    pub(crate) table: String,
+    pub(crate) schema: String,
+    pub(crate) claim: SqlStr,
+    pub(crate) claim_in_transaction: SqlStr,
+    pub(crate) complete: SqlStr,
+    pub(crate) complete_in_transaction: SqlStr,
+    pub(crate) release: SqlStr,
+    pub(crate) renew: SqlStr,
+    pub(crate) state: SqlStr,
+    pub(crate) reap: SqlStr,
+}
+
+/// Checks a table name: a plain identifier (lowercase letters, digits, `_`, not starting with a
+/// digit), optionally qualified by a schema of the same form.
+fn check_table(table: &str) -> Result<(Option<&str>, &str), Error> {
+    let refuse = |why: &str| {
+        Err(Error::invalid_option(format!(
+            "the table name `{table}` {why}; use a plain identifier such as `idem_records` or \
+             `billing.idem_records` (lowercase letters, digits and `_`, not starting with a \
+             digit, at most {MAX_TABLE_PART} bytes each)"
+        )))
+    };
+    let (schema, name) = match table.split_once('.') {
+        Some((schema, name)) => (Some(schema), name),
+        None => (None, table),
+    };
+    for part in schema.into_iter().chain([name]) {
+        let mut chars = part.chars();
+        let plain = match chars.next() {
+            Some(first) => {
+                (first.is_ascii_lowercase() || first == '_')
+                    && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            }
+            None => false,
+        };
+        if !plain {
+            return refuse("is not a plain identifier");
+        }
+        if part.len() > MAX_TABLE_PART {
+            return refuse("is too long");
+        }
+    }
+    Ok((schema, name))
+}
+
+impl Statements {
+    pub(crate) fn for_table(table: &str) -> Result<Self, Error> {
+        let (schema_name, name) = check_table(table)?;
+        Ok(Self::build(table, schema_name, name))
+    }
+
+    /// The statements of the default table.
+    pub(crate) fn default_table() -> Self {
+        Self::build(DEFAULT_TABLE, None, DEFAULT_TABLE)
+    }
+
+    /// The statements of a checked table name.
+    fn build(table: &str, schema_name: Option<&str>, name: &str) -> Self {
+        let qualified = |suffix: &str| match schema_name {
+            Some(schema) => format!("{schema}.{name}{suffix}"),
+            None => format!("{name}{suffix}"),
+        };
+        let (t, sequence) = (qualified(""), qualified("_fence"));
+        // The schema file with this table's names (the index name cannot be qualified).
+        let schema = SCHEMA
+            .replace("idem_records_expires_at", "\u{1}")
+            .replace("idem_records_fence", "\u{2}")
+            .replace("idem_records", &t)
+            .replace('\u{1}', &format!("{name}_expires_at"))
+            .replace('\u{2}', &sequence);
+        let sql = |text: String| AssertSqlSafe(text).into_sql_str();
+
+        // $1 key, $2 attempt, $3 fingerprint, $4 lease (ms). A claim takes an absent key, a
+        // lapsed claim or an expired record; otherwise the row is read back in the same
+        // statement (from its snapshot: a row committed just after it is not seen, and the
+        // caller asks again).
+        let insert = |source: &str| {
+            format!(
+                "INSERT INTO {t} AS r (key, state, fence, attempt, fingerprint, record, lease_until, expires_at) \
+                 {source} \
+                 ON CONFLICT (key) DO UPDATE SET state = 0, fence = EXCLUDED.fence, \
+                   attempt = EXCLUDED.attempt, fingerprint = EXCLUDED.fingerprint, record = NULL, \
+                   lease_until = EXCLUDED.lease_until, expires_at = EXCLUDED.expires_at \
+                 WHERE (r.state = 0 AND r.lease_until <= statement_timestamp()) \
+                    OR (r.state <> 0 AND r.expires_at <= statement_timestamp()) \
+                 RETURNING r.fence"
+            )
+        };
+        let new_row = format!(
+            "$1, 0, nextval('{sequence}'), $2, $3, NULL, \
+             statement_timestamp() + $4::bigint * interval '1 millisecond', \
+             statement_timestamp() + $4::bigint * interval '1 millisecond'"
+        );
+        // Columns: state (-1 when this statement claimed the key), fence, attempt,
+        // fingerprint, record, lease remaining (ms), whether a record is still live.
+        let claimed_or_found = format!(
+            "SELECT -1::smallint AS state, fence, NULL::bytea AS attempt, \
+               NULL::bytea AS fingerprint, NULL::bytea AS record, 0::bigint AS remaining_ms, \
+               true AS live \
+             FROM claimed \
+             UNION ALL \
+             SELECT r.state, r.fence, r.attempt, r.fingerprint, r.record, \
+               (extract(epoch FROM (r.lease_until - statement_timestamp())) * 1000)::bigint, \
+               r.expires_at > statement_timestamp() \
+             FROM {t} r WHERE r.key = $1 AND NOT EXISTS (SELECT 1 FROM claimed)"
+        );
+        let claim = format!(
+            "WITH claimed AS ({}) {claimed_or_found}",
+            insert(&format!("VALUES ({new_row})"))
+        );
+        // In a transaction, $5 is the key's advisory lock: held until the transaction ends, so
+        // that a duplicate learns at once that another open transaction claimed the key instead
+        // of waiting on its uncommitted row. `held` is the first column.
+        let claim_in_transaction = format!(
+            "WITH lock AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($5) AS held), \
+             claimed AS ({}) \
+             SELECT lock.held, found.* FROM lock LEFT JOIN ({claimed_or_found}) found ON true",
+            insert(&format!("SELECT {new_row} FROM lock WHERE lock.held"))
+        );
+
+        // $1 key, $2 fence, $3 record, $4 retention (ms). Returns whether this statement
+        // completed the key, and the state of the row with this fence (1 if a retried complete
+        // already did). The record is kept at least until the claim's lease would have ended.
+        let complete = |lease_check: &str| {
+            sql(format!(
+                "WITH done AS (UPDATE {t} SET state = 1, record = $3, attempt = NULL, \
+                   expires_at = greatest(statement_timestamp() + $4::bigint * interval '1 millisecond', lease_until) \
+                   WHERE key = $1 AND fence = $2 AND state = 0{lease_check} RETURNING 1) \
+                 SELECT EXISTS (SELECT 1 FROM done), \
+                   (SELECT state FROM {t} WHERE key = $1 AND fence = $2)"
+            ))
+        };
+        Statements {
+            table: table.to_owned(),
+            schema,
+            claim: sql(claim),
+            claim_in_transaction: sql(claim_in_transaction),
+            // Outside a transaction a claim whose lease lapsed may be taken over at any moment,
+            // so it no longer completes; inside, nobody can take it over (its row is not
+            // committed), so the lease does not bound the body.
+            complete: complete(" AND lease_until > statement_timestamp()"),
+            complete_in_transaction: complete(""),
+            // $1 key, $2 fence. Returns whether it was released, and the key's current fence.
+            release: sql(format!(
+                "WITH gone AS (DELETE FROM {t} WHERE key = $1 AND fence = $2 AND state = 0 RETURNING 1) \
+                 SELECT EXISTS (SELECT 1 FROM gone), (SELECT fence FROM {t} WHERE key = $1)"
+            )),
+            // $1 key, $2 fence, $3 lease (ms).
+            renew: sql(format!(
+                "UPDATE {t} SET lease_until = statement_timestamp() + $3::bigint * interval '1 millisecond', \
+                   expires_at = statement_timestamp() + $3::bigint * interval '1 millisecond' \
+                 WHERE key = $1 AND fence = $2 AND state = 0 AND lease_until > statement_timestamp()"
+            )),
+            // $1 key. For `wait`: the key's fence and state.
+            state: sql(format!(
+                "SELECT fence, state, lease_until > statement_timestamp() FROM {t} WHERE key = $1"
+            )),
+            // $1 batch size. Rows locked by a claim or a reaper elsewhere are skipped.
+            reap: sql(format!(
+                "WITH doomed AS (SELECT key FROM {t} WHERE expires_at < statement_timestamp() \
+                   LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                 DELETE FROM {t} r USING doomed WHERE r.key = doomed.key"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_plain_identifiers() {
+        for good in ["idem_records", "_x", "billing.idem", "a1_b2"] {
+            assert!(check_table(good).is_ok(), "{good}");
+        }
+        let too_long = "a".repeat(MAX_TABLE_PART + 1);
+        for bad in [
+            "",
+            "Idem",
+            "1table",
+            "idem-records",
+            "idem records",
+            "idem;drop table x",
+            "\"quoted\"",
+            "a.b.c",
+            ".idem",
+            "idem.",
+            "idem\0",
+            too_long.as_str(),
+        ] {
+            assert!(
+                matches!(check_table(bad), Err(Error::InvalidOption { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_schema_is_the_schema_file() {
+        assert!(check_table(DEFAULT_TABLE).is_ok());
+        assert_eq!(Statements::default_table().schema, SCHEMA);
+    }
+
+    #[test]
+    fn a_qualified_table_qualifies_its_sequence_but_not_its_index() {
+        let schema = Statements::for_table("billing.idem").unwrap().schema;
+        assert!(schema.contains("CREATE SEQUENCE IF NOT EXISTS billing.idem_fence"));
+        assert!(schema.contains("CREATE TABLE IF NOT EXISTS billing.idem ("));
+        assert!(schema.contains("CREATE INDEX IF NOT EXISTS idem_expires_at ON billing.idem"));
+        assert!(!schema.contains("idem_records"));
+    }
+}

@@ -1,0 +1,460 @@
+//! `PostgresStore`: the `Store` in autocommit, the schema, the reaper.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use idem_core::{ClaimOutcome, ClaimRequest, Error, Fence, Store};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::{Executor, PgConnection, Row};
+
+use crate::sql::Statements;
+
+/// How long [`PostgresStore::connect`] waits for a pooled connection before a store operation
+/// fails (closed: the body does not run).
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A snapshot can miss a row committed just after it: a claim that neither claimed nor found
+/// the key asks again, this many times.
+const CLAIM_LOOKS: u32 = 3;
+
+/// idem's store in PostgreSQL: one row per key in a table of its own, leases and expiries by the
+/// database's clock, fencing tokens from a sequence.
+///
+/// It serves in two ways:
+/// * as a [`Store`] (through [`Idempotency::new`](idem_core::Idempotency::new)), each operation
+///   one autocommit statement, for bodies whose effects are elsewhere;
+/// * in **transactional mode** ([`run_in_transaction`](crate::run_in_transaction)), where the
+///   claim and the record are written in the caller's transaction, so that the body's writes
+///   through the same connection and the record commit together or not at all.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), idem_core::Error> {
+/// use idem_core::Idempotency;
+/// use idem_postgres::PostgresStore;
+///
+/// let store = PostgresStore::connect("postgres://app@db.internal/app").await?;
+/// store.migrate().await?; // or run `PostgresStore::schema_sql()` in your own migrations
+/// let idem = Idempotency::new(store);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    sql: Arc<Statements>,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("table", &self.sql.table)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresStore {
+    /// Connects a pool to `url` (`postgres://user:password@host:port/database`), with
+    /// connections that wait at most [`DEFAULT_ACQUIRE_TIMEOUT`] for a free one. Does not
+    /// create the table: see [`migrate`](Self::migrate).
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        let pool = PgPoolOptions::new()
+            .acquire_timeout(DEFAULT_ACQUIRE_TIMEOUT)
+            .connect(url)
+            .await
+            .map_err(|err| {
+                Error::store(
+                    "connect",
+                    format!(
+                        "cannot connect to PostgreSQL at {}: {err}; is the server running and \
+                         the URL right?",
+                        without_password(url)
+                    ),
+                )
+            })?;
+        Ok(Self::from_pool(pool))
+    }
+
+    /// A store over a pool you configured, with the default table (`idem_records`).
+    pub fn from_pool(pool: PgPool) -> Self {
+        PostgresStore {
+            pool,
+            sql: Arc::new(Statements::default_table()),
+        }
+    }
+
+    /// Keeps the records in `table` (`name` or `schema.name`: lowercase letters, digits and `_`,
+    /// not starting with a digit) instead of `idem_records`. Anything else is
+    /// [`Error::InvalidOption`].
+    pub fn with_table(mut self, table: &str) -> Result<Self, Error> {
+        self.sql = Arc::new(Statements::for_table(table)?);
+        Ok(self)
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The SQL that creates this store's sequence, table and index (`IF NOT EXISTS`), for
+    /// migrations you run yourself. With the default table it is the crate's `schema.sql`.
+    pub fn schema_sql(&self) -> &str {
+        &self.sql.schema
+    }
+
+    /// Creates the sequence, table and index if they do not exist.
+    pub async fn migrate(&self) -> Result<(), Error> {
+        let schema = sqlx::AssertSqlSafe(self.sql.schema.clone());
+        self.pool
+            .execute(schema)
+            .await
+            .map(drop)
+            .map_err(|err| store_error("migrate", &err, false))
+    }
+
+    /// Deletes up to `batch` expired rows (completed records past their retention, claims past
+    /// their lease) and returns how many it deleted. Safe to run on many instances at once:
+    /// rows another reaper or a claim holds are skipped.
+    pub async fn reap(&self, batch: u32) -> Result<u64, Error> {
+        let deleted = sqlx::query(self.sql.reap.clone())
+            .bind(i64::from(batch))
+            .execute(&self.pool)
+            .await
+            .map_err(|err| store_error("reap", &err, false))?;
+        Ok(deleted.rows_affected())
+    }
+
+    /// Reaps in the background: every `every`, batches of 1,000 until none is full. Stops when
+    /// the handle is aborted or dropped with its runtime; errors are retried at the next tick.
+    pub fn spawn_reaper(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        const BATCH: u32 = 1_000;
+        let store = self.clone();
+        tokio::spawn(async move {
+            loop {
+                while let Ok(deleted) = store.reap(BATCH).await {
+                    if deleted < u64::from(BATCH) {
+                        break;
+                    }
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
+    /// The claim statement, on any connection, asked again while a snapshot misses the row.
+    pub(crate) async fn claim_on(
+        &self,
+        connection: &mut PgConnection,
+        request: ClaimRequest<'_>,
+        in_transaction: bool,
+    ) -> Result<ClaimOutcome, Error> {
+        let lease_ms = millis(request.lease);
+        for _ in 0..CLAIM_LOOKS {
+            let row = if in_transaction {
+                sqlx::query(self.sql.claim_in_transaction.clone())
+                    .bind(request.key.as_bytes())
+                    .bind(&request.attempt.0.to_be_bytes()[..])
+                    .bind(request.fingerprint)
+                    .bind(lease_ms)
+                    .bind(advisory_lock(&self.sql.table, request.key))
+                    .fetch_optional(&mut *connection)
+                    .await
+            } else {
+                sqlx::query(self.sql.claim.clone())
+                    .bind(request.key.as_bytes())
+                    .bind(&request.attempt.0.to_be_bytes()[..])
+                    .bind(request.fingerprint)
+                    .bind(lease_ms)
+                    .fetch_optional(&mut *connection)
+                    .await
+            }
+            .map_err(|err| store_error("claim", &err, !in_transaction))?;
+            if let Some(outcome) = claim_outcome(request, row.as_ref(), in_transaction)? {
+                return Ok(outcome);
+            }
+        }
+        Err(Error::store(
+            "claim",
+            format!(
+                "the claim of `{}` neither took the key nor found it {CLAIM_LOOKS} times in a row",
+                request.key
+            ),
+        ))
+    }
+
+    /// The complete statement on any connection.
+    pub(crate) async fn complete_on(
+        &self,
+        connection: &mut PgConnection,
+        key: &str,
+        fence: Fence,
+        record: &[u8],
+        retention: Duration,
+        in_transaction: bool,
+    ) -> Result<(), Error> {
+        let statement = if in_transaction {
+            &self.sql.complete_in_transaction
+        } else {
+            &self.sql.complete
+        };
+        let row = sqlx::query(statement.clone())
+            .bind(key.as_bytes())
+            .bind(fence_value(key, fence)?)
+            .bind(record)
+            .bind(millis(retention))
+            .fetch_one(&mut *connection)
+            .await
+            .map_err(|err| store_error("complete", &err, !in_transaction))?;
+        let completed: bool = column(key, &row, 0)?;
+        let state: Option<i16> = column(key, &row, 1)?;
+        match (completed, state) {
+            // Completed now, or by an earlier try of this complete whose reply was lost.
+            (true, _) | (false, Some(1)) => Ok(()),
+            _ => Err(Error::lease_lost(key)),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
+        let mut connection = self.connection("claim").await?;
+        self.claim_on(&mut connection, request, false).await
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        fence: Fence,
+        record: &[u8],
+        retention: Duration,
+    ) -> Result<(), Error> {
+        let mut connection = self.connection("complete").await?;
+        self.complete_on(&mut connection, key, fence, record, retention, false)
+            .await
+    }
+
+    async fn release(&self, key: &str, fence: Fence) -> Result<(), Error> {
+        let row = sqlx::query(self.sql.release.clone())
+            .bind(key.as_bytes())
+            .bind(fence_value(key, fence)?)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|err| store_error("release", &err, true))?;
+        let released: bool = column(key, &row, 0)?;
+        let current: Option<i64> = column(key, &row, 1)?;
+        match (released, current) {
+            // Released now, or the key is absent with no newer claim (a retried release).
+            (true, _) | (false, None) => Ok(()),
+            _ => Err(Error::lease_lost(key)),
+        }
+    }
+
+    async fn renew(&self, key: &str, fence: Fence, lease: Duration) -> Result<(), Error> {
+        let renewed = sqlx::query(self.sql.renew.clone())
+            .bind(key.as_bytes())
+            .bind(fence_value(key, fence)?)
+            .bind(millis(lease))
+            .execute(&self.pool)
+            .await
+            .map_err(|err| store_error("renew", &err, true))?;
+        if renewed.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(Error::lease_lost(key))
+        }
+    }
+
+    async fn wait(&self, key: &str, fence: Fence, timeout: Duration) -> Result<(), Error> {
+        // Polls the row: a claim is short-lived and duplicates are rare, so a listener
+        // connection per store would cost more than it saves.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let row = sqlx::query(self.sql.state.clone())
+                .bind(key.as_bytes())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(|err| store_error("wait", &err, false))?;
+            let still_held = match &row {
+                Some(row) => {
+                    let current: i64 = column(key, row, 0)?;
+                    let state: i16 = column(key, row, 1)?;
+                    let live: bool = column(key, row, 2)?;
+                    current == fence_value(key, fence)? && state == 0 && live
+                }
+                None => false,
+            };
+            let now = tokio::time::Instant::now();
+            if !still_held || now >= deadline {
+                return Ok(());
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+impl PostgresStore {
+    async fn connection(
+        &self,
+        operation: &'static str,
+    ) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, Error> {
+        self.pool
+            .acquire()
+            .await
+            .map_err(|err| store_error(operation, &err, false))
+    }
+}
+
+/// Reads a claim statement's row: `None` when the statement neither claimed nor saw the key.
+fn claim_outcome(
+    request: ClaimRequest<'_>,
+    row: Option<&PgRow>,
+    in_transaction: bool,
+) -> Result<Option<ClaimOutcome>, Error> {
+    let key = request.key;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    // In a transaction the first column says whether this transaction holds the key's lock.
+    let (held, first) = if in_transaction {
+        (column::<bool>(key, row, 0)?, 1)
+    } else {
+        (true, 0)
+    };
+    let state: Option<i16> = column(key, row, first)?;
+    let Some(state) = state else {
+        // No row: nobody else's committed row, and (in a transaction) the lock is another's.
+        return Ok((!held).then(|| in_progress_elsewhere(request)));
+    };
+    let fence: i64 = column(key, row, first + 1)?;
+    let fence = match u64::try_from(fence) {
+        Ok(fence) if fence > 0 => Fence(fence),
+        _ => {
+            return Err(Error::corrupt(
+                key,
+                format!("its fence {fence} is not positive"),
+            ))
+        }
+    };
+    let live: bool = column(key, row, first + 6)?;
+    match state {
+        -1 => Ok(Some(ClaimOutcome::acquired(fence))),
+        0 => {
+            let attempt: Option<Vec<u8>> = column(key, row, first + 2)?;
+            if attempt.as_deref() == Some(&request.attempt.0.to_be_bytes()[..]) && live {
+                // This attempt's own claim: its earlier reply was lost.
+                return Ok(Some(ClaimOutcome::acquired(fence)));
+            }
+            let fingerprint: Vec<u8> = column(key, row, first + 3)?;
+            let remaining: i64 = column(key, row, first + 5)?;
+            Ok(Some(ClaimOutcome::InProgress {
+                fence,
+                fingerprint,
+                lease_remaining: Duration::from_millis(u64::try_from(remaining).unwrap_or(0)),
+            }))
+        }
+        1 if live => {
+            let record: Option<Vec<u8>> = column(key, row, first + 4)?;
+            match record {
+                Some(record) => Ok(Some(ClaimOutcome::Completed { record })),
+                None => Err(Error::corrupt(key, "it is completed but holds no record")),
+            }
+        }
+        // An expired record the claim did not take: another transaction holds the key.
+        1 if !held => Ok(Some(in_progress_elsewhere(request))),
+        1 => Ok(None),
+        other => Err(Error::corrupt(
+            key,
+            format!("its state is {other}, neither 0 (claimed) nor 1 (completed)"),
+        )),
+    }
+}
+
+/// Another open transaction holds the key: nothing of its claim can be read yet.
+fn in_progress_elsewhere(request: ClaimRequest<'_>) -> ClaimOutcome {
+    ClaimOutcome::InProgress {
+        fence: Fence(0),
+        fingerprint: Vec::new(),
+        lease_remaining: request.lease,
+    }
+}
+
+/// The advisory lock of `key` in `table`: the first 8 bytes of a SHA-256 of both.
+fn advisory_lock(table: &str, key: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"idem advisory lock\0")
+        .chain_update(table.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(key.as_bytes())
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+/// A column of idem's row; a value of another type means the row is not idem's.
+fn column<'r, T>(key: &str, row: &'r PgRow, index: usize) -> Result<T, Error>
+where
+    T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    row.try_get(index).map_err(|err| {
+        Error::corrupt(
+            key,
+            format!("column {index} of its row does not read as idem's: {err}"),
+        )
+    })
+}
+
+/// A fence as PostgreSQL's `bigint`.
+fn fence_value(key: &str, fence: Fence) -> Result<i64, Error> {
+    i64::try_from(fence.0).map_err(|_| Error::lease_lost(key))
+}
+
+/// Whole milliseconds, saturating.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A store error from sqlx. `sent_write`: the statement writes outside a transaction, so a
+/// connection lost after sending it leaves its outcome unknown.
+pub(crate) fn store_error(operation: &'static str, err: &sqlx::Error, sent_write: bool) -> Error {
+    match err {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => Error::store(
+            operation,
+            format!(
+                "{err}: idem's table does not exist; create it with `PostgresStore::migrate()` \
+                 or the statements of `PostgresStore::schema_sql()`"
+            ),
+        ),
+        // The statement failed on the server and was rolled back: certainly not applied.
+        sqlx::Error::Database(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Configuration(_)
+        | sqlx::Error::Tls(_) => Error::store(operation, err.to_string()),
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::ColumnIndexOutOfBounds { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::TypeNotFound { .. } => Error::store(
+            operation,
+            format!("{err}: idem's table does not have the expected columns"),
+        ),
+        _ if sent_write => Error::store_indeterminate(operation, err.to_string()),
+        _ => Error::store(operation, err.to_string()),
+    }
+}
+
+/// `url` without its user and password, for messages that end up in logs.
+pub(crate) fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "the given URL".to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}

@@ -1,0 +1,43 @@
+//! The store contract suite against a real PostgreSQL: a private cluster per test (or the
+//! database at `IDEM_TEST_DATABASE_URL`), each test with a table of its own.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use idem_core::testing::Fixture;
+use idem_core::Store;
+use idem_postgres::PostgresStore;
+use idem_test_servers::PostgresServer;
+
+/// A store with the server behind it, which lives as long as the test.
+struct Served {
+    store: PostgresStore,
+    _server: Option<PostgresServer>,
+}
+
+impl Fixture for Served {
+    fn store(&self) -> &dyn Store {
+        &self.store
+    }
+}
+
+async fn fresh_store() -> Served {
+    let (url, server) = idem_test_servers::any_database();
+    let table = format!("idem_contract_{:016x}", fastrand_u64());
+    let store = PostgresStore::connect(&url)
+        .await
+        .unwrap()
+        .with_table(&table)
+        .unwrap();
+    store.migrate().await.unwrap();
+    Served {
+        store,
+        _server: server,
+    }
+}
+
+fn fastrand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+idem_core::store_contract_tests!(fresh_store());
