@@ -90,3 +90,9 @@ pub fn context() -> Option<ClaimContext> {
 pub(crate) async fn scope<F: std::future::Future>(context: ClaimContext, future: F) -> F::Output {
     CONTEXT.scope(context, future).await
 }
+
+/// Runs `body` with `context` as the [`context()`] it sees: for a body run under a claim that
+/// the caller holds itself (a [`TransactionClaim`](crate::TransactionClaim)).
+pub async fn with_context<F: std::future::Future>(context: ClaimContext, body: F) -> F::Output {
+    scope(context, body).await
+}

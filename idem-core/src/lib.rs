@@ -26,7 +26,7 @@ mod store;
 pub mod testing;
 mod transaction;
 
-pub use context::{context, ClaimContext};
+pub use context::{context, with_context, ClaimContext};
 pub use error::{BoxError, Error};
 pub use fingerprint::Fingerprint;
 pub use global::{default_runtime, install};
@@ -43,4 +43,4 @@ pub use runtime::{
     MAX_DURATION, MIN_LEASE,
 };
 pub use store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
-pub use transaction::TransactionalStore;
+pub use transaction::{TransactionBegun, TransactionClaim, TransactionalStore};

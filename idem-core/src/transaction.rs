@@ -1,23 +1,25 @@
 //! Calls run inside a database transaction: the claim, the body's writes and the record commit
 //! together, or none of them does.
+//!
+//! The call is two steps around the body, so that the body is ordinary code (no closure whose
+//! future would have to be `Send` for every lifetime): [`Idempotency::begin_transaction`] claims
+//! the key in a transaction on the caller's connection (or finds the record to replay), the body
+//! writes through [`TransactionClaim::connection`], and [`TransactionClaim::finish`] records its
+//! result and commits, or rolls back.
 
-use std::future::Future;
+use std::marker::PhantomData;
 use std::ops::DerefMut;
-use std::panic::AssertUnwindSafe;
-use std::task::Poll;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::context::{self, ClaimContext};
+use crate::context::ClaimContext;
 use crate::exact::encode_exactly;
 use crate::outcome::{self, OnError, Served};
 use crate::record::{Outcome, Record};
-use crate::runtime::{
-    decode_replay, later, same_request, ErrorPolicy, Prepared, Recordable, Unrecorded,
-};
+use crate::runtime::{decode_replay, later, same_request, ErrorPolicy, Prepared};
 use crate::store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
 use crate::{Call, Error, Idempotency, OnInProgress};
 
@@ -26,54 +28,54 @@ use crate::{Call, Error, Idempotency, OnInProgress};
 ///
 /// Every method but `begin` works on a connection inside a transaction that `begin` opened. A
 /// failure before `commit` returns leaves nothing behind: the runtime rolls back.
+#[async_trait::async_trait]
 pub trait TransactionalStore: Store {
     /// The connection a body writes through (for PostgreSQL, sqlx's `PgConnection`).
     type Connection: ?Sized + Send;
 
     /// An open transaction, or a savepoint when the connection already was in one; dropping it
     /// rolls it back.
-    type Transaction<'c>: DerefMut<Target = Self::Connection> + Send
-    where
-        Self: 'c;
+    type Transaction<'c>: DerefMut<Target = Self::Connection> + Send;
 
     /// Opens a transaction on `connection`, or a savepoint if it is in one already.
-    fn begin<'c>(
-        &'c self,
+    async fn begin<'c>(
+        &self,
         connection: &'c mut Self::Connection,
-    ) -> impl Future<Output = Result<Self::Transaction<'c>, Error>> + Send;
+    ) -> Result<Self::Transaction<'c>, Error>;
 
     /// Commits the transaction (releases the savepoint). An error whose outcome is unknown (the
     /// connection was lost during `COMMIT`) is [`Error::store_indeterminate`].
-    fn commit(
-        &self,
-        transaction: Self::Transaction<'_>,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+    async fn commit(&self, transaction: Self::Transaction<'_>) -> Result<(), Error>;
 
     /// Rolls the transaction (or savepoint) back.
-    fn rollback(
-        &self,
-        transaction: Self::Transaction<'_>,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+    async fn rollback(&self, transaction: Self::Transaction<'_>) -> Result<(), Error>;
+
+    /// Marks where the body's writes begin, so that they can be undone without the claim
+    /// (`SAVEPOINT`).
+    async fn mark(&self, connection: &mut Self::Connection) -> Result<(), Error>;
+
+    /// Undoes the writes since [`mark`](Self::mark) (`ROLLBACK TO SAVEPOINT`).
+    async fn undo_to_mark(&self, connection: &mut Self::Connection) -> Result<(), Error>;
 
     /// [`Store::claim`] inside the transaction: a granted claim is visible to others only once
     /// the transaction commits. Must not wait for other transactions: a key another open
     /// transaction claimed is reported [`ClaimOutcome::InProgress`] (with an empty fingerprint
     /// when it cannot be read).
-    fn claim_in(
+    async fn claim_in(
         &self,
         connection: &mut Self::Connection,
         request: ClaimRequest<'_>,
-    ) -> impl Future<Output = Result<ClaimOutcome, Error>> + Send;
+    ) -> Result<ClaimOutcome, Error>;
 
     /// [`Store::complete`] inside the transaction.
-    fn complete_in(
+    async fn complete_in(
         &self,
         connection: &mut Self::Connection,
         key: &str,
         fence: Fence,
         record: &[u8],
         retention: Duration,
-    ) -> impl Future<Output = Result<(), Error>> + Send;
+    ) -> Result<(), Error>;
 }
 
 /// How long a duplicate sleeps between looks at a key another transaction holds, at first and at
@@ -81,218 +83,299 @@ pub trait TransactionalStore: Store {
 const POLL_FIRST: Duration = Duration::from_millis(5);
 const POLL_MAX: Duration = Duration::from_millis(50);
 
-impl Idempotency {
-    /// Runs `body` inside a transaction on `connection`: the claim, the body's writes through
-    /// the connection it is given, and the record commit together, or roll back together. A
-    /// duplicate replays the record; an `Err` rolls everything back and frees the key at once.
-    ///
-    /// If `connection` is already in a transaction, a savepoint is used instead, and the record
-    /// becomes durable (and visible to duplicates) when the caller commits; if the caller rolls
-    /// back, the record vanishes with the body's writes.
-    ///
-    /// The runtime must have been made with [`Idempotency::new`] over an `S`; otherwise the call
-    /// fails with [`Error::InvalidOption`] before the body runs.
-    pub async fn run_in_transaction<S, T, E, F>(
-        &self,
-        call: Call,
-        connection: &mut S::Connection,
-        body: F,
-    ) -> Result<T, E>
-    where
-        S: TransactionalStore,
-        F: AsyncFnOnce(&mut S::Connection) -> Result<T, E>,
-        T: Serialize + DeserializeOwned,
-        E: From<Error>,
-    {
-        let errors = Unrecorded(|_: &E| OnError::Release);
-        self.transact::<S, _, _, _>(call, connection, body, errors)
-            .await
-    }
+/// What [`Idempotency::begin_transaction`] found.
+#[must_use = "a claimed key must be finished, or its transaction is rolled back when dropped"]
+pub enum TransactionBegun<'c, S: TransactionalStore, T, E, F> {
+    /// Nothing to run: the recorded result (replayed, or waited for), or why the call failed
+    /// before the body (an `Err` made from the [`Error`]).
+    Done(Result<T, E>),
+    /// The key is claimed in a transaction: run the body on
+    /// [`connection`](TransactionClaim::connection), then
+    /// [`finish`](TransactionClaim::finish) with its result.
+    Claimed(TransactionClaim<'c, S, T, E, F>),
+}
 
-    /// Like [`run_in_transaction`](Self::run_in_transaction), but an `Err` is recorded (in the
-    /// same transaction, after the body's writes were rolled back to a savepoint) and replayed.
-    pub async fn run_in_transaction_recording_errors<S, T, E, F>(
-        &self,
-        call: Call,
-        connection: &mut S::Connection,
-        body: F,
-    ) -> Result<T, E>
-    where
-        S: TransactionalStore,
-        F: AsyncFnOnce(&mut S::Connection) -> Result<T, E>,
-        T: Serialize + DeserializeOwned,
-        E: Serialize + DeserializeOwned + From<Error>,
-    {
-        let errors = Recordable(|_: &E| OnError::Record);
-        self.transact::<S, _, _, _>(call, connection, body, errors)
-            .await
-    }
+/// A key claimed inside a transaction on the caller's connection. Dropping it without
+/// [`finish`](Self::finish) rolls the transaction back (the key is free at once).
+#[must_use = "finish the claim with the body's result, or its transaction is rolled back"]
+pub struct TransactionClaim<'c, S: TransactionalStore, T, E, F> {
+    store: &'c S,
+    transaction: S::Transaction<'c>,
+    call: Prepared,
+    attempt: AttemptId,
+    fence: Fence,
+    policy: Policy<E, F>,
+    _result: PhantomData<fn() -> T>,
+}
 
-    /// Like [`run_in_transaction`](Self::run_in_transaction), with `on_error` deciding what each
-    /// `Err` means. The body's writes are rolled back either way; [`OnError::OutcomeUnknown`]
-    /// then claims the key for one lease outside the transaction, for effects the body may have
-    /// started elsewhere.
-    pub async fn run_in_transaction_with<S, T, E, F>(
-        &self,
-        call: Call,
-        connection: &mut S::Connection,
-        on_error: impl Fn(&E) -> OnError,
-        body: F,
-    ) -> Result<T, E>
-    where
-        S: TransactionalStore,
-        F: AsyncFnOnce(&mut S::Connection) -> Result<T, E>,
-        T: Serialize + DeserializeOwned,
-        E: From<Error>,
-    {
-        self.transact::<S, _, _, _>(call, connection, body, Unrecorded(on_error))
-            .await
-    }
+/// How a transactional call treats its body's `Err`: classified by `F`, and recorded with the
+/// codec when there is one (a savepoint before the body lets its writes be undone alone).
+struct Policy<E, F> {
+    on_error: F,
+    codec: Option<Codec<E>>,
+}
 
-    /// Like [`run_in_transaction_recording_errors`](Self::run_in_transaction_recording_errors),
-    /// with `on_error` deciding what each `Err` means.
-    pub async fn run_in_transaction_recording_errors_with<S, T, E, F>(
-        &self,
-        call: Call,
-        connection: &mut S::Connection,
-        on_error: impl Fn(&E) -> OnError,
-        body: F,
-    ) -> Result<T, E>
-    where
-        S: TransactionalStore,
-        F: AsyncFnOnce(&mut S::Connection) -> Result<T, E>,
-        T: Serialize + DeserializeOwned,
-        E: Serialize + DeserializeOwned + From<Error>,
-    {
-        self.transact::<S, _, _, _>(call, connection, body, Recordable(on_error))
-            .await
-    }
+/// The serde functions of a recorded error type.
+struct Codec<E> {
+    encode: fn(&E) -> Result<Vec<u8>, serde_json::Error>,
+    decode: fn(&[u8]) -> Result<E, serde_json::Error>,
+}
 
-    async fn transact<S, T, E, F>(
-        &self,
-        call: Call,
-        connection: &mut S::Connection,
-        body: F,
-        errors: impl ErrorPolicy<E>,
-    ) -> Result<T, E>
-    where
-        S: TransactionalStore,
-        F: AsyncFnOnce(&mut S::Connection) -> Result<T, E>,
-        T: Serialize + DeserializeOwned,
-        E: From<Error>,
-    {
-        let (result, served) = match self.store_as::<S>() {
-            Some(store) => serve_in_transaction(self, store, call, connection, body, errors).await,
-            None => (
-                Err(Error::InvalidOption {
-                    reason: format!(
-                        "this call runs in a database transaction, which needs a runtime made \
-                         with `Idempotency::new` over a `{}`; this runtime's store is another",
-                        std::any::type_name::<S>()
-                    ),
-                }
-                .into()),
-                Served::NotRun,
-            ),
-        };
-        outcome::report(served);
-        result
+impl<E, F: Fn(&E) -> OnError> ErrorPolicy<E> for Policy<E, F> {
+    fn classify(&self, err: &E) -> OnError {
+        match ((self.on_error)(err), &self.codec) {
+            // The safe side of what was asked: nothing is replayed, nothing re-runs at once.
+            (OnError::Record, None) => OnError::OutcomeUnknown,
+            (how, _) => how,
+        }
+    }
+    fn encode(&self, err: &E) -> Option<Result<Vec<u8>, serde_json::Error>> {
+        self.codec.as_ref().map(|codec| (codec.encode)(err))
+    }
+    fn decode(&self, json: &[u8]) -> Option<Result<E, serde_json::Error>> {
+        self.codec.as_ref().map(|codec| (codec.decode)(json))
+    }
+    fn can_record(&self) -> bool {
+        self.codec.is_some()
     }
 }
 
-/// The call inside a transaction, and how its result came to be.
-async fn serve_in_transaction<S, T, E, F>(
-    runtime: &Idempotency,
-    store: &S,
-    call: Call,
-    connection: &mut S::Connection,
-    body: F,
-    errors: impl ErrorPolicy<E>,
-) -> (Result<T, E>, Served)
+impl Idempotency {
+    /// Claims `call`'s key inside a transaction on `connection` (a savepoint, if the connection
+    /// is in a transaction already), or finds its record. Run the body on the claim's
+    /// [`connection`](TransactionClaim::connection), then
+    /// [`finish`](TransactionClaim::finish) it with the body's result: the body's writes and the
+    /// record commit together. An `Err` (as `on_error` classifies it), a panic or a dropped claim
+    /// rolls everything back, and the key is free at once. In a savepoint, the record becomes
+    /// durable (and visible to duplicates) when the caller commits, and vanishes with the body's
+    /// writes if the caller rolls back.
+    ///
+    /// A duplicate arriving while another transaction holds the key looks again until it ends
+    /// (up to one lease), or with [`OnInProgress::Reject`] gets [`Error::InProgress`] at once.
+    /// The runtime must have been made with [`Idempotency::new`] over an `S`; otherwise the call
+    /// fails with [`Error::InvalidOption`] before the body runs.
+    pub async fn begin_transaction<'c, S, T, E, F>(
+        &'c self,
+        call: Call,
+        connection: &'c mut S::Connection,
+        on_error: F,
+    ) -> TransactionBegun<'c, S, T, E, F>
+    where
+        S: TransactionalStore,
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: Fn(&E) -> OnError,
+    {
+        let policy = Policy {
+            on_error,
+            codec: None,
+        };
+        self.begin_with(call, connection, policy).await
+    }
+
+    /// Like [`begin_transaction`](Self::begin_transaction), but errors that `on_error` calls
+    /// [`OnError::Record`] are recorded and replayed: the body's writes are undone (to a
+    /// savepoint made before the body) and the error's record commits instead.
+    pub async fn begin_transaction_recording_errors<'c, S, T, E, F>(
+        &'c self,
+        call: Call,
+        connection: &'c mut S::Connection,
+        on_error: F,
+    ) -> TransactionBegun<'c, S, T, E, F>
+    where
+        S: TransactionalStore,
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned + From<Error>,
+        F: Fn(&E) -> OnError,
+    {
+        let codec = Codec {
+            encode: encode_exactly::<E>,
+            decode: |json| serde_json::from_slice(json),
+        };
+        let policy = Policy {
+            on_error,
+            codec: Some(codec),
+        };
+        self.begin_with(call, connection, policy).await
+    }
+
+    async fn begin_with<'c, S, T, E, F>(
+        &'c self,
+        call: Call,
+        connection: &'c mut S::Connection,
+        policy: Policy<E, F>,
+    ) -> TransactionBegun<'c, S, T, E, F>
+    where
+        S: TransactionalStore,
+        T: DeserializeOwned,
+        E: From<Error>,
+        F: Fn(&E) -> OnError,
+    {
+        let (begun, served) = self.claim_in_transaction(call, connection, policy).await;
+        if let Some(served) = served {
+            outcome::report(served);
+        }
+        begun
+    }
+
+    /// The claim, or the call's result and how it came to be.
+    async fn claim_in_transaction<'c, S, T, E, F>(
+        &'c self,
+        call: Call,
+        connection: &'c mut S::Connection,
+        policy: Policy<E, F>,
+    ) -> (TransactionBegun<'c, S, T, E, F>, Option<Served>)
+    where
+        S: TransactionalStore,
+        T: DeserializeOwned,
+        E: From<Error>,
+        F: Fn(&E) -> OnError,
+    {
+        let fail = |err: Error| {
+            (
+                TransactionBegun::Done(Err(err.into())),
+                Some(Served::NotRun),
+            )
+        };
+        let Some(store) = self.store_as::<S>() else {
+            return fail(Error::invalid_option(format!(
+                "this call runs in a database transaction, which needs a runtime made with \
+                 `Idempotency::new` over a `{}`; this runtime's store is another",
+                std::any::type_name::<S>()
+            )));
+        };
+        let call = match self.prepare(call) {
+            Ok(call) => call,
+            Err(err) => return fail(err),
+        };
+        let attempt = AttemptId::random();
+        let (mut transaction, fence) = match claim(store, connection, &call, attempt).await {
+            Ok(Claimed::Fence(transaction, fence)) => (transaction, fence),
+            Ok(Claimed::Replay { record, waited }) => {
+                return match decode_replay(&call.key, &call.fingerprint, &record, &policy) {
+                    Ok(result) => {
+                        let served = if waited {
+                            Served::Waited
+                        } else {
+                            Served::Replayed
+                        };
+                        (TransactionBegun::Done(result), Some(served))
+                    }
+                    Err(err) => fail(err),
+                };
+            }
+            Err(err) => return fail(err),
+        };
+        if policy.can_record() {
+            if let Err(err) = store.mark(&mut transaction).await {
+                let _ = store.rollback(transaction).await;
+                return fail(err);
+            }
+        }
+        let claim = TransactionClaim {
+            store,
+            transaction,
+            call,
+            attempt,
+            fence,
+            policy,
+            _result: PhantomData,
+        };
+        // `Executed` is reported when the claim is finished.
+        (TransactionBegun::Claimed(claim), None)
+    }
+}
+
+impl<'c, S, T, E, F> TransactionClaim<'c, S, T, E, F>
 where
     S: TransactionalStore,
-    F: AsyncFnOnce(&mut S::Connection) -> Result<T, E>,
     T: Serialize + DeserializeOwned,
     E: From<Error>,
+    F: Fn(&E) -> OnError,
 {
-    let call = match runtime.prepare(call) {
-        Ok(call) => call,
-        Err(err) => return (Err(err.into()), Served::NotRun),
-    };
-    let attempt = AttemptId::random();
-    let (mut transaction, fence) = match claim(store, connection, &call, attempt).await {
-        Ok(Claimed::Fence(transaction, fence)) => (transaction, fence),
-        Ok(Claimed::Replay { record, waited }) => {
-            return match decode_replay(&call.key, &call.fingerprint, &record, &errors) {
-                Ok(replayed) if waited => (replayed, Served::Waited),
-                Ok(replayed) => (replayed, Served::Replayed),
-                Err(err) => (Err(err.into()), Served::NotRun),
-            };
-        }
-        Err(err) => return (Err(err.into()), Served::NotRun),
-    };
-    let context = ClaimContext {
-        key: call.key.clone(),
-        fence,
-    };
-    let ran = run_body_in(store, &mut transaction, errors.can_record(), context, body).await;
-    let result = match ran {
-        Ran::Returned(result) => result,
-        Ran::Panicked(panic) => {
-            // The writes are undone and the key is free at once; the panic goes on.
-            let _ = store.rollback(transaction).await;
-            std::panic::resume_unwind(panic)
-        }
-        Ran::StoreFailed(err) => {
-            return (
-                Err(rolled_back(store, transaction, err).await.into()),
-                Served::Executed,
-            )
-        }
-    };
-    let (outcome, json) = match &result {
-        Ok(value) => (Outcome::Ok, encode_exactly(value)),
-        Err(err) => match (errors.classify(err), errors.encode(err)) {
-            (OnError::Record, Some(json)) => (Outcome::Err, json),
-            (how, _) => {
-                let _ = store.rollback(transaction).await;
-                if how == OnError::OutcomeUnknown {
-                    // The database writes are undone, but effects elsewhere may have started:
-                    // hold the key for a lease, as outside a transaction.
-                    let request =
-                        ClaimRequest::new(&call.key, attempt, &call.fingerprint, call.lease);
-                    let _ = store.claim(request).await;
-                }
-                return (result, Served::Executed);
-            }
-        },
-    };
-    let json = match json {
-        Ok(json) => json,
-        Err(source) => {
-            let err = Error::Encode {
-                what: "the result (the transaction was rolled back)",
-                source,
-            };
-            return (
-                Err(rolled_back(store, transaction, err).await.into()),
-                Served::Executed,
-            );
-        }
-    };
-    let record = Record::encode(outcome, &call.fingerprint, &json);
-    if let Err(err) = store
-        .complete_in(&mut transaction, &call.key, fence, &record, call.retention)
-        .await
-    {
-        return (
-            Err(rolled_back(store, transaction, err).await.into()),
-            Served::Executed,
-        );
+    /// The connection, inside the transaction that holds the claim: the body's writes go
+    /// through it.
+    pub fn connection(&mut self) -> &mut S::Connection {
+        &mut self.transaction
     }
-    match store.commit(transaction).await {
-        Ok(()) => (result, Served::Executed),
-        Err(err) => (Err(err.into()), Served::Executed),
+
+    /// The claim, for the body: its key and fencing token. Run the body inside
+    /// [`with_context`](crate::with_context) with it, and [`crate::context`] returns it there.
+    pub fn context(&self) -> ClaimContext {
+        ClaimContext {
+            key: self.call.key.clone(),
+            fence: self.fence,
+        }
+    }
+
+    /// Ends the call with the body's result: an `Ok` (or an `Err` recorded by the policy) is
+    /// recorded and the transaction committed, so the body's writes and the record become
+    /// visible together; any other `Err` rolls the transaction back and frees the key.
+    ///
+    /// If the record cannot be written, or the commit fails, the body's writes are rolled back
+    /// too and the error is returned; a commit whose outcome is unknown (the connection was lost
+    /// during `COMMIT`) is [`Error::Store`] with `is_indeterminate()`: a retry replays if it
+    /// committed and runs the body if it did not.
+    pub async fn finish(self, result: Result<T, E>) -> Result<T, E> {
+        let result = self.end(result).await;
+        outcome::report(Served::Executed);
+        result
+    }
+
+    async fn end(self, result: Result<T, E>) -> Result<T, E> {
+        let TransactionClaim {
+            store,
+            mut transaction,
+            call,
+            attempt,
+            fence,
+            policy,
+            ..
+        } = self;
+        let (outcome, json) = match &result {
+            Ok(value) => (Outcome::Ok, encode_exactly(value)),
+            Err(err) => match (policy.classify(err), policy.encode(err)) {
+                (OnError::Record, Some(json)) => {
+                    // The body's writes go; the claim stays, for the error's record.
+                    if let Err(undo) = store.undo_to_mark(&mut transaction).await {
+                        return Err(rolled_back(store, transaction, undo).await.into());
+                    }
+                    (Outcome::Err, json)
+                }
+                (how, _) => {
+                    let _ = store.rollback(transaction).await;
+                    if how == OnError::OutcomeUnknown {
+                        // The database writes are undone, but effects elsewhere may have
+                        // started: hold the key for a lease, as outside a transaction.
+                        let request =
+                            ClaimRequest::new(&call.key, attempt, &call.fingerprint, call.lease);
+                        let _ = store.claim(request).await;
+                    }
+                    return result;
+                }
+            },
+        };
+        let json = match json {
+            Ok(json) => json,
+            Err(source) => {
+                let err = Error::Encode {
+                    what: "the result (the transaction was rolled back)",
+                    source,
+                };
+                return Err(rolled_back(store, transaction, err).await.into());
+            }
+        };
+        let record = Record::encode(outcome, &call.fingerprint, &json);
+        if let Err(err) = store
+            .complete_in(&mut transaction, &call.key, fence, &record, call.retention)
+            .await
+        {
+            return Err(rolled_back(store, transaction, err).await.into());
+        }
+        match store.commit(transaction).await {
+            Ok(()) => result,
+            Err(err) => Err(err.into()),
+        }
     }
 }
 
@@ -306,69 +389,7 @@ async fn rolled_back<S: TransactionalStore>(
     err
 }
 
-/// How the body ended.
-enum Ran<R> {
-    Returned(R),
-    Panicked(Box<dyn std::any::Any + Send>),
-    /// The savepoint around the body could not be made or ended.
-    StoreFailed(Error),
-}
-
-/// Runs the body on the transaction's connection. Errors that may be recorded need the body's
-/// writes undone without losing the claim, so with `recordable` the body runs in a savepoint of
-/// its own, released if it returns `Ok` and rolled back if it returns `Err`.
-async fn run_body_in<S, F, T, E>(
-    store: &S,
-    connection: &mut S::Connection,
-    recordable: bool,
-    context: ClaimContext,
-    body: F,
-) -> Ran<Result<T, E>>
-where
-    S: TransactionalStore,
-    F: AsyncFnOnce(&mut S::Connection) -> Result<T, E>,
-{
-    if !recordable {
-        return match run_body(context::scope(context, body(connection))).await {
-            Ok(result) => Ran::Returned(result),
-            Err(panic) => Ran::Panicked(panic),
-        };
-    }
-    let mut savepoint = match store.begin(connection).await {
-        Ok(savepoint) => savepoint,
-        Err(err) => return Ran::StoreFailed(err),
-    };
-    let result = match run_body(context::scope(context, body(&mut *savepoint))).await {
-        Ok(result) => result,
-        // Dropping the savepoint rolls it back.
-        Err(panic) => return Ran::Panicked(panic),
-    };
-    let ended = if result.is_ok() {
-        store.commit(savepoint).await
-    } else {
-        store.rollback(savepoint).await
-    };
-    match ended {
-        Ok(()) => Ran::Returned(result),
-        Err(err) => Ran::StoreFailed(err),
-    }
-}
-
-/// Polls the body to completion, catching a panic so that the transaction is rolled back before
-/// it goes on.
-async fn run_body<F: Future>(body: F) -> std::thread::Result<F::Output> {
-    let mut body = std::pin::pin!(body);
-    std::future::poll_fn(move |cx| {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Err(panic) => Poll::Ready(Err(panic)),
-        }
-    })
-    .await
-}
-
-enum Claimed<'c, S: TransactionalStore + 'c> {
+enum Claimed<'c, S: TransactionalStore> {
     /// The claim, in the transaction that holds it.
     Fence(S::Transaction<'c>, Fence),
     /// A record to replay, and whether this call waited for a concurrent first call.

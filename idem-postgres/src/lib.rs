@@ -5,8 +5,8 @@
 //!
 //! * [`PostgresStore`] is a [`Store`](idem_core::Store) in autocommit for bodies whose effects
 //!   are elsewhere: leases by the database's clock, fencing tokens from a sequence, a reaper.
-//! * [`run_in_transaction`] (and `#[idempotent(transaction = conn)]` in the `idem` crate) runs a
-//!   body inside a transaction with idem's claim and record.
+//! * [`begin`] and [`Claim::finish`] (or `#[idempotent(transaction = conn)]` in the `idem`
+//!   crate) run a body inside a transaction with idem's claim and record.
 //!
 //! Use it through the `idem` crate's `postgres` feature (`idem::postgres`), or directly.
 
@@ -19,7 +19,7 @@ mod transaction;
 pub use sql::DEFAULT_TABLE;
 pub use store::{PostgresStore, DEFAULT_ACQUIRE_TIMEOUT};
 pub use transaction::{
-    run_in_transaction, run_in_transaction_recording_errors, run_in_transaction_with,
+    begin, begin_recording_errors, begin_recording_errors_with, begin_with, Begun, Claim,
 };
 
 /// The `sqlx` this store is built on: your connections and pools must come from this version.

@@ -24,7 +24,7 @@ const CLAIM_LOOKS: u32 = 3;
 /// It serves in two ways:
 /// * as a [`Store`] (through [`Idempotency::new`](idem_core::Idempotency::new)), each operation
 ///   one autocommit statement, for bodies whose effects are elsewhere;
-/// * in **transactional mode** ([`run_in_transaction`](crate::run_in_transaction)), where the
+/// * in **transactional mode** ([`begin`](crate::begin)), where the
 ///   claim and the record are written in the caller's transaction, so that the body's writes
 ///   through the same connection and the record commit together or not at all.
 ///

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use idem_core::{
-    Call, ClaimOutcome, ClaimRequest, Error, Fence, Idempotency, OnError, TransactionalStore,
+    Call, ClaimOutcome, ClaimRequest, Error, Fence, Idempotency, OnError, TransactionBegun,
+    TransactionClaim, TransactionalStore,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -12,12 +13,13 @@ use sqlx::{Connection, PgConnection, Postgres, Transaction};
 use crate::store::store_error;
 use crate::PostgresStore;
 
+#[async_trait::async_trait]
 impl TransactionalStore for PostgresStore {
     type Connection = PgConnection;
     type Transaction<'c> = Transaction<'c, Postgres>;
 
     async fn begin<'c>(
-        &'c self,
+        &self,
         connection: &'c mut PgConnection,
     ) -> Result<Transaction<'c, Postgres>, Error> {
         connection
@@ -41,6 +43,22 @@ impl TransactionalStore for PostgresStore {
             .map_err(|err| store_error("rollback", &err, false))
     }
 
+    async fn mark(&self, connection: &mut PgConnection) -> Result<(), Error> {
+        sqlx::raw_sql("SAVEPOINT idem_body")
+            .execute(connection)
+            .await
+            .map(drop)
+            .map_err(|err| store_error("savepoint", &err, false))
+    }
+
+    async fn undo_to_mark(&self, connection: &mut PgConnection) -> Result<(), Error> {
+        sqlx::raw_sql("ROLLBACK TO SAVEPOINT idem_body")
+            .execute(connection)
+            .await
+            .map(drop)
+            .map_err(|err| store_error("rollback to savepoint", &err, false))
+    }
+
     async fn claim_in(
         &self,
         connection: &mut PgConnection,
@@ -62,86 +80,107 @@ impl TransactionalStore for PostgresStore {
     }
 }
 
-/// Runs `body` with the claim and the record in a transaction on `connection`: the body's
-/// writes through the connection it is given commit together with the record, or not at all.
+/// What [`begin`] found: the result to return at once, or a claim to run the body under.
+pub type Begun<'c, T, E, F> = TransactionBegun<'c, PostgresStore, T, E, F>;
+
+/// A key claimed in a transaction on your connection (see [`begin`]).
+pub type Claim<'c, T, E, F> = TransactionClaim<'c, PostgresStore, T, E, F>;
+
+/// Claims `call`'s key in a transaction on `connection`, for a body whose writes through that
+/// connection must commit together with idem's record, or not at all.
 ///
 /// * A pooled connection (not in a transaction): idem begins the transaction and commits it.
 /// * `&mut *tx` of your open transaction: idem uses a savepoint; the record commits (and
 ///   duplicates see it) when you commit, and vanishes with the body's writes if you roll back.
 ///
-/// A duplicate replays the record. An `Err`, a panic, a cancelled call or a crash before the
-/// commit rolls everything back and frees the key at once. A duplicate arriving while another
-/// transaction holds the key waits for it to end (up to one lease), or with
-/// `OnInProgress::Reject` gets `Error::InProgress` at once; it never waits on row locks. The
-/// connection must use READ COMMITTED (PostgreSQL's default).
+/// Then either return the [`Begun::Done`] result (a replay, or why the call failed before the
+/// body), or run the body on [`Claim::connection`] and hand its result to [`Claim::finish`]. An
+/// `Err`, a panic, a dropped claim or a crash before the commit rolls everything back and frees
+/// the key at once. A duplicate arriving while another transaction holds the key waits for it to
+/// end (up to one lease), or with `OnInProgress::Reject` gets `Error::InProgress` at once; it
+/// never waits on row locks. Use READ COMMITTED (PostgreSQL's default). `#[idempotent(transaction
+/// = conn)]` in the `idem` crate writes this for you.
 ///
 /// `idem` must have been made with `Idempotency::new` over a [`PostgresStore`]; otherwise the
 /// call fails with `Error::InvalidOption` before the body runs.
 ///
 /// ```no_run
-/// # async fn example(idem: idem_core::Idempotency, pool: sqlx::PgPool) -> Result<(), idem_core::Error> {
-/// use idem_core::Call;
+/// use idem_core::{Call, Error, Idempotency, TransactionBegun};
+/// use sqlx::PgConnection;
 ///
-/// let mut connection = pool.acquire().await.map_err(|e| idem_core::Error::store("acquire", e))?;
-/// let charge_id: i64 = idem_postgres::run_in_transaction(
-///     &idem,
-///     Call::new("charge", "order-17"),
-///     &mut connection,
-///     async |connection| {
-///         let (id,): (i64,) =
-///             sqlx::query_as("INSERT INTO charges (order_id, cents) VALUES (17, 1250) RETURNING id")
-///                 .fetch_one(&mut *connection)
-///                 .await
-///                 .map_err(|e| idem_core::Error::store("insert", e))?;
-///         Ok::<_, idem_core::Error>(id)
-///     },
-/// )
-/// .await?;
-/// # Ok(()) }
+/// async fn charge(idem: &Idempotency, conn: &mut PgConnection, order: i64) -> Result<i64, Error> {
+///     let mut claim = match idem_postgres::begin(idem, Call::new("charge", order), conn).await {
+///         TransactionBegun::Done(result) => return result, // a replay, or a refusal
+///         TransactionBegun::Claimed(claim) => claim,
+///     };
+///     let inserted = sqlx::query_scalar("INSERT INTO charges (order_id) VALUES ($1) RETURNING id")
+///         .bind(order)
+///         .fetch_one(claim.connection())
+///         .await
+///         .map_err(|err| Error::store("insert", err));
+///     claim.finish(inserted).await // the charge and its record commit together
+/// }
 /// ```
-pub async fn run_in_transaction<T, E>(
-    idem: &Idempotency,
+pub async fn begin<'c, T, E>(
+    idem: &'c Idempotency,
     call: Call,
-    connection: &mut PgConnection,
-    body: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
-) -> Result<T, E>
+    connection: &'c mut PgConnection,
+) -> Begun<'c, T, E, impl Fn(&E) -> OnError>
 where
     T: Serialize + DeserializeOwned,
     E: From<Error>,
 {
-    idem.run_in_transaction::<PostgresStore, _, _, _>(call, connection, body)
+    idem.begin_transaction::<PostgresStore, T, E, _>(call, connection, |_: &E| OnError::Release)
         .await
 }
 
-/// Like [`run_in_transaction`], but an `Err` is recorded and replayed: the body's writes are
-/// rolled back (to a savepoint) and the error's record commits instead.
-pub async fn run_in_transaction_recording_errors<T, E>(
-    idem: &Idempotency,
+/// Like [`begin`], with `on_error` deciding what each `Err` means: the body's writes are rolled
+/// back either way, and [`OnError::OutcomeUnknown`] then holds the key for one lease (for
+/// effects the body may have started outside the database).
+pub async fn begin_with<'c, T, E, F>(
+    idem: &'c Idempotency,
     call: Call,
-    connection: &mut PgConnection,
-    body: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
-) -> Result<T, E>
+    connection: &'c mut PgConnection,
+    on_error: F,
+) -> Begun<'c, T, E, F>
+where
+    T: Serialize + DeserializeOwned,
+    E: From<Error>,
+    F: Fn(&E) -> OnError,
+{
+    idem.begin_transaction::<PostgresStore, T, E, F>(call, connection, on_error)
+        .await
+}
+
+/// Like [`begin`], but an `Err` is recorded and replayed: the body's writes are rolled back (to
+/// a savepoint made before the body) and the error's record commits instead.
+pub async fn begin_recording_errors<'c, T, E>(
+    idem: &'c Idempotency,
+    call: Call,
+    connection: &'c mut PgConnection,
+) -> Begun<'c, T, E, impl Fn(&E) -> OnError>
 where
     T: Serialize + DeserializeOwned,
     E: Serialize + DeserializeOwned + From<Error>,
 {
-    idem.run_in_transaction_recording_errors::<PostgresStore, _, _, _>(call, connection, body)
-        .await
+    idem.begin_transaction_recording_errors::<PostgresStore, T, E, _>(call, connection, |_: &E| {
+        OnError::Record
+    })
+    .await
 }
 
-/// Like [`run_in_transaction`], with `on_error` deciding what each `Err` means (the body's
-/// writes are rolled back either way; `OutcomeUnknown` then holds the key for one lease).
-pub async fn run_in_transaction_with<T, E>(
-    idem: &Idempotency,
+/// Like [`begin_recording_errors`], with `on_error` deciding which errors are recorded.
+pub async fn begin_recording_errors_with<'c, T, E, F>(
+    idem: &'c Idempotency,
     call: Call,
-    connection: &mut PgConnection,
-    on_error: impl Fn(&E) -> OnError,
-    body: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
-) -> Result<T, E>
+    connection: &'c mut PgConnection,
+    on_error: F,
+) -> Begun<'c, T, E, F>
 where
     T: Serialize + DeserializeOwned,
-    E: From<Error>,
+    E: Serialize + DeserializeOwned + From<Error>,
+    F: Fn(&E) -> OnError,
 {
-    idem.run_in_transaction_with::<PostgresStore, _, _, _>(call, connection, on_error, body)
+    idem.begin_transaction_recording_errors::<PostgresStore, T, E, F>(call, connection, on_error)
         .await
 }

@@ -1,0 +1,583 @@
+//! Transactional mode against a real PostgreSQL: one test per row of the README's table. Each
+//! body inserts a ledger row through the transaction's connection, so the ledger is the ground
+//! truth of how often the effect happened.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use idem_core::{
+    served, with_context, Call, Error, Idempotency, MemoryStore, OnInProgress, Served,
+    TransactionBegun,
+};
+use idem_postgres::PostgresStore;
+use idem_test_servers::PostgresServer;
+use serde::{Deserialize, Serialize};
+use sqlx::{Connection, PgConnection, PgPool};
+
+/// A database with idem's table and a ledger, both of this test's own.
+struct Db {
+    idem: Idempotency,
+    pool: PgPool,
+    ledger: String,
+    table: String,
+    _server: Option<PostgresServer>,
+}
+
+fn unique(prefix: &str) -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let n = RandomState::new().hash_one(std::time::SystemTime::now());
+    format!("{prefix}_{n:016x}")
+}
+
+async fn db() -> Db {
+    let (url, server) = idem_test_servers::any_database();
+    let table = unique("idem_tx");
+    let ledger = unique("ledger");
+    let store = PostgresStore::connect(&url)
+        .await
+        .unwrap()
+        .with_table(&table)
+        .unwrap();
+    store.migrate().await.unwrap();
+    let pool = store.pool().clone();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE TABLE {ledger} (id bigserial PRIMARY KEY, key text NOT NULL)"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    Db {
+        idem: Idempotency::new(store).with_lease(Duration::from_secs(60)),
+        pool,
+        ledger,
+        table,
+        _server: server,
+    }
+}
+
+impl Db {
+    /// Ledger rows for `key`: how often the effect committed.
+    async fn rows(&self, key: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {} WHERE key = $1",
+            self.ledger
+        )))
+        .bind(key)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    async fn connection(&self) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
+        self.pool.acquire().await.unwrap()
+    }
+}
+
+#[derive(Debug)]
+enum AppError {
+    Idem(Error),
+    #[allow(dead_code)] // shown by failure messages
+    Db(sqlx::Error),
+    Declined,
+}
+
+impl From<Error> for AppError {
+    fn from(err: Error) -> Self {
+        AppError::Idem(err)
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(err: sqlx::Error) -> Self {
+        AppError::Db(err)
+    }
+}
+
+/// The effect: one ledger row for `key`, returning its id.
+async fn insert(connection: &mut PgConnection, ledger: &str, key: &str) -> Result<i64, AppError> {
+    let id = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {ledger} (key) VALUES ($1) RETURNING id"
+    )))
+    .bind(key)
+    .fetch_one(connection)
+    .await?;
+    Ok(id)
+}
+
+fn call(key: &str) -> Call {
+    Call::new("charge", key)
+}
+
+/// A call in a transaction, the way `#[idempotent(transaction = ...)]` expands: claim (or
+/// replay), the body on the claim's connection, then finish.
+macro_rules! run_in_transaction {
+    ($begin:path, $idem:expr, $call:expr, $connection:expr, async move |$c:ident| $body:expr $(,)?) => {
+        async {
+            match $begin($idem, $call, $connection).await {
+                TransactionBegun::Done(result) => result,
+                TransactionBegun::Claimed(mut claim) => {
+                    let context = claim.context();
+                    let $c = claim.connection();
+                    let result = with_context(context, async { $body }).await;
+                    claim.finish(result).await
+                }
+            }
+        }
+    };
+    ($($rest:tt)*) => {
+        run_in_transaction!(idem_postgres::begin, $($rest)*)
+    };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_effect_and_its_record_commit_together() {
+    let db = db().await;
+    let mut connection = db.connection().await;
+    let ledger = db.ledger.clone();
+    let (first, how) = served(run_in_transaction!(
+        &db.idem,
+        call("k"),
+        &mut connection,
+        async move |connection| {
+            let fence = idem_core::context().unwrap().fence;
+            assert!(fence.0 > 0);
+            insert(connection, &ledger, "k").await
+        },
+    ))
+    .await;
+    let first = first.unwrap();
+    assert_eq!(how, Some(Served::Executed));
+    assert_eq!(db.rows("k").await, 1);
+
+    let (again, how) = served(run_in_transaction!(
+        &db.idem,
+        call("k"),
+        &mut connection,
+        async move |connection| insert(connection, &ledger, "k").await,
+    ))
+    .await;
+    assert_eq!((again.unwrap(), how), (first, Some(Served::Replayed)));
+    assert_eq!(db.rows("k").await, 1);
+}
+
+/// After a rollback the key is free long before its lease lapses: a duplicate that rejects work
+/// in progress runs. (A rollback that a dropped claim queued reaches the server when its
+/// connection goes back to the pool, a moment later; the lease is 60s, so a key free within 5s
+/// was freed by the rollback.)
+async fn runs_at_once(db: &Db, key: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let ledger = db.ledger.clone();
+        let mut connection = db.connection().await;
+        let (result, how) = served(run_in_transaction!(
+            &db.idem,
+            call(key).on_in_progress(OnInProgress::Reject),
+            &mut connection,
+            async move |connection| insert(connection, &ledger, key).await,
+        ))
+        .await;
+        match result {
+            Ok(_) => {
+                assert_eq!(how, Some(Served::Executed));
+                break;
+            }
+            Err(AppError::Idem(Error::InProgress { .. }))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(err) => panic!("the key was not freed: {err:?}"),
+        }
+    }
+    assert_eq!(db.rows(key).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_err_rolls_back_the_effect_and_frees_the_key() {
+    let db = db().await;
+    let ledger = db.ledger.clone();
+    let mut connection = db.connection().await;
+    let result: Result<i64, AppError> = run_in_transaction!(
+        &db.idem,
+        call("k"),
+        &mut connection,
+        async move |connection| {
+            insert(connection, &ledger, "k").await?;
+            Err(AppError::Declined)
+        },
+    )
+    .await;
+    assert!(matches!(result, Err(AppError::Declined)), "{result:?}");
+    assert_eq!(db.rows("k").await, 0);
+    runs_at_once(&db, "k").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_rolls_back_the_effect_and_frees_the_key() {
+    let db = db().await;
+    let (idem, pool, ledger) = (db.idem.clone(), db.pool.clone(), db.ledger.clone());
+    let panicked = tokio::spawn(async move {
+        let mut connection = pool.acquire().await.unwrap();
+        let _: Result<i64, AppError> =
+            run_in_transaction!(&idem, call("k"), &mut connection, async move |connection| {
+                insert(connection, &ledger, "k").await?;
+                panic!("the body panics after its write");
+            },)
+            .await;
+    })
+    .await;
+    assert!(panicked.unwrap_err().is_panic());
+    assert_eq!(db.rows("k").await, 0);
+    runs_at_once(&db, "k").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_rolls_back_and_frees_the_key_long_before_its_lease() {
+    let db = db().await;
+    let ledger = db.ledger.clone();
+    let written = Arc::new(tokio::sync::Notify::new());
+    let cancelled = {
+        let (idem, pool, written) = (db.idem.clone(), db.pool.clone(), written.clone());
+        tokio::spawn(async move {
+            let mut connection = pool.acquire().await.unwrap();
+            let _: Result<i64, AppError> =
+                run_in_transaction!(&idem, call("k"), &mut connection, async move |connection| {
+                    let id = insert(connection, &ledger, "k").await?;
+                    written.notify_one();
+                    std::future::pending::<()>().await;
+                    Ok(id)
+                },)
+                .await;
+        })
+    };
+    written.notified().await;
+    cancelled.abort();
+    assert!(cancelled.await.unwrap_err().is_cancelled());
+    assert_eq!(db.rows("k").await, 0);
+    runs_at_once(&db, "k").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_mid_body_rolls_back_and_frees_the_key() {
+    let db = db().await;
+    let ledger = db.ledger.clone();
+    let mut connection = db.connection().await;
+    let result: Result<i64, AppError> = run_in_transaction!(
+        &db.idem,
+        call("k"),
+        &mut connection,
+        async move |connection| {
+            insert(connection, &ledger, "k").await?;
+            // The server ends this very connection, as a crash of either side would.
+            sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+                .execute(&mut *connection)
+                .await?;
+            insert(connection, &ledger, "k").await
+        },
+    )
+    .await;
+    assert!(result.is_err(), "{result:?}");
+    drop(connection);
+    assert_eq!(db.rows("k").await, 0);
+    runs_at_once(&db, "k").await;
+}
+
+/// Holds the key in one transaction until told to finish, so a duplicate can meet it.
+struct Holder {
+    task: tokio::task::JoinHandle<Result<i64, AppError>>,
+    finish: Arc<tokio::sync::Notify>,
+}
+
+async fn hold(db: &Db, key: &'static str, fail: bool) -> Holder {
+    let (idem, pool, ledger) = (db.idem.clone(), db.pool.clone(), db.ledger.clone());
+    let started = Arc::new(tokio::sync::Notify::new());
+    let finish = Arc::new(tokio::sync::Notify::new());
+    let task = {
+        let (started, finish) = (started.clone(), finish.clone());
+        tokio::spawn(async move {
+            let mut connection = pool.acquire().await.unwrap();
+            run_in_transaction!(&idem, call(key), &mut connection, async move |connection| {
+                let id = insert(connection, &ledger, key).await?;
+                started.notify_one();
+                finish.notified().await;
+                if fail {
+                    return Err(AppError::Declined);
+                }
+                Ok(id)
+            })
+            .await
+        })
+    };
+    started.notified().await;
+    Holder { task, finish }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_duplicate_replays_the_first_commit() {
+    let db = db().await;
+    let holder = hold(&db, "k", false).await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let duplicate = {
+        let (idem, pool, ledger, runs) = (
+            db.idem.clone(),
+            db.pool.clone(),
+            db.ledger.clone(),
+            runs.clone(),
+        );
+        tokio::spawn(async move {
+            let mut connection = pool.acquire().await.unwrap();
+            served(run_in_transaction!(
+                &idem,
+                call("k"),
+                &mut connection,
+                async move |connection| {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    insert(connection, &ledger, "k").await
+                },
+            ))
+            .await
+        })
+    };
+    // The duplicate is waiting (it cannot finish while the first holds the key).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!duplicate.is_finished());
+    holder.finish.notify_one();
+    let first = holder.task.await.unwrap().unwrap();
+    let (replayed, how) = duplicate.await.unwrap();
+    assert_eq!((replayed.unwrap(), how), (first, Some(Served::Waited)));
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    assert_eq!(db.rows("k").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_duplicate_runs_when_the_first_rolls_back() {
+    let db = db().await;
+    let holder = hold(&db, "k", true).await;
+    let duplicate = {
+        let (idem, pool, ledger) = (db.idem.clone(), db.pool.clone(), db.ledger.clone());
+        tokio::spawn(async move {
+            let mut connection = pool.acquire().await.unwrap();
+            served(run_in_transaction!(
+                &idem,
+                call("k"),
+                &mut connection,
+                async move |connection| insert(connection, &ledger, "k").await,
+            ))
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!duplicate.is_finished());
+    holder.finish.notify_one();
+    assert!(matches!(
+        holder.task.await.unwrap(),
+        Err(AppError::Declined)
+    ));
+    let (ran, how) = duplicate.await.unwrap();
+    assert!(ran.is_ok(), "{ran:?}");
+    assert_eq!(how, Some(Served::Executed));
+    assert_eq!(db.rows("k").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejecting_duplicate_gets_in_progress_without_waiting() {
+    let db = db().await;
+    let holder = hold(&db, "k", false).await;
+    let ledger = db.ledger.clone();
+    let mut connection = db.connection().await;
+    // The first call cannot finish before we tell it to: an answer now did not wait for it.
+    let (result, how) = served(run_in_transaction!(
+        &db.idem,
+        call("k").on_in_progress(OnInProgress::Reject),
+        &mut connection,
+        async move |connection| insert(connection, &ledger, "k").await,
+    ))
+    .await;
+    assert!(
+        matches!(result, Err(AppError::Idem(Error::InProgress { .. }))),
+        "{result:?}"
+    );
+    assert_eq!(how, Some(Served::NotRun));
+    assert!(!holder.task.is_finished());
+    holder.finish.notify_one();
+    holder.task.await.unwrap().unwrap();
+    assert_eq!(db.rows("k").await, 1);
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+enum Refusal {
+    Declined,
+    Idem(String),
+}
+
+impl From<Error> for Refusal {
+    fn from(err: Error) -> Self {
+        Refusal::Idem(err.to_string())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_error_rolls_back_the_writes_and_replays() {
+    let db = db().await;
+    let ledger = db.ledger.clone();
+    let runs = AtomicU32::new(0);
+    let mut connection = db.connection().await;
+    for _ in 0..2 {
+        let result: Result<i64, Refusal> = run_in_transaction!(
+            idem_postgres::begin_recording_errors,
+            &db.idem,
+            call("k"),
+            &mut connection,
+            async move |connection| {
+                runs.fetch_add(1, Ordering::SeqCst);
+                insert(connection, &ledger, "k")
+                    .await
+                    .map_err(|err| Refusal::Idem(format!("{err:?}")))?;
+                Err(Refusal::Declined)
+            },
+        )
+        .await;
+        assert_eq!(result, Err(Refusal::Declined));
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the second was replayed");
+    assert_eq!(db.rows("k").await, 0, "the body's write was rolled back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_request_under_the_key_is_refused_and_writes_nothing() {
+    let db = db().await;
+    let ledger = db.ledger.clone();
+    let mut connection = db.connection().await;
+    run_in_transaction!(
+        &db.idem,
+        call("k").fingerprint("order 1: 10 EUR"),
+        &mut connection,
+        async move |connection| insert(connection, &ledger, "k").await,
+    )
+    .await
+    .unwrap();
+    let result = run_in_transaction!(
+        &db.idem,
+        call("k").fingerprint("order 1: 99 EUR"),
+        &mut connection,
+        async move |connection| insert(connection, &ledger, "k").await,
+    )
+    .await;
+    assert!(
+        matches!(result, Err(AppError::Idem(Error::KeyReused { .. }))),
+        "{result:?}"
+    );
+    assert_eq!(db.rows("k").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outer_rollback_takes_the_record_with_the_effect() {
+    let db = db().await;
+    let ledger = db.ledger.clone();
+    let mut connection = db.connection().await;
+    let mut outer = connection.begin().await.unwrap();
+    let (result, how) = served(run_in_transaction!(
+        &db.idem,
+        call("k"),
+        &mut outer,
+        async move |connection| insert(connection, &ledger, "k").await,
+    ))
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(how, Some(Served::Executed));
+    outer.rollback().await.unwrap();
+    assert_eq!(db.rows("k").await, 0);
+    // No record either: the next delivery runs.
+    runs_at_once(&db, "k").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outer_commit_makes_the_record_durable_with_the_caller_s_writes() {
+    let db = db().await;
+    let ledger = db.ledger.clone();
+    let mut connection = db.connection().await;
+    let mut outer = connection.begin().await.unwrap();
+    let first = run_in_transaction!(&db.idem, call("k"), &mut outer, async move |connection| {
+        insert(connection, &ledger, "k").await
+    },)
+    .await
+    .unwrap();
+    insert(&mut outer, &ledger, "caller").await.unwrap();
+    outer.commit().await.unwrap();
+    assert_eq!((db.rows("k").await, db.rows("caller").await), (1, 1));
+    let (again, how) = served(run_in_transaction!(
+        &db.idem,
+        call("k"),
+        &mut connection,
+        async move |connection| insert(connection, &ledger, "k").await,
+    ))
+    .await;
+    assert_eq!((again.unwrap(), how), (first, Some(Served::Replayed)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_over_another_store_is_refused_before_the_body() {
+    let db = db().await;
+    let memory = Idempotency::new(MemoryStore::new());
+    let mut connection = db.connection().await;
+    let ledger = db.ledger.clone();
+    let (result, how) = served(run_in_transaction!(
+        &memory,
+        call("k"),
+        &mut connection,
+        async move |connection| insert(connection, &ledger, "k").await,
+    ))
+    .await;
+    match result {
+        Err(AppError::Idem(Error::InvalidOption { reason, .. })) => {
+            assert!(reason.contains("PostgresStore"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(how, Some(Served::NotRun));
+    assert_eq!(db.rows("k").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_that_are_not_idem_s_are_corrupt_and_left_alone() {
+    let db = db().await;
+    let key = db.idem.store_key("charge", "k").unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {} (key, state, fence, fingerprint, lease_until, expires_at) \
+         VALUES ($1, 7, 3, '', now(), now() + interval '1 hour')",
+        db.table
+    )))
+    .bind(key.as_bytes())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let ledger = db.ledger.clone();
+    let mut connection = db.connection().await;
+    let result = run_in_transaction!(
+        &db.idem,
+        call("k"),
+        &mut connection,
+        async move |connection| insert(connection, &ledger, "k").await,
+    )
+    .await;
+    assert!(
+        matches!(result, Err(AppError::Idem(Error::Corrupt { .. }))),
+        "{result:?}"
+    );
+    // Outside a transaction too, and the row is untouched.
+    let result = db.idem.run(call("k"), async { Ok::<i64, Error>(1) }).await;
+    assert!(matches!(result, Err(Error::Corrupt { .. })), "{result:?}");
+    let state: i16 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT state FROM {} WHERE key = $1",
+        db.table
+    )))
+    .bind(key.as_bytes())
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(state, 7);
+    assert_eq!(db.rows("k").await, 0);
+}
