@@ -111,8 +111,8 @@ pub trait ClassifiedReturn: Sized {
     fn run_idempotent_with<Fut: Future<Output = Self>>(
         runtime: Idempotency,
         call: Call,
-        on_error: impl Fn(&Self::Error) -> OnError,
         body: Fut,
+        on_error: impl Fn(&Self::Error) -> OnError,
     ) -> impl Future<Output = Self>;
 }
 
@@ -122,8 +122,8 @@ impl<T: Recordable, E: FromIdemError> ClassifiedReturn for Result<T, E> {
     async fn run_idempotent_with<Fut: Future<Output = Self>>(
         runtime: Idempotency,
         call: Call,
-        on_error: impl Fn(&E) -> OnError,
         body: Fut,
+        on_error: impl Fn(&E) -> OnError,
     ) -> Self {
         runtime.run_with(call, on_error, body).await
     }
@@ -144,8 +144,8 @@ pub trait ClassifiedRecordedReturn: Sized {
     fn run_idempotent_with<Fut: Future<Output = Self>>(
         runtime: Idempotency,
         call: Call,
-        on_error: impl Fn(&Self::Error) -> OnError,
         body: Fut,
+        on_error: impl Fn(&Self::Error) -> OnError,
     ) -> impl Future<Output = Self>;
 }
 
@@ -159,8 +159,8 @@ where
     async fn run_idempotent_with<Fut: Future<Output = Self>>(
         runtime: Idempotency,
         call: Call,
-        on_error: impl Fn(&E) -> OnError,
         body: Fut,
+        on_error: impl Fn(&E) -> OnError,
     ) -> Self {
         runtime
             .run_recording_errors_with(call, on_error, body)

@@ -9,7 +9,6 @@ pub async fn charge(&self, order: &Order) -> Result<Receipt, PayError> {
     ::idem::__private::ClassifiedRecordedReturn::run_idempotent_with(
             __idem_runtime,
             __idem_call,
-            PayError::means,
             async move {
                 if let ::core::option::Option::Some(__idem_ret) = ::core::option::Option::None::<
                     Result<Receipt, PayError>,
@@ -18,6 +17,7 @@ pub async fn charge(&self, order: &Order) -> Result<Receipt, PayError> {
                 }
                 self.gateway.charge(order).await
             },
+            PayError::means,
         )
         .await
 }

@@ -83,12 +83,14 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
         let #call_var = #call;
         let #runtime_var = #runtime;
     };
+    // The body comes before `on_error`, so that `Self` is inferred from it and a mismatched
+    // `on_error` is reported at its own tokens.
     // The call and its `.await` are spanned on the return type's first token, so that an
     // unsuitable one is reported there, once: `Self` is inferred from the body's output (which
     // `typed_body` fixes), since naming the type (`<#ret as ...>`) would report it a second time,
     // at another span.
     let (run_fn, on_error) = match &args.on_error {
-        Some(on_error) => ("run_idempotent_with", quote!(#on_error,)),
+        Some(on_error) => ("run_idempotent_with", quote!(, #on_error)),
         None => ("run_idempotent", quote!()),
     };
     let run = |ret: Option<&Type>, body: TokenStream| {
@@ -96,7 +98,7 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
         let run_fn = Ident::new(run_fn, span);
         let return_trait = respanned(return_trait.clone(), span);
         quote_spanned! {span=>
-        #return_trait::#run_fn(#runtime_var, #call_var, #on_error async move { #body }).await
+        #return_trait::#run_fn(#runtime_var, #call_var, async move { #body } #on_error).await
         }
     };
     match shape {
