@@ -93,6 +93,20 @@ pub mod redis {
     pub use idem_redis::{RedisStore, DEFAULT_CONNECTION_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT};
 }
 
+/// The PostgreSQL store (feature `postgres`), whose record can commit in the handler's own
+/// transaction: see `transaction = conn` in the options above.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres {
+    /// The `sqlx` this store is built on: your connections and pools must come from this
+    /// version.
+    pub use idem_postgres::sqlx;
+    pub use idem_postgres::{
+        begin, begin_recording_errors, begin_recording_errors_with, begin_with, Begun, Claim,
+        PostgresStore, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_TABLE,
+    };
+}
+
 #[doc(hidden)]
 pub mod __private {
     pub use crate::private::*;

@@ -167,3 +167,55 @@ where
             .await
     }
 }
+
+pub use idem_core::{with_context, TransactionBegun};
+
+/// The connection types `#[idempotent(transaction = conn)]` takes, and the store each belongs to.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot carry an #[idempotent] transaction",
+    label = "`transaction = ...` names this argument",
+    note = "the argument must be `&mut PgConnection` (with the `postgres` feature); pass `&mut *tx` for a transaction of your own, or a pooled connection"
+)]
+pub trait TransactionConnection {
+    /// The store whose claims and records take part in this connection's transactions.
+    type Store: idem_core::TransactionalStore<Connection = Self>;
+}
+
+#[cfg(feature = "postgres")]
+impl TransactionConnection for idem_postgres::sqlx::PgConnection {
+    type Store = idem_postgres::PostgresStore;
+}
+
+/// `transaction = conn`: claims in a transaction on the function's connection argument.
+pub async fn begin_in_transaction<'c, C, T, E>(
+    runtime: &'c Idempotency,
+    call: Call,
+    connection: &'c mut C,
+    on_error: impl Fn(&E) -> OnError,
+) -> TransactionBegun<'c, C::Store, T, E, impl Fn(&E) -> OnError>
+where
+    C: TransactionConnection + ?Sized,
+    T: Recordable,
+    E: FromIdemError,
+{
+    runtime
+        .begin_transaction::<C::Store, T, E, _>(call, connection, on_error)
+        .await
+}
+
+/// `transaction = conn, record_errors`.
+pub async fn begin_in_transaction_recording_errors<'c, C, T, E>(
+    runtime: &'c Idempotency,
+    call: Call,
+    connection: &'c mut C,
+    on_error: impl Fn(&E) -> OnError,
+) -> TransactionBegun<'c, C::Store, T, E, impl Fn(&E) -> OnError>
+where
+    C: TransactionConnection + ?Sized,
+    T: Recordable,
+    E: Recordable + FromIdemError,
+{
+    runtime
+        .begin_transaction_recording_errors::<C::Store, T, E, _>(call, connection, on_error)
+        .await
+}

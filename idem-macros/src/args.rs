@@ -16,6 +16,7 @@ mod kw {
     syn::custom_keyword!(on_in_progress);
     syn::custom_keyword!(record_errors);
     syn::custom_keyword!(on_error);
+    syn::custom_keyword!(transaction);
     syn::custom_keyword!(wait);
     syn::custom_keyword!(reject);
 }
@@ -23,7 +24,7 @@ mod kw {
 /// The list shown when an option is unknown.
 const OPTIONS: &str = "`key = EXPR`, `using = EXPR`, `fingerprint = EXPR`, `ttl = \"24h\"`, \
     `lease = \"30s\"`, `namespace = \"...\"`, `on_in_progress = wait | reject`, `record_errors`, \
-    `on_error = EXPR`, \
+    `on_error = EXPR`, `transaction = ARGUMENT`, \
     `crate = \"path\"`";
 
 /// A duration written as a literal, with its span for errors.
@@ -52,6 +53,8 @@ pub(crate) struct Args {
     pub(crate) on_in_progress: Option<InProgressMode>,
     pub(crate) record_errors: bool,
     pub(crate) on_error: Option<Expr>,
+    /// The connection argument whose transaction the claim and record join.
+    pub(crate) transaction: Option<Ident>,
     pub(crate) krate: Option<Path>,
 }
 
@@ -127,6 +130,16 @@ impl Args {
                 "on_error",
                 expr_value(input)?,
             )
+        } else if lookahead.peek(kw::transaction) {
+            let token = input.parse::<kw::transaction>()?;
+            input.parse::<Token![=]>()?;
+            let argument: Ident = input.parse().map_err(|err| {
+                syn::Error::new(
+                    err.span(),
+                    "expected the name of the connection argument, e.g. `transaction = conn`",
+                )
+            })?;
+            set(&mut self.transaction, token.span, "transaction", argument)
         } else if lookahead.peek(kw::record_errors) {
             let token = input.parse::<kw::record_errors>()?;
             if self.record_errors {

@@ -101,6 +101,29 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
         #return_trait::#run_fn(#runtime_var, #call_var, async move { #body } #on_error).await
         }
     };
+    if let (Some(connection), Shape::Async { ret }) = (&args.transaction, &shape) {
+        let argument_type = sig
+            .inputs
+            .iter()
+            .find_map(|input| match input {
+                syn::FnArg::Typed(typed) => match &*typed.pat {
+                    syn::Pat::Ident(pat) if pat.ident == *connection => Some(typed.ty.span()),
+                    _ => None,
+                },
+                syn::FnArg::Receiver(_) => None,
+            })
+            .unwrap_or_else(|| connection.span());
+        let body = typed_body(ret, stmts);
+        let run = in_transaction(&args, &private, connection, argument_type, body);
+        return quote! {
+            #(#attrs)*
+            #vis #sig {
+                #(#inner_attrs)*
+                #prelude
+                #run
+            }
+        };
+    }
     match shape {
         Shape::Async { ret } => {
             let run = run(Some(&ret), typed_body(&ret, stmts));
@@ -131,6 +154,54 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
                 }
             }
         }
+    }
+}
+
+/// `transaction = connection`: the claim in a transaction on the function's connection argument,
+/// the body on the claim's connection (under the argument's own name), then the record and the
+/// commit. The body is ordinary code between the two steps, so the function's future is `Send`
+/// whenever the body's is. The generated steps are spanned on the argument's type, so that an
+/// argument that cannot carry a transaction is reported there, once.
+fn in_transaction(
+    args: &Args,
+    private: &TokenStream,
+    connection: &Ident,
+    argument_type: Span,
+    body: TokenStream,
+) -> TokenStream {
+    let span = argument_type;
+    // The argument under its own name, on the type's span: both are the user's tokens.
+    let connection = Ident::new(&connection.to_string(), span);
+    let begin = if args.record_errors {
+        quote!(#private::begin_in_transaction_recording_errors)
+    } else {
+        quote!(#private::begin_in_transaction)
+    };
+    let on_error = match (&args.on_error, args.record_errors) {
+        (Some(on_error), _) => quote!(#on_error),
+        (None, false) => respanned(quote!(|_| #private::OnError::Release), span),
+        (None, true) => respanned(quote!(|_| #private::OnError::Record), span),
+    };
+    let call_var = Ident::new("__idem_call", Span::mixed_site());
+    let runtime_var = Ident::new("__idem_runtime", Span::mixed_site());
+    let claim = Ident::new("__idem_claim", span);
+    let result = Ident::new("__idem_result", span);
+    let context = Ident::new("__idem_context", span);
+    let begin = respanned(begin, span);
+    let begun = respanned(quote!(#private::TransactionBegun), span);
+    let with_context = respanned(quote!(#private::with_context), span);
+    let finish = respanned(quote!(#claim.finish(#result).await), span);
+    quote_spanned! {span=>
+        let mut #claim = match #begin(&#runtime_var, #call_var, #connection, #on_error).await {
+            #begun::Done(#result) => return #result,
+            #begun::Claimed(#claim) => #claim,
+        };
+        let #context = #claim.context();
+        let #result = {
+            let #connection = #claim.connection();
+            #with_context(#context, async move { #body }).await
+        };
+        #finish
     }
 }
 
@@ -329,6 +400,19 @@ mod tests {
                 pub async fn charge(&self, order: &Order) -> Result<Receipt, PayError> {
                     #![allow(unused_variables)]
                     self.gateway.charge(order).await
+                }
+            },
+        );
+    }
+
+    #[test]
+    fn in_a_transaction() {
+        assert_snapshot(
+            "in_a_transaction",
+            quote!(key = order.id, using = &self.idem, transaction = conn),
+            quote! {
+                async fn charge(&self, conn: &mut PgConnection, order: &Order) -> Result<Receipt, PayError> {
+                    insert_charge(conn, order).await
                 }
             },
         );

@@ -32,13 +32,50 @@ pub(crate) fn validate(args: &Args, function: &Function) -> syn::Result<Shape> {
             "missing `key = ...`: the idempotency key, e.g. `#[idempotent(key = request.id)]`",
         )
     });
-    match (shape(function), missing_key) {
-        (Ok(shape), None) => Ok(shape),
-        (Ok(_), Some(err)) | (Err(err), None) => Err(err),
-        (Err(shape_err), Some(mut err)) => {
-            err.combine(shape_err);
-            Err(err)
+    let shape = shape(function);
+    let transaction = args
+        .transaction
+        .as_ref()
+        .and_then(|argument| check_transaction(argument, function, shape.as_ref().ok()));
+    let mut errors = [missing_key, shape.as_ref().err().cloned(), transaction]
+        .into_iter()
+        .flatten();
+    match errors.next() {
+        None => shape,
+        Some(mut first) => {
+            errors.for_each(|err| first.combine(err));
+            Err(first)
         }
+    }
+}
+
+/// `transaction = conn` must name an argument of an `async fn`.
+fn check_transaction(
+    argument: &syn::Ident,
+    function: &Function,
+    shape: Option<&Shape>,
+) -> Option<syn::Error> {
+    let named = function.sig.inputs.iter().any(|input| match input {
+        syn::FnArg::Typed(typed) => {
+            matches!(&*typed.pat, syn::Pat::Ident(pat) if pat.ident == *argument)
+        }
+        syn::FnArg::Receiver(_) => false,
+    });
+    if !named {
+        return Some(syn::Error::new(
+            argument.span(),
+            format!(
+                "`transaction = {argument}` names no argument of this function; name the \
+                 `&mut PgConnection` argument whose transaction the record joins"
+            ),
+        ));
+    }
+    match shape {
+        Some(Shape::AsyncTrait { .. }) => Some(syn::Error::new(
+            argument.span(),
+            "`transaction = ...` works on an `async fn`, not on an `#[async_trait]` method",
+        )),
+        _ => None,
     }
 }
 
