@@ -146,8 +146,9 @@ impl RedisStore<ConnectionManager> {
         url: &str,
         config: ConnectionManagerConfig,
     ) -> Result<Self, Error> {
-        let client =
-            redis::Client::open(url).map_err(|err| connect_error(&without_password(url), err))?;
+        let info = connection_info(url)?;
+        let server = info.addr().to_string();
+        let client = redis::Client::open(info).map_err(|err| connect_error(&server, err))?;
         Self::connect_with_client(client, config).await
     }
 
@@ -188,12 +189,16 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
     /// Connects to a Redis Cluster through any of its nodes' URLs.
     pub async fn connect_cluster(nodes: &[&str]) -> Result<Self, Error> {
         use_tls_provider();
-        let joined = nodes
+        let infos = nodes
             .iter()
-            .map(|node| without_password(node))
+            .map(|node| connection_info(node))
+            .collect::<Result<Vec<_>, _>>()?;
+        let joined = infos
+            .iter()
+            .map(|info| info.addr().to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        let client = redis::cluster::ClusterClient::new(nodes.to_vec())
+        let client = redis::cluster::ClusterClient::new(infos.clone())
             .map_err(|err| connect_error(&joined, err))?;
         let connection = client
             .get_async_connection()
@@ -211,7 +216,7 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
             Box::pin(async move { connection.route_command(wait, route).await })
         }));
         store.check_eviction_policy().await?;
-        Ok(match nodes.first().map(|node| redis::Client::open(*node)) {
+        Ok(match infos.into_iter().next().map(redis::Client::open) {
             Some(Ok(client)) => store.with_pubsub(client),
             _ => store,
         })
@@ -229,16 +234,23 @@ fn use_tls_provider() {
     }
 }
 
-/// `url` without its user and password, for messages that end up in logs.
-fn without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-        None => url.to_owned(),
-    }
+/// The connection settings of `url`, without the `CLIENT SETINFO` redis-rs sends on connect (a
+/// command the least-privilege ACL rule does not grant). Errors never show the URL, which may
+/// hold a password: the messages end up in logs.
+fn connection_info(url: &str) -> Result<redis::ConnectionInfo, Error> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info().map_err(|err| {
+        Error::store(
+            "connect",
+            format!(
+                "the Redis URL does not parse ({:?}); write it as \
+                 redis://[user:password@]host:port[/db], rediss://... or redis+unix:///path",
+                err.kind()
+            ),
+        )
+    })?;
+    let settings = info.redis_settings().clone().set_skip_set_lib_name();
+    Ok(info.set_redis_settings(settings))
 }
 
 fn connect_error(url: &str, err: RedisError) -> Error {
