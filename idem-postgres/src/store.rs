@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use idem_core::{ClaimOutcome, ClaimRequest, Error, Fence, Store};
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, PgConnection, Row};
 
 use crate::sql::Statements;
@@ -57,17 +57,25 @@ impl PostgresStore {
     /// connections that wait at most [`DEFAULT_ACQUIRE_TIMEOUT`] for a free one. Does not
     /// create the table: see [`migrate`](Self::migrate).
     pub async fn connect(url: &str) -> Result<Self, Error> {
+        // Errors name the server, never the URL: it may hold a password, and they end up in logs.
+        let options: PgConnectOptions = url.parse().map_err(|_| {
+            Error::store(
+                "connect",
+                "the PostgreSQL URL does not parse; write it as \
+                 postgres://[user[:password]@]host[:port]/database",
+            )
+        })?;
+        let server = format!("{}:{}", options.get_host(), options.get_port());
         let pool = PgPoolOptions::new()
             .acquire_timeout(DEFAULT_ACQUIRE_TIMEOUT)
-            .connect(url)
+            .connect_with(options)
             .await
             .map_err(|err| {
                 Error::store(
                     "connect",
                     format!(
-                        "cannot connect to PostgreSQL at {}: {err}; is the server running and \
-                         the URL right?",
-                        without_password(url)
+                        "cannot connect to PostgreSQL at {server}: {err}; is the server running \
+                         and the URL right?"
                     ),
                 )
             })?;
@@ -444,17 +452,5 @@ pub(crate) fn store_error(operation: &'static str, err: &sqlx::Error, sent_write
         ),
         _ if sent_write => Error::store_indeterminate(operation, err.to_string()),
         _ => Error::store(operation, err.to_string()),
-    }
-}
-
-/// `url` without its user and password, for messages that end up in logs.
-pub(crate) fn without_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "the given URL".to_owned();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
-        None => url.to_owned(),
     }
 }

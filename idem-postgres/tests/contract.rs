@@ -41,3 +41,22 @@ fn fastrand_u64() -> u64 {
 }
 
 idem_core::store_contract_tests!(fresh_store());
+
+/// Connection errors end up in logs: they name the server, never the password in its URL,
+/// whether the URL parses or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_errors_do_not_show_the_password() {
+    let port = idem_test_servers::free_port();
+    for url in [
+        format!("postgres://idem:hunter2@127.0.0.1:{port}/app"),
+        format!("postgres://idem:hunt/er2@127.0.0.1:{port}/app"),
+        format!("postgres://idem:hunter2@127.0.0.1:{port}/app?sslmode=nonsense"),
+    ] {
+        let err = PostgresStore::connect(&url).await.unwrap_err();
+        let shown = format!("{err} {err:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunt/er2"),
+            "{shown}"
+        );
+    }
+}
