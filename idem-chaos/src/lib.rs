@@ -9,8 +9,11 @@
 //!   (the ground truth), every call's outcome recorded as ok, definite or indeterminate, and a
 //!   [`Report`] that checks the invariants.
 //! * [`scenarios`]: the fault scenarios, shared by the tests and the `chaos` example.
+//! * [`ledger`]: the transactional mode's proof: child processes booking ledger rows in
+//!   PostgreSQL, SIGKILLed at random and through database crashes.
 
 mod faulty;
+pub mod ledger;
 mod proxy;
 pub mod scenarios;
 pub mod workload;
