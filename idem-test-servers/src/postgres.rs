@@ -189,6 +189,11 @@ impl PostgresServer {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// The server's log so far (with `log_statement`, every statement it ran).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
     /// Stops the server at once, like a crash: no shutdown checkpoint, open transactions lost.
     pub fn stop_immediately(&mut self) {
         if self.running {
