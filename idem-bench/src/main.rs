@@ -18,7 +18,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use idem_test_servers::RedisServer;
+use idem_test_servers::{PostgresServer, RedisServer};
 
 use crate::measure::Keys;
 use crate::report::{Cell, Results};
@@ -32,6 +32,7 @@ const LIVE_KEYS: u64 = 10_000;
 enum Suite {
     Redis,
     Memory,
+    Postgres,
 }
 
 impl Suite {
@@ -39,6 +40,7 @@ impl Suite {
         match self {
             Suite::Redis => "Redis",
             Suite::Memory => "memory",
+            Suite::Postgres => "PostgreSQL",
         }
     }
 }
@@ -88,7 +90,10 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
                     .map(|suite| match suite {
                         "redis" => Ok(Suite::Redis),
                         "memory" => Ok(Suite::Memory),
-                        other => Err(format!("unknown suite `{other}`: use redis or memory")),
+                        "postgres" => Ok(Suite::Postgres),
+                        other => Err(format!(
+                            "unknown suite `{other}`: use redis, memory or postgres"
+                        )),
                     })
                     .collect::<Result<_, _>>()?
             }
@@ -161,6 +166,18 @@ async fn run(options: &Options) -> Result<bool, String> {
         }
         Err(_) => String::new(),
     };
+    // The same for PostgreSQL: DATABASE_URL, or a private cluster.
+    let mut postgres_server = None;
+    let postgres_url = match std::env::var("DATABASE_URL") {
+        Ok(url) => url,
+        Err(_) if options.suites.contains(&Suite::Postgres) => {
+            let started = PostgresServer::start();
+            let url = started.url();
+            postgres_server = Some(started);
+            url
+        }
+        Err(_) => String::new(),
+    };
     println!(
         "{}",
         report::machine_line(options.rounds, options.block, &url, server.is_some())
@@ -174,6 +191,12 @@ async fn run(options: &Options) -> Result<bool, String> {
                 Side::cached(&url),
             ],
             Suite::Memory => vec![Side::idem_memory(), Side::Bare, Side::mutex_map()],
+            Suite::Postgres => {
+                let connections = options.tasks.iter().copied().max().unwrap_or(1) as u32 + 4;
+                Side::postgres(&postgres_url, connections)
+                    .await
+                    .map_err(|err| err.0)?
+            }
         };
         let sides: Vec<Arc<Side>> = sides
             .into_iter()
@@ -212,7 +235,9 @@ async fn run(options: &Options) -> Result<bool, String> {
                         })
                         .await;
                         let ran = EXECUTIONS.load(Ordering::Relaxed) - executions;
-                        if workload == Workload::Replay && cell.side != "bare call" && ran > 0 {
+                        let runs_every_call =
+                            ["bare call", "bare transaction"].contains(&cell.side);
+                        if workload == Workload::Replay && !runs_every_call && ran > 0 {
                             sample.errors += ran;
                             sample
                                 .first_error
@@ -242,6 +267,7 @@ async fn run(options: &Options) -> Result<bool, String> {
         println!("chart: {}", path.display());
     }
     drop(server);
+    drop(postgres_server);
     Ok(results.clean())
 }
 

@@ -6,6 +6,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use cached::macros::concurrent_cached;
+use idem::postgres::sqlx::postgres::PgPoolOptions;
+use idem::postgres::sqlx::{self, PgConnection, PgPool};
+use idem::postgres::PostgresStore;
 use idem::redis::RedisStore;
 use idem::{idempotent, Idempotency, MemoryStore};
 use redis::aio::ConnectionManager;
@@ -44,6 +47,11 @@ pub(crate) struct Receipt {
 /// The trivial body: the work is the overhead around it.
 async fn body(key: u64) -> Receipt {
     EXECUTIONS.fetch_add(1, Ordering::Relaxed);
+    body_receipt(key)
+}
+
+/// The body's result, computed without counting an execution.
+fn body_receipt(key: u64) -> Receipt {
     Receipt {
         key,
         amount_cents: key % 10_000 + 1,
@@ -97,6 +105,13 @@ pub(crate) enum Side {
     Bare,
     /// (c) a `Mutex<HashMap>` claim + record.
     MutexMap(Mutex<HashMap<u64, Option<Receipt>>>),
+    /// idem in the ledger row's transaction (`transaction = conn`).
+    IdemTransaction(PgIdemService),
+    /// The same transaction by hand, without idem: `BEGIN; INSERT; COMMIT`.
+    BareTransaction(PgPool),
+    /// What people write instead: a dedupe table in the same transaction, `INSERT ... ON
+    /// CONFLICT DO NOTHING`, then the row (or, on a conflict, the stored result).
+    DedupeTable(PgPool),
 }
 
 impl Side {
@@ -128,9 +143,41 @@ impl Side {
         Side::MutexMap(Mutex::new(HashMap::new()))
     }
 
+    /// idem and its baselines on PostgreSQL, on one pool of `connections`.
+    pub(crate) async fn postgres(url: &str, connections: u32) -> Result<Vec<Side>, BenchError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(connections)
+            .connect(url)
+            .await
+            .map_err(|err| BenchError(err.to_string()))?;
+        let store = PostgresStore::from_pool(pool.clone());
+        store.migrate().await?;
+        let tables = "CREATE TABLE IF NOT EXISTS bench_ledger \
+                (id bigserial PRIMARY KEY, key text NOT NULL, cents bigint NOT NULL); \
+             CREATE TABLE IF NOT EXISTS bench_dedupe (key text PRIMARY KEY, receipt bytea NOT NULL)";
+        sqlx::raw_sql(tables)
+            .execute(&pool)
+            .await
+            .map_err(|err| BenchError(err.to_string()))?;
+        let idem = Idempotency::new(store)
+            .with_retention(RETENTION)
+            .with_key_prefix(format!("{}idem:", run_prefix()));
+        Ok(vec![
+            Side::IdemTransaction(PgIdemService {
+                idem,
+                pool: pool.clone(),
+            }),
+            Side::BareTransaction(pool.clone()),
+            Side::DedupeTable(pool),
+        ])
+    }
+
     /// The side's name in tables and the chart.
     pub(crate) fn name(&self) -> &'static str {
         match self {
+            Side::IdemTransaction(_) => "idem",
+            Side::BareTransaction(_) => "bare transaction",
+            Side::DedupeTable(_) => "dedupe table",
             Side::Idem(_) => "idem",
             Side::Naive(_) => "redis-rs by hand",
             Side::Cached => "cached",
@@ -150,6 +197,9 @@ impl Side {
             Side::Cached => cached_charge(key).await,
             Side::Bare => Ok(body(key).await),
             Side::MutexMap(map) => mutex_map_charge(map, key).await,
+            Side::IdemTransaction(service) => service.book(key).await,
+            Side::BareTransaction(pool) => bare_transaction(pool, key).await,
+            Side::DedupeTable(pool) => dedupe_table(pool, key).await,
         }
         .map_err(|BenchError(message)| message)?;
         if receipt.key == key {
@@ -181,6 +231,91 @@ impl IdemService {
     async fn charge(&self, key: u64) -> Result<Receipt, BenchError> {
         Ok(body(key).await)
     }
+}
+
+/// idem as a user writes it in transactional mode.
+pub(crate) struct PgIdemService {
+    idem: Idempotency,
+    pool: PgPool,
+}
+
+impl PgIdemService {
+    async fn book(&self, key: u64) -> Result<Receipt, BenchError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(|err| BenchError(err.to_string()))?;
+        self.book_on(&mut conn, key).await
+    }
+
+    #[idempotent(key = key, using = &self.idem, namespace = "bench-pg", transaction = conn)]
+    async fn book_on(&self, conn: &mut PgConnection, key: u64) -> Result<Receipt, BenchError> {
+        let receipt = body(key).await;
+        insert_row(conn, key, &receipt).await?;
+        Ok(receipt)
+    }
+}
+
+/// The effect every Postgres side has: one ledger row.
+async fn insert_row(
+    conn: &mut PgConnection,
+    key: u64,
+    receipt: &Receipt,
+) -> Result<(), BenchError> {
+    sqlx::query("INSERT INTO bench_ledger (key, cents) VALUES ($1, $2)")
+        .bind(format!("{}{key}", run_prefix()))
+        .bind(receipt.amount_cents as i64)
+        .execute(conn)
+        .await
+        .map(drop)
+        .map_err(|err| BenchError(err.to_string()))
+}
+
+/// `BEGIN; INSERT; COMMIT`: the effect alone, no deduplication (a replay books again).
+async fn bare_transaction(pool: &PgPool, key: u64) -> Result<Receipt, BenchError> {
+    let mut tx = pool
+        .begin()
+        .await
+        .map_err(|err| BenchError(err.to_string()))?;
+    let receipt = body(key).await;
+    insert_row(&mut tx, key, &receipt).await?;
+    tx.commit()
+        .await
+        .map_err(|err| BenchError(err.to_string()))?;
+    Ok(receipt)
+}
+
+/// The hand-written dedupe table: no lease, no fence, no fingerprint; a concurrent duplicate
+/// waits on the row lock of the first's uncommitted insert.
+async fn dedupe_table(pool: &PgPool, key: u64) -> Result<Receipt, BenchError> {
+    let failed = |err: sqlx::Error| BenchError(err.to_string());
+    let mut tx = pool.begin().await.map_err(failed)?;
+    let dedupe_key = format!("{}dedupe:{key}", run_prefix());
+    let receipt = body_receipt(key);
+    let encoded = serde_json::to_vec(&receipt).map_err(|err| BenchError(err.to_string()))?;
+    let claimed: Option<String> = sqlx::query_scalar(
+        "INSERT INTO bench_dedupe (key, receipt) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING key",
+    )
+    .bind(&dedupe_key)
+    .bind(&encoded)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(failed)?;
+    let receipt = if claimed.is_some() {
+        let receipt = body(key).await;
+        insert_row(&mut tx, key, &receipt).await?;
+        receipt
+    } else {
+        let stored: Vec<u8> = sqlx::query_scalar("SELECT receipt FROM bench_dedupe WHERE key = $1")
+            .bind(&dedupe_key)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(failed)?;
+        serde_json::from_slice(&stored).map_err(|err| BenchError(err.to_string()))?
+    };
+    tx.commit().await.map_err(failed)?;
+    Ok(receipt)
 }
 
 fn naive_key(key: u64) -> String {
