@@ -95,6 +95,50 @@ pub mod redis {
 
 /// The PostgreSQL store (feature `postgres`), whose record can commit in the handler's own
 /// transaction: see `transaction = conn` in the options above.
+///
+/// ```no_run
+/// use idem::postgres::sqlx::{self, PgConnection};
+/// use idem::postgres::PostgresStore;
+/// use idem::{idempotent, Idempotency};
+///
+/// #[derive(Debug)]
+/// enum AppError {
+///     Idem(idem::Error),
+///     Db(sqlx::Error),
+/// }
+/// impl From<idem::Error> for AppError {
+///     fn from(err: idem::Error) -> Self { AppError::Idem(err) }
+/// }
+/// impl From<sqlx::Error> for AppError {
+///     fn from(err: sqlx::Error) -> Self { AppError::Db(err) }
+/// }
+///
+/// struct Payments {
+///     idem: Idempotency,
+/// }
+///
+/// impl Payments {
+///     /// The charge row and idem's record commit together, or neither does.
+///     #[idempotent(key = order, using = &self.idem, transaction = conn)]
+///     async fn charge(&self, conn: &mut PgConnection, order: i64, cents: i64) -> Result<i64, AppError> {
+///         let id = sqlx::query_scalar("INSERT INTO charges (order_id, cents) VALUES ($1, $2) RETURNING id")
+///             .bind(order)
+///             .bind(cents)
+///             .fetch_one(&mut *conn)
+///             .await?;
+///         Ok(id)
+///     }
+/// }
+///
+/// # async fn run() -> Result<(), AppError> {
+/// let store = PostgresStore::connect("postgres://app@db.internal/app").await?;
+/// store.migrate().await?;
+/// let pool = store.pool().clone();
+/// let payments = Payments { idem: Idempotency::new(store) };
+/// let mut conn = pool.acquire().await?;
+/// let charge = payments.charge(&mut conn, 17, 1250).await?; // a redelivery replays it
+/// # Ok(()) }
+/// ```
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres {
