@@ -137,18 +137,10 @@ impl Statements {
             insert(&format!("SELECT {new_row} FROM lock WHERE lock.held"))
         );
 
-        // $1 key, $2 fence, $3 record, $4 retention (ms). Returns whether this statement
-        // completed the key, and the state of the row with this fence (1 if a retried complete
-        // already did). The record is kept at least until the claim's lease would have ended.
-        let complete = |lease_check: &str| {
-            sql(format!(
-                "WITH done AS (UPDATE {t} SET state = 1, record = $3, attempt = NULL, \
-                   expires_at = greatest(statement_timestamp() + $4::bigint * interval '1 millisecond', lease_until) \
-                   WHERE key = $1 AND fence = $2 AND state = 0{lease_check} RETURNING 1) \
-                 SELECT EXISTS (SELECT 1 FROM done), \
-                   (SELECT state FROM {t} WHERE key = $1 AND fence = $2)"
-            ))
-        };
+        // $1 key, $2 fence, $3 record, $4 retention (ms). The record is kept at least until the
+        // claim's lease would have ended.
+        let completed = "SET state = 1, record = $3, attempt = NULL, expires_at = \
+            greatest(statement_timestamp() + $4::bigint * interval '1 millisecond', lease_until)";
         Statements {
             table: table.to_owned(),
             schema,
@@ -157,8 +149,18 @@ impl Statements {
             // Outside a transaction a claim whose lease lapsed may be taken over at any moment,
             // so it no longer completes; inside, nobody can take it over (its row is not
             // committed), so the lease does not bound the body.
-            complete: complete(" AND lease_until > statement_timestamp()"),
-            complete_in_transaction: complete(""),
+            // Returns whether this statement completed the key, and the state of the row with
+            // this fence (1 if a retried complete already did).
+            complete: sql(format!(
+                "WITH done AS (UPDATE {t} {completed} WHERE key = $1 AND fence = $2 AND state = 0 \
+                   AND lease_until > statement_timestamp() RETURNING 1) \
+                 SELECT EXISTS (SELECT 1 FROM done), \
+                   (SELECT state FROM {t} WHERE key = $1 AND fence = $2)"
+            )),
+            // In a transaction there is no retried complete to recognise: one plain UPDATE.
+            complete_in_transaction: sql(format!(
+                "UPDATE {t} {completed} WHERE key = $1 AND fence = $2 AND state = 0"
+            )),
             // $1 key, $2 fence. Returns whether it was released, and the key's current fence.
             release: sql(format!(
                 "WITH gone AS (DELETE FROM {t} WHERE key = $1 AND fence = $2 AND state = 0 RETURNING 1) \

@@ -199,19 +199,28 @@ impl PostgresStore {
         retention: Duration,
         in_transaction: bool,
     ) -> Result<(), Error> {
-        let statement = if in_transaction {
-            &self.sql.complete_in_transaction
-        } else {
-            &self.sql.complete
-        };
-        let row = sqlx::query(statement.clone())
+        if in_transaction {
+            let updated = sqlx::query(self.sql.complete_in_transaction.clone())
+                .bind(key.as_bytes())
+                .bind(fence_value(key, fence)?)
+                .bind(record)
+                .bind(millis(retention))
+                .execute(&mut *connection)
+                .await
+                .map_err(|err| store_error("complete", &err, false))?;
+            return match updated.rows_affected() {
+                1 => Ok(()),
+                _ => Err(Error::lease_lost(key)),
+            };
+        }
+        let row = sqlx::query(self.sql.complete.clone())
             .bind(key.as_bytes())
             .bind(fence_value(key, fence)?)
             .bind(record)
             .bind(millis(retention))
             .fetch_one(&mut *connection)
             .await
-            .map_err(|err| store_error("complete", &err, !in_transaction))?;
+            .map_err(|err| store_error("complete", &err, true))?;
         let completed: bool = column(key, &row, 0)?;
         let state: Option<i16> = column(key, &row, 1)?;
         match (completed, state) {
