@@ -132,15 +132,7 @@ impl Payments {
         order: i64,
         cents: i64,
     ) -> Result<i64, AppError> {
-        self.runs.fetch_add(1, Ordering::SeqCst);
-        let id = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {} (order_id, cents) VALUES ($1, $2) RETURNING id",
-            self.ledger
-        )))
-        .bind(order)
-        .bind(cents)
-        .fetch_one(&mut *conn)
-        .await?;
+        let id = self.insert(conn, order, cents).await?;
         if cents < 0 {
             return Err(AppError::Declined);
         }
@@ -155,16 +147,10 @@ impl Payments {
         order: i64,
         cents: i64,
     ) -> Result<i64, Refusal> {
-        self.runs.fetch_add(1, Ordering::SeqCst);
-        let id: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {} (order_id, cents) VALUES ($1, $2) RETURNING id",
-            self.ledger
-        )))
-        .bind(order)
-        .bind(cents)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|err| Refusal::Idem(err.to_string()))?;
+        let id = self
+            .insert(conn, order, cents)
+            .await
+            .map_err(|err| Refusal::Idem(err.to_string()))?;
         if cents < 0 {
             return Err(Refusal::Declined);
         }
@@ -179,19 +165,29 @@ impl Payments {
         order: i64,
         cents: i64,
     ) -> Result<i64, AppError> {
+        let id = self.insert(conn, order, cents).await?;
+        if cents < 0 {
+            return Err(AppError::Declined);
+        }
+        Ok(id)
+    }
+
+    /// The effect: a charge row, counted as one run of a body.
+    async fn insert(
+        &self,
+        conn: &mut PgConnection,
+        order: i64,
+        cents: i64,
+    ) -> Result<i64, sqlx::Error> {
         self.runs.fetch_add(1, Ordering::SeqCst);
-        let id = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "INSERT INTO {} (order_id, cents) VALUES ($1, $2) RETURNING id",
             self.ledger
         )))
         .bind(order)
         .bind(cents)
-        .fetch_one(&mut *conn)
-        .await?;
-        if cents < 0 {
-            return Err(AppError::Declined);
-        }
-        Ok(id)
+        .fetch_one(conn)
+        .await
     }
 
     async fn rows(&self, pool: &PgPool, order: i64) -> i64 {
