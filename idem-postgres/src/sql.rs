@@ -21,6 +21,7 @@ pub(crate) struct Statements {
     pub(crate) schema: String,
     pub(crate) claim: SqlStr,
     pub(crate) claim_in_transaction: SqlStr,
+    pub(crate) take_over: SqlStr,
     pub(crate) complete: SqlStr,
     pub(crate) complete_in_transaction: SqlStr,
     pub(crate) release: SqlStr,
@@ -93,18 +94,11 @@ impl Statements {
         // lapsed claim or an expired record; otherwise the row is read back in the same
         // statement (from its snapshot: a row committed just after it is not seen, and the
         // caller asks again).
-        let insert = |source: &str| {
-            format!(
-                "INSERT INTO {t} AS r (key, state, fence, attempt, fingerprint, record, lease_until, expires_at) \
-                 {source} \
-                 ON CONFLICT (key) DO UPDATE SET state = 0, fence = EXCLUDED.fence, \
-                   attempt = EXCLUDED.attempt, fingerprint = EXCLUDED.fingerprint, record = NULL, \
-                   lease_until = EXCLUDED.lease_until, expires_at = EXCLUDED.expires_at \
-                 WHERE (r.state = 0 AND r.lease_until <= statement_timestamp()) \
-                    OR (r.state <> 0 AND r.expires_at <= statement_timestamp()) \
-                 RETURNING r.fence"
-            )
-        };
+        // A lapsed claim or an expired record of idem's own (another state or fence is not
+        // idem's row: it is reported corrupt, never overwritten).
+        let claimable =
+            "r.fence > 0 AND ((r.state = 0 AND r.lease_until <= statement_timestamp()) \
+             OR (r.state = 1 AND r.expires_at <= statement_timestamp()))";
         let new_row = format!(
             "$1, 0, nextval('{sequence}'), $2, $3, NULL, \
              statement_timestamp() + $4::bigint * interval '1 millisecond', \
@@ -124,17 +118,35 @@ impl Statements {
              FROM {t} r WHERE r.key = $1 AND NOT EXISTS (SELECT 1 FROM claimed)"
         );
         let claim = format!(
-            "WITH claimed AS ({}) {claimed_or_found}",
-            insert(&format!("VALUES ({new_row})"))
+            "WITH claimed AS (INSERT INTO {t} AS r (key, state, fence, attempt, fingerprint, \
+               record, lease_until, expires_at) VALUES ({new_row}) \
+               ON CONFLICT (key) DO UPDATE SET state = 0, fence = EXCLUDED.fence, \
+                 attempt = EXCLUDED.attempt, fingerprint = EXCLUDED.fingerprint, record = NULL, \
+                 lease_until = EXCLUDED.lease_until, expires_at = EXCLUDED.expires_at \
+               WHERE {claimable} RETURNING r.fence) \
+             {claimed_or_found}"
         );
         // In a transaction, $5 is the key's advisory lock: held until the transaction ends, so
         // that a duplicate learns at once that another open transaction claimed the key instead
-        // of waiting on its uncommitted row. `held` is the first column.
+        // of waiting on its uncommitted row. `held` is the first column. `DO NOTHING`: a
+        // duplicate that keeps its transaction open while it waits must hold no lock on the
+        // row, or a holder outside a transaction could neither renew nor record; a lapsed or
+        // expired row is taken over by `take_over`.
         let claim_in_transaction = format!(
             "WITH lock AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($5) AS held), \
-             claimed AS ({}) \
-             SELECT lock.held, found.* FROM lock LEFT JOIN ({claimed_or_found}) found ON true",
-            insert(&format!("SELECT {new_row} FROM lock WHERE lock.held"))
+             claimed AS (INSERT INTO {t} AS r (key, state, fence, attempt, fingerprint, record, \
+               lease_until, expires_at) SELECT {new_row} FROM lock WHERE lock.held \
+               ON CONFLICT (key) DO NOTHING RETURNING r.fence) \
+             SELECT lock.held, found.* FROM lock LEFT JOIN ({claimed_or_found}) found ON true"
+        );
+        // $1 key, $2 attempt, $3 fingerprint, $4 lease (ms), $5 the fence read: takes over the
+        // lapsed claim or expired record that a claim in a transaction read, if it still is.
+        let take_over = format!(
+            "UPDATE {t} AS r SET state = 0, fence = nextval('{sequence}'), attempt = $2, \
+               fingerprint = $3, record = NULL, \
+               lease_until = statement_timestamp() + $4::bigint * interval '1 millisecond', \
+               expires_at = statement_timestamp() + $4::bigint * interval '1 millisecond' \
+             WHERE r.key = $1 AND r.fence = $5 AND {claimable} RETURNING r.fence"
         );
 
         // $1 key, $2 fence, $3 record, $4 retention (ms). The record is kept at least until the
@@ -146,6 +158,7 @@ impl Statements {
             schema,
             claim: sql(claim),
             claim_in_transaction: sql(claim_in_transaction),
+            take_over: sql(take_over),
             // Outside a transaction a claim whose lease lapsed may be taken over at any moment,
             // so it no longer completes; inside, nobody can take it over (its row is not
             // committed), so the lease does not bound the body.
@@ -179,7 +192,7 @@ impl Statements {
             // $1 batch size. Rows locked by a claim or a reaper elsewhere are skipped.
             reap: sql(format!(
                 "WITH doomed AS (SELECT key FROM {t} WHERE expires_at < statement_timestamp() \
-                   LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                   AND state IN (0, 1) AND fence > 0 LIMIT $1 FOR UPDATE SKIP LOCKED) \
                  DELETE FROM {t} r USING doomed WHERE r.key = doomed.key"
             )),
         }

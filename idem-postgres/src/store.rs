@@ -176,8 +176,12 @@ impl PostgresStore {
                     .await
             }
             .map_err(|err| store_error("claim", &err, !in_transaction))?;
-            if let Some(outcome) = claim_outcome(request, row.as_ref(), in_transaction)? {
-                return Ok(outcome);
+            match claim_outcome(request, row.as_ref(), in_transaction)? {
+                Look::Found(outcome) => return Ok(outcome),
+                Look::Again => {}
+                Look::TakeOver(fence) => {
+                    return self.take_over(connection, request, fence).await;
+                }
             }
         }
         Err(Error::store(
@@ -187,6 +191,42 @@ impl PostgresStore {
                 request.key
             ),
         ))
+    }
+
+    /// Takes over, inside a transaction, the lapsed claim or expired record a claim read (under
+    /// `fence`). If the row changed meanwhile the call fails (definitely: nothing was written)
+    /// rather than wait, since the failed update may still lock the row until the transaction
+    /// ends, and a holder outside the transaction would wait on that lock.
+    async fn take_over(
+        &self,
+        connection: &mut PgConnection,
+        request: ClaimRequest<'_>,
+        fence: Fence,
+    ) -> Result<ClaimOutcome, Error> {
+        let taken: Option<i64> = sqlx::query_scalar(self.sql.take_over.clone())
+            .bind(request.key.as_bytes())
+            .bind(&request.attempt.0.to_be_bytes()[..])
+            .bind(request.fingerprint)
+            .bind(millis(request.lease))
+            .bind(fence_value(request.key, fence)?)
+            .fetch_optional(&mut *connection)
+            .await
+            .map_err(|err| store_error("claim", &err, false))?;
+        match taken.map(u64::try_from) {
+            Some(Ok(fence)) if fence > 0 => Ok(ClaimOutcome::acquired(Fence(fence))),
+            Some(_) => Err(Error::corrupt(
+                request.key,
+                "the fence sequence gave a non-positive value",
+            )),
+            None => Err(Error::store(
+                "claim",
+                format!(
+                    "the lapsed claim or expired record at `{}` changed while this call took it \
+                     over; nothing was written, retry the call",
+                    request.key
+                ),
+            )),
+        }
     }
 
     /// The complete statement on any connection.
@@ -323,15 +363,24 @@ impl PostgresStore {
     }
 }
 
-/// Reads a claim statement's row: `None` when the statement neither claimed nor saw the key.
+/// What a claim statement's row says.
+enum Look {
+    Found(ClaimOutcome),
+    /// In a transaction: a lapsed claim or an expired record under this fence, to take over.
+    TakeOver(Fence),
+    /// The statement neither claimed nor saw the key (its snapshot missed a row): look again.
+    Again,
+}
+
+/// Reads a claim statement's row.
 fn claim_outcome(
     request: ClaimRequest<'_>,
     row: Option<&PgRow>,
     in_transaction: bool,
-) -> Result<Option<ClaimOutcome>, Error> {
+) -> Result<Look, Error> {
     let key = request.key;
     let Some(row) = row else {
-        return Ok(None);
+        return Ok(Look::Again);
     };
     // In a transaction the first column says whether this transaction holds the key's lock.
     let (held, first) = if in_transaction {
@@ -342,7 +391,11 @@ fn claim_outcome(
     let state: Option<i16> = column(key, row, first)?;
     let Some(state) = state else {
         // No row: nobody else's committed row, and (in a transaction) the lock is another's.
-        return Ok((!held).then(|| in_progress_elsewhere(request)));
+        return Ok(if held {
+            Look::Again
+        } else {
+            Look::Found(in_progress_elsewhere(request))
+        });
     };
     let fence: i64 = column(key, row, first + 1)?;
     let fence = match u64::try_from(fence) {
@@ -356,16 +409,19 @@ fn claim_outcome(
     };
     let live: bool = column(key, row, first + 6)?;
     match state {
-        -1 => Ok(Some(ClaimOutcome::acquired(fence))),
+        -1 => Ok(Look::Found(ClaimOutcome::acquired(fence))),
         0 => {
             let attempt: Option<Vec<u8>> = column(key, row, first + 2)?;
             if attempt.as_deref() == Some(&request.attempt.0.to_be_bytes()[..]) && live {
                 // This attempt's own claim: its earlier reply was lost.
-                return Ok(Some(ClaimOutcome::acquired(fence)));
+                return Ok(Look::Found(ClaimOutcome::acquired(fence)));
             }
             let fingerprint: Vec<u8> = column(key, row, first + 3)?;
             let remaining: i64 = column(key, row, first + 5)?;
-            Ok(Some(ClaimOutcome::InProgress {
+            if in_transaction && held && remaining <= 0 {
+                return Ok(Look::TakeOver(fence));
+            }
+            Ok(Look::Found(ClaimOutcome::InProgress {
                 fence,
                 fingerprint,
                 lease_remaining: Duration::from_millis(u64::try_from(remaining).unwrap_or(0)),
@@ -374,13 +430,14 @@ fn claim_outcome(
         1 if live => {
             let record: Option<Vec<u8>> = column(key, row, first + 4)?;
             match record {
-                Some(record) => Ok(Some(ClaimOutcome::Completed { record })),
+                Some(record) => Ok(Look::Found(ClaimOutcome::Completed { record })),
                 None => Err(Error::corrupt(key, "it is completed but holds no record")),
             }
         }
-        // An expired record the claim did not take: another transaction holds the key.
-        1 if !held => Ok(Some(in_progress_elsewhere(request))),
-        1 => Ok(None),
+        // An expired record: this transaction takes it over, or another holds the key.
+        1 if in_transaction && held => Ok(Look::TakeOver(fence)),
+        1 if !held => Ok(Look::Found(in_progress_elsewhere(request))),
+        1 => Ok(Look::Again),
         other => Err(Error::corrupt(
             key,
             format!("its state is {other}, neither 0 (claimed) nor 1 (completed)"),

@@ -581,3 +581,133 @@ async fn rows_that_are_not_idem_s_are_corrupt_and_left_alone() {
     assert_eq!(state, 7);
     assert_eq!(db.rows("k").await, 0);
 }
+
+/// A key claimed outside a transaction (`Idempotency::run`) while transactional duplicates wait:
+/// the waiting looks must not lock the holder's row, or its renewals and its record block until
+/// its lease lapses and a duplicate takes over and books again (a reviewer saw 2 rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_transactional_duplicates_do_not_block_an_autocommit_holder() {
+    let mut db = db().await;
+    db.idem = db.idem.clone().with_lease(Duration::from_secs(2));
+    let holder = {
+        let (idem, pool, ledger) = (db.idem.clone(), db.pool.clone(), db.ledger.clone());
+        tokio::spawn(async move {
+            idem.run(call("k"), async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let mut connection = pool.acquire().await.unwrap();
+                insert(&mut connection, &ledger, "k")
+                    .await
+                    .map_err(|err| Error::store("insert", format!("{err:?}")))
+            })
+            .await
+        })
+    };
+    let mut duplicates = Vec::new();
+    for at in [100, 150] {
+        let (idem, pool, ledger) = (db.idem.clone(), db.pool.clone(), db.ledger.clone());
+        duplicates.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(at)).await;
+            let mut connection = pool.acquire().await.unwrap();
+            served(run_in_transaction!(
+                &idem,
+                call("k"),
+                &mut connection,
+                async move |connection| insert(connection, &ledger, "k").await,
+            ))
+            .await
+        }));
+    }
+    let booked = holder.await.unwrap().unwrap();
+    for duplicate in duplicates {
+        let (replayed, how) = duplicate.await.unwrap();
+        assert_eq!((replayed.unwrap(), how), (booked, Some(Served::Waited)));
+    }
+    assert_eq!(db.rows("k").await, 1);
+}
+
+/// A claim outside a transaction whose holder died (its lease lapsed, nothing recorded) is taken
+/// over by a call in a transaction, under a greater fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_claim_is_taken_over_in_a_transaction() {
+    use idem_core::{AttemptId, ClaimOutcome, ClaimRequest, Store};
+    let db = db().await;
+    let key = db.idem.store_key("charge", "k").unwrap();
+    let store = db.idem.store_as::<PostgresStore>().unwrap();
+    let request = ClaimRequest::new(&key, AttemptId::random(), b"", idem_core::MIN_LEASE);
+    let ClaimOutcome::Acquired { fence: crashed, .. } = store.claim(request).await.unwrap() else {
+        panic!("the first claim is granted");
+    };
+    tokio::time::sleep(idem_core::MIN_LEASE + Duration::from_millis(100)).await;
+    let ledger = db.ledger.clone();
+    let mut connection = db.connection().await;
+    let (result, how) = served(run_in_transaction!(
+        &db.idem,
+        call("k"),
+        &mut connection,
+        async move |connection| {
+            assert!(idem_core::context().unwrap().fence > crashed);
+            insert(connection, &ledger, "k").await
+        },
+    ))
+    .await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(how, Some(Served::Executed));
+    assert_eq!(db.rows("k").await, 1);
+}
+
+/// Expired rows of another state or fence than idem's are not idem's: corrupt, never taken
+/// over (a reviewer saw a state-7 row overwritten once it had expired).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_rows_that_are_not_idem_s_are_left_alone() {
+    let db = db().await;
+    for (key, state, fence) in [("seven", 7, 3), ("negative", -5, -3)] {
+        let store_key = db.idem.store_key("charge", key).unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {} (key, state, fence, fingerprint, lease_until, expires_at) \
+             VALUES ($1, $2, $3, '', now() - interval '1 hour', now() - interval '1 hour')",
+            db.table
+        )))
+        .bind(store_key.as_bytes())
+        .bind(state as i16)
+        .bind(fence as i64)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        let ledger = db.ledger.clone();
+        let mut connection = db.connection().await;
+        let result = run_in_transaction!(
+            &db.idem,
+            call(key),
+            &mut connection,
+            async move |connection| insert(connection, &ledger, key).await,
+        )
+        .await;
+        assert!(
+            matches!(result, Err(AppError::Idem(Error::Corrupt { .. }))),
+            "{key}: {result:?}"
+        );
+        let outside = db.idem.run(call(key), async { Ok::<i64, Error>(1) }).await;
+        assert!(
+            matches!(outside, Err(Error::Corrupt { .. })),
+            "{key}: {outside:?}"
+        );
+        let reaped = db
+            .idem
+            .store_as::<PostgresStore>()
+            .unwrap()
+            .reap(100)
+            .await
+            .unwrap();
+        assert_eq!(reaped, 0, "{key}");
+        let kept: i16 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT state FROM {} WHERE key = $1",
+            db.table
+        )))
+        .bind(store_key.as_bytes())
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        assert_eq!(kept, state as i16, "{key}");
+        assert_eq!(db.rows(key).await, 0);
+    }
+}
