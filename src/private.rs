@@ -203,6 +203,22 @@ where
         .await
 }
 
+/// `transaction = conn` without `on_error`: every `Err` rolls back and frees the key.
+pub async fn begin_in_transaction_releasing<'c, C, T, E>(
+    runtime: &'c Idempotency,
+    call: Call,
+    connection: &'c mut C,
+) -> TransactionBegun<'c, C::Store, T, E, impl Fn(&E) -> OnError>
+where
+    C: TransactionConnection + ?Sized,
+    T: Recordable,
+    E: FromIdemError,
+{
+    runtime
+        .begin_transaction_releasing::<C::Store, T, E>(call, connection)
+        .await
+}
+
 /// `transaction = conn, record_errors`.
 pub async fn begin_in_transaction_recording_errors<'c, C, T, E>(
     runtime: &'c Idempotency,

@@ -168,8 +168,6 @@ pub(crate) trait ErrorPolicy<E> {
     fn encode(&self, err: &E) -> Option<Result<Vec<u8>, serde_json::Error>>;
     /// A recorded error back; `None` when errors of this type are not recorded.
     fn decode(&self, json: &[u8]) -> Option<Result<E, serde_json::Error>>;
-    /// Whether errors of this type may be recorded.
-    fn can_record(&self) -> bool;
 }
 
 /// Errors that cannot be recorded, classified by `F` (`Record` is kept as `OutcomeUnknown`).
@@ -189,9 +187,6 @@ impl<E, F: Fn(&E) -> OnError> ErrorPolicy<E> for Unrecorded<F> {
     fn decode(&self, _: &[u8]) -> Option<Result<E, serde_json::Error>> {
         None
     }
-    fn can_record(&self) -> bool {
-        false
-    }
 }
 
 /// Errors that round-trip through serde, classified by `F`.
@@ -210,9 +205,6 @@ where
     }
     fn decode(&self, json: &[u8]) -> Option<Result<E, serde_json::Error>> {
         Some(serde_json::from_slice(json))
-    }
-    fn can_record(&self) -> bool {
-        true
     }
 }
 

@@ -50,12 +50,16 @@ pub trait TransactionalStore: Store {
     /// Rolls the transaction (or savepoint) back.
     async fn rollback(&self, transaction: Self::Transaction<'_>) -> Result<(), Error>;
 
-    /// Marks where the body's writes begin, so that they can be undone without the claim
-    /// (`SAVEPOINT`).
-    async fn mark(&self, connection: &mut Self::Connection) -> Result<(), Error>;
+    /// Marks where the body's writes begin, under `name` (unique to the call, a plain
+    /// identifier), so that they can be undone without the claim (`SAVEPOINT name`).
+    async fn mark(&self, connection: &mut Self::Connection, name: &str) -> Result<(), Error>;
 
-    /// Undoes the writes since [`mark`](Self::mark) (`ROLLBACK TO SAVEPOINT`).
-    async fn undo_to_mark(&self, connection: &mut Self::Connection) -> Result<(), Error>;
+    /// Undoes the writes since [`mark`](Self::mark) `name` (`ROLLBACK TO SAVEPOINT name`).
+    async fn undo_to_mark(
+        &self,
+        connection: &mut Self::Connection,
+        name: &str,
+    ) -> Result<(), Error>;
 
     /// [`Store::claim`] inside the transaction: a granted claim is visible to others only once
     /// the transaction commits. Must not wait for other transactions: a key another open
@@ -109,10 +113,20 @@ pub struct TransactionClaim<'c, S: TransactionalStore, T, E, F> {
 }
 
 /// How a transactional call treats its body's `Err`: classified by `F`, and recorded with the
-/// codec when there is one (a savepoint before the body lets its writes be undone alone).
+/// codec when there is one. A savepoint before the body lets its writes be undone alone, for an
+/// error's record or to keep the claim of an unknown outcome; `classifies` is false when every
+/// error is released (no savepoint needed).
 struct Policy<E, F> {
     on_error: F,
     codec: Option<Codec<E>>,
+    classifies: bool,
+}
+
+impl<E, F> Policy<E, F> {
+    /// Whether the body runs after a savepoint: when an error may be recorded or keep the claim.
+    fn marks(&self) -> bool {
+        self.codec.is_some() || self.classifies
+    }
 }
 
 /// The serde functions of a recorded error type.
@@ -135,9 +149,6 @@ impl<E, F: Fn(&E) -> OnError> ErrorPolicy<E> for Policy<E, F> {
     fn decode(&self, json: &[u8]) -> Option<Result<E, serde_json::Error>> {
         self.codec.as_ref().map(|codec| (codec.decode)(json))
     }
-    fn can_record(&self) -> bool {
-        self.codec.is_some()
-    }
 }
 
 impl Idempotency {
@@ -154,6 +165,13 @@ impl Idempotency {
     /// (up to one lease), or with [`OnInProgress::Reject`] gets [`Error::InProgress`] at once.
     /// The runtime must have been made with [`Idempotency::new`] over an `S`; otherwise the call
     /// fails with [`Error::InvalidOption`] before the body runs.
+    ///
+    /// `on_error` decides what each `Err` means: `Release` rolls back and frees the key;
+    /// [`OnError::OutcomeUnknown`] (the body may have started effects outside the database)
+    /// undoes the body's writes to a savepoint made before the body and commits the claim, so
+    /// the key is held until its lease lapses, as outside a transaction. (That savepoint is one
+    /// more statement; [`begin_transaction_releasing`](Self::begin_transaction_releasing) has
+    /// none.)
     pub async fn begin_transaction<'c, S, T, E, F>(
         &'c self,
         call: Call,
@@ -169,6 +187,27 @@ impl Idempotency {
         let policy = Policy {
             on_error,
             codec: None,
+            classifies: true,
+        };
+        self.begin_with(call, connection, policy).await
+    }
+
+    /// Like [`begin_transaction`](Self::begin_transaction), with every `Err` rolled back and
+    /// its key freed at once.
+    pub async fn begin_transaction_releasing<'c, S, T, E>(
+        &'c self,
+        call: Call,
+        connection: &'c mut S::Connection,
+    ) -> TransactionBegun<'c, S, T, E, impl Fn(&E) -> OnError>
+    where
+        S: TransactionalStore,
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+    {
+        let policy = Policy {
+            on_error: |_: &E| OnError::Release,
+            codec: None,
+            classifies: false,
         };
         self.begin_with(call, connection, policy).await
     }
@@ -195,6 +234,7 @@ impl Idempotency {
         let policy = Policy {
             on_error,
             codec: Some(codec),
+            classifies: true,
         };
         self.begin_with(call, connection, policy).await
     }
@@ -266,8 +306,8 @@ impl Idempotency {
             }
             Err(err) => return fail(err),
         };
-        if policy.can_record() {
-            if let Err(err) = store.mark(&mut transaction).await {
+        if policy.marks() {
+            if let Err(err) = store.mark(&mut transaction, &mark_name(attempt)).await {
                 let _ = store.rollback(transaction).await;
                 return fail(err);
             }
@@ -337,20 +377,31 @@ where
             Err(err) => match (policy.classify(err), policy.encode(err)) {
                 (OnError::Record, Some(json)) => {
                     // The body's writes go; the claim stays, for the error's record.
-                    if let Err(undo) = store.undo_to_mark(&mut transaction).await {
+                    let mark = mark_name(attempt);
+                    if let Err(undo) = store.undo_to_mark(&mut transaction, &mark).await {
                         return Err(rolled_back(store, transaction, undo).await.into());
                     }
                     (Outcome::Err, json)
                 }
-                (how, _) => {
+                (OnError::OutcomeUnknown, _) if policy.marks() => {
+                    // The database writes are undone, but effects elsewhere may have started:
+                    // the claim commits without a record and holds the key until its lease
+                    // lapses, as outside a transaction. It never left this transaction, so no
+                    // duplicate can slip in between.
+                    let mark = mark_name(attempt);
+                    let held = match store.undo_to_mark(&mut transaction, &mark).await {
+                        Ok(()) => store.commit(transaction).await,
+                        Err(undo) => Err(rolled_back(store, transaction, undo).await),
+                    };
+                    return match held {
+                        Ok(()) => result,
+                        // The key could not be held: say so rather than return the body's
+                        // error as if a retry had to wait.
+                        Err(err) => Err(err.into()),
+                    };
+                }
+                _ => {
                     let _ = store.rollback(transaction).await;
-                    if how == OnError::OutcomeUnknown {
-                        // The database writes are undone, but effects elsewhere may have
-                        // started: hold the key for a lease, as outside a transaction.
-                        let request =
-                            ClaimRequest::new(&call.key, attempt, &call.fingerprint, call.lease);
-                        let _ = store.claim(request).await;
-                    }
                     return result;
                 }
             },
@@ -377,6 +428,12 @@ where
             Err(err) => Err(err.into()),
         }
     }
+}
+
+/// The savepoint before a call's body: unique to the call, so that a body's own savepoints
+/// cannot be confused with it.
+fn mark_name(attempt: AttemptId) -> String {
+    format!("idem_body_{:032x}", attempt.0)
 }
 
 /// Rolls `transaction` back after `err`, and returns `err`.

@@ -17,11 +17,10 @@ async fn charge(
         &(order.id),
     );
     let __idem_runtime = ::idem::__private::runtime(&self.idem);
-    let mut __idem_claim = match ::idem::__private::begin_in_transaction(
+    let mut __idem_claim = match ::idem::__private::begin_in_transaction_releasing(
             &__idem_runtime,
             __idem_call,
             conn,
-            |_| ::idem::__private::OnError::Release,
         )
         .await
     {

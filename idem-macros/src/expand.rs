@@ -172,15 +172,17 @@ fn in_transaction(
     let span = argument_type;
     // The argument under its own name, on the type's span: both are the user's tokens.
     let connection = Ident::new(&connection.to_string(), span);
-    let begin = if args.record_errors {
-        quote!(#private::begin_in_transaction_recording_errors)
-    } else {
-        quote!(#private::begin_in_transaction)
-    };
-    let on_error = match (&args.on_error, args.record_errors) {
-        (Some(on_error), _) => quote!(#on_error),
-        (None, false) => respanned(quote!(|_| #private::OnError::Release), span),
-        (None, true) => respanned(quote!(|_| #private::OnError::Record), span),
+    let (begin, on_error) = match (&args.on_error, args.record_errors) {
+        (on_error, true) => (
+            quote!(#private::begin_in_transaction_recording_errors),
+            match on_error {
+                Some(on_error) => quote!(, #on_error),
+                None => respanned(quote!(, |_| #private::OnError::Record), span),
+            },
+        ),
+        (Some(on_error), false) => (quote!(#private::begin_in_transaction), quote!(, #on_error)),
+        // Every error rolls back: no savepoint before the body.
+        (None, false) => (quote!(#private::begin_in_transaction_releasing), quote!()),
     };
     let call_var = Ident::new("__idem_call", Span::mixed_site());
     let runtime_var = Ident::new("__idem_runtime", Span::mixed_site());
@@ -192,7 +194,7 @@ fn in_transaction(
     let with_context = respanned(quote!(#private::with_context), span);
     let finish = respanned(quote!(#claim.finish(#result).await), span);
     quote_spanned! {span=>
-        let mut #claim = match #begin(&#runtime_var, #call_var, #connection, #on_error).await {
+        let mut #claim = match #begin(&#runtime_var, #call_var, #connection #on_error).await {
             #begun::Done(#result) => return #result,
             #begun::Claimed(#claim) => #claim,
         };

@@ -43,16 +43,20 @@ impl TransactionalStore for PostgresStore {
             .map_err(|err| store_error("rollback", &err, false))
     }
 
-    async fn mark(&self, connection: &mut PgConnection) -> Result<(), Error> {
-        sqlx::raw_sql("SAVEPOINT idem_body")
-            .execute(connection)
-            .await
-            .map(drop)
-            .map_err(|err| store_error("savepoint", &err, false))
+    async fn mark(&self, connection: &mut PgConnection, name: &str) -> Result<(), Error> {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "SAVEPOINT {}",
+            identifier(name)?
+        )))
+        .execute(connection)
+        .await
+        .map(drop)
+        .map_err(|err| store_error("savepoint", &err, false))
     }
 
-    async fn undo_to_mark(&self, connection: &mut PgConnection) -> Result<(), Error> {
-        sqlx::raw_sql("ROLLBACK TO SAVEPOINT idem_body")
+    async fn undo_to_mark(&self, connection: &mut PgConnection, name: &str) -> Result<(), Error> {
+        let name = identifier(name)?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ROLLBACK TO SAVEPOINT {name}")))
             .execute(connection)
             .await
             .map(drop)
@@ -77,6 +81,22 @@ impl TransactionalStore for PostgresStore {
     ) -> Result<(), Error> {
         self.complete_on(connection, key, fence, record, retention, true)
             .await
+    }
+}
+
+/// A savepoint name as SQL: only the plain identifiers the runtime makes.
+fn identifier(name: &str) -> Result<&str, Error> {
+    let plain = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if plain {
+        Ok(name)
+    } else {
+        Err(Error::invalid_option(format!(
+            "`{name}` is not a plain savepoint name"
+        )))
     }
 }
 
@@ -130,7 +150,7 @@ where
     T: Serialize + DeserializeOwned,
     E: From<Error>,
 {
-    idem.begin_transaction::<PostgresStore, T, E, _>(call, connection, |_: &E| OnError::Release)
+    idem.begin_transaction_releasing::<PostgresStore, T, E>(call, connection)
         .await
 }
 

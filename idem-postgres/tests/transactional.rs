@@ -711,3 +711,84 @@ async fn expired_rows_that_are_not_idem_s_are_left_alone() {
         assert_eq!(db.rows(key).await, 0);
     }
 }
+
+/// `OnError::OutcomeUnknown` holds the key for a lease from inside the call's own transaction:
+/// it needs no other connection (a reviewer saw the hold silently lost when the pool had none
+/// free, and a waiting duplicate run at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_outcome_holds_the_key_without_another_connection() {
+    use idem_core::OnError;
+    let db = db().await;
+    // One connection in all: the call's own.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_millis(300))
+        .connect_with(db.pool.connect_options().as_ref().clone())
+        .await
+        .unwrap();
+    let store = PostgresStore::from_pool(pool.clone())
+        .with_table(&db.table)
+        .unwrap();
+    let idem = Idempotency::new(store).with_lease(Duration::from_secs(60));
+    let ledger = db.ledger.clone();
+    let mut connection = pool.acquire().await.unwrap();
+    let unknown: Result<i64, AppError> = async {
+        match idem_postgres::begin_with(&idem, call("k"), &mut connection, |_: &AppError| {
+            OnError::OutcomeUnknown
+        })
+        .await
+        {
+            TransactionBegun::Done(result) => result,
+            TransactionBegun::Claimed(mut claim) => {
+                let inserted = insert(claim.connection(), &ledger, "k").await;
+                let result = inserted.and(Err(AppError::Declined));
+                claim.finish(result).await
+            }
+        }
+    }
+    .await;
+    assert!(matches!(unknown, Err(AppError::Declined)), "{unknown:?}");
+    assert_eq!(db.rows("k").await, 0, "the body's write was undone");
+    let ledger = db.ledger.clone();
+    let (retry, how) = served(run_in_transaction!(
+        &idem,
+        call("k").on_in_progress(OnInProgress::Reject),
+        &mut connection,
+        async move |connection| insert(connection, &ledger, "k").await,
+    ))
+    .await;
+    assert!(
+        matches!(retry, Err(AppError::Idem(Error::InProgress { .. }))),
+        "{retry:?}"
+    );
+    assert_eq!(how, Some(Served::NotRun));
+}
+
+/// A body's own savepoint of any name cannot stand in for idem's: with `record_errors`, the
+/// body's writes are undone to idem's savepoint (a reviewer saw a write committed beside the
+/// recorded error when the body made a savepoint named `idem_body`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_s_own_savepoint_does_not_keep_its_writes() {
+    let db = db().await;
+    let ledger = db.ledger.clone();
+    let mut connection = db.connection().await;
+    let result: Result<i64, Refusal> = run_in_transaction!(
+        idem_postgres::begin_recording_errors,
+        &db.idem,
+        call("k"),
+        &mut connection,
+        async move |connection| {
+            insert(connection, &ledger, "k")
+                .await
+                .map_err(|err| Refusal::Idem(format!("{err:?}")))?;
+            sqlx::raw_sql("SAVEPOINT idem_body")
+                .execute(&mut *connection)
+                .await
+                .map_err(|err| Refusal::Idem(err.to_string()))?;
+            Err(Refusal::Declined)
+        },
+    )
+    .await;
+    assert_eq!(result, Err(Refusal::Declined));
+    assert_eq!(db.rows("k").await, 0);
+}
