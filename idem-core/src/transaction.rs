@@ -71,6 +71,17 @@ pub trait TransactionalStore: Store {
         request: ClaimRequest<'_>,
     ) -> Result<ClaimOutcome, Error>;
 
+    /// Extends the lease of the claim `fence` holds in this transaction to `lease` from now: the
+    /// claim of an unknown outcome commits without a record and must hold the key for a whole
+    /// lease from then, however long the body ran.
+    async fn extend_in(
+        &self,
+        connection: &mut Self::Connection,
+        key: &str,
+        fence: Fence,
+        lease: Duration,
+    ) -> Result<(), Error>;
+
     /// [`Store::complete`] inside the transaction.
     async fn complete_in(
         &self,
@@ -390,7 +401,15 @@ where
                     // duplicate can slip in between.
                     let mark = mark_name(attempt);
                     let held = match store.undo_to_mark(&mut transaction, &mark).await {
-                        Ok(()) => store.commit(transaction).await,
+                        Ok(()) => {
+                            let extended = store
+                                .extend_in(&mut transaction, &call.key, fence, call.lease)
+                                .await;
+                            match extended {
+                                Ok(()) => store.commit(transaction).await,
+                                Err(err) => Err(rolled_back(store, transaction, err).await),
+                            }
+                        }
                         Err(undo) => Err(rolled_back(store, transaction, undo).await),
                     };
                     return match held {

@@ -22,6 +22,7 @@ pub(crate) struct Statements {
     pub(crate) claim: SqlStr,
     pub(crate) claim_in_transaction: SqlStr,
     pub(crate) take_over: SqlStr,
+    pub(crate) extend_in_transaction: SqlStr,
     pub(crate) complete: SqlStr,
     pub(crate) complete_in_transaction: SqlStr,
     pub(crate) release: SqlStr,
@@ -113,7 +114,7 @@ impl Statements {
              FROM claimed \
              UNION ALL \
              SELECT r.state, r.fence, r.attempt, r.fingerprint, r.record, \
-               (extract(epoch FROM (r.lease_until - statement_timestamp())) * 1000)::bigint, \
+               floor(extract(epoch FROM (r.lease_until - statement_timestamp())) * 1000)::bigint, \
                r.expires_at > statement_timestamp() \
              FROM {t} r WHERE r.key = $1 AND NOT EXISTS (SELECT 1 FROM claimed)"
         );
@@ -159,6 +160,13 @@ impl Statements {
             claim: sql(claim),
             claim_in_transaction: sql(claim_in_transaction),
             take_over: sql(take_over),
+            // $1 key, $2 fence, $3 lease (ms). In the transaction that holds the claim, nobody
+            // else can have taken it over, whatever its lease says.
+            extend_in_transaction: sql(format!(
+                "UPDATE {t} SET lease_until = statement_timestamp() + $3::bigint * interval '1 millisecond', \
+                   expires_at = statement_timestamp() + $3::bigint * interval '1 millisecond' \
+                 WHERE key = $1 AND fence = $2 AND state = 0"
+            )),
             // Outside a transaction a claim whose lease lapsed may be taken over at any moment,
             // so it no longer completes; inside, nobody can take it over (its row is not
             // committed), so the lease does not bound the body.

@@ -180,7 +180,11 @@ impl PostgresStore {
                 Look::Found(outcome) => return Ok(outcome),
                 Look::Again => {}
                 Look::TakeOver(fence) => {
-                    return self.take_over(connection, request, fence).await;
+                    if let Some(fence) = self.take_over(connection, request, fence).await? {
+                        return Ok(ClaimOutcome::acquired(fence));
+                    }
+                    // The row changed since it was read (recorded, renewed, taken, reaped):
+                    // look again. A takeover that matched nothing holds no lock.
                 }
             }
         }
@@ -193,16 +197,35 @@ impl PostgresStore {
         ))
     }
 
+    /// Extends, inside the transaction that holds it, the lease of the claim `fence`.
+    pub(crate) async fn extend_on(
+        &self,
+        connection: &mut PgConnection,
+        key: &str,
+        fence: Fence,
+        lease: Duration,
+    ) -> Result<(), Error> {
+        let extended = sqlx::query(self.sql.extend_in_transaction.clone())
+            .bind(key.as_bytes())
+            .bind(fence_value(key, fence)?)
+            .bind(millis(lease))
+            .execute(connection)
+            .await
+            .map_err(|err| store_error("renew", &err, false))?;
+        match extended.rows_affected() {
+            1 => Ok(()),
+            _ => Err(Error::lease_lost(key)),
+        }
+    }
+
     /// Takes over, inside a transaction, the lapsed claim or expired record a claim read (under
-    /// `fence`). If the row changed meanwhile the call fails (definitely: nothing was written)
-    /// rather than wait, since the failed update may still lock the row until the transaction
-    /// ends, and a holder outside the transaction would wait on that lock.
+    /// `fence`): the new fence, or `None` if the row changed meanwhile.
     async fn take_over(
         &self,
         connection: &mut PgConnection,
         request: ClaimRequest<'_>,
         fence: Fence,
-    ) -> Result<ClaimOutcome, Error> {
+    ) -> Result<Option<Fence>, Error> {
         let taken: Option<i64> = sqlx::query_scalar(self.sql.take_over.clone())
             .bind(request.key.as_bytes())
             .bind(&request.attempt.0.to_be_bytes()[..])
@@ -213,19 +236,12 @@ impl PostgresStore {
             .await
             .map_err(|err| store_error("claim", &err, false))?;
         match taken.map(u64::try_from) {
-            Some(Ok(fence)) if fence > 0 => Ok(ClaimOutcome::acquired(Fence(fence))),
+            Some(Ok(fence)) if fence > 0 => Ok(Some(Fence(fence))),
             Some(_) => Err(Error::corrupt(
                 request.key,
                 "the fence sequence gave a non-positive value",
             )),
-            None => Err(Error::store(
-                "claim",
-                format!(
-                    "the lapsed claim or expired record at `{}` changed while this call took it \
-                     over; nothing was written, retry the call",
-                    request.key
-                ),
-            )),
+            None => Ok(None),
         }
     }
 

@@ -71,6 +71,16 @@ impl TransactionalStore for PostgresStore {
         self.claim_on(connection, request, true).await
     }
 
+    async fn extend_in(
+        &self,
+        connection: &mut PgConnection,
+        key: &str,
+        fence: Fence,
+        lease: Duration,
+    ) -> Result<(), Error> {
+        self.extend_on(connection, key, fence, lease).await
+    }
+
     async fn complete_in(
         &self,
         connection: &mut PgConnection,

@@ -819,7 +819,9 @@ async fn commit_cutting_proxy(upstream: std::net::SocketAddr, forward_commit: bo
                             () = cut.notified() => break,
                         }
                     }
-                    // Dropping both halves closes the client's connection.
+                    // Both halves go back: the client's is closed only once the cut COMMIT's
+                    // fate is settled on the server.
+                    (server_read, client_write)
                 })
             };
             tokio::spawn(async move {
@@ -832,12 +834,16 @@ async fn commit_cutting_proxy(upstream: std::net::SocketAddr, forward_commit: bo
                     if buffer[..n].windows(7).any(|w| w == b"COMMIT\0") {
                         // No reply reaches the client from here on.
                         cut.notify_one();
-                        let _ = to_client.await;
+                        let Ok((mut server_read, client_write)) = to_client.await else {
+                            return;
+                        };
                         if forward_commit {
                             let _ = server_write.write_all(&buffer[..n]).await;
-                            // Let the server commit before the connection goes.
-                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            // The server answered: it committed. Only then does the client
+                            // lose its connection, without that answer.
+                            let _ = server_read.read(&mut buffer).await;
                         }
+                        drop(client_write);
                         return;
                     }
                     if server_write.write_all(&buffer[..n]).await.is_err() {
@@ -905,4 +911,46 @@ async fn a_commit_whose_reply_is_lost_is_indeterminate_and_the_retry_settles_it(
             "{key}: booked once, whatever the commit did"
         );
     }
+}
+
+/// An unknown outcome after a body longer than the lease still holds the key for a whole lease
+/// from the end of the call (a reviewer saw the claim commit already lapsed, and a retry run at
+/// once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_outcome_after_a_long_body_holds_a_whole_lease() {
+    use idem_core::OnError;
+    let mut db = db().await;
+    db.idem = db.idem.clone().with_lease(Duration::from_millis(500));
+    let ledger = db.ledger.clone();
+    let mut connection = db.connection().await;
+    let unknown: Result<i64, AppError> = async {
+        match idem_postgres::begin_with(&db.idem, call("k"), &mut connection, |_: &AppError| {
+            OnError::OutcomeUnknown
+        })
+        .await
+        {
+            TransactionBegun::Done(result) => result,
+            TransactionBegun::Claimed(mut claim) => {
+                tokio::time::sleep(Duration::from_millis(700)).await; // longer than the lease
+                let inserted = insert(claim.connection(), &ledger, "k").await;
+                claim.finish(inserted.and(Err(AppError::Declined))).await
+            }
+        }
+    }
+    .await;
+    assert!(matches!(unknown, Err(AppError::Declined)), "{unknown:?}");
+    let ledger = db.ledger.clone();
+    let (retry, how) = served(run_in_transaction!(
+        &db.idem,
+        call("k").on_in_progress(OnInProgress::Reject),
+        &mut connection,
+        async move |connection| insert(connection, &ledger, "k").await,
+    ))
+    .await;
+    assert!(
+        matches!(retry, Err(AppError::Idem(Error::InProgress { .. }))),
+        "{retry:?}"
+    );
+    assert_eq!(how, Some(Served::NotRun));
+    assert_eq!(db.rows("k").await, 0);
 }
