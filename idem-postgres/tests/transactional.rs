@@ -195,6 +195,46 @@ async fn runs_at_once(db: &Db, key: &str) {
     assert_eq!(db.rows(key).await, 1);
 }
 
+/// The key is held by another call: a duplicate that rejects work in progress gets
+/// `InProgress`, and its body does not run.
+async fn is_held(idem: &Idempotency, connection: &mut PgConnection, ledger: &str, key: &str) {
+    let ledger = ledger.to_owned();
+    let key = key.to_owned();
+    let (result, how) = served(run_in_transaction!(
+        idem,
+        call(&key).on_in_progress(OnInProgress::Reject),
+        connection,
+        async move |connection| insert(connection, &ledger, &key).await,
+    ))
+    .await;
+    assert!(
+        matches!(result, Err(AppError::Idem(Error::InProgress { .. }))),
+        "{result:?}"
+    );
+    assert_eq!(how, Some(Served::NotRun));
+}
+
+/// A call whose body books `key`, waits `pause`, and fails with an error its classifier calls
+/// an unknown outcome.
+async fn unknown_outcome(
+    idem: &Idempotency,
+    connection: &mut PgConnection,
+    ledger: &str,
+    key: &str,
+    pause: Duration,
+) -> Result<i64, AppError> {
+    use idem_core::OnError;
+    let classify = |_: &AppError| OnError::OutcomeUnknown;
+    match idem_postgres::begin_with(idem, call(key), connection, classify).await {
+        TransactionBegun::Done(result) => result,
+        TransactionBegun::Claimed(mut claim) => {
+            tokio::time::sleep(pause).await;
+            let inserted = insert(claim.connection(), ledger, key).await;
+            claim.finish(inserted.and(Err(AppError::Declined))).await
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_err_rolls_back_the_effect_and_frees_the_key() {
     let db = db().await;
@@ -386,21 +426,9 @@ async fn a_waiting_duplicate_runs_when_the_first_rolls_back() {
 async fn a_rejecting_duplicate_gets_in_progress_without_waiting() {
     let db = db().await;
     let holder = hold(&db, "k", false).await;
-    let ledger = db.ledger.clone();
     let mut connection = db.connection().await;
     // The first call cannot finish before we tell it to: an answer now did not wait for it.
-    let (result, how) = served(run_in_transaction!(
-        &db.idem,
-        call("k").on_in_progress(OnInProgress::Reject),
-        &mut connection,
-        async move |connection| insert(connection, &ledger, "k").await,
-    ))
-    .await;
-    assert!(
-        matches!(result, Err(AppError::Idem(Error::InProgress { .. }))),
-        "{result:?}"
-    );
-    assert_eq!(how, Some(Served::NotRun));
+    is_held(&db.idem, &mut connection, &db.ledger, "k").await;
     assert!(!holder.task.is_finished());
     holder.finish.notify_one();
     holder.task.await.unwrap().unwrap();
@@ -717,7 +745,6 @@ async fn expired_rows_that_are_not_idem_s_are_left_alone() {
 /// free, and a waiting duplicate run at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_outcome_holds_the_key_without_another_connection() {
-    use idem_core::OnError;
     let db = db().await;
     // One connection in all: the call's own.
     let pool = sqlx::postgres::PgPoolOptions::new()
@@ -730,38 +757,11 @@ async fn an_unknown_outcome_holds_the_key_without_another_connection() {
         .with_table(&db.table)
         .unwrap();
     let idem = Idempotency::new(store).with_lease(Duration::from_secs(60));
-    let ledger = db.ledger.clone();
     let mut connection = pool.acquire().await.unwrap();
-    let unknown: Result<i64, AppError> = async {
-        match idem_postgres::begin_with(&idem, call("k"), &mut connection, |_: &AppError| {
-            OnError::OutcomeUnknown
-        })
-        .await
-        {
-            TransactionBegun::Done(result) => result,
-            TransactionBegun::Claimed(mut claim) => {
-                let inserted = insert(claim.connection(), &ledger, "k").await;
-                let result = inserted.and(Err(AppError::Declined));
-                claim.finish(result).await
-            }
-        }
-    }
-    .await;
+    let unknown = unknown_outcome(&idem, &mut connection, &db.ledger, "k", Duration::ZERO).await;
     assert!(matches!(unknown, Err(AppError::Declined)), "{unknown:?}");
     assert_eq!(db.rows("k").await, 0, "the body's write was undone");
-    let ledger = db.ledger.clone();
-    let (retry, how) = served(run_in_transaction!(
-        &idem,
-        call("k").on_in_progress(OnInProgress::Reject),
-        &mut connection,
-        async move |connection| insert(connection, &ledger, "k").await,
-    ))
-    .await;
-    assert!(
-        matches!(retry, Err(AppError::Idem(Error::InProgress { .. }))),
-        "{retry:?}"
-    );
-    assert_eq!(how, Some(Served::NotRun));
+    is_held(&idem, &mut connection, &db.ledger, "k").await;
 }
 
 /// A body's own savepoint of any name cannot stand in for idem's: with `record_errors`, the
@@ -918,39 +918,13 @@ async fn a_commit_whose_reply_is_lost_is_indeterminate_and_the_retry_settles_it(
 /// once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_outcome_after_a_long_body_holds_a_whole_lease() {
-    use idem_core::OnError;
     let mut db = db().await;
     db.idem = db.idem.clone().with_lease(Duration::from_millis(500));
-    let ledger = db.ledger.clone();
     let mut connection = db.connection().await;
-    let unknown: Result<i64, AppError> = async {
-        match idem_postgres::begin_with(&db.idem, call("k"), &mut connection, |_: &AppError| {
-            OnError::OutcomeUnknown
-        })
-        .await
-        {
-            TransactionBegun::Done(result) => result,
-            TransactionBegun::Claimed(mut claim) => {
-                tokio::time::sleep(Duration::from_millis(700)).await; // longer than the lease
-                let inserted = insert(claim.connection(), &ledger, "k").await;
-                claim.finish(inserted.and(Err(AppError::Declined))).await
-            }
-        }
-    }
-    .await;
+    // A body longer than the lease.
+    let pause = Duration::from_millis(700);
+    let unknown = unknown_outcome(&db.idem, &mut connection, &db.ledger, "k", pause).await;
     assert!(matches!(unknown, Err(AppError::Declined)), "{unknown:?}");
-    let ledger = db.ledger.clone();
-    let (retry, how) = served(run_in_transaction!(
-        &db.idem,
-        call("k").on_in_progress(OnInProgress::Reject),
-        &mut connection,
-        async move |connection| insert(connection, &ledger, "k").await,
-    ))
-    .await;
-    assert!(
-        matches!(retry, Err(AppError::Idem(Error::InProgress { .. }))),
-        "{retry:?}"
-    );
-    assert_eq!(how, Some(Served::NotRun));
+    is_held(&db.idem, &mut connection, &db.ledger, "k").await;
     assert_eq!(db.rows("k").await, 0);
 }
