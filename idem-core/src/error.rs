@@ -1,6 +1,7 @@
 //! The one error type of idem.
 
 use std::fmt;
+use std::time::Duration;
 
 /// A boxed error from a store backend, kept as the source of [`Error::Store`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -38,6 +39,10 @@ pub enum Error {
     InProgress {
         /// The store key.
         key: String,
+        /// How long the holder's lease had left when the store was asked, by the store's clock
+        /// (`None` when the store did not say). A holder that is alive renews its lease, so this
+        /// is a lower bound on the wait: a hint for `Retry-After`, not a promise.
+        lease_remaining: Option<Duration>,
     },
     /// The key was used before with a different request (fingerprint). The body did not run.
     /// A client reused an idempotency key for a different request: give it a new key.
@@ -181,7 +186,7 @@ impl fmt::Display for Error {
                 f,
                 "invalid idempotency option: {reason}; nothing was claimed and the body did not run"
             ),
-            Error::InProgress { key } => write!(
+            Error::InProgress { key, .. } => write!(
                 f,
                 "idempotency key `{key}` is held by another call still in progress, so the body did \
                  not run here; retry later to get that call's result"

@@ -47,6 +47,21 @@ pub enum OnInProgress {
     Wait,
     /// Return [`Error::InProgress`] at once.
     Reject,
+    /// Like [`Wait`](OnInProgress::Wait), but return [`Error::InProgress`] after this long
+    /// (or after a lease, if that is shorter): for a caller that has a deadline of its own, such
+    /// as an HTTP client that will not wait for ever.
+    WaitAtMost(Duration),
+}
+
+impl OnInProgress {
+    /// How long a duplicate waits for a claim held by another call whose lease is `lease`.
+    pub(crate) fn patience(self, lease: Duration) -> Duration {
+        match self {
+            OnInProgress::Wait => lease,
+            OnInProgress::Reject => Duration::ZERO,
+            OnInProgress::WaitAtMost(limit) => limit.min(lease),
+        }
+    }
 }
 
 /// The runtime handle: a store plus defaults. Cheap to clone (one `Arc`).
@@ -138,6 +153,14 @@ impl Call {
     /// [`Error::KeyReused`]. Map key order does not change the fingerprint.
     pub fn fingerprint<T: Serialize + ?Sized>(mut self, request: &T) -> Self {
         self.fingerprint = Fingerprint::of(request).map(Some);
+        self
+    }
+
+    /// Sets a fingerprint computed elsewhere (for requests that are bytes rather than a
+    /// `Serialize` value, such as an HTTP body): a later call with the same key and a different
+    /// fingerprint gets [`Error::KeyReused`].
+    pub fn with_fingerprint(mut self, fingerprint: Fingerprint) -> Self {
+        self.fingerprint = Ok(Some(fingerprint));
         self
     }
 
@@ -564,7 +587,7 @@ impl Idempotency {
         let request = ClaimRequest::new(key, attempt, fingerprint, lease);
         // A duplicate waits at most one lease for the first call; a live first call renews its
         // claim, so after that the duplicate reports it in progress instead of waiting forever.
-        let give_up_at = later(Instant::now(), lease);
+        let give_up_at = later(Instant::now(), on_in_progress.patience(lease));
         let mut waited = false;
         loop {
             let sent = Instant::now();
@@ -584,9 +607,10 @@ impl Idempotency {
                         });
                     }
                     let now = Instant::now();
-                    if on_in_progress == OnInProgress::Reject || now >= give_up_at {
+                    if now >= give_up_at {
                         return Err(Error::InProgress {
                             key: key.to_owned(),
+                            lease_remaining: Some(lease_remaining),
                         });
                     }
                     // Wake a little after the lease would lapse, so the re-claim can take over.

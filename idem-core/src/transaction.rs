@@ -483,12 +483,12 @@ async fn claim<'c, S: TransactionalStore>(
 ) -> Result<Claimed<'c, S>, Error> {
     let request = ClaimRequest::new(&call.key, attempt, &call.fingerprint, call.lease);
     // As outside a transaction, a duplicate waits at most one lease for the first call.
-    let give_up_at = later(Instant::now(), call.lease);
+    let give_up_at = later(Instant::now(), call.on_in_progress.patience(call.lease));
     let mut pause = POLL_FIRST;
     let mut waited = false;
     let mut transaction = store.begin(connection).await?;
     loop {
-        let holder = match store.claim_in(&mut transaction, request).await {
+        let (holder, lease_remaining) = match store.claim_in(&mut transaction, request).await {
             Ok(ClaimOutcome::Acquired { fence, .. }) => {
                 return Ok(Claimed::Fence(transaction, fence));
             }
@@ -496,16 +496,21 @@ async fn claim<'c, S: TransactionalStore>(
                 let _ = store.rollback(transaction).await;
                 return Ok(Claimed::Replay { record, waited });
             }
-            Ok(ClaimOutcome::InProgress { fingerprint, .. }) => fingerprint,
+            Ok(ClaimOutcome::InProgress {
+                fingerprint,
+                lease_remaining,
+                ..
+            }) => (fingerprint, lease_remaining),
             Err(err) => return Err(rolled_back(store, transaction, err).await),
         };
         let refusal = if !same_request(&holder, &call.fingerprint) {
             Some(Error::KeyReused {
                 key: call.key.clone(),
             })
-        } else if call.on_in_progress == OnInProgress::Reject || Instant::now() >= give_up_at {
+        } else if Instant::now() >= give_up_at {
             Some(Error::InProgress {
                 key: call.key.clone(),
+                lease_remaining: Some(lease_remaining),
             })
         } else {
             None

@@ -253,6 +253,59 @@ pub async fn concurrent_duplicates_are_rejected_in_reject_mode(idem: &Idempotenc
     );
 }
 
+/// A duplicate with `WaitAtMost` waits that long for the first call, then gets `InProgress`
+/// with the holder's lease remaining (an HTTP layer's `Retry-After`); a longer wait replays.
+pub async fn bounded_waits_give_up_with_the_lease_remaining(idem: &Idempotency) {
+    use idem::{Call, OnInProgress};
+    let runs = Arc::new(AtomicU32::new(0));
+    let order = key("bounded-wait");
+    let lease = Duration::from_secs(10);
+    let call = |mode| {
+        Call::new("bounded", &order)
+            .lease(lease)
+            .on_in_progress(mode)
+    };
+    let first = {
+        let (idem, runs, call) = (idem.clone(), runs.clone(), call(OnInProgress::Reject));
+        tokio::spawn(async move {
+            idem.run(call, count_and_work(&runs, Duration::from_millis(1500)))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = tokio::time::Instant::now();
+    let gave_up = idem
+        .run(
+            call(OnInProgress::WaitAtMost(Duration::from_millis(300))),
+            count_and_work(&runs, Duration::ZERO),
+        )
+        .await;
+    let waited = started.elapsed();
+    match gave_up {
+        Err(Error::InProgress {
+            lease_remaining: Some(remaining),
+            ..
+        }) => assert!(
+            remaining > Duration::from_secs(5) && remaining <= lease,
+            "lease remaining {remaining:?} of a {lease:?} lease renewed every third"
+        ),
+        other => panic!("expected InProgress with the lease remaining, got {other:?}"),
+    }
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(1200),
+        "waited {waited:?} for a bound of 300ms"
+    );
+    let replayed = idem
+        .run(
+            call(OnInProgress::WaitAtMost(Duration::from_secs(5))),
+            count_and_work(&runs, Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.await.unwrap().unwrap(), replayed);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
 /// The same key with another fingerprint is refused without running the body.
 pub async fn fingerprint_mismatch_is_key_reused(idem: &Idempotency) {
     let runs = AtomicU32::new(0);
@@ -641,6 +694,7 @@ macro_rules! behaviour_tests {
             sequential_duplicates_run_once,
             concurrent_duplicates_wait_and_share_one_result,
             concurrent_duplicates_are_rejected_in_reject_mode,
+            bounded_waits_give_up_with_the_lease_remaining,
             fingerprint_mismatch_is_key_reused,
             fingerprint_mismatch_in_progress_is_key_reused,
             errors_release_and_retry_runs_again,
