@@ -21,7 +21,7 @@ use crate::outcome::{self, OnError, Served};
 use crate::record::{Outcome, Record};
 use crate::runtime::{decode_replay, later, same_request, ErrorPolicy, Prepared};
 use crate::store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
-use crate::{Call, Error, Idempotency, OnInProgress};
+use crate::{Call, Error, Idempotency};
 
 /// A store whose claims and records can take part in a transaction of its database, so that a
 /// body's writes through the same connection commit with the record or not at all.
@@ -173,7 +173,7 @@ impl Idempotency {
     /// writes if the caller rolls back.
     ///
     /// A duplicate arriving while another transaction holds the key looks again until it ends
-    /// (up to one lease), or with [`OnInProgress::Reject`] gets [`Error::InProgress`] at once.
+    /// (up to one lease), or with [`OnInProgress::Reject`](crate::OnInProgress::Reject) gets [`Error::InProgress`] at once.
     /// The runtime must have been made with [`Idempotency::new`] over an `S`; otherwise the call
     /// fails with [`Error::InvalidOption`] before the body runs.
     ///

@@ -1,0 +1,139 @@
+//! The default request fingerprint, and the composite store key.
+
+use http::request::Parts;
+use idem_core::Fingerprint;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// The fingerprint the layer uses unless given another: the method, the path, the query, and the
+/// body — as canonical JSON when the request says it is JSON and parses as JSON (so key order
+/// and whitespace do not matter), else as raw bytes.
+///
+/// A key sent again with a different fingerprint gets 422. Compose your own with this one, e.g.
+/// to ignore a field that changes on every retry:
+///
+/// ```
+/// use idem_http::default_fingerprint;
+///
+/// let request = http::Request::post("/payments")
+///     .header("content-type", "application/json")
+///     .body(())
+///     .unwrap();
+/// let (parts, ()) = request.into_parts();
+/// let a = default_fingerprint(&parts, br#"{"amount": 100, "currency": "EUR"}"#);
+/// let b = default_fingerprint(&parts, br#"{ "currency": "EUR", "amount": 100 }"#);
+/// assert_eq!(a, b);
+/// assert_ne!(a, default_fingerprint(&parts, br#"{"amount": 200, "currency": "EUR"}"#));
+/// ```
+pub fn default_fingerprint(parts: &Parts, body: &[u8]) -> Fingerprint {
+    let body = match is_json(parts).then(|| serde_json::from_slice::<Value>(body)) {
+        Some(Ok(json)) => Value::Array(vec!["json".into(), json]),
+        // Not JSON, or invalid JSON: the exact bytes count.
+        _ => Value::Array(vec![
+            "bytes".into(),
+            idem_core::hex(&Sha256::digest(body)).into(),
+        ]),
+    };
+    let request = Value::Array(vec![
+        parts.method.as_str().into(),
+        parts.uri.path().into(),
+        parts.uri.query().unwrap_or("").into(),
+        body,
+    ]);
+    // A `Value` always serializes.
+    Fingerprint::of(&request).unwrap_or(Fingerprint([0; 32]))
+}
+
+/// `application/json`, or any `+json` type.
+fn is_json(parts: &Parts) -> bool {
+    let Some(content_type) = parts.headers.get(http::header::CONTENT_TYPE) else {
+        return false;
+    };
+    let Ok(content_type) = content_type.to_str() else {
+        return false;
+    };
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The key a request is stored under, within the layer's namespace: `{scope} {METHOD} {path}
+/// {key}`. The scope is a hash of the principal (`-` when there is none), so identities are not
+/// stored in clear; the method and path hold no spaces, so the parts cannot run into each other.
+pub(crate) fn composite_key(scope: Option<&str>, parts: &Parts, key: &str) -> String {
+    let scope = match scope {
+        Some(scope) => idem_core::hex(&Sha256::digest(scope.as_bytes())[..16]),
+        None => "-".to_owned(),
+    };
+    format!("{scope} {} {} {key}", parts.method, parts.uri.path())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(method: &str, uri: &str, content_type: Option<&str>) -> Parts {
+        let mut request = http::Request::builder().method(method).uri(uri);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn method_path_query_and_body_all_count() {
+        let json = Some("application/json");
+        let base = default_fingerprint(&parts("POST", "/a?x=1", json), b"{}");
+        for other in [
+            default_fingerprint(&parts("PATCH", "/a?x=1", json), b"{}"),
+            default_fingerprint(&parts("POST", "/b?x=1", json), b"{}"),
+            default_fingerprint(&parts("POST", "/a?x=2", json), b"{}"),
+            default_fingerprint(&parts("POST", "/a?x=1", json), b"[]"),
+        ] {
+            assert_ne!(base, other);
+        }
+    }
+
+    #[test]
+    fn json_is_canonical_other_bodies_are_bytes() {
+        let json = parts("POST", "/", Some("application/problem+json; charset=utf-8"));
+        assert_eq!(
+            default_fingerprint(&json, br#"{"a":1,"b":[1,2]}"#),
+            default_fingerprint(&json, b"{ \"b\": [1, 2],\n \"a\": 1 }")
+        );
+        let text = parts("POST", "/", Some("text/plain"));
+        assert_ne!(
+            default_fingerprint(&text, br#"{"a":1,"b":2}"#),
+            default_fingerprint(&text, br#"{"b":2,"a":1}"#)
+        );
+        // Invalid JSON falls back to its bytes, without panicking.
+        let invalid = default_fingerprint(&json, b"{\"a\":");
+        assert_eq!(invalid, default_fingerprint(&json, b"{\"a\":"));
+        assert_ne!(invalid, default_fingerprint(&json, b"{\"a\": "));
+    }
+
+    #[test]
+    fn composite_keys_keep_scopes_methods_and_paths_apart() {
+        let post = parts("POST", "/payments?x=1", None);
+        let patch = parts("PATCH", "/payments", None);
+        let keys = [
+            composite_key(None, &post, "k"),
+            composite_key(Some("alice"), &post, "k"),
+            composite_key(Some("bob"), &post, "k"),
+            composite_key(Some("alice"), &patch, "k"),
+            composite_key(Some("alice"), &parts("POST", "/refunds", None), "k"),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert!(!keys[1].contains("alice"), "{}", keys[1]);
+        assert!(keys[0].ends_with(" POST /payments k"), "{}", keys[0]);
+    }
+}

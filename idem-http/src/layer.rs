@@ -1,0 +1,342 @@
+//! The layer's options, and the layer itself.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::request::Parts;
+use http::{Method, StatusCode};
+use idem_core::{Fingerprint, Idempotency, OnError, OnInProgress};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use crate::fingerprint::default_fingerprint;
+use crate::problem::DEFAULT_PROBLEM_BASE;
+use crate::recorded::DEFAULT_REPLAYED_HEADERS;
+use crate::service::IdempotencyService;
+
+/// The default limit on request bodies the layer reads: 1 MiB.
+pub const DEFAULT_MAX_REQUEST_BODY: usize = 1024 * 1024;
+/// The default limit on response bodies the layer records: 1 MiB.
+pub const DEFAULT_MAX_RESPONSE_BODY: usize = 1024 * 1024;
+/// The default cap on a 409's `Retry-After`.
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+type ScopeFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
+type FingerprintFn = dyn Fn(&Parts, &Bytes) -> Fingerprint + Send + Sync;
+type StatusFn = dyn Fn(StatusCode) -> OnError + Send + Sync;
+
+/// A tower [`Layer`](tower_layer::Layer) that makes requests carrying an `Idempotency-Key`
+/// header idempotent, per the IETF draft `draft-ietf-httpapi-idempotency-key-header`, on idem's
+/// runtime (any store: memory, Redis, PostgreSQL).
+///
+/// For each POST or PATCH request (by default) with a key, the layer reads the body (up to a
+/// limit), fingerprints it, and claims the key, scoped to the caller if a
+/// [`scope`](Self::scope) is given, and to the method and path:
+///
+/// | the key is | the response |
+/// | --- | --- |
+/// | new | the handler runs; its response is recorded (2xx, 3xx and 4xx other than 408, 425 and 429) or the claim released (5xx, 408, 425, 429), see [`on_status`](Self::on_status) |
+/// | done, same request | the recorded response, with `Idempotent-Replayed: true` |
+/// | done or in flight, different request | 422 `key-reused` |
+/// | in flight, same request | 409 `in-flight` with `Retry-After`, or with [`wait_for_first`](Self::wait_for_first) the first response once it is recorded |
+///
+/// Responses the layer makes itself are `application/problem+json` (RFC 9457) and carry their
+/// code in an `Idempotency-Rejection` header; see [`Rejection`](crate::Rejection).
+///
+/// Handlers run on their own task: a client that disconnects does not cancel the handler, which
+/// finishes and records its response for the client's retry. [`shutdown`](Self::shutdown) waits
+/// for them.
+///
+/// ```
+/// use axum::{routing::post, Router};
+/// use idem_core::{Idempotency, MemoryStore};
+/// use idem_http::IdempotencyLayer;
+///
+/// let idempotency = IdempotencyLayer::new(Idempotency::new(MemoryStore::new()));
+/// let app: Router = Router::new()
+///     .route("/payments", post(|| async { "charged" }))
+///     .layer(idempotency.clone());
+/// ```
+#[derive(Clone)]
+pub struct IdempotencyLayer {
+    pub(crate) config: Arc<Config>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) idem: Idempotency,
+    pub(crate) namespace: Cow<'static, str>,
+    pub(crate) methods: Vec<Method>,
+    pub(crate) key_required: bool,
+    pub(crate) scope: Option<Arc<ScopeFn>>,
+    pub(crate) fingerprint: Arc<FingerprintFn>,
+    pub(crate) max_request_body: usize,
+    pub(crate) max_response_body: usize,
+    pub(crate) lease: Option<Duration>,
+    pub(crate) in_flight: OnInProgress,
+    pub(crate) max_retry_after: Duration,
+    pub(crate) problem_base: String,
+    pub(crate) fail_open: bool,
+    pub(crate) on_status: Arc<StatusFn>,
+    pub(crate) on_unrecordable: OnError,
+    pub(crate) replayed_headers: Vec<HeaderName>,
+    pub(crate) capacity: Option<Arc<Semaphore>>,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+}
+
+/// The handlers in flight, shared by every clone of a layer.
+#[derive(Default)]
+pub(crate) struct Lifecycle {
+    pub(crate) tasks: TaskTracker,
+    pub(crate) closing: AtomicBool,
+}
+
+/// What a response's status means for its record by default: 5xx, 408 Request Timeout, 425 Too
+/// Early and 429 Too Many Requests are transient, so the claim is released and a retry runs the
+/// handler again; everything else is the request's result, recorded and replayed.
+pub fn default_on_status(status: StatusCode) -> OnError {
+    match status.as_u16() {
+        408 | 425 | 429 | 500..=599 => OnError::Release,
+        _ => OnError::Record,
+    }
+}
+
+impl IdempotencyLayer {
+    /// A layer on `idem`'s store and defaults (lease, retention, key prefix), with keys
+    /// required on POST and PATCH.
+    pub fn new(idem: Idempotency) -> Self {
+        IdempotencyLayer {
+            config: Arc::new(Config {
+                idem,
+                namespace: Cow::Borrowed("http"),
+                methods: vec![Method::POST, Method::PATCH],
+                key_required: true,
+                scope: None,
+                fingerprint: Arc::new(|parts: &Parts, body: &Bytes| {
+                    default_fingerprint(parts, body)
+                }),
+                max_request_body: DEFAULT_MAX_REQUEST_BODY,
+                max_response_body: DEFAULT_MAX_RESPONSE_BODY,
+                lease: None,
+                in_flight: OnInProgress::Reject,
+                max_retry_after: DEFAULT_MAX_RETRY_AFTER,
+                problem_base: DEFAULT_PROBLEM_BASE.to_owned(),
+                fail_open: false,
+                on_status: Arc::new(default_on_status),
+                on_unrecordable: OnError::OutcomeUnknown,
+                replayed_headers: DEFAULT_REPLAYED_HEADERS.to_vec(),
+                capacity: None,
+                lifecycle: Arc::default(),
+            }),
+        }
+    }
+
+    fn with(mut self, change: impl FnOnce(&mut Config)) -> Self {
+        change(Arc::make_mut(&mut self.config));
+        self
+    }
+
+    /// The namespace of the layer's keys in the store (default `http`): give two services that
+    /// share a store and a key prefix different namespaces.
+    pub fn namespace(self, namespace: impl Into<Cow<'static, str>>) -> Self {
+        let namespace = namespace.into();
+        self.with(|config| config.namespace = namespace)
+    }
+
+    /// The methods the layer applies to (default POST and PATCH); other requests pass through
+    /// untouched. GET, HEAD, PUT and DELETE are idempotent by definition.
+    pub fn methods(self, methods: impl IntoIterator<Item = Method>) -> Self {
+        let methods = methods.into_iter().collect();
+        self.with(|config| config.methods = methods)
+    }
+
+    /// Lets requests without a key pass through untouched, without idempotency, instead of
+    /// answering 400 `key-missing`. Choose it when adding the layer to an API whose clients do
+    /// not all send keys yet; keep keys required on endpoints with effects that must not repeat
+    /// (payments), where a client without a key has no safe way to retry.
+    pub fn key_optional(self) -> Self {
+        self.with(|config| config.key_required = false)
+    }
+
+    /// Scopes keys to the caller: `scope` reads the principal from the request (an
+    /// authenticated user id in its extensions, an API key's id), and two callers' identical
+    /// keys never meet. `None` puts the request in the shared, unscoped space.
+    ///
+    /// Authentication must run *before* this layer (as an outer layer), so that the principal
+    /// is in the request when the layer reads it, and so that unauthenticated requests never
+    /// claim a key.
+    ///
+    /// ```
+    /// # use idem_core::{Idempotency, MemoryStore};
+    /// # use idem_http::IdempotencyLayer;
+    /// #[derive(Clone)]
+    /// struct User { id: u64 }
+    ///
+    /// let layer = IdempotencyLayer::new(Idempotency::new(MemoryStore::new()))
+    ///     .scope(|request| request.extensions.get::<User>().map(|user| user.id.to_string()));
+    /// ```
+    pub fn scope(self, scope: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static) -> Self {
+        self.with(|config| config.scope = Some(Arc::new(scope)))
+    }
+
+    /// Replaces the request fingerprint (default [`default_fingerprint`]): a key sent again with
+    /// a different fingerprint gets 422 `key-reused`.
+    pub fn fingerprint(
+        self,
+        fingerprint: impl Fn(&Parts, &Bytes) -> Fingerprint + Send + Sync + 'static,
+    ) -> Self {
+        self.with(|config| config.fingerprint = Arc::new(fingerprint))
+    }
+
+    /// The largest request body the layer reads, in bytes (default 1 MiB). A larger request is
+    /// refused with 413 `body-too-large` (by its `Content-Length` before reading, or once that
+    /// much has arrived); it is never passed on without idempotency.
+    pub fn max_request_body(self, bytes: usize) -> Self {
+        self.with(|config| config.max_request_body = bytes)
+    }
+
+    /// The largest response body the layer records, in bytes (default 1 MiB). A larger response
+    /// reaches the client but is not recorded: see [`on_unrecordable`](Self::on_unrecordable).
+    pub fn max_response_body(self, bytes: usize) -> Self {
+        self.with(|config| config.max_response_body = bytes)
+    }
+
+    /// The lease of the layer's claims (default: the runtime's). It bounds how long a key stays
+    /// blocked after a crash or a panic, and so the 409s a client sees before its retry runs.
+    pub fn lease(self, lease: Duration) -> Self {
+        self.with(|config| config.lease = Some(lease))
+    }
+
+    /// A duplicate that arrives while the first request runs waits up to `limit` for its
+    /// response and gets it (as a replay), instead of a 409 at once; after `limit` it gets the
+    /// 409. Waiting holds a connection and a task per duplicate: keep `limit` below your
+    /// clients' timeouts.
+    pub fn wait_for_first(self, limit: Duration) -> Self {
+        self.with(|config| config.in_flight = OnInProgress::WaitAtMost(limit))
+    }
+
+    /// The cap on a 409's `Retry-After` (default 5 s). `Retry-After` is the holder's lease
+    /// remaining, which is when a crashed holder's claim lapses; a live holder usually finishes
+    /// much sooner, so the cap keeps clients from waiting out a whole lease.
+    pub fn max_retry_after(self, cap: Duration) -> Self {
+        self.with(|config| config.max_retry_after = cap)
+    }
+
+    /// The base of the problems' `type` URI, to which the code is appended (default
+    /// `urn:idem:problem:`), e.g. `https://api.example.com/problems/` for documentation you
+    /// host.
+    pub fn problem_base(self, base: impl Into<String>) -> Self {
+        let base = base.into();
+        self.with(|config| config.problem_base = base)
+    }
+
+    /// When the store fails before the handler runs, runs the handler anyway, without
+    /// idempotency, instead of answering 503 `store-unavailable` (the default, fail closed).
+    /// Choose it only where a duplicate effect is cheaper than an outage.
+    pub fn fail_open(self) -> Self {
+        self.with(|config| config.fail_open = true)
+    }
+
+    /// Decides per status whether a response is recorded ([`OnError::Record`]), released for a
+    /// retry ([`OnError::Release`]), or an unknown outcome that keeps the key claimed until its
+    /// lease lapses ([`OnError::OutcomeUnknown`]); default [`default_on_status`]. A handler
+    /// that answers 502 or 504 after its upstream timed out mid-charge should map those to
+    /// `OutcomeUnknown`:
+    ///
+    /// ```
+    /// # use idem_core::{Idempotency, MemoryStore, OnError};
+    /// # use idem_http::{default_on_status, IdempotencyLayer};
+    /// let layer = IdempotencyLayer::new(Idempotency::new(MemoryStore::new()))
+    ///     .on_status(|status| match status.as_u16() {
+    ///         502 | 504 => OnError::OutcomeUnknown,
+    ///         _ => default_on_status(status),
+    ///     });
+    /// ```
+    pub fn on_status(
+        self,
+        classify: impl Fn(StatusCode) -> OnError + Send + Sync + 'static,
+    ) -> Self {
+        self.with(|config| config.on_status = Arc::new(classify))
+    }
+
+    /// What happens to the claim when a response that should be recorded cannot be: a
+    /// `text/event-stream`, a body over [`max_response_body`](Self::max_response_body), a body
+    /// with trailers, or one that fails midway. The client gets the response either way. By
+    /// default ([`OnError::OutcomeUnknown`]) the key stays claimed until its lease lapses (409
+    /// meanwhile), then a retry runs the handler again; [`OnError::Release`] lets a retry run
+    /// it at once (fit for streams without effects). Neither replays: idem cannot replay what
+    /// it did not record.
+    pub fn on_unrecordable(self, disposition: OnError) -> Self {
+        let disposition = match disposition {
+            OnError::Release => OnError::Release,
+            _ => OnError::OutcomeUnknown,
+        };
+        self.with(|config| config.on_unrecordable = disposition)
+    }
+
+    /// Replays `name` too (beyond [`DEFAULT_REPLAYED_HEADERS`]). Hop-by-hop headers,
+    /// `Content-Length`, `Date` and `Set-Cookie` are never replayed.
+    pub fn replay_header(self, name: HeaderName) -> Self {
+        self.with(|config| config.replayed_headers.push(name))
+    }
+
+    /// Replays exactly these headers (instead of [`DEFAULT_REPLAYED_HEADERS`]); the ones never
+    /// replayed stay excluded.
+    pub fn replay_headers(self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        let names = names.into_iter().collect();
+        self.with(|config| config.replayed_headers = names)
+    }
+
+    /// At most `limit` requests with keys in flight through the layer (replays included); more
+    /// get 503 `over-capacity` with `Retry-After: 1`.
+    pub fn max_in_flight(self, limit: usize) -> Self {
+        let semaphore = Arc::new(Semaphore::new(limit));
+        self.with(|config| config.capacity = Some(semaphore))
+    }
+
+    /// Stops taking requests with keys (503 `shutting-down`) and waits for the handlers in
+    /// flight to finish and record. Call it after the server stops accepting connections (e.g.
+    /// after `axum::serve(...).with_graceful_shutdown(...)` returns), on a clone of the layer
+    /// given to the router.
+    pub async fn shutdown(&self) {
+        let lifecycle = &self.config.lifecycle;
+        lifecycle.closing.store(true, Ordering::SeqCst);
+        lifecycle.tasks.close();
+        lifecycle.tasks.wait().await;
+    }
+
+    /// How many handlers the layer is running now.
+    pub fn in_flight(&self) -> usize {
+        self.config.lifecycle.tasks.len()
+    }
+}
+
+impl std::fmt::Debug for IdempotencyLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let config = &self.config;
+        f.debug_struct("IdempotencyLayer")
+            .field("namespace", &config.namespace)
+            .field("methods", &config.methods)
+            .field("key_required", &config.key_required)
+            .field("max_request_body", &config.max_request_body)
+            .field("max_response_body", &config.max_response_body)
+            .field("in_flight", &config.in_flight)
+            .field("fail_open", &config.fail_open)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> tower_layer::Layer<S> for IdempotencyLayer {
+    type Service = IdempotencyService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        IdempotencyService {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The responses the layer makes itself: RFC 9457 problem details with a machine-readable code.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{Response, StatusCode};
+use serde::Serialize;
+
+/// The header naming the [`Rejection`] code on every response the layer makes itself, so that a
+/// client can tell "in flight" from "store down" without reading the body.
+pub const IDEMPOTENCY_REJECTION: HeaderName = HeaderName::from_static("idempotency-rejection");
+
+/// The problem `type` base used unless the layer is given another: the code is appended.
+pub const DEFAULT_PROBLEM_BASE: &str = "urn:idem:problem:";
+
+/// Why the layer answered a request itself instead of running (or replaying) the handler.
+///
+/// Each has an HTTP status, a short code (in the problem's `code` member, in its `type` after
+/// the base, and in the `Idempotency-Rejection` header) and a title.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// 400 `key-missing`: the layer requires a key and the request has none.
+    KeyMissing,
+    /// 400 `key-malformed`: the key is empty, too long, or not visible ASCII.
+    KeyMalformed,
+    /// 400 `key-repeated`: more than one `Idempotency-Key` header.
+    KeyRepeated,
+    /// 400 `body-unreadable`: the request body failed while it was read.
+    BodyUnreadable,
+    /// 409 `in-flight`: a request with this key is still being processed. Retry after
+    /// `Retry-After` seconds to get its response.
+    InFlight,
+    /// 413 `body-too-large`: the request body is over the layer's limit, so it cannot be
+    /// fingerprinted (the request is refused, never passed through without idempotency).
+    BodyTooLarge,
+    /// 422 `key-reused`: the key was used before for a different request.
+    KeyReused,
+    /// 500 `record-corrupt`: the stored record for this key cannot be read.
+    RecordCorrupt,
+    /// 500 `handler-panicked`: the handler panicked. Its outcome is unknown: the key stays
+    /// claimed until its lease lapses (409 meanwhile), then a retry runs the handler again.
+    HandlerPanicked,
+    /// 500 `misconfigured`: the layer's options are invalid (a message is in the detail).
+    Misconfigured,
+    /// 503 `store-unavailable`: the idempotency store failed; the handler did not run.
+    StoreUnavailable,
+    /// 503 `over-capacity`: the layer's limit of requests in flight is reached.
+    OverCapacity,
+    /// 503 `shutting-down`: the service is shutting down and takes no new requests with keys.
+    ShuttingDown,
+}
+
+impl Rejection {
+    /// The HTTP status.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Rejection::KeyMissing
+            | Rejection::KeyMalformed
+            | Rejection::KeyRepeated
+            | Rejection::BodyUnreadable => StatusCode::BAD_REQUEST,
+            Rejection::InFlight => StatusCode::CONFLICT,
+            Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Rejection::RecordCorrupt | Rejection::HandlerPanicked | Rejection::Misconfigured => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Rejection::StoreUnavailable | Rejection::OverCapacity | Rejection::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    /// The short, stable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Rejection::KeyMissing => "key-missing",
+            Rejection::KeyMalformed => "key-malformed",
+            Rejection::KeyRepeated => "key-repeated",
+            Rejection::BodyUnreadable => "body-unreadable",
+            Rejection::InFlight => "in-flight",
+            Rejection::BodyTooLarge => "body-too-large",
+            Rejection::KeyReused => "key-reused",
+            Rejection::RecordCorrupt => "record-corrupt",
+            Rejection::HandlerPanicked => "handler-panicked",
+            Rejection::Misconfigured => "misconfigured",
+            Rejection::StoreUnavailable => "store-unavailable",
+            Rejection::OverCapacity => "over-capacity",
+            Rejection::ShuttingDown => "shutting-down",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Rejection::KeyMissing => "Idempotency-Key header missing",
+            Rejection::KeyMalformed => "Idempotency-Key header malformed",
+            Rejection::KeyRepeated => "More than one Idempotency-Key header",
+            Rejection::BodyUnreadable => "Request body unreadable",
+            Rejection::InFlight => "A request with this key is in flight",
+            Rejection::BodyTooLarge => "Request body too large",
+            Rejection::KeyReused => "Idempotency-Key reused for another request",
+            Rejection::RecordCorrupt => "Stored response unreadable",
+            Rejection::HandlerPanicked => "Handler failed; outcome unknown",
+            Rejection::Misconfigured => "Idempotency layer misconfigured",
+            Rejection::StoreUnavailable => "Idempotency store unavailable",
+            Rejection::OverCapacity => "Too many requests in flight",
+            Rejection::ShuttingDown => "Service shutting down",
+        }
+    }
+
+    /// This rejection as a problem+json response, with `detail` and, when given, `Retry-After`
+    /// (whole seconds, at least 1). `base` prefixes the code in the problem's `type`.
+    pub fn to_response<B: From<Bytes>>(
+        self,
+        base: &str,
+        detail: &str,
+        retry_after: Option<Duration>,
+    ) -> Response<B> {
+        let problem = Problem {
+            kind: format!("{base}{}", self.code()),
+            title: self.title(),
+            status: self.status().as_u16(),
+            detail,
+            code: self.code(),
+        };
+        // A struct of strings and a number always serializes.
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = Response::new(B::from(Bytes::from(body)));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        headers.insert(IDEMPOTENCY_REJECTION, HeaderValue::from_static(self.code()));
+        if let Some(wait) = retry_after {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+        }
+        response
+    }
+}
+
+/// RFC 9457 problem details, with the rejection's code as an extension member.
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'static str,
+    status: u16,
+    detail: &'a str,
+    code: &'static str,
+}

@@ -1,0 +1,341 @@
+//! The service: one request through claim → handler → record, or a replay, or a rejection.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response};
+use http_body::Body;
+use idem_core::{BoxError, Call, Error, OnError};
+use tower_service::Service;
+
+use crate::body::{read_request, read_response, BufferedBody, ReadError, ResponseRead};
+use crate::fingerprint::composite_key;
+use crate::key::{IdempotencyKey, KeyError};
+use crate::layer::Config;
+use crate::problem::Rejection;
+use crate::recorded::RecordedResponse;
+
+/// The service made by [`IdempotencyLayer`](crate::IdempotencyLayer) around an inner service.
+#[derive(Clone)]
+pub struct IdempotencyService<S> {
+    pub(crate) inner: S,
+    pub(crate) config: Arc<Config>,
+}
+
+impl<S> std::fmt::Debug for IdempotencyService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyService").finish_non_exhaustive()
+    }
+}
+
+/// The future of [`IdempotencyService`].
+pub type ResponseFuture<ResB, E> =
+    Pin<Box<dyn Future<Output = Result<Response<BufferedBody<ResB>>, E>> + Send>>;
+
+impl<S, B, ResB> Service<Request<B>> for IdempotencyService<S>
+where
+    S: Service<Request<BufferedBody<B>>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    ResB: Body + Unpin + Send + 'static,
+    ResB::Data: Send,
+    ResB::Error: Into<BoxError>,
+{
+    type Response = Response<BufferedBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<ResB, S::Error>;
+
+    /// Always ready: the inner service is made ready (on a clone) only when a request reaches
+    /// it, since replays and rejections never do.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        Box::pin(handle(self.config.clone(), self.inner.clone(), request))
+    }
+}
+
+/// Passes `request` to the inner service untouched.
+async fn pass<S, B, ResB>(
+    inner: S,
+    request: Request<BufferedBody<B>>,
+) -> Result<Response<BufferedBody<ResB>>, S::Error>
+where
+    S: Service<Request<BufferedBody<B>>, Response = Response<ResB>>,
+{
+    Ok(call_inner(inner, request).await?.map(BufferedBody::new))
+}
+
+/// The inner service's response to `request`, once it is ready.
+async fn call_inner<S, Req>(mut inner: S, request: Req) -> Result<S::Response, S::Error>
+where
+    S: Service<Req>,
+{
+    std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+    inner.call(request).await
+}
+
+async fn handle<S, B, ResB>(
+    config: Arc<Config>,
+    inner: S,
+    request: Request<B>,
+) -> Result<Response<BufferedBody<ResB>>, S::Error>
+where
+    S: Service<Request<BufferedBody<B>>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    ResB: Body + Unpin + Send + 'static,
+    ResB::Data: Send,
+    ResB::Error: Into<BoxError>,
+{
+    if !config.methods.contains(request.method()) {
+        return pass(inner, request.map(BufferedBody::new)).await;
+    }
+    let reject = |rejection: Rejection, detail: &str, retry_after: Option<Duration>| {
+        Ok(rejection.to_response(&config.problem_base, detail, retry_after))
+    };
+    let key = match IdempotencyKey::from_headers(request.headers()) {
+        Ok(key) => key,
+        Err(KeyError::Missing) if !config.key_required => {
+            return pass(inner, request.map(BufferedBody::new)).await;
+        }
+        Err(err) => {
+            let rejection = match err {
+                KeyError::Missing => Rejection::KeyMissing,
+                KeyError::Repeated => Rejection::KeyRepeated,
+                _ => Rejection::KeyMalformed,
+            };
+            return reject(rejection, &err.to_string(), None);
+        }
+    };
+    let lifecycle = &config.lifecycle;
+    if lifecycle.closing.load(Ordering::SeqCst) {
+        let detail = "the service is shutting down; retry against another instance, or later";
+        return reject(
+            Rejection::ShuttingDown,
+            detail,
+            Some(Duration::from_secs(1)),
+        );
+    }
+    let permit = match &config.capacity {
+        None => None,
+        Some(capacity) => match capacity.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                let detail = "too many requests with idempotency keys are in flight; retry later";
+                return reject(
+                    Rejection::OverCapacity,
+                    detail,
+                    Some(Duration::from_secs(1)),
+                );
+            }
+        },
+    };
+    let (parts, body) = request.into_parts();
+    let body = match read_request(body, config.max_request_body).await {
+        Ok(body) => body,
+        Err(ReadError::TooLarge) => {
+            let detail = format!(
+                "the request body is over this endpoint's limit of {} bytes",
+                config.max_request_body
+            );
+            return reject(Rejection::BodyTooLarge, &detail, None);
+        }
+        Err(ReadError::Failed(err)) => {
+            let detail = format!("the request body could not be read: {err}");
+            return reject(Rejection::BodyUnreadable, &detail, None);
+        }
+    };
+    let scope = config.scope.as_ref().and_then(|scope| scope(&parts));
+    let fingerprint = (config.fingerprint)(&parts, &body);
+    let mut call = Call::new(
+        config.namespace.clone(),
+        composite_key(scope.as_deref(), &parts, key.as_str()),
+    )
+    .with_fingerprint(fingerprint)
+    .on_in_progress(config.in_flight);
+    if let Some(lease) = config.lease {
+        call = call.lease(lease);
+    }
+    // The handler runs on its own task, so that a client that goes away does not cancel it
+    // halfway through its effect: it finishes and records, and the client's retry replays.
+    let request = Request::from_parts(parts, BufferedBody::full(body));
+    let task = lifecycle.tasks.spawn({
+        let config = config.clone();
+        async move {
+            let served = serve(&config, inner, call, request).await;
+            drop(permit);
+            served
+        }
+    });
+    match task.await {
+        Ok(served) => served,
+        Err(join) if join.is_panic() => {
+            let detail = "the handler panicked; its outcome is unknown, so this key stays \
+                          claimed until its lease lapses, then a retry runs the handler again";
+            reject(Rejection::HandlerPanicked, detail, None)
+        }
+        Err(_) => {
+            let detail = "the service is shutting down; retry later";
+            reject(
+                Rejection::ShuttingDown,
+                detail,
+                Some(Duration::from_secs(1)),
+            )
+        }
+    }
+}
+
+/// Why the handler's outcome is not a record.
+enum Failure<R, E> {
+    /// A response not to record, and what that means for the claim.
+    Response(R, OnError),
+    /// The inner service failed (no response): the claim is released.
+    Service(E),
+    /// idem failed around the handler.
+    Idem(Error),
+}
+
+impl<R, E> From<Error> for Failure<R, E> {
+    fn from(err: Error) -> Self {
+        Failure::Idem(err)
+    }
+}
+
+/// Claims the request's key and runs the handler, or replays, or rejects.
+async fn serve<S, B, ResB>(
+    config: &Config,
+    inner: S,
+    call: Call,
+    request: Request<BufferedBody<B>>,
+) -> Result<Response<BufferedBody<ResB>>, S::Error>
+where
+    S: Service<Request<BufferedBody<B>>, Response = Response<ResB>>,
+    B: Body,
+    B::Error: Into<BoxError>,
+    ResB: Body + Unpin,
+    ResB::Error: Into<BoxError>,
+{
+    // Taken by the handler when it runs; still here if the store failed before it.
+    let mut pending = Some((inner, request));
+    // The handler's own response, whole, for this client (the record keeps fewer headers).
+    let mut first = None;
+    let classify = |failure: &Failure<_, _>| match failure {
+        Failure::Response(_, disposition) => *disposition,
+        Failure::Service(_) | Failure::Idem(_) => OnError::Release,
+    };
+    let outcome = config
+        .idem
+        .run_with(call, classify, async {
+            let Some((inner, request)) = pending.take() else {
+                return Err(Failure::Idem(Error::invalid_option(
+                    "the request was already handled",
+                )));
+            };
+            let response = call_inner(inner, request).await.map_err(Failure::Service)?;
+            let (parts, body) = response.into_parts();
+            let disposition = match (config.on_status)(parts.status) {
+                OnError::Record if is_event_stream(&parts) => config.on_unrecordable,
+                disposition => disposition,
+            };
+            if disposition != OnError::Record {
+                let response = Response::from_parts(parts, BufferedBody::new(body));
+                return Err(Failure::Response(response, disposition));
+            }
+            match read_response(body, config.max_response_body).await {
+                ResponseRead::Whole(bytes) => {
+                    let replayed = |name: &http::HeaderName| config.replayed_headers.contains(name);
+                    let recorded = RecordedResponse::capture(&parts, &bytes, replayed);
+                    first = Some(Response::from_parts(parts, BufferedBody::full(bytes)));
+                    Ok(recorded)
+                }
+                ResponseRead::Unrecordable(body) => Err(Failure::Response(
+                    Response::from_parts(parts, body),
+                    config.on_unrecordable,
+                )),
+            }
+        })
+        .await;
+    let reject = |rejection: Rejection, detail: &str, retry_after: Option<Duration>| {
+        Ok(rejection.to_response(&config.problem_base, detail, retry_after))
+    };
+    let err = match outcome {
+        Ok(recorded) => {
+            return match first {
+                Some(response) => Ok(response),
+                None => match recorded.replay() {
+                    Ok(response) => Ok(response),
+                    Err(reason) => reject(
+                        Rejection::RecordCorrupt,
+                        &format!("the stored response for this key is not a response: {reason}"),
+                        None,
+                    ),
+                },
+            };
+        }
+        Err(Failure::Response(response, _)) => return Ok(response),
+        Err(Failure::Service(err)) => return Err(err),
+        Err(Failure::Idem(err)) => err,
+    };
+    match err {
+        Error::InProgress {
+            lease_remaining, ..
+        } => {
+            let retry_after = lease_remaining
+                .unwrap_or(config.max_retry_after)
+                .min(config.max_retry_after);
+            let detail = "a request with this key is being processed; retry after the \
+                          Retry-After delay to get its response";
+            reject(Rejection::InFlight, detail, Some(retry_after))
+        }
+        Error::KeyReused { .. } => {
+            let detail = "this Idempotency-Key was used for a different request (another \
+                          method, path, query or body); use a new key for a new request";
+            reject(Rejection::KeyReused, detail, None)
+        }
+        // The handler ran and answered, and its record failed: the client gets the answer.
+        Error::LeaseLost { .. } | Error::NotRecorded { .. } if first.is_some() => {
+            Ok(first.expect("checked just above"))
+        }
+        Error::Store { .. } if config.fail_open => match pending.take() {
+            Some((inner, request)) => pass(inner, request).await,
+            None => reject(Rejection::StoreUnavailable, &err.to_string(), None),
+        },
+        Error::Store { .. } => {
+            let detail = format!("{err}; the handler did not run, retry later");
+            reject(
+                Rejection::StoreUnavailable,
+                &detail,
+                Some(Duration::from_secs(1)),
+            )
+        }
+        Error::Corrupt { .. } => reject(Rejection::RecordCorrupt, &err.to_string(), None),
+        other => reject(Rejection::Misconfigured, &other.to_string(), None),
+    }
+}
+
+fn is_event_stream(parts: &http::response::Parts) -> bool {
+    parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| {
+            value
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case("text/event-stream")
+        })
+}
