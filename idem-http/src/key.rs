@@ -63,6 +63,17 @@ impl fmt::Display for KeyError {
 
 impl std::error::Error for KeyError {}
 
+impl KeyError {
+    /// The 400 the layer answers with.
+    pub(crate) fn rejection(&self) -> crate::Rejection {
+        match self {
+            KeyError::Missing => crate::Rejection::KeyMissing,
+            KeyError::Repeated => crate::Rejection::KeyRepeated,
+            KeyError::Malformed { .. } => crate::Rejection::KeyMalformed,
+        }
+    }
+}
+
 impl IdempotencyKey {
     /// The key in a request's headers, or why there is none: missing, repeated or malformed.
     pub fn from_headers(headers: &HeaderMap) -> Result<Self, KeyError> {

@@ -3,6 +3,8 @@
 //! See [`IdempotencyLayer`] for what it does per request, and `docs/http.md` in the repository
 //! for the draft's requirements, point by point, with the test that checks each.
 
+#[cfg(feature = "axum")]
+mod axum;
 mod body;
 mod fingerprint;
 mod key;
@@ -18,6 +20,6 @@ pub use layer::{
     default_on_status, IdempotencyLayer, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY,
     DEFAULT_MAX_RETRY_AFTER,
 };
-pub use problem::{Rejection, DEFAULT_PROBLEM_BASE, IDEMPOTENCY_REJECTION};
+pub use problem::{problem_response, Rejection, DEFAULT_PROBLEM_BASE, IDEMPOTENCY_REJECTION};
 pub use recorded::{DEFAULT_REPLAYED_HEADERS, IDEMPOTENT_REPLAYED};
 pub use service::{IdempotencyService, ResponseFuture};

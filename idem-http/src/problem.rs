@@ -5,6 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
+use idem_core::Error;
 use serde::Serialize;
 
 /// The header naming the [`Rejection`] code on every response the layer makes itself, so that a
@@ -42,6 +43,9 @@ pub enum Rejection {
     /// 500 `handler-panicked`: the handler panicked. Its outcome is unknown: the key stays
     /// claimed until its lease lapses (409 meanwhile), then a retry runs the handler again.
     HandlerPanicked,
+    /// 500 `not-recorded`: the handler ran, and its result could not be recorded (the store
+    /// failed, or the claim lapsed meanwhile). Its effect happened; a retry may run it again.
+    NotRecorded,
     /// 500 `misconfigured`: the layer's options are invalid (a message is in the detail).
     Misconfigured,
     /// 503 `store-unavailable`: the idempotency store failed; the handler did not run.
@@ -63,9 +67,10 @@ impl Rejection {
             Rejection::InFlight => StatusCode::CONFLICT,
             Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Rejection::RecordCorrupt | Rejection::HandlerPanicked | Rejection::Misconfigured => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Rejection::RecordCorrupt
+            | Rejection::HandlerPanicked
+            | Rejection::NotRecorded
+            | Rejection::Misconfigured => StatusCode::INTERNAL_SERVER_ERROR,
             Rejection::StoreUnavailable | Rejection::OverCapacity | Rejection::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -84,6 +89,7 @@ impl Rejection {
             Rejection::KeyReused => "key-reused",
             Rejection::RecordCorrupt => "record-corrupt",
             Rejection::HandlerPanicked => "handler-panicked",
+            Rejection::NotRecorded => "not-recorded",
             Rejection::Misconfigured => "misconfigured",
             Rejection::StoreUnavailable => "store-unavailable",
             Rejection::OverCapacity => "over-capacity",
@@ -102,6 +108,7 @@ impl Rejection {
             Rejection::KeyReused => "Idempotency-Key reused for another request",
             Rejection::RecordCorrupt => "Stored response unreadable",
             Rejection::HandlerPanicked => "Handler failed; outcome unknown",
+            Rejection::NotRecorded => "Result not recorded",
             Rejection::Misconfigured => "Idempotency layer misconfigured",
             Rejection::StoreUnavailable => "Idempotency store unavailable",
             Rejection::OverCapacity => "Too many requests in flight",
@@ -139,6 +146,64 @@ impl Rejection {
             headers.insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         response
+    }
+}
+
+/// An error of idem's runtime as the response the layer would give: 409 `in-flight` with
+/// `Retry-After`, 422 `key-reused`, 503 `store-unavailable`, 500 `record-corrupt` or
+/// `not-recorded`. For handlers that use `#[idempotent]` themselves, in their error type's
+/// `IntoResponse`:
+///
+/// ```
+/// use idem_http::problem_response;
+///
+/// let response: http::Response<bytes::Bytes> =
+///     problem_response(&idem_core::Error::invalid_key("empty"));
+/// assert_eq!(response.status(), 500);
+/// ```
+pub fn problem_response<B: From<Bytes>>(err: &Error) -> Response<B> {
+    let (rejection, detail, retry_after) = for_error(err, crate::DEFAULT_MAX_RETRY_AFTER);
+    rejection.to_response(DEFAULT_PROBLEM_BASE, &detail, retry_after)
+}
+
+/// The rejection for an error of idem's runtime, with its detail and, for 409 and 503, a
+/// `Retry-After`: the holder's lease remaining capped at `max_retry_after`, or 1 s.
+pub(crate) fn for_error(
+    err: &Error,
+    max_retry_after: Duration,
+) -> (Rejection, String, Option<Duration>) {
+    let soon = Some(Duration::from_secs(1));
+    match err {
+        Error::InProgress {
+            lease_remaining, ..
+        } => (
+            Rejection::InFlight,
+            "a request with this key is being processed; retry after the Retry-After delay to \
+             get its response"
+                .to_owned(),
+            Some(
+                lease_remaining
+                    .unwrap_or(max_retry_after)
+                    .min(max_retry_after),
+            ),
+        ),
+        Error::KeyReused { .. } => (
+            Rejection::KeyReused,
+            "this Idempotency-Key was used for a different request (another method, path, query \
+             or body); use a new key for a new request"
+                .to_owned(),
+            None,
+        ),
+        Error::Store { .. } => (
+            Rejection::StoreUnavailable,
+            format!("{err}; the handler did not run, retry later"),
+            soon,
+        ),
+        Error::Corrupt { .. } => (Rejection::RecordCorrupt, err.to_string(), None),
+        Error::LeaseLost { .. } | Error::NotRecorded { .. } => {
+            (Rejection::NotRecorded, err.to_string(), None)
+        }
+        _ => (Rejection::Misconfigured, err.to_string(), None),
     }
 }
 

@@ -16,7 +16,7 @@ use crate::body::{read_request, read_response, BufferedBody, ReadError, Response
 use crate::fingerprint::composite_key;
 use crate::key::{IdempotencyKey, KeyError};
 use crate::layer::Config;
-use crate::problem::Rejection;
+use crate::problem::{for_error, Rejection};
 use crate::recorded::RecordedResponse;
 
 /// The service made by [`IdempotencyLayer`](crate::IdempotencyLayer) around an inner service.
@@ -110,14 +110,7 @@ where
         Err(KeyError::Missing) if !config.key_required => {
             return pass(inner, request.map(BufferedBody::new)).await;
         }
-        Err(err) => {
-            let rejection = match err {
-                KeyError::Missing => Rejection::KeyMissing,
-                KeyError::Repeated => Rejection::KeyRepeated,
-                _ => Rejection::KeyMalformed,
-            };
-            return reject(rejection, &err.to_string(), None);
-        }
+        Err(err) => return reject(err.rejection(), &err.to_string(), None),
     };
     let lifecycle = &config.lifecycle;
     if lifecycle.closing.load(Ordering::SeqCst) {
@@ -288,40 +281,19 @@ where
         Err(Failure::Service(err)) => return Err(err),
         Err(Failure::Idem(err)) => err,
     };
+    // The handler ran and answered, and its record failed: the client gets the answer.
+    if let (Error::LeaseLost { .. } | Error::NotRecorded { .. }, Some(response)) = (&err, first) {
+        return Ok(response);
+    }
     match err {
-        Error::InProgress {
-            lease_remaining, ..
-        } => {
-            let retry_after = lease_remaining
-                .unwrap_or(config.max_retry_after)
-                .min(config.max_retry_after);
-            let detail = "a request with this key is being processed; retry after the \
-                          Retry-After delay to get its response";
-            reject(Rejection::InFlight, detail, Some(retry_after))
-        }
-        Error::KeyReused { .. } => {
-            let detail = "this Idempotency-Key was used for a different request (another \
-                          method, path, query or body); use a new key for a new request";
-            reject(Rejection::KeyReused, detail, None)
-        }
-        // The handler ran and answered, and its record failed: the client gets the answer.
-        Error::LeaseLost { .. } | Error::NotRecorded { .. } if first.is_some() => {
-            Ok(first.expect("checked just above"))
-        }
         Error::Store { .. } if config.fail_open => match pending.take() {
             Some((inner, request)) => pass(inner, request).await,
             None => reject(Rejection::StoreUnavailable, &err.to_string(), None),
         },
-        Error::Store { .. } => {
-            let detail = format!("{err}; the handler did not run, retry later");
-            reject(
-                Rejection::StoreUnavailable,
-                &detail,
-                Some(Duration::from_secs(1)),
-            )
+        err => {
+            let (rejection, detail, retry_after) = for_error(&err, config.max_retry_after);
+            reject(rejection, &detail, retry_after)
         }
-        Error::Corrupt { .. } => reject(Rejection::RecordCorrupt, &err.to_string(), None),
-        other => reject(Rejection::Misconfigured, &other.to_string(), None),
     }
 }
 
