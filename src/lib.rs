@@ -78,6 +78,14 @@ pub mod store {
 }
 pub use idem_macros::idempotent;
 
+/// HTTP services (feature `axum`): the `Idempotency-Key` layer for tower and axum, and the
+/// `IdempotencyKey` extractor. See `docs/http.md`.
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod http {
+    pub use idem_http::*;
+}
+
 /// The Redis store (feature `redis`; Redis Cluster with `redis-cluster`).
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

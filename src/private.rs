@@ -235,3 +235,125 @@ where
         .begin_transaction_recording_errors::<C::Store, T, E, _>(call, connection, on_error)
         .await
 }
+
+/// The return types of an `#[idempotent]` axum handler: `Json<T>`, or a status and `Json<T>`.
+/// The macro picks this trait when the return type reads so; it has the plain trait's method.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the return type of an #[idempotent] handler",
+    label = "expected `Result<Json<T>, E>` or `Result<(StatusCode, Json<T>), E>` of axum 0.8, with idem's `axum` feature",
+    note = "with idem's `axum` feature, #[idempotent] records axum's `Json<T>` (and the `StatusCode`) as the data and the status, with `T: Serialize + DeserializeOwned` and `E: From<idem::Error>`; otherwise return the data and build the response outside the function, or put `idem::http::IdempotencyLayer` on the route, which records whole responses"
+)]
+pub trait JsonReturn: Sized {
+    /// Drives the body through the runtime.
+    fn run_idempotent<Fut: Future<Output = Self>>(
+        runtime: Idempotency,
+        call: Call,
+        body: Fut,
+    ) -> impl Future<Output = Self>;
+}
+
+/// [`JsonReturn`] with `on_error = ...`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the return type of an #[idempotent(on_error = ...)] handler",
+    label = "expected `Result<Json<T>, E>` or `Result<(StatusCode, Json<T>), E>` of axum 0.8, with idem's `axum` feature",
+    note = "with idem's `axum` feature, #[idempotent] records axum's `Json<T>` (and the `StatusCode`) as the data and the status; `on_error` is a function `fn(&E) -> idem::OnError`"
+)]
+pub trait ClassifiedJsonReturn: Sized {
+    /// The `Err` type.
+    type Error;
+
+    /// Drives the body through the runtime, `on_error` classifying its errors.
+    fn run_idempotent_with<Fut: Future<Output = Self>>(
+        runtime: Idempotency,
+        call: Call,
+        body: Fut,
+        on_error: impl Fn(&Self::Error) -> OnError,
+    ) -> impl Future<Output = Self>;
+}
+
+#[cfg(feature = "axum")]
+mod axum_handlers {
+    use std::future::Future;
+
+    use axum::http::StatusCode;
+    use axum::Json;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{
+        Call, ClassifiedJsonReturn, FromIdemError, Idempotency, JsonReturn, OnError, Recordable,
+    };
+
+    /// A status as recorded: its number, checked when read back (a bad one is a corrupt record).
+    struct RecordedStatus(StatusCode);
+
+    impl Serialize for RecordedStatus {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            self.0.as_u16().serialize(serializer)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for RecordedStatus {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            let code = u16::deserialize(deserializer)?;
+            StatusCode::from_u16(code)
+                .map(RecordedStatus)
+                .map_err(|_| serde::de::Error::custom(format!("{code} is not an HTTP status")))
+        }
+    }
+
+    /// A handler's output as a value the runtime records, and back.
+    trait HandlerResponse: Sized {
+        type Record: Recordable;
+        fn record(self) -> Self::Record;
+        fn replay(record: Self::Record) -> Self;
+    }
+
+    impl<T: Recordable> HandlerResponse for Json<T> {
+        type Record = T;
+        fn record(self) -> T {
+            self.0
+        }
+        fn replay(record: T) -> Self {
+            Json(record)
+        }
+    }
+
+    impl<T: Recordable> HandlerResponse for (StatusCode, Json<T>) {
+        type Record = (RecordedStatus, T);
+        fn record(self) -> Self::Record {
+            (RecordedStatus(self.0), self.1 .0)
+        }
+        fn replay((status, value): Self::Record) -> Self {
+            (status.0, Json(value))
+        }
+    }
+
+    // `do_not_recommend`: report `JsonReturn`'s message, which says what to return, and not
+    // this module's private trait.
+    #[diagnostic::do_not_recommend]
+    impl<R: HandlerResponse, E: FromIdemError> JsonReturn for Result<R, E> {
+        async fn run_idempotent<Fut: Future<Output = Self>>(
+            runtime: Idempotency,
+            call: Call,
+            body: Fut,
+        ) -> Self {
+            let body = async move { body.await.map(R::record) };
+            runtime.run(call, body).await.map(R::replay)
+        }
+    }
+
+    #[diagnostic::do_not_recommend]
+    impl<R: HandlerResponse, E: FromIdemError> ClassifiedJsonReturn for Result<R, E> {
+        type Error = E;
+
+        async fn run_idempotent_with<Fut: Future<Output = Self>>(
+            runtime: Idempotency,
+            call: Call,
+            body: Fut,
+            on_error: impl Fn(&E) -> OnError,
+        ) -> Self {
+            let body = async move { body.await.map(R::record) };
+            runtime.run_with(call, on_error, body).await.map(R::replay)
+        }
+    }
+}

@@ -73,7 +73,12 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
         Some(using) => quote!(#private::runtime(#using)),
         None => quote!(#private::runtime(#private::default_runtime())),
     };
+    // A handler's `Json` response: recorded as its data (and status) by the facade's `axum`
+    // feature, whose traits have the same methods as the plain ones.
+    let json = shape.ret().is_some_and(returns_json) && !args.record_errors;
     let return_trait = match (args.record_errors, args.on_error.is_some()) {
+        (false, false) if json => quote!(#private::JsonReturn),
+        (false, true) if json => quote!(#private::ClassifiedJsonReturn),
         (false, false) => quote!(#private::IdempotentReturn),
         (true, false) => quote!(#private::RecordedErrorsReturn),
         (false, true) => quote!(#private::ClassifiedReturn),
@@ -204,6 +209,41 @@ fn in_transaction(
             #with_context(#context, async move { #body }).await
         };
         #finish
+    }
+}
+
+/// Whether `ret` is `Result<Json<T>, E>` or `Result<(StatusCode, Json<T>), E>`, by the last
+/// segment of each path (so `axum::Json` and `axum::http::StatusCode` count too).
+fn returns_json(ret: &Type) -> bool {
+    fn last_segment<'a>(ty: &'a Type, name: &str) -> Option<&'a syn::PathSegment> {
+        match ty {
+            Type::Path(path) if path.qself.is_none() => path
+                .path
+                .segments
+                .last()
+                .filter(|segment| segment.ident == name),
+            Type::Group(group) => last_segment(&group.elem, name),
+            _ => None,
+        }
+    }
+    fn first_argument(segment: &syn::PathSegment) -> Option<&Type> {
+        match &segment.arguments {
+            syn::PathArguments::AngleBracketed(args) => match args.args.first()? {
+                syn::GenericArgument::Type(ty) => Some(ty),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+    let Some(ok) = last_segment(ret, "Result").and_then(first_argument) else {
+        return false;
+    };
+    let is_json = |ty: &Type| last_segment(ty, "Json").is_some();
+    match ok {
+        Type::Tuple(tuple) if tuple.elems.len() == 2 => {
+            last_segment(&tuple.elems[0], "StatusCode").is_some() && is_json(&tuple.elems[1])
+        }
+        ok => is_json(ok),
     }
 }
 
@@ -365,6 +405,25 @@ mod tests {
             pretty, expected,
             "expansion in {path} changed; review and rerun with IDEM_UPDATE_SNAPSHOTS=1"
         );
+    }
+
+    #[test]
+    fn handlers_returning_json_are_told_apart_by_their_return_type() {
+        let reads =
+            |ty: proc_macro2::TokenStream| super::returns_json(&syn::parse2(ty).expect("a type"));
+        assert!(reads(quote!(Result<Json<Receipt>, ApiError>)));
+        assert!(reads(quote!(Result<axum::Json<Receipt>, ApiError>)));
+        assert!(reads(quote!(Result<(StatusCode, Json<Receipt>), ApiError>)));
+        assert!(reads(quote!(
+            std::result::Result<(axum::http::StatusCode, axum::Json<Vec<u8>>), E>
+        )));
+        assert!(!reads(quote!(Result<Receipt, ApiError>)));
+        assert!(!reads(quote!(Result<(u16, Json<Receipt>), ApiError>)));
+        assert!(!reads(quote!(
+            Result<(StatusCode, Json<Receipt>, Extra), ApiError>
+        )));
+        assert!(!reads(quote!(Option<Json<Receipt>>)));
+        assert!(!reads(quote!(Result<Vec<Json<Receipt>>, E>)));
     }
 
     /// The expansion the `idem` crate's docs show (its "Explanation" section includes the file),

@@ -22,6 +22,16 @@ pub(crate) enum Shape {
     },
 }
 
+impl Shape {
+    /// The function's return type `R`, when it can be read off.
+    pub(crate) fn ret(&self) -> Option<&Type> {
+        match self {
+            Shape::Async { ret } => Some(ret),
+            Shape::AsyncTrait { ret, .. } => ret.as_ref(),
+        }
+    }
+}
+
 const RETURN_HELP: &str = "an #[idempotent] function must return `Result<T, E>` where \
     `T: Serialize + DeserializeOwned` (the recorded value) and `E: From<idem::Error>`";
 

@@ -1,5 +1,6 @@
-// An axum handler's usual return type: a response, not a value. `StatusCode` and `Json` stand in
-// for axum's (neither implements `Deserialize`), so the case needs no web framework.
+// An axum handler's usual return type, with look-alikes of axum's `StatusCode` and `Json`: the
+// macro reads it as a handler's and records axum's own types (feature `axum`); for any other it
+// gives one error that says what to return or use instead.
 mod axum {
     pub struct StatusCode(pub u16);
     pub struct Json<T>(pub T);
