@@ -78,9 +78,8 @@ pub mod store {
 }
 pub use idem_macros::idempotent;
 
-/// HTTP services (feature `axum`): the `Idempotency-Key` layer for tower and axum, and the
-/// `IdempotencyKey` extractor. See `docs/http.md`.
 #[cfg(feature = "axum")]
+#[doc = include_str!("../docs/http.md")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod http {
     pub use idem_http::*;
