@@ -1,7 +1,7 @@
 //! axum 0.8 integration (feature `axum`): [`IdempotencyKey`] as an extractor.
 
-use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
-use axum_core::response::{IntoResponse, Response};
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 
 use crate::key::{IdempotencyKey, KeyError};

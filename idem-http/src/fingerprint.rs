@@ -27,21 +27,76 @@ use sha2::{Digest, Sha256};
 /// ```
 pub fn default_fingerprint(parts: &Parts, body: &[u8]) -> Fingerprint {
     let body = match is_json(parts).then(|| serde_json::from_slice::<Value>(body)) {
-        Some(Ok(json)) => Value::Array(vec!["json".into(), json]),
+        // The parsed value is canonical in key order and whitespace, but it parses numbers into
+        // 64 bits: the number literals as written keep `100000000000000000001` and
+        // `100000000000000000000` apart.
+        Some(Ok(json)) => Value::Array(vec![
+            "json".into(),
+            json,
+            number_literals(body).into_iter().map(Value::from).collect(),
+        ]),
         // Not JSON, or invalid JSON: the exact bytes count.
         _ => Value::Array(vec![
             "bytes".into(),
             idem_core::hex(&Sha256::digest(body)).into(),
         ]),
     };
+    let uri = request_uri(parts);
     let request = Value::Array(vec![
         parts.method.as_str().into(),
-        parts.uri.path().into(),
-        parts.uri.query().unwrap_or("").into(),
+        uri.path().into(),
+        uri.query().unwrap_or("").into(),
         body,
     ]);
     // A `Value` always serializes.
     Fingerprint::of(&request).unwrap_or(Fingerprint([0; 32]))
+}
+
+/// The request's URI as the client sent it: inside an axum router nested under a prefix, the
+/// request the layer sees has the prefix stripped, and two tenants' `/tenants/{id}/payments`
+/// would both read `/payments`.
+fn request_uri(parts: &Parts) -> &http::Uri {
+    #[cfg(feature = "axum")]
+    if let Some(original) = parts.extensions.get::<axum::extract::OriginalUri>() {
+        return &original.0;
+    }
+    &parts.uri
+}
+
+/// The number literals of a JSON text, as written, sorted: the same whatever the key order.
+fn number_literals(json: &[u8]) -> Vec<String> {
+    let mut literals = Vec::new();
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut start = None;
+    for (at, &byte) in json.iter().enumerate() {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        // A number starts with `-` or a digit, and goes on with digits, `.`, exponents, signs.
+        let starts = matches!(byte, b'-' | b'0'..=b'9');
+        let goes_on = starts || matches!(byte, b'+' | b'.' | b'e' | b'E');
+        match (start, starts, goes_on) {
+            (None, true, _) => start = Some(at),
+            (Some(from), _, false) => {
+                literals.push(String::from_utf8_lossy(&json[from..at]).into_owned());
+                start = None;
+            }
+            _ => {}
+        }
+        in_string = byte == b'"';
+    }
+    if let Some(from) = start {
+        literals.push(String::from_utf8_lossy(&json[from..]).into_owned());
+    }
+    literals.sort_unstable();
+    literals
 }
 
 /// `application/json`, or any `+json` type.
@@ -63,14 +118,19 @@ fn is_json(parts: &Parts) -> bool {
 }
 
 /// The key a request is stored under, within the layer's namespace: `{scope} {METHOD} {path}
-/// {key}`. The scope is a hash of the principal (`-` when there is none), so identities are not
-/// stored in clear; the method and path hold no spaces, so the parts cannot run into each other.
+/// {key}`. The scope is a hash of the principal (`-` when there is none); the method and path
+/// hold no spaces, so the parts cannot run into each other. The host is not in it: a retry may
+/// reach another instance under another name (tenants told apart by host need a `scope`).
 pub(crate) fn composite_key(scope: Option<&str>, parts: &Parts, key: &str) -> String {
     let scope = match scope {
         Some(scope) => idem_core::hex(&Sha256::digest(scope.as_bytes())[..16]),
         None => "-".to_owned(),
     };
-    format!("{scope} {} {} {key}", parts.method, parts.uri.path())
+    format!(
+        "{scope} {} {} {key}",
+        parts.method,
+        request_uri(parts).path()
+    )
 }
 
 #[cfg(test)]
@@ -115,6 +175,28 @@ mod tests {
         let invalid = default_fingerprint(&json, b"{\"a\":");
         assert_eq!(invalid, default_fingerprint(&json, b"{\"a\":"));
         assert_ne!(invalid, default_fingerprint(&json, b"{\"a\": "));
+    }
+
+    #[test]
+    fn json_numbers_count_as_written() {
+        let json = parts("POST", "/", Some("application/json"));
+        let print = |body: &str| default_fingerprint(&json, body.as_bytes());
+        assert_ne!(
+            print(r#"{"amount": 100000000000000000000001}"#),
+            print(r#"{"amount": 100000000000000000000000}"#)
+        );
+        assert_ne!(
+            print(r#"{"a": 0.10000000000000000001}"#),
+            print(r#"{"a": 0.1}"#)
+        );
+        assert_eq!(
+            print(r#"{"a": 1, "b": "x\"1", "c": [2.5, -3e7]}"#),
+            print(r#"{"c":[2.5,-3e7],"b":"x\"1","a":1}"#)
+        );
+        assert_eq!(
+            number_literals(br#"{"k":"12","n":-1.5e3,"m":[7,8],"t":true,"f":false}"#),
+            ["-1.5e3", "7", "8"]
+        );
     }
 
     #[test]

@@ -168,7 +168,11 @@ impl IdempotencyLayer {
     ///
     /// Authentication must run *before* this layer (as an outer layer), so that the principal
     /// is in the request when the layer reads it, and so that unauthenticated requests never
-    /// claim a key.
+    /// claim a key: a replay is answered without calling the handler, so authentication done
+    /// inside the handler (an extractor) does not guard replays. Without a scope, every
+    /// caller's keys share one space. Tenants told apart by host name need the host in the
+    /// scope (the key holds the method and the path, not the host, so that a retry that reaches
+    /// another instance under another name is still a duplicate).
     ///
     /// ```
     /// # use idem_core::{Idempotency, MemoryStore};
@@ -309,7 +313,8 @@ impl IdempotencyLayer {
         lifecycle.tasks.wait().await;
     }
 
-    /// How many handlers the layer is running now.
+    /// How many requests with keys the layer is handling now (reading their bodies, running
+    /// their handlers, or recording).
     pub fn in_flight(&self) -> usize {
         self.config.lifecycle.tasks.len()
     }

@@ -194,15 +194,24 @@ pub(crate) fn for_error(
                 .to_owned(),
             None,
         ),
+        // Fixed words where the error's own would show the store key (and so the key, the
+        // path and the principal's hash) or the store's address.
         Error::Store { .. } => (
             Rejection::StoreUnavailable,
-            format!("{err}; the handler did not run, retry later"),
+            "the idempotency store failed; the handler did not run, retry later".to_owned(),
             soon,
         ),
-        Error::Corrupt { .. } => (Rejection::RecordCorrupt, err.to_string(), None),
-        Error::LeaseLost { .. } | Error::NotRecorded { .. } => {
-            (Rejection::NotRecorded, err.to_string(), None)
-        }
+        Error::Corrupt { .. } => (
+            Rejection::RecordCorrupt,
+            "the stored response for this key cannot be read; the handler did not run".to_owned(),
+            None,
+        ),
+        Error::LeaseLost { .. } | Error::NotRecorded { .. } => (
+            Rejection::NotRecorded,
+            "the handler ran, but its result could not be recorded; a retry may run it again"
+                .to_owned(),
+            None,
+        ),
         _ => (Rejection::Misconfigured, err.to_string(), None),
     }
 }

@@ -113,6 +113,9 @@ where
         Err(err) => return reject(err.rejection(), &err.to_string(), None),
     };
     let lifecycle = &config.lifecycle;
+    // Counted as in flight from before the check, so that a `shutdown` that starts while this
+    // request's body arrives waits for its handler.
+    let in_flight = lifecycle.tasks.token();
     if lifecycle.closing.load(Ordering::SeqCst) {
         let detail = "the service is shutting down; retry against another instance, or later";
         return reject(
@@ -121,20 +124,6 @@ where
             Some(Duration::from_secs(1)),
         );
     }
-    let permit = match &config.capacity {
-        None => None,
-        Some(capacity) => match capacity.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                let detail = "too many requests with idempotency keys are in flight; retry later";
-                return reject(
-                    Rejection::OverCapacity,
-                    detail,
-                    Some(Duration::from_secs(1)),
-                );
-            }
-        },
-    };
     let (parts, body) = request.into_parts();
     let body = match read_request(body, config.max_request_body).await {
         Ok(body) => body,
@@ -149,6 +138,21 @@ where
             let detail = format!("the request body could not be read: {err}");
             return reject(Rejection::BodyUnreadable, &detail, None);
         }
+    };
+    // Taken once the body is in: a slow upload must not hold a slot.
+    let permit = match &config.capacity {
+        None => None,
+        Some(capacity) => match capacity.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                let detail = "too many requests with idempotency keys are in flight; retry later";
+                return reject(
+                    Rejection::OverCapacity,
+                    detail,
+                    Some(Duration::from_secs(1)),
+                );
+            }
+        },
     };
     let scope = config.scope.as_ref().and_then(|scope| scope(&parts));
     let fingerprint = (config.fingerprint)(&parts, &body);
@@ -172,6 +176,8 @@ where
             served
         }
     });
+    // The task is tracked now.
+    drop(in_flight);
     match task.await {
         Ok(served) => served,
         Err(join) if join.is_panic() => {
@@ -191,16 +197,16 @@ where
 }
 
 /// Why the handler's outcome is not a record.
-enum Failure<R, E> {
+enum Failure<E> {
     /// A response not to record, and what that means for the claim.
-    Response(R, OnError),
+    Unrecorded(OnError),
     /// The inner service failed (no response): the claim is released.
     Service(E),
     /// idem failed around the handler.
     Idem(Error),
 }
 
-impl<R, E> From<Error> for Failure<R, E> {
+impl<E> From<Error> for Failure<E> {
     fn from(err: Error) -> Self {
         Failure::Idem(err)
     }
@@ -222,10 +228,11 @@ where
 {
     // Taken by the handler when it runs; still here if the store failed before it.
     let mut pending = Some((inner, request));
-    // The handler's own response, whole, for this client (the record keeps fewer headers).
+    // The handler's own response, whole, for this client (the record keeps fewer headers),
+    // whatever becomes of the record.
     let mut first = None;
-    let classify = |failure: &Failure<_, _>| match failure {
-        Failure::Response(_, disposition) => *disposition,
+    let classify = |failure: &Failure<_>| match failure {
+        Failure::Unrecorded(disposition) => *disposition,
         Failure::Service(_) | Failure::Idem(_) => OnError::Release,
     };
     let outcome = config
@@ -243,8 +250,8 @@ where
                 disposition => disposition,
             };
             if disposition != OnError::Record {
-                let response = Response::from_parts(parts, BufferedBody::new(body));
-                return Err(Failure::Response(response, disposition));
+                first = Some(Response::from_parts(parts, BufferedBody::new(body)));
+                return Err(Failure::Unrecorded(disposition));
             }
             match read_response(body, config.max_response_body).await {
                 ResponseRead::Whole(bytes) => {
@@ -253,38 +260,37 @@ where
                     first = Some(Response::from_parts(parts, BufferedBody::full(bytes)));
                     Ok(recorded)
                 }
-                ResponseRead::Unrecordable(body) => Err(Failure::Response(
-                    Response::from_parts(parts, body),
-                    config.on_unrecordable,
-                )),
+                ResponseRead::Unrecordable(body) => {
+                    first = Some(Response::from_parts(parts, body));
+                    Err(Failure::Unrecorded(config.on_unrecordable))
+                }
             }
         })
         .await;
+    // The handler answered: the client gets its answer, recorded or not (a lost lease or a
+    // failed record is the next delivery's concern).
+    if let Some(response) = first {
+        return Ok(response);
+    }
     let reject = |rejection: Rejection, detail: &str, retry_after: Option<Duration>| {
         Ok(rejection.to_response(&config.problem_base, detail, retry_after))
     };
     let err = match outcome {
         Ok(recorded) => {
-            return match first {
-                Some(response) => Ok(response),
-                None => match recorded.replay() {
-                    Ok(response) => Ok(response),
-                    Err(reason) => reject(
-                        Rejection::RecordCorrupt,
-                        &format!("the stored response for this key is not a response: {reason}"),
-                        None,
-                    ),
-                },
+            return match recorded.replay() {
+                Ok(response) => Ok(response),
+                Err(reason) => reject(
+                    Rejection::RecordCorrupt,
+                    &format!("the stored response for this key is not a response: {reason}"),
+                    None,
+                ),
             };
         }
-        Err(Failure::Response(response, _)) => return Ok(response),
         Err(Failure::Service(err)) => return Err(err),
         Err(Failure::Idem(err)) => err,
+        // Only the handler returns this, and it left its response in `first`.
+        Err(Failure::Unrecorded(_)) => Error::invalid_option("the handler's response was lost"),
     };
-    // The handler ran and answered, and its record failed: the client gets the answer.
-    if let (Error::LeaseLost { .. } | Error::NotRecorded { .. }, Some(response)) = (&err, first) {
-        return Ok(response);
-    }
     match err {
         Error::Store { .. } if config.fail_open => match pending.take() {
             Some((inner, request)) => pass(inner, request).await,
