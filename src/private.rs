@@ -2,6 +2,7 @@
 //! release, which is why its path is versioned through the macro crate that emits it.
 
 use std::future::Future;
+use std::marker::PhantomData;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -17,7 +18,7 @@ use crate::{Error, Idempotency};
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be recorded by #[idempotent]: it must implement `serde::Serialize` and `serde::de::DeserializeOwned`",
     label = "`{Self}` must implement `Serialize` and `DeserializeOwned`",
-    note = "the value is recorded and replayed to duplicates; for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]`; for a response (such as axum's `Json` or `StatusCode`), return the data it is built from and build the response outside the function"
+    note = "the value is recorded and replayed to duplicates; for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]`; for axum's `Json<T>` or `(StatusCode, Json<T>)`, enable idem's `axum` feature; for another response, return the data it is built from and build the response outside the function"
 )]
 pub trait Recordable: Serialize + DeserializeOwned {}
 
@@ -271,6 +272,104 @@ pub trait ClassifiedJsonReturn: Sized {
     ) -> impl Future<Output = Self>;
 }
 
+/// How a function whose return type reads as a handler's (`Result<…Json…, E>`) is run: axum's
+/// `Json` responses by [`JsonReturn`], any other type (another crate's `Json`, such as sqlx's) as
+/// a plain value. Picked by method resolution (`(&returns_of(&body)).pick()`): the `Returns<R>`
+/// impl applies only where `R: JsonReturn`, and the `&Returns<R>` one everywhere.
+pub struct Returns<R>(PhantomData<R>);
+
+/// The [`Returns`] of a body's output.
+pub fn returns_of<F: Future>(_: &F) -> Returns<F::Output> {
+    Returns(PhantomData)
+}
+
+/// Runs a handler's `Json` response.
+pub struct AsJson<R>(PhantomData<R>);
+/// Runs any other result.
+pub struct AsValue<R>(PhantomData<R>);
+
+/// The pick for axum's `Json` responses.
+pub trait PickJson<R> {
+    /// The runner.
+    fn pick(&self) -> AsJson<R>;
+}
+
+impl<R: JsonReturn> PickJson<R> for Returns<R> {
+    fn pick(&self) -> AsJson<R> {
+        AsJson(PhantomData)
+    }
+}
+
+/// The pick for everything else.
+pub trait PickValue<R> {
+    /// The runner.
+    fn pick(&self) -> AsValue<R>;
+}
+
+impl<R> PickValue<R> for &Returns<R> {
+    fn pick(&self) -> AsValue<R> {
+        AsValue(PhantomData)
+    }
+}
+
+impl<R> AsJson<R> {
+    /// [`JsonReturn::run_idempotent`].
+    pub fn run_idempotent<Fut: Future<Output = R>>(
+        self,
+        runtime: Idempotency,
+        call: Call,
+        body: Fut,
+    ) -> impl Future<Output = R>
+    where
+        R: JsonReturn,
+    {
+        R::run_idempotent(runtime, call, body)
+    }
+
+    /// [`ClassifiedJsonReturn::run_idempotent_with`].
+    pub fn run_idempotent_with<Fut: Future<Output = R>>(
+        self,
+        runtime: Idempotency,
+        call: Call,
+        body: Fut,
+        on_error: impl Fn(&R::Error) -> OnError,
+    ) -> impl Future<Output = R>
+    where
+        R: ClassifiedJsonReturn,
+    {
+        R::run_idempotent_with(runtime, call, body, on_error)
+    }
+}
+
+impl<R> AsValue<R> {
+    /// [`IdempotentReturn::run_idempotent`].
+    pub fn run_idempotent<Fut: Future<Output = R>>(
+        self,
+        runtime: Idempotency,
+        call: Call,
+        body: Fut,
+    ) -> impl Future<Output = R>
+    where
+        R: IdempotentReturn,
+    {
+        R::run_idempotent(runtime, call, body)
+    }
+
+    /// [`ClassifiedReturn::run_idempotent_with`].
+    pub fn run_idempotent_with<Fut: Future<Output = R>>(
+        self,
+        runtime: Idempotency,
+        call: Call,
+        body: Fut,
+        on_error: impl Fn(&R::Error) -> OnError,
+    ) -> impl Future<Output = R>
+    where
+        R: ClassifiedReturn,
+    {
+        R::run_idempotent_with(runtime, call, body, on_error)
+    }
+}
+
 #[cfg(feature = "axum")]
 mod axum_handlers {
     use std::future::Future;
@@ -280,7 +379,8 @@ mod axum_handlers {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     use super::{
-        Call, ClassifiedJsonReturn, FromIdemError, Idempotency, JsonReturn, OnError, Recordable,
+        Call, ClassifiedJsonReturn, Error, FromIdemError, Idempotency, JsonReturn, OnError,
+        Recordable,
     };
 
     /// A status as recorded: its number, checked when read back (a bad one is a corrupt record).
@@ -304,12 +404,17 @@ mod axum_handlers {
     /// A handler's output as a value the runtime records, and back.
     trait HandlerResponse: Sized {
         type Record: Recordable;
+        /// Recorded, or (as the layer does for 5xx, 408, 425 and 429) released for a retry.
+        fn disposition(&self) -> OnError;
         fn record(self) -> Self::Record;
         fn replay(record: Self::Record) -> Self;
     }
 
     impl<T: Recordable> HandlerResponse for Json<T> {
         type Record = T;
+        fn disposition(&self) -> OnError {
+            OnError::Record
+        }
         fn record(self) -> T {
             self.0
         }
@@ -320,11 +425,58 @@ mod axum_handlers {
 
     impl<T: Recordable> HandlerResponse for (StatusCode, Json<T>) {
         type Record = (RecordedStatus, T);
+        fn disposition(&self) -> OnError {
+            idem_http::default_on_status(self.0)
+        }
         fn record(self) -> Self::Record {
             (RecordedStatus(self.0), self.1 .0)
         }
         fn replay((status, value): Self::Record) -> Self {
             (status.0, Json(value))
+        }
+    }
+
+    /// Why a handler's output is not a record: its own error, or a response not to record.
+    enum NotRecorded<E, R> {
+        Failed(E),
+        Response(R, OnError),
+    }
+
+    impl<E: From<Error>, R> From<Error> for NotRecorded<E, R> {
+        fn from(err: Error) -> Self {
+            NotRecorded::Failed(E::from(err))
+        }
+    }
+
+    /// Runs a handler, recording its response unless its status says to release it.
+    async fn run_handler<R, E, Fut>(
+        runtime: Idempotency,
+        call: Call,
+        body: Fut,
+        on_error: impl Fn(&E) -> OnError,
+    ) -> Result<R, E>
+    where
+        R: HandlerResponse,
+        E: FromIdemError,
+        Fut: Future<Output = Result<R, E>>,
+    {
+        let body = async move {
+            match body.await {
+                Ok(response) => match response.disposition() {
+                    OnError::Record => Ok(response.record()),
+                    disposition => Err(NotRecorded::Response(response, disposition)),
+                },
+                Err(err) => Err(NotRecorded::Failed(err)),
+            }
+        };
+        let classify = |failure: &NotRecorded<E, R>| match failure {
+            NotRecorded::Failed(err) => on_error(err),
+            NotRecorded::Response(_, disposition) => *disposition,
+        };
+        match runtime.run_with(call, classify, body).await {
+            Ok(record) => Ok(R::replay(record)),
+            Err(NotRecorded::Response(response, _)) => Ok(response),
+            Err(NotRecorded::Failed(err)) => Err(err),
         }
     }
 
@@ -337,8 +489,7 @@ mod axum_handlers {
             call: Call,
             body: Fut,
         ) -> Self {
-            let body = async move { body.await.map(R::record) };
-            runtime.run(call, body).await.map(R::replay)
+            run_handler(runtime, call, body, |_| OnError::Release).await
         }
     }
 
@@ -352,8 +503,7 @@ mod axum_handlers {
             body: Fut,
             on_error: impl Fn(&E) -> OnError,
         ) -> Self {
-            let body = async move { body.await.map(R::record) };
-            runtime.run_with(call, on_error, body).await.map(R::replay)
+            run_handler(runtime, call, body, on_error).await
         }
     }
 }

@@ -85,6 +85,27 @@ async fn refund(
     }))
 }
 
+/// 503 on its first execution, 201 after: the 503 must not be recorded.
+#[idempotent(key = key, using = &state.idem)]
+async fn busy_first(
+    State(state): State<AppState>,
+    key: IdempotencyKey,
+) -> Result<(StatusCode, Json<Receipt>), ApiError> {
+    let n = state.charges.fetch_add(1, Ordering::SeqCst) + 1;
+    let status = if n == 1 {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((
+        status,
+        Json(Receipt {
+            id: format!("busy_{n}"),
+            amount_cents: 0,
+        }),
+    ))
+}
+
 struct App {
     url: String,
     charges: Arc<AtomicU32>,
@@ -100,6 +121,7 @@ async fn start() -> App {
     let router = Router::new()
         .route("/payments", post(create_payment))
         .route("/refunds", post(refund))
+        .route("/busy", post(busy_first))
         .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -210,4 +232,22 @@ async fn a_handler_returning_json_gets_409_while_in_flight() {
     let (_, replayed) = app.post("/refunds", Some("r-1"), "{}").await;
     assert_eq!(replayed, receipt);
     assert_eq!(app.charges.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handlers_5xx_is_released_like_the_layers() {
+    let app = start().await;
+    let (status, first) = app.post("/busy", Some("b-1"), "{}").await;
+    assert_eq!(
+        (status, first["id"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("busy_1"))
+    );
+    let (status, retried) = app.post("/busy", Some("b-1"), "{}").await;
+    assert_eq!(
+        (status, retried["id"].as_str()),
+        (StatusCode::CREATED, Some("busy_2"))
+    );
+    let (status, replayed) = app.post("/busy", Some("b-1"), "{}").await;
+    assert_eq!((status, &replayed), (StatusCode::CREATED, &retried));
+    assert_eq!(app.charges.load(Ordering::SeqCst), 2);
 }

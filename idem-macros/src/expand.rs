@@ -77,8 +77,6 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
     // feature, whose traits have the same methods as the plain ones.
     let json = shape.ret().is_some_and(returns_json) && !args.record_errors;
     let return_trait = match (args.record_errors, args.on_error.is_some()) {
-        (false, false) if json => quote!(#private::JsonReturn),
-        (false, true) if json => quote!(#private::ClassifiedJsonReturn),
         (false, false) => quote!(#private::IdempotentReturn),
         (true, false) => quote!(#private::RecordedErrorsReturn),
         (false, true) => quote!(#private::ClassifiedReturn),
@@ -101,6 +99,22 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
     let run = |ret: Option<&Type>, body: TokenStream| {
         let span = ret.map_or_else(Span::call_site, Spanned::span);
         let run_fn = Ident::new(run_fn, span);
+        if json {
+            // Axum's `Json` responses, or another crate's `Json` as a plain value: picked by
+            // method resolution, since the macro cannot tell the two apart by name.
+            let body_var = Ident::new("__idem_body", Span::mixed_site());
+            let returns_of = respanned(quote!(#private::returns_of), span);
+            let picks = respanned(quote!(#private::{PickJson as _, PickValue as _}), span);
+            return quote_spanned! {span=>
+            {
+                // One of the two is picked; the other is unused.
+                #[allow(unused_imports)]
+                use #picks;
+                let #body_var = async move { #body };
+                (&#returns_of(&#body_var)).pick().#run_fn(#runtime_var, #call_var, #body_var #on_error).await
+            }
+            };
+        }
         let return_trait = respanned(return_trait.clone(), span);
         quote_spanned! {span=>
         #return_trait::#run_fn(#runtime_var, #call_var, async move { #body } #on_error).await
