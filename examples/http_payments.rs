@@ -54,7 +54,9 @@ async fn create_payment(
 ) -> Response {
     // The payment gateway's round trip.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut ledger = ledger.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut ledger = ledger
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let key = key.map(|key| key.to_string()).unwrap_or_default();
     if request.simulate_gateway_error && !ledger.failed_once.contains(&key) {
         ledger.failed_once.push(key);
@@ -80,7 +82,9 @@ async fn create_payment(
 }
 
 async fn list_payments(State(ledger): State<Shared>) -> Json<Vec<Charge>> {
-    let ledger = ledger.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ledger = ledger
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     Json(ledger.charges.clone())
 }
 
@@ -90,7 +94,10 @@ async fn runtime() -> Result<Idempotency, Box<dyn std::error::Error>> {
         #[cfg(feature = "redis")]
         Ok(url) => {
             let store = idem::redis::RedisStore::connect(&url).await?;
-            println!("records in Redis at {}", url.rsplit('@').next().unwrap_or(&url));
+            println!(
+                "records in Redis at {}",
+                url.rsplit('@').next().unwrap_or(&url)
+            );
             Ok(Idempotency::new(store).with_key_prefix("http-payments:"))
         }
         #[cfg(not(feature = "redis"))]
