@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo run --release -p idem-bench -- [--rounds 3] [--block-ms 1000] [--tasks 1,16,64,256]
-//!                                      [--suite redis,memory] [--chart docs/benchmarks.svg]
+//!                                      [--suite redis,memory,postgres,http,http-redis]
+//!                                      [--chart docs/benchmarks.svg]
 //! ```
 //!
 //! It starts its own `redis-server` on a free port unless `REDIS_URL` names one.
@@ -18,6 +19,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use idem::redis::RedisStore;
+use idem::{Idempotency, MemoryStore};
 use idem_test_servers::{PostgresServer, RedisServer};
 
 use crate::measure::Keys;
@@ -33,6 +36,10 @@ enum Suite {
     Redis,
     Memory,
     Postgres,
+    /// An axum route with and without the `Idempotency-Key` layer, on the memory store.
+    HttpMemory,
+    /// The same on Redis.
+    HttpRedis,
 }
 
 impl Suite {
@@ -41,6 +48,8 @@ impl Suite {
             Suite::Redis => "Redis",
             Suite::Memory => "memory",
             Suite::Postgres => "PostgreSQL",
+            Suite::HttpMemory => "HTTP, memory",
+            Suite::HttpRedis => "HTTP, Redis",
         }
     }
 }
@@ -58,7 +67,7 @@ struct Options {
 }
 
 const USAGE: &str = "usage: idem-bench [--rounds N (3)] [--block-ms MS (1000)] \
-[--tasks 1,16,64,256] [--suite redis,memory] [--chart FILE.svg] \
+[--tasks 1,16,64,256] [--suite redis,memory,postgres,http,http-redis] [--chart FILE.svg] \
 [--only SIDE] [--workload first|replay]\n\
 Starts its own redis-server on a free port unless REDIS_URL is set.";
 
@@ -91,9 +100,11 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
                         "redis" => Ok(Suite::Redis),
                         "memory" => Ok(Suite::Memory),
                         "postgres" => Ok(Suite::Postgres),
+                        "http" => Ok(Suite::HttpMemory),
+                        "http-redis" => Ok(Suite::HttpRedis),
                         other => Err(format!(
-                            "unknown suite `{other}`: use redis, memory or postgres"
-                        )),
+                        "unknown suite `{other}`: use redis, memory, postgres, http or http-redis"
+                    )),
                     })
                     .collect::<Result<_, _>>()?
             }
@@ -158,7 +169,10 @@ async fn run(options: &Options) -> Result<bool, String> {
     let mut server = None;
     let url = match std::env::var("REDIS_URL") {
         Ok(url) => url,
-        Err(_) if options.suites.contains(&Suite::Redis) => {
+        Err(_)
+            if options.suites.contains(&Suite::Redis)
+                || options.suites.contains(&Suite::HttpRedis) =>
+        {
             let started = RedisServer::start();
             let url = started.url();
             server = Some(started);
@@ -191,6 +205,23 @@ async fn run(options: &Options) -> Result<bool, String> {
                 Side::cached(&url),
             ],
             Suite::Memory => vec![Side::idem_memory(), Side::Bare, Side::mutex_map()],
+            Suite::HttpMemory => vec![
+                Side::http(Some(Idempotency::new(MemoryStore::new())))
+                    .await
+                    .map_err(|err| err.0)?,
+                Side::http(None).await.map_err(|err| err.0)?,
+            ],
+            Suite::HttpRedis => {
+                let store = RedisStore::connect(&url)
+                    .await
+                    .map_err(|err| err.to_string())?;
+                vec![
+                    Side::http(Some(Idempotency::new(store)))
+                        .await
+                        .map_err(|err| err.0)?,
+                    Side::http(None).await.map_err(|err| err.0)?,
+                ]
+            }
             Suite::Postgres => {
                 let connections = options.tasks.iter().copied().max().unwrap_or(1) as u32 + 4;
                 Side::postgres(&postgres_url, connections)
@@ -236,7 +267,7 @@ async fn run(options: &Options) -> Result<bool, String> {
                         .await;
                         let ran = EXECUTIONS.load(Ordering::Relaxed) - executions;
                         let runs_every_call =
-                            ["bare call", "bare transaction"].contains(&cell.side);
+                            ["bare call", "bare transaction", "bare route"].contains(&cell.side);
                         if workload == Workload::Replay && !runs_every_call && ran > 0 {
                             sample.errors += ran;
                             sample

@@ -5,7 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use axum::body::Bytes;
 use cached::macros::concurrent_cached;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use idem::http::IdempotencyLayer;
 use idem::postgres::sqlx::postgres::PgPoolOptions;
 use idem::postgres::sqlx::{self, PgConnection, PgPool};
 use idem::postgres::PostgresStore;
@@ -112,6 +118,9 @@ pub(crate) enum Side {
     /// What people write instead: a dedupe table in the same transaction, `INSERT ... ON
     /// CONFLICT DO NOTHING`, then the row (or, on a conflict, the stored result).
     DedupeTable(PgPool),
+    /// An axum route on a loopback port, behind idem's `Idempotency-Key` layer or not, called
+    /// by a hyper client.
+    Http(HttpSide),
 }
 
 impl Side {
@@ -172,9 +181,36 @@ impl Side {
         ])
     }
 
+    /// The same axum route on a loopback port, behind idem's layer (`Some`) or bare.
+    pub(crate) async fn http(idem: Option<Idempotency>) -> Result<Side, BenchError> {
+        let failed = |err: std::io::Error| BenchError(err.to_string());
+        let route = axum::Router::new().route("/charge", axum::routing::post(charge_route));
+        let layered = idem.is_some();
+        let app = match idem {
+            Some(idem) => route.layer(IdempotencyLayer::new(
+                idem.with_retention(RETENTION)
+                    .with_key_prefix(format!("{}http:", run_prefix())),
+            )),
+            None => route,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(failed)?;
+        let url = format!("http://{}/charge", listener.local_addr().map_err(failed)?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Ok(Side::Http(HttpSide {
+            client,
+            url,
+            layered,
+        }))
+    }
+
     /// The side's name in tables and the chart.
     pub(crate) fn name(&self) -> &'static str {
         match self {
+            Side::Http(side) if side.layered => "idem",
+            Side::Http(_) => "bare route",
             Side::IdemTransaction(_) => "idem",
             Side::BareTransaction(_) => "bare transaction",
             Side::DedupeTable(_) => "dedupe table",
@@ -200,6 +236,7 @@ impl Side {
             Side::IdemTransaction(service) => service.book(key).await,
             Side::BareTransaction(pool) => bare_transaction(pool, key).await,
             Side::DedupeTable(pool) => dedupe_table(pool, key).await,
+            Side::Http(side) => side.charge(key).await,
         }
         .map_err(|BenchError(message)| message)?;
         if receipt.key == key {
@@ -400,4 +437,53 @@ async fn mutex_map_charge(
         .map_err(|_| BenchError("the map's lock is poisoned".into()))?
         .insert(key, Some(receipt.clone()));
     Ok(receipt)
+}
+
+/// An HTTP side: the client and the route's address.
+pub(crate) struct HttpSide {
+    client: Client<HttpConnector, Full<Bytes>>,
+    url: String,
+    layered: bool,
+}
+
+impl HttpSide {
+    /// `POST /charge` with the key as `Idempotency-Key` and in the JSON body.
+    async fn charge(&self, key: u64) -> Result<Receipt, BenchError> {
+        let failed = |err: &dyn std::fmt::Display| BenchError(err.to_string());
+        let request = axum::http::Request::post(&self.url)
+            .header("idempotency-key", key)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(format!("{{\"key\":{key}}}"))))
+            .map_err(|err| failed(&err))?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|err| failed(&err))?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|err| failed(&err))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(BenchError(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&body)
+            )));
+        }
+        serde_json::from_slice(&body).map_err(|err| failed(&err))
+    }
+}
+
+/// What the route is sent.
+#[derive(Deserialize)]
+struct ChargeRequest {
+    key: u64,
+}
+
+/// The route: the trivial body, its receipt as JSON.
+async fn charge_route(axum::Json(request): axum::Json<ChargeRequest>) -> axum::Json<Receipt> {
+    axum::Json(body(request.key).await)
 }
