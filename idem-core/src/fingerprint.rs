@@ -21,38 +21,62 @@ impl Fingerprint {
             what: "the request fingerprint",
             source,
         })?;
-        let mut hasher = Sha256::new();
-        write_canonical(&mut hasher, &value);
-        Ok(Fingerprint(hasher.finalize().into()))
+        Ok(Self::of_value(&value))
+    }
+
+    /// The fingerprint of a JSON value (what [`of`](Self::of) computes, without converting a
+    /// value that already is JSON).
+    pub fn of_value(request: &Value) -> Self {
+        let mut hasher = HashWriter(Sha256::new());
+        write_canonical(&mut hasher, request);
+        Fingerprint(hasher.0.finalize().into())
+    }
+}
+
+/// Feeds what is written to the hasher.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
 /// Feeds `value` to the hasher with sorted map keys and unambiguous framing.
-fn write_canonical(hasher: &mut Sha256, value: &Value) {
+fn write_canonical(hasher: &mut HashWriter, value: &Value) {
     match value {
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
             entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            hasher.update(b"{");
+            hasher.0.update(b"{");
             for (key, value) in entries {
-                write_canonical(hasher, &Value::String(key.clone()));
-                hasher.update(b":");
+                write_scalar(hasher, key);
+                hasher.0.update(b":");
                 write_canonical(hasher, value);
-                hasher.update(b",");
+                hasher.0.update(b",");
             }
-            hasher.update(b"}");
+            hasher.0.update(b"}");
         }
         Value::Array(items) => {
-            hasher.update(b"[");
+            hasher.0.update(b"[");
             for item in items {
                 write_canonical(hasher, item);
-                hasher.update(b",");
+                hasher.0.update(b",");
             }
-            hasher.update(b"]");
+            hasher.0.update(b"]");
         }
-        // Scalars print unambiguously as JSON (strings quoted and escaped).
-        scalar => hasher.update(scalar.to_string().as_bytes()),
+        scalar => write_scalar(hasher, scalar),
     }
+}
+
+/// A scalar (or a key) as its JSON text, unambiguous (strings quoted and escaped).
+fn write_scalar<T: Serialize + ?Sized>(hasher: &mut HashWriter, scalar: &T) {
+    // Writing a string, number, bool or null into a hasher cannot fail.
+    let _ = serde_json::to_writer(hasher, scalar);
 }
 
 #[cfg(test)]
@@ -111,6 +135,21 @@ mod tests {
                 assert_ne!(fps[i], fps[j]);
             }
         }
+    }
+
+    /// Fingerprints are stored with records: a change to their bytes would make every retry
+    /// across an upgrade a `KeyReused`.
+    #[test]
+    fn fingerprints_are_stable_across_versions() {
+        let request = serde_json::json!({
+            "b": [1, -2.5, "x\"y", null, true, {"z": {}, "a": []}],
+            "a": "caf\u{e9}",
+            "c": 18446744073709551615u64,
+        });
+        assert_eq!(
+            crate::hex(&Fingerprint::of(&request).unwrap().0),
+            "f53e89fbecfc7b327c9e8eb534a6672d30614c724afad653f6f4d4a198bec1a9"
+        );
     }
 
     #[test]
