@@ -48,8 +48,7 @@ pub fn default_fingerprint(parts: &Parts, body: &[u8]) -> Fingerprint {
         uri.query().unwrap_or("").into(),
         body,
     ]);
-    // A `Value` always serializes.
-    Fingerprint::of(&request).unwrap_or(Fingerprint([0; 32]))
+    Fingerprint::of_value(&request)
 }
 
 /// The request's URI as the client sent it: inside an axum router nested under a prefix, the

@@ -256,7 +256,7 @@ where
             match read_response(body, config.max_response_body).await {
                 ResponseRead::Whole(bytes) => {
                     let replayed = |name: &http::HeaderName| config.replayed_headers.contains(name);
-                    let recorded = RecordedResponse::capture(&parts, &bytes, replayed);
+                    let recorded = RecordedResponse::capture(&parts, bytes.clone(), replayed);
                     first = Some(Response::from_parts(parts, BufferedBody::full(bytes)));
                     Ok(recorded)
                 }
@@ -276,16 +276,8 @@ where
         Ok(rejection.to_response(&config.problem_base, detail, retry_after))
     };
     let err = match outcome {
-        Ok(recorded) => {
-            return match recorded.replay() {
-                Ok(response) => Ok(response),
-                Err(reason) => reject(
-                    Rejection::RecordCorrupt,
-                    &format!("the stored response for this key is not a response: {reason}"),
-                    None,
-                ),
-            };
-        }
+        // A record that is not a response failed to decode: `Error::Corrupt`, below.
+        Ok(recorded) => return Ok(recorded.replay()),
         Err(Failure::Service(err)) => return Err(err),
         Err(Failure::Idem(err)) => err,
         // Only the handler returns this, and it left its response in `first`.
