@@ -1,4 +1,4 @@
-//! axum 0.8 integration (feature `axum`): [`IdempotencyKey`] as an extractor.
+//! axum 0.8 integration: [`IdempotencyKey`] as an extractor.
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};

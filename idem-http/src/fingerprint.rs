@@ -55,44 +55,81 @@ pub fn default_fingerprint(parts: &Parts, body: &[u8]) -> Fingerprint {
 /// request the layer sees has the prefix stripped, and two tenants' `/tenants/{id}/payments`
 /// would both read `/payments`.
 fn request_uri(parts: &Parts) -> &http::Uri {
-    #[cfg(feature = "axum")]
     if let Some(original) = parts.extensions.get::<axum::extract::OriginalUri>() {
         return &original.0;
     }
     &parts.uri
 }
 
-/// The number literals of a JSON text, as written, sorted: the same whatever the key order.
+/// The number literals of a (valid) JSON text as written, each with its path (object keys,
+/// decoded, and array indices), sorted: the same whatever the key order or whitespace, and
+/// different when two numbers trade places.
 fn number_literals(json: &[u8]) -> Vec<String> {
-    let mut literals = Vec::new();
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut start = None;
-    for (at, &byte) in json.iter().enumerate() {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
+    /// Where the scanner is: in an object (its current key, and whether a key comes next) or
+    /// in an array (the current index).
+    enum Frame {
+        Object { key: String, expect_key: bool },
+        Array { index: usize },
+    }
+    let path = |frames: &[Frame]| {
+        let mut path = String::new();
+        for frame in frames {
+            match frame {
+                // A key as a JSON string: quoted and escaped, so paths cannot run together.
+                Frame::Object { key, .. } => {
+                    path.push_str(&serde_json::to_string(key).unwrap_or_default());
+                }
+                Frame::Array { index } => path.push_str(&format!("[{index}]")),
             }
-            continue;
         }
-        // A number starts with `-` or a digit, and goes on with digits, `.`, exponents, signs.
-        let starts = matches!(byte, b'-' | b'0'..=b'9');
-        let goes_on = starts || matches!(byte, b'+' | b'.' | b'e' | b'E');
-        match (start, starts, goes_on) {
-            (None, true, _) => start = Some(at),
-            (Some(from), _, false) => {
-                literals.push(String::from_utf8_lossy(&json[from..at]).into_owned());
-                start = None;
+        path
+    };
+    let mut literals = Vec::new();
+    let mut frames: Vec<Frame> = Vec::new();
+    let mut at = 0;
+    while at < json.len() {
+        let byte = json[at];
+        match byte {
+            b'{' => frames.push(Frame::Object {
+                key: String::new(),
+                expect_key: true,
+            }),
+            b'[' => frames.push(Frame::Array { index: 0 }),
+            b'}' | b']' => {
+                frames.pop();
+            }
+            b',' => match frames.last_mut() {
+                Some(Frame::Array { index }) => *index += 1,
+                Some(Frame::Object { expect_key, .. }) => *expect_key = true,
+                None => {}
+            },
+            b'"' => {
+                let start = at;
+                at += 1;
+                while at < json.len() && json[at] != b'"' {
+                    at += if json[at] == b'\\' { 2 } else { 1 };
+                }
+                if let Some(Frame::Object { key, expect_key }) = frames.last_mut() {
+                    if *expect_key {
+                        let raw = &json[start..(at + 1).min(json.len())];
+                        *key = serde_json::from_slice(raw).unwrap_or_default();
+                        *expect_key = false;
+                    }
+                }
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = at;
+                while at + 1 < json.len()
+                    && matches!(json[at + 1], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                {
+                    at += 1;
+                }
+                let literal = String::from_utf8_lossy(&json[start..=at]);
+                literals.push(format!("{}={literal}", path(&frames)));
             }
             _ => {}
         }
-        in_string = byte == b'"';
-    }
-    if let Some(from) = start {
-        literals.push(String::from_utf8_lossy(&json[from..]).into_owned());
+        at += 1;
     }
     literals.sort_unstable();
     literals
@@ -193,8 +230,22 @@ mod tests {
             print(r#"{"c":[2.5,-3e7],"b":"x\"1","a":1}"#)
         );
         assert_eq!(
-            number_literals(br#"{"k":"12","n":-1.5e3,"m":[7,8],"t":true,"f":false}"#),
-            ["-1.5e3", "7", "8"]
+            number_literals(br#"{"k":"1\"2","n":-1.5e3,"m":[7,{"x":8}],"t":true,"f":false}"#),
+            [r#""m"[0]=7"#, r#""m"[1]"x"=8"#, r#""n"=-1.5e3"#]
+        );
+        // Numbers that parse alike but trade places are another request.
+        assert_ne!(
+            print(r#"{"from": 100000000000000000000001, "to": 100000000000000000000002}"#),
+            print(r#"{"from": 100000000000000000000002, "to": 100000000000000000000001}"#)
+        );
+        assert_ne!(
+            print("[0.10000000000000000001, 0.10000000000000000002]"),
+            print("[0.10000000000000000002, 0.10000000000000000001]")
+        );
+        // Escaped and plain keys are the same key.
+        assert_eq!(
+            print(r#"{"\u0041": 100000000000000000000001}"#),
+            print(r#"{"A": 100000000000000000000001}"#)
         );
     }
 

@@ -1,7 +1,6 @@
 //! The layer's options, and the layer itself.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,11 +87,10 @@ pub(crate) struct Config {
     pub(crate) lifecycle: Arc<Lifecycle>,
 }
 
-/// The handlers in flight, shared by every clone of a layer.
+/// The requests in flight, shared by every clone of a layer; closed by `shutdown`.
 #[derive(Default)]
 pub(crate) struct Lifecycle {
     pub(crate) tasks: TaskTracker,
-    pub(crate) closing: AtomicBool,
 }
 
 /// What a response's status means for its record by default: 5xx, 408 Request Timeout, 425 Too
@@ -307,10 +305,9 @@ impl IdempotencyLayer {
     /// after `axum::serve(...).with_graceful_shutdown(...)` returns), on a clone of the layer
     /// given to the router.
     pub async fn shutdown(&self) {
-        let lifecycle = &self.config.lifecycle;
-        lifecycle.closing.store(true, Ordering::SeqCst);
-        lifecycle.tasks.close();
-        lifecycle.tasks.wait().await;
+        let tasks = &self.config.lifecycle.tasks;
+        tasks.close();
+        tasks.wait().await;
     }
 
     /// How many requests with keys the layer is handling now (reading their bodies, running

@@ -3,7 +3,6 @@
 //! See [`IdempotencyLayer`] for what it does per request, and `docs/http.md` in the repository
 //! for the draft's requirements, point by point, with the test that checks each.
 
-#[cfg(feature = "axum")]
 mod axum;
 mod body;
 mod fingerprint;

@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -116,7 +115,9 @@ where
     // Counted as in flight from before the check, so that a `shutdown` that starts while this
     // request's body arrives waits for its handler.
     let in_flight = lifecycle.tasks.token();
-    if lifecycle.closing.load(Ordering::SeqCst) {
+    // The tracker's own state, not a flag of ours: one atomic orders this check against
+    // `shutdown`'s close, so that either this request is refused or `shutdown` waits for it.
+    if lifecycle.tasks.is_closed() {
         let detail = "the service is shutting down; retry against another instance, or later";
         return reject(
             Rejection::ShuttingDown,
