@@ -15,10 +15,21 @@ use crate::{Error, Idempotency};
 
 /// A value `#[idempotent]` can record and replay: one bound, so that a type lacking either half
 /// gets one error that names both.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be recorded by #[idempotent]: it must implement `serde::Serialize` and `serde::de::DeserializeOwned`",
-    label = "`{Self}` must implement `Serialize` and `DeserializeOwned`",
-    note = "the value is recorded and replayed to duplicates; for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]`; for axum's `Json<T>` or `(StatusCode, Json<T>)`, enable idem's `axum` feature; for another response, return the data it is built from and build the response outside the function"
+#[cfg_attr(
+    not(feature = "axum"),
+    diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be recorded by #[idempotent]: it must implement `serde::Serialize` and `serde::de::DeserializeOwned`",
+        label = "`{Self}` must implement `Serialize` and `DeserializeOwned`",
+        note = "the value is recorded and replayed to duplicates; for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]`; for axum's `Json<T>` or `(StatusCode, Json<T>)`, enable idem's `axum` feature; for another response, return the data it is built from and build the response outside the function"
+    )
+)]
+#[cfg_attr(
+    feature = "axum",
+    diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be recorded by #[idempotent]: it must implement `serde::Serialize` and `serde::de::DeserializeOwned`",
+        label = "`{Self}` must implement `Serialize` and `DeserializeOwned`",
+        note = "the value is recorded and replayed to duplicates; for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]`; axum's `Json<T>` and `(StatusCode, Json<T>)` are recorded when the return type names them as `Result<Json<T>, E>` or `Result<(StatusCode, Json<T>), E>` (not through an alias or a renamed import, and without `record_errors` or `transaction`); for another response, return the data it is built from and build the response outside the function, or use `idem::http::IdempotencyLayer`"
+    )
 )]
 pub trait Recordable: Serialize + DeserializeOwned {}
 
@@ -274,8 +285,9 @@ pub trait ClassifiedJsonReturn: Sized {
 
 /// How a function whose return type reads as a handler's (`Result<…Json…, E>`) is run: axum's
 /// `Json` responses by [`JsonReturn`], any other type (another crate's `Json`, such as sqlx's) as
-/// a plain value. Picked by method resolution (`(&returns_of(&body)).pick()`): the `Returns<R>`
-/// impl applies only where `R: JsonReturn`, and the `&Returns<R>` one everywhere.
+/// a plain value. Picked by method resolution (`(&returns_of(&body)).__idem_pick()`): the
+/// `Returns<R>` impl applies where `R` has the shape of an axum response (whatever its `T` and
+/// `E`, so that a missing bound on them is reported as such), the `&Returns<R>` one everywhere.
 pub struct Returns<R>(PhantomData<R>);
 
 /// The [`Returns`] of a body's output.
@@ -290,12 +302,15 @@ pub struct AsValue<R>(PhantomData<R>);
 
 /// The pick for axum's `Json` responses.
 pub trait PickJson<R> {
-    /// The runner.
-    fn pick(&self) -> AsJson<R>;
+    /// The runner (a name no user trait in scope will have).
+    fn __idem_pick(&self) -> AsJson<R>;
 }
 
-impl<R: JsonReturn> PickJson<R> for Returns<R> {
-    fn pick(&self) -> AsJson<R> {
+/// `Result<Json<T>, E>` and `Result<(StatusCode, Json<T>), E>` of axum, for any `T` and `E`.
+pub trait AxumResponse {}
+
+impl<R: AxumResponse> PickJson<R> for Returns<R> {
+    fn __idem_pick(&self) -> AsJson<R> {
         AsJson(PhantomData)
     }
 }
@@ -303,11 +318,11 @@ impl<R: JsonReturn> PickJson<R> for Returns<R> {
 /// The pick for everything else.
 pub trait PickValue<R> {
     /// The runner.
-    fn pick(&self) -> AsValue<R>;
+    fn __idem_pick(&self) -> AsValue<R>;
 }
 
 impl<R> PickValue<R> for &Returns<R> {
-    fn pick(&self) -> AsValue<R> {
+    fn __idem_pick(&self) -> AsValue<R> {
         AsValue(PhantomData)
     }
 }
@@ -382,6 +397,9 @@ mod axum_handlers {
         Call, ClassifiedJsonReturn, Error, FromIdemError, Idempotency, JsonReturn, OnError,
         Recordable,
     };
+
+    impl<T, E> super::AxumResponse for Result<Json<T>, E> {}
+    impl<T, E> super::AxumResponse for Result<(StatusCode, Json<T>), E> {}
 
     /// A status as recorded: its number, checked when read back (a bad one is a corrupt record).
     struct RecordedStatus(StatusCode);
@@ -480,9 +498,6 @@ mod axum_handlers {
         }
     }
 
-    // `do_not_recommend`: report `JsonReturn`'s message, which says what to return, and not
-    // this module's private trait.
-    #[diagnostic::do_not_recommend]
     impl<R: HandlerResponse, E: FromIdemError> JsonReturn for Result<R, E> {
         async fn run_idempotent<Fut: Future<Output = Self>>(
             runtime: Idempotency,
@@ -493,7 +508,6 @@ mod axum_handlers {
         }
     }
 
-    #[diagnostic::do_not_recommend]
     impl<R: HandlerResponse, E: FromIdemError> ClassifiedJsonReturn for Result<R, E> {
         type Error = E;
 

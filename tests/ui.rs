@@ -1,8 +1,9 @@
 //! Compile tests of `#[idempotent]`: every supported signature shape compiles (`pass/`), and
 //! every misuse gives one precise error (`fail/`, with the expected `.stderr`).
 //!
-//! After an intended change to a message, regenerate with `TRYBUILD=overwrite cargo test --test ui`
-//! and review the diff.
+//! After an intended change to a message, regenerate with `TRYBUILD=overwrite cargo test
+//! --all-features --test ui` and review the diff. The expected output is that of the README's
+//! test command, `--all-features`: some notes say more when the `axum` feature is on.
 
 use std::fs;
 use std::path::Path;
@@ -12,6 +13,12 @@ fn ui() {
     let cases = trybuild::TestCases::new();
     cases.pass("tests/ui/pass/*.rs");
     cases.compile_fail("tests/ui/fail/*.rs");
+    // Handlers returning axum's own `Json` (the feature brings axum in).
+    #[cfg(feature = "axum")]
+    {
+        cases.pass("tests/ui/axum/pass/*.rs");
+        cases.compile_fail("tests/ui/axum/fail/*.rs");
+    }
 }
 
 /// A misuse costs one error: each `fail/` case has exactly as many errors in its expected output
@@ -21,9 +28,16 @@ fn ui() {
 /// incremental build may print an error twice, identical.)
 #[test]
 fn each_misuse_is_one_error() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ui/fail");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut dirs = vec![root.join("tests/ui/fail")];
+    if cfg!(feature = "axum") {
+        dirs.push(root.join("tests/ui/axum/fail"));
+    }
     let mut checked = 0;
-    for entry in fs::read_dir(&dir).expect("tests/ui/fail is readable") {
+    let entries = dirs
+        .iter()
+        .flat_map(|dir| fs::read_dir(dir).expect("a fail directory is readable"));
+    for entry in entries {
         let path = entry.expect("a directory entry").path();
         if path.extension().is_none_or(|ext| ext != "rs") {
             continue;
@@ -46,9 +60,5 @@ fn each_misuse_is_one_error() {
         );
         checked += 1;
     }
-    assert!(
-        checked >= 10,
-        "only {checked} cases found in {}",
-        dir.display()
-    );
+    assert!(checked >= 10, "only {checked} cases found in {dirs:?}");
 }

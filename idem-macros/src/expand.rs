@@ -111,7 +111,7 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
                 #[allow(unused_imports)]
                 use #picks;
                 let #body_var = async move { #body };
-                (&#returns_of(&#body_var)).pick().#run_fn(#runtime_var, #call_var, #body_var #on_error).await
+                (&#returns_of(&#body_var)).__idem_pick().#run_fn(#runtime_var, #call_var, #body_var #on_error).await
             }
             };
         }
