@@ -39,8 +39,8 @@ pub use memory::MemoryStore;
 pub use outcome::{served, OnError, Served};
 pub use record::{Outcome, Record, MAX_FINGERPRINT, RECORD_VERSION};
 pub use runtime::{
-    Call, Idempotency, OnInProgress, DEFAULT_KEY_PREFIX, DEFAULT_LEASE, DEFAULT_RETENTION,
-    MAX_DURATION, MIN_LEASE,
+    Call, Claimed, Idempotency, OnInProgress, Started, DEFAULT_KEY_PREFIX, DEFAULT_LEASE,
+    DEFAULT_RETENTION, MAX_DURATION, MIN_LEASE,
 };
 pub use store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
 pub use transaction::{TransactionBegun, TransactionClaim, TransactionalStore};

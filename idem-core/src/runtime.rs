@@ -432,17 +432,61 @@ impl Idempotency {
                 fingerprint,
                 record,
                 waited,
-            }) => {
-                return match decode_replay(&key, &fingerprint, &record, &errors) {
-                    Ok(replayed) if waited => (replayed, Served::Waited),
-                    Ok(replayed) => (replayed, Served::Replayed),
-                    // Another request's record (`KeyReused`) or an unreadable one (`Corrupt`)
-                    // replays nothing: the call failed before the body.
-                    Err(err) => (Err(err.into()), Served::NotRun),
-                };
-            }
+            }) => return replayed(&key, &fingerprint, &record, waited, &errors),
             Err(err) => return (Err(err.into()), Served::NotRun),
         };
+        (
+            self.execute_claimed(claim, body, errors).await,
+            Served::Executed,
+        )
+    }
+
+    /// Claims `call`'s key and stops there: the recorded result if there is one (the body must
+    /// not run), or the claim, to run the body under with [`Claimed::run_with`]. For callers
+    /// that run the body somewhere else than where they claim, such as on a task of its own;
+    /// [`run_with`](Self::run_with) is both steps in one. Results recorded as errors are not
+    /// read here (`Error::Corrupt`).
+    pub async fn start<T>(&self, call: Call) -> Result<Started<T>, Error>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        let (replayed, served) = match self.begin(call).await? {
+            Begun::Claimed(claim) => {
+                return Ok(Started::Claimed(Claimed {
+                    runtime: self.clone(),
+                    claim,
+                }))
+            }
+            Begun::Replay {
+                key,
+                fingerprint,
+                record,
+                waited,
+            } => replayed::<T, Error>(
+                &key,
+                &fingerprint,
+                &record,
+                waited,
+                &Unrecorded(|_: &Error| OnError::Release),
+            ),
+        };
+        outcome::report(served);
+        Ok(Started::Recorded(replayed?, served))
+    }
+
+    /// The body under a claim this call holds, then its record (or release): everything after
+    /// the claim.
+    async fn execute_claimed<T, E, Fut>(
+        &self,
+        claim: Claim,
+        body: Fut,
+        errors: impl ErrorPolicy<E>,
+    ) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+    {
         let context = ClaimContext {
             key: claim.key.clone(),
             fence: claim.fence,
@@ -456,7 +500,7 @@ impl Idempotency {
             }
         };
         if lease_lost {
-            return (Err(Error::lease_lost(claim.key).into()), Served::Executed);
+            return Err(Error::lease_lost(claim.key).into());
         }
         let end = match &result {
             Ok(value) => End::Record(Outcome::Ok, encode_exactly(value)),
@@ -466,12 +510,10 @@ impl Idempotency {
                 _ => End::KeepClaim,
             },
         };
-        let finished = self.finish(&claim, end).await;
-        let result = match finished {
+        match self.finish(&claim, end).await {
             Ok(()) => result,
             Err(err) => Err(err.into()),
-        };
-        (result, Served::Executed)
+        }
     }
 
     /// Everything before the body, the same for every function: the key, the options, and the
@@ -829,6 +871,76 @@ pub(crate) fn same_request(stored: &[u8], call: &[u8]) -> bool {
 }
 
 /// The replayed result (an `Ok`, or a recorded `Err`), or why nothing can be replayed.
+/// A replay's result and how it was served: a record that is another request's
+/// (`KeyReused`) or unreadable (`Corrupt`) replays nothing, and the call failed before the body.
+fn replayed<T, E>(
+    key: &str,
+    fingerprint: &[u8],
+    record: &[u8],
+    waited: bool,
+    errors: &impl ErrorPolicy<E>,
+) -> (Result<T, E>, Served)
+where
+    T: DeserializeOwned,
+    E: From<Error>,
+{
+    match decode_replay(key, fingerprint, record, errors) {
+        Ok(replayed) if waited => (replayed, Served::Waited),
+        Ok(replayed) => (replayed, Served::Replayed),
+        Err(err) => (Err(err.into()), Served::NotRun),
+    }
+}
+
+/// What [`Idempotency::start`] found.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Started<T> {
+    /// The key's recorded result, replayed ([`Served::Replayed`]) or waited for
+    /// ([`Served::Waited`]): the body must not run.
+    Recorded(T, Served),
+    /// The key is this call's: run the body with [`Claimed::run_with`].
+    Claimed(Claimed),
+}
+
+/// A claim taken by [`Idempotency::start`]. Dropping it without running the body keeps the key
+/// claimed until its lease lapses, as for any call whose outcome is unknown.
+#[must_use = "a claim blocks its key until its lease lapses unless its body is run"]
+pub struct Claimed {
+    runtime: Idempotency,
+    claim: Claim,
+}
+
+impl std::fmt::Debug for Claimed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claimed")
+            .field("key", &self.claim.key)
+            .field("fence", &self.claim.fence)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Claimed {
+    /// Runs `body` under the claim, renewing its lease, then records an `Ok` value or treats an
+    /// `Err` as `on_error` says: what [`Idempotency::run_with`] does once it holds the claim.
+    pub async fn run_with<T, E, Fut>(
+        self,
+        on_error: impl Fn(&E) -> OnError,
+        body: Fut,
+    ) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+    {
+        let Claimed { runtime, claim } = self;
+        let result = runtime
+            .execute_claimed(claim, body, Unrecorded(on_error))
+            .await;
+        outcome::report(Served::Executed);
+        result
+    }
+}
+
 pub(crate) fn decode_replay<T, E>(
     key: &str,
     fingerprint: &[u8],

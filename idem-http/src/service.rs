@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use http_body::Body;
-use idem_core::{BoxError, Call, Error, OnError};
+use idem_core::{BoxError, Call, Claimed, Error, OnError, Started};
 use tower_service::Service;
 
 use crate::body::{read_request, read_response, BufferedBody, ReadError, ResponseRead};
@@ -166,21 +166,35 @@ where
     if let Some(lease) = config.lease {
         call = call.lease(lease);
     }
+    // Claimed (or replayed, or refused) here, on the connection's task.
+    let request = Request::from_parts(parts, BufferedBody::full(body));
+    let claimed = match config.idem.start::<RecordedResponse>(call).await {
+        // A record that is not a response failed to decode: `Error::Corrupt`, below.
+        Ok(Started::Recorded(recorded, _)) => return Ok(recorded.replay()),
+        Ok(Started::Claimed(claimed)) => claimed,
+        // `Started` may grow; nothing else is started.
+        Ok(_) => return reject(Rejection::Misconfigured, "unknown start of a call", None),
+        Err(Error::Store { .. }) if config.fail_open => return pass(inner, request).await,
+        Err(err) => {
+            let (rejection, detail, retry_after) = for_error(&err, config.max_retry_after);
+            return reject(rejection, &detail, retry_after);
+        }
+    };
     // The handler runs on its own task, so that a client that goes away does not cancel it
     // halfway through its effect: it finishes and records, and the client's retry replays.
-    let request = Request::from_parts(parts, BufferedBody::full(body));
+    // (Spawned at once after the claim: no await between, so no cancellation either.)
     let task = lifecycle.tasks.spawn({
         let config = config.clone();
         async move {
-            let served = serve(&config, inner, call, request).await;
+            let handled = execute(&config, inner, request, claimed).await;
             drop(permit);
-            served
+            handled
         }
     });
     // The task is tracked now.
     drop(in_flight);
     match task.await {
-        Ok(served) => served,
+        Ok(handled) => handled,
         Err(join) if join.is_panic() => {
             let detail = "the handler panicked; its outcome is unknown, so this key stays \
                           claimed until its lease lapses, then a retry runs the handler again";
@@ -213,12 +227,13 @@ impl<E> From<Error> for Failure<E> {
     }
 }
 
-/// Claims the request's key and runs the handler, or replays, or rejects.
-async fn serve<S, B, ResB>(
+/// Runs the handler under the request's claim and records its response (or releases the key,
+/// or keeps it as an unknown outcome).
+async fn execute<S, B, ResB>(
     config: &Config,
     inner: S,
-    call: Call,
     request: Request<BufferedBody<B>>,
+    claimed: Claimed,
 ) -> Result<Response<BufferedBody<ResB>>, S::Error>
 where
     S: Service<Request<BufferedBody<B>>, Response = Response<ResB>>,
@@ -227,8 +242,6 @@ where
     ResB: Body + Unpin,
     ResB::Error: Into<BoxError>,
 {
-    // Taken by the handler when it runs; still here if the store failed before it.
-    let mut pending = Some((inner, request));
     // The handler's own response, whole, for this client (the record keeps fewer headers),
     // whatever becomes of the record.
     let mut first = None;
@@ -236,14 +249,8 @@ where
         Failure::Unrecorded(disposition) => *disposition,
         Failure::Service(_) | Failure::Idem(_) => OnError::Release,
     };
-    let outcome = config
-        .idem
-        .run_with(call, classify, async {
-            let Some((inner, request)) = pending.take() else {
-                return Err(Failure::Idem(Error::invalid_option(
-                    "the request was already handled",
-                )));
-            };
+    let outcome = claimed
+        .run_with(classify, async {
             let response = call_inner(inner, request).await.map_err(Failure::Service)?;
             let (parts, body) = response.into_parts();
             let disposition = match (config.on_status)(parts.status) {
@@ -259,7 +266,7 @@ where
                     let replayed = |name: &http::HeaderName| config.replayed_headers.contains(name);
                     let recorded = RecordedResponse::capture(&parts, bytes.clone(), replayed);
                     first = Some(Response::from_parts(parts, BufferedBody::full(bytes)));
-                    Ok(recorded)
+                    Ok::<_, Failure<_>>(recorded)
                 }
                 ResponseRead::Unrecordable(body) => {
                     first = Some(Response::from_parts(parts, body));
@@ -273,27 +280,15 @@ where
     if let Some(response) = first {
         return Ok(response);
     }
-    let reject = |rejection: Rejection, detail: &str, retry_after: Option<Duration>| {
-        Ok(rejection.to_response(&config.problem_base, detail, retry_after))
-    };
     let err = match outcome {
-        // A record that is not a response failed to decode: `Error::Corrupt`, below.
         Ok(recorded) => return Ok(recorded.replay()),
         Err(Failure::Service(err)) => return Err(err),
         Err(Failure::Idem(err)) => err,
         // Only the handler returns this, and it left its response in `first`.
         Err(Failure::Unrecorded(_)) => Error::invalid_option("the handler's response was lost"),
     };
-    match err {
-        Error::Store { .. } if config.fail_open => match pending.take() {
-            Some((inner, request)) => pass(inner, request).await,
-            None => reject(Rejection::StoreUnavailable, &err.to_string(), None),
-        },
-        err => {
-            let (rejection, detail, retry_after) = for_error(&err, config.max_retry_after);
-            reject(rejection, &detail, retry_after)
-        }
-    }
+    let (rejection, detail, retry_after) = for_error(&err, config.max_retry_after);
+    Ok(rejection.to_response(&config.problem_base, &detail, retry_after))
 }
 
 fn is_event_stream(parts: &http::response::Parts) -> bool {

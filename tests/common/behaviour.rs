@@ -306,6 +306,58 @@ pub async fn bounded_waits_give_up_with_the_lease_remaining(idem: &Idempotency) 
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
+/// `start` then `Claimed::run_with`: the claim and the body in two steps (the body on a task of
+/// its own), a duplicate meanwhile is in progress, and a later one gets the record; a claim
+/// dropped unrun blocks its key until its lease lapses.
+pub async fn two_step_calls_claim_then_run(idem: &Idempotency) {
+    use idem::{Call, OnInProgress, Served, Started};
+    let runs = Arc::new(AtomicU32::new(0));
+    let order = key("two-step");
+    let call = || Call::new("two-step", &order).on_in_progress(OnInProgress::Reject);
+    let claimed = match idem.start::<u32>(call()).await.unwrap() {
+        Started::Claimed(claimed) => claimed,
+        other => panic!("a new key must be claimed, got {other:?}"),
+    };
+    let body = {
+        let runs = runs.clone();
+        tokio::spawn(async move {
+            claimed
+                .run_with(|_: &Error| idem::OnError::Release, async move {
+                    count_and_work(&runs, Duration::from_millis(300)).await
+                })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(matches!(
+        idem.start::<u32>(call()).await,
+        Err(Error::InProgress { .. })
+    ));
+    assert_eq!(body.await.unwrap().unwrap(), 1);
+    match idem.start::<u32>(call()).await.unwrap() {
+        Started::Recorded(value, Served::Replayed) => assert_eq!(value, 1),
+        other => panic!("a completed key must replay, got {other:?}"),
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    let dropped = key("two-step-dropped");
+    let call = || {
+        Call::new("two-step", &dropped)
+            .lease(Duration::from_millis(500))
+            .on_in_progress(OnInProgress::Reject)
+    };
+    drop(idem.start::<u32>(call()).await.unwrap());
+    assert!(matches!(
+        idem.start::<u32>(call()).await,
+        Err(Error::InProgress { .. })
+    ));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(matches!(
+        idem.start::<u32>(call()).await.unwrap(),
+        Started::Claimed(_)
+    ));
+}
+
 /// The same key with another fingerprint is refused without running the body.
 pub async fn fingerprint_mismatch_is_key_reused(idem: &Idempotency) {
     let runs = AtomicU32::new(0);
@@ -695,6 +747,7 @@ macro_rules! behaviour_tests {
             concurrent_duplicates_wait_and_share_one_result,
             concurrent_duplicates_are_rejected_in_reject_mode,
             bounded_waits_give_up_with_the_lease_remaining,
+            two_step_calls_claim_then_run,
             fingerprint_mismatch_is_key_reused,
             fingerprint_mismatch_in_progress_is_key_reused,
             errors_release_and_retry_runs_again,
