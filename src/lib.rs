@@ -63,8 +63,9 @@
 mod private;
 
 pub use idem_core::{
-    context, default_runtime, install, served, Call, ClaimContext, Claimed, Error, Fence,
-    Idempotency, MemoryStore, OnError, OnInProgress, Served, Started, MAX_DURATION, MIN_LEASE,
+    context, default_runtime, install, served, Call, CallOutcome, CallReport, ClaimContext,
+    Claimed, Error, Fence, Idempotency, MemoryStore, Observer, OnError, OnInProgress, Served,
+    Started, MAX_DURATION, MIN_LEASE,
 };
 
 /// For store authors and for reaching into a store: the contract a backend implements

@@ -17,6 +17,7 @@ mod fingerprint;
 mod global;
 mod key;
 mod memory;
+mod observe;
 mod outcome;
 mod random;
 mod record;
@@ -36,6 +37,7 @@ pub use key::{
     check_namespace, hex, marker_of, store_key, unhex, FunctionNamespace, Marker, MAX_PLAIN_KEY,
 };
 pub use memory::MemoryStore;
+pub use observe::{CallOutcome, CallReport, Observer};
 pub use outcome::{served, OnError, Served};
 pub use record::{Outcome, Record, MAX_FINGERPRINT, RECORD_VERSION};
 pub use runtime::{

@@ -11,11 +11,13 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::context::{self, ClaimContext};
 use crate::exact::encode_exactly;
 use crate::fingerprint::Fingerprint;
 use crate::key::store_key;
+use crate::observe::{self, CallOutcome, CallTrace, Observer};
 use crate::outcome::{self, OnError, Served};
 use crate::record::{Outcome, Record};
 use crate::store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
@@ -100,6 +102,7 @@ struct Settings {
     lease: Duration,
     key_prefix: String,
     store_attempts: u32,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl std::fmt::Debug for Idempotency {
@@ -252,6 +255,7 @@ impl Idempotency {
                 lease: DEFAULT_LEASE,
                 key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
                 store_attempts: 3,
+                observer: None,
             }),
         }
     }
@@ -279,6 +283,13 @@ impl Idempotency {
     /// fenced.
     pub fn with_store_attempts(mut self, attempts: u32) -> Self {
         Arc::make_mut(&mut self.inner).store_attempts = attempts.max(1);
+        self
+    }
+
+    /// Tells `observer` of every call's end (see [`Observer`]). Calls are traced with `tracing`
+    /// either way, and counted with `metrics` when the `metrics` feature is on.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        Arc::make_mut(&mut self.inner).observer = Some(observer);
         self
     }
 
@@ -408,9 +419,24 @@ impl Idempotency {
         T: Serialize + DeserializeOwned,
         E: From<Error>,
     {
-        let (result, served) = self.serve(call, body, errors).await;
+        let mut trace = self.trace(&call);
+        let span = trace.span.clone();
+        let (result, served, how) = self
+            .serve(call, body, errors, &mut trace)
+            .instrument(span)
+            .await;
+        trace.finish(how);
         outcome::report(served);
         result
+    }
+
+    /// A call's trace, before anything is known of it but its namespace.
+    fn trace(&self, call: &Call) -> CallTrace {
+        let namespace = match &call.namespace {
+            Ok(namespace) => namespace.clone(),
+            Err(_) => Cow::Borrowed(""),
+        };
+        CallTrace::new(namespace, self.inner.observer.clone())
     }
 
     /// The call, and how its result came to be.
@@ -419,13 +445,14 @@ impl Idempotency {
         call: Call,
         body: Fut,
         errors: impl ErrorPolicy<E>,
-    ) -> (Result<T, E>, Served)
+        trace: &mut CallTrace,
+    ) -> (Result<T, E>, Served, CallOutcome)
     where
         Fut: Future<Output = Result<T, E>>,
         T: Serialize + DeserializeOwned,
         E: From<Error>,
     {
-        let claim = match self.begin(call).await {
+        let claim = match self.begin(call, trace).await {
             Ok(Begun::Claimed(claim)) => claim,
             Ok(Begun::Replay {
                 key,
@@ -433,12 +460,13 @@ impl Idempotency {
                 record,
                 waited,
             }) => return replayed(&key, &fingerprint, &record, waited, &errors),
-            Err(err) => return (Err(err.into()), Served::NotRun),
+            Err(err) => {
+                let how = CallOutcome::of_error(&err);
+                return (Err(err.into()), Served::NotRun, how);
+            }
         };
-        (
-            self.execute_claimed(claim, body, errors).await,
-            Served::Executed,
-        )
+        let (result, how) = self.execute_claimed(claim, body, errors).await;
+        (result, Served::Executed, how)
     }
 
     /// Claims `call`'s key and stops there: the recorded result if there is one (the body must
@@ -450,26 +478,35 @@ impl Idempotency {
     where
         T: Serialize + DeserializeOwned,
     {
-        let (replayed, served) = match self.begin(call).await? {
-            Begun::Claimed(claim) => {
-                return Ok(Started::Claimed(Claimed {
+        let mut trace = self.trace(&call);
+        let span = trace.span.clone();
+        let begun = self.begin(call, &mut trace).instrument(span).await;
+        let (replayed, served, how) = match begun {
+            Ok(Begun::Claimed(claim)) => {
+                return Ok(Started::Claimed(Claimed(Box::new(ClaimedParts {
                     runtime: self.clone(),
                     claim,
-                }))
+                    trace,
+                }))))
             }
-            Begun::Replay {
+            Ok(Begun::Replay {
                 key,
                 fingerprint,
                 record,
                 waited,
-            } => replayed::<T, Error>(
+            }) => replayed::<T, Error>(
                 &key,
                 &fingerprint,
                 &record,
                 waited,
                 &Unrecorded(|_: &Error| OnError::Release),
             ),
+            Err(err) => {
+                let how = CallOutcome::of_error(&err);
+                (Err(err), Served::NotRun, how)
+            }
         };
+        trace.finish(how);
         outcome::report(served);
         Ok(Started::Recorded(replayed?, served))
     }
@@ -481,7 +518,7 @@ impl Idempotency {
         claim: Claim,
         body: Fut,
         errors: impl ErrorPolicy<E>,
-    ) -> Result<T, E>
+    ) -> (Result<T, E>, CallOutcome)
     where
         Fut: Future<Output = Result<T, E>>,
         T: Serialize + DeserializeOwned,
@@ -500,7 +537,10 @@ impl Idempotency {
             }
         };
         if lease_lost {
-            return Err(Error::lease_lost(claim.key).into());
+            return (
+                Err(Error::lease_lost(claim.key).into()),
+                CallOutcome::LeaseLost,
+            );
         }
         let end = match &result {
             Ok(value) => End::Record(Outcome::Ok, encode_exactly(value)),
@@ -510,15 +550,23 @@ impl Idempotency {
                 _ => End::KeepClaim,
             },
         };
+        let how = match &end {
+            End::Record(..) => CallOutcome::Executed,
+            End::Release => CallOutcome::Released,
+            End::KeepClaim => CallOutcome::OutcomeUnknown,
+        };
         match self.finish(&claim, end).await {
-            Ok(()) => result,
-            Err(err) => Err(err.into()),
+            Ok(()) => (result, how),
+            Err(err) => {
+                let how = CallOutcome::of_error(&err);
+                (Err(err.into()), how)
+            }
         }
     }
 
     /// Everything before the body, the same for every function: the key, the options, and the
     /// claim (or the record to replay).
-    async fn begin(&self, call: Call) -> Result<Begun, Error> {
+    async fn begin(&self, call: Call, trace: &mut CallTrace) -> Result<Begun, Error> {
         let Prepared {
             key,
             fingerprint,
@@ -526,17 +574,21 @@ impl Idempotency {
             retention,
             on_in_progress,
         } = self.prepare(call)?;
+        trace.keyed(&key);
         match self
             .acquire(&key, &fingerprint, lease, on_in_progress)
             .await?
         {
-            Acquired::Fence(fence, claimed_at) => Ok(Begun::Claimed(Claim {
-                lease_clock: LeaseClock::new(later(claimed_at, lease)),
-                key,
-                fingerprint,
-                fence,
-                lease,
-                retention,
+            Acquired::Fence(fence, claimed_at) => Ok(Begun::Claimed({
+                trace.claimed(fence);
+                Claim {
+                    lease_clock: LeaseClock::new(later(claimed_at, lease)),
+                    key,
+                    fingerprint,
+                    fence,
+                    lease,
+                    retention,
+                }
             })),
             Acquired::Replay { record, waited } => Ok(Begun::Replay {
                 key,
@@ -574,7 +626,7 @@ impl Idempotency {
                 // Not recorded: release so that a retry runs the body again. If the release
                 // fails the claim lapses with its lease, which delays a retry but loses nothing.
                 let _ = self
-                    .retrying(None, || store.release(&claim.key, claim.fence))
+                    .retrying("release", None, || store.release(&claim.key, claim.fence))
                     .await;
                 return Ok(());
             }
@@ -598,7 +650,7 @@ impl Idempotency {
         // effect without its record, which the next delivery repeats.
         let give_up_at = later(Instant::now(), claim.lease);
         let written = {
-            let write = self.retrying(Some((&claim.lease_clock, give_up_at)), || {
+            let write = self.retrying("complete", Some((&claim.lease_clock, give_up_at)), || {
                 store.complete(&claim.key, claim.fence, &record, claim.retention)
             });
             let mut write = std::pin::pin!(write);
@@ -633,7 +685,10 @@ impl Idempotency {
         let mut waited = false;
         loop {
             let sent = Instant::now();
-            match self.retrying(None, || store.claim(request)).await? {
+            match self
+                .retrying("claim", None, || store.claim(request))
+                .await?
+            {
                 ClaimOutcome::Acquired { fence, .. } => return Ok(Acquired::Fence(fence, sent)),
                 ClaimOutcome::Completed { record } => {
                     return Ok(Acquired::Replay { record, waited })
@@ -711,7 +766,11 @@ impl Idempotency {
         loop {
             tokio::time::sleep_until(next).await;
             let sent = Instant::now();
-            match store.renew(&claim.key, claim.fence, lease).await {
+            let renewed = store
+                .renew(&claim.key, claim.fence, lease)
+                .instrument(observe::store_span("renew"))
+                .await;
+            match renewed {
                 Ok(()) => {
                     clock.renewed(later(sent, lease));
                     next = later(sent, lease / 3);
@@ -729,6 +788,7 @@ impl Idempotency {
     /// valid (it may be renewed meanwhile). Backoff doubles from 10ms to 200ms.
     async fn retrying<T, Op, Fut>(
         &self,
+        operation: &'static str,
         valid: Option<(&LeaseClock, Instant)>,
         mut op: Op,
     ) -> Result<T, Error>
@@ -739,7 +799,7 @@ impl Idempotency {
         let mut backoff = Duration::from_millis(10);
         let mut attempt = 1;
         loop {
-            match op().await {
+            match op().instrument(observe::store_span(operation)).await {
                 Err(err) if err.is_transient() => {
                     let before_deadline = valid.is_some_and(|(clock, give_up_at)| {
                         later(Instant::now(), backoff) < clock.valid_until().min(give_up_at)
@@ -747,6 +807,7 @@ impl Idempotency {
                     if attempt >= self.inner.store_attempts && !before_deadline {
                         return Err(err);
                     }
+                    observe::store_retry(operation, attempt, &err);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(200));
                     attempt += 1;
@@ -879,15 +940,18 @@ fn replayed<T, E>(
     record: &[u8],
     waited: bool,
     errors: &impl ErrorPolicy<E>,
-) -> (Result<T, E>, Served)
+) -> (Result<T, E>, Served, CallOutcome)
 where
     T: DeserializeOwned,
     E: From<Error>,
 {
     match decode_replay(key, fingerprint, record, errors) {
-        Ok(replayed) if waited => (replayed, Served::Waited),
-        Ok(replayed) => (replayed, Served::Replayed),
-        Err(err) => (Err(err.into()), Served::NotRun),
+        Ok(replayed) if waited => (replayed, Served::Waited, CallOutcome::Waited),
+        Ok(replayed) => (replayed, Served::Replayed, CallOutcome::Replayed),
+        Err(err) => {
+            let how = CallOutcome::of_error(&err);
+            (Err(err.into()), Served::NotRun, how)
+        }
     }
 }
 
@@ -905,16 +969,20 @@ pub enum Started<T> {
 /// A claim taken by [`Idempotency::start`]. Dropping it without running the body keeps the key
 /// claimed until its lease lapses, as for any call whose outcome is unknown.
 #[must_use = "a claim blocks its key until its lease lapses unless its body is run"]
-pub struct Claimed {
+pub struct Claimed(Box<ClaimedParts>);
+
+/// What a [`Claimed`] holds (boxed: a claim and its trace are large next to a replayed value).
+struct ClaimedParts {
     runtime: Idempotency,
     claim: Claim,
+    trace: CallTrace,
 }
 
 impl std::fmt::Debug for Claimed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Claimed")
-            .field("key", &self.claim.key)
-            .field("fence", &self.claim.fence)
+            .field("key", &self.0.claim.key)
+            .field("fence", &self.0.claim.fence)
             .finish_non_exhaustive()
     }
 }
@@ -932,10 +1000,17 @@ impl Claimed {
         T: Serialize + DeserializeOwned,
         E: From<Error>,
     {
-        let Claimed { runtime, claim } = self;
-        let result = runtime
+        let ClaimedParts {
+            runtime,
+            claim,
+            mut trace,
+        } = *self.0;
+        let span = trace.span.clone();
+        let (result, how) = runtime
             .execute_claimed(claim, body, Unrecorded(on_error))
+            .instrument(span)
             .await;
+        trace.finish(how);
         outcome::report(Served::Executed);
         result
     }

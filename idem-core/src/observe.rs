@@ -1,0 +1,287 @@
+//! What idem tells the outside about each call: a `tracing` span with its outcome, events for
+//! what needs attention, metrics (feature `metrics`), and an [`Observer`] hook.
+//!
+//! Names follow OpenTelemetry's conventions (lowercase, dotted, `error.type`), so that
+//! `tracing-opentelemetry` users get sensible traces without configuration. The raw key is never
+//! recorded (keys can be personal data): calls carry a short hash of their store key instead.
+
+use std::borrow::Cow;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tracing::field::Empty;
+use tracing::Span;
+
+use crate::store::Fence;
+
+/// How a call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CallOutcome {
+    /// The body ran and its result (an `Ok`, or an `Err` recorded with `record_errors`) was
+    /// recorded.
+    Executed,
+    /// A duplicate: the recorded result was replayed.
+    Replayed,
+    /// A duplicate that waited for the first call and got its result.
+    Waited,
+    /// Another call holds the key (`Error::InProgress`).
+    InProgress,
+    /// The key was used for another request (`Error::KeyReused`).
+    KeyReused,
+    /// The claim lapsed while the body ran; its result was not recorded (`Error::LeaseLost`).
+    LeaseLost,
+    /// The body ran; its result could not be recorded (`Error::NotRecorded`).
+    NotRecorded,
+    /// The body returned an error that released the key for a retry.
+    Released,
+    /// The outcome is unknown (a panic, a cancellation mid-body, or an error classified so): the
+    /// key stays claimed until its lease lapses.
+    OutcomeUnknown,
+    /// The store failed before the body ran (`Error::Store`).
+    StoreError,
+    /// A stored record could not be read (`Error::Corrupt`).
+    Corrupt,
+    /// The key or an option was refused, or the request could not be fingerprinted.
+    Invalid,
+}
+
+impl CallOutcome {
+    /// The outcome as a short name (`executed`, `replayed`, ...): a span field and a metric
+    /// label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallOutcome::Executed => "executed",
+            CallOutcome::Replayed => "replayed",
+            CallOutcome::Waited => "waited",
+            CallOutcome::InProgress => "in_progress",
+            CallOutcome::KeyReused => "key_reused",
+            CallOutcome::LeaseLost => "lease_lost",
+            CallOutcome::NotRecorded => "not_recorded",
+            CallOutcome::Released => "released",
+            CallOutcome::OutcomeUnknown => "outcome_unknown",
+            CallOutcome::StoreError => "store_error",
+            CallOutcome::Corrupt => "corrupt",
+            CallOutcome::Invalid => "invalid",
+        }
+    }
+
+    /// The outcome of a call that failed with `err` before or around its body.
+    pub(crate) fn of_error(err: &crate::Error) -> Self {
+        use crate::Error;
+        match err {
+            Error::InProgress { .. } => CallOutcome::InProgress,
+            Error::KeyReused { .. } => CallOutcome::KeyReused,
+            Error::LeaseLost { .. } => CallOutcome::LeaseLost,
+            Error::NotRecorded { .. } => CallOutcome::NotRecorded,
+            Error::Store { .. } => CallOutcome::StoreError,
+            Error::Corrupt { .. } => CallOutcome::Corrupt,
+            _ => CallOutcome::Invalid,
+        }
+    }
+}
+
+impl std::fmt::Display for CallOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One finished call, as an [`Observer`] sees it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CallReport<'a> {
+    /// The call's namespace (by the macro, the function's).
+    pub namespace: &'a str,
+    /// A short hash of the call's store key: the same for every delivery of one key, without
+    /// the key itself.
+    pub key_hash: &'a str,
+    /// How it ended.
+    pub outcome: CallOutcome,
+    /// The fencing token, if this call held the claim.
+    pub fence: Option<Fence>,
+    /// From the call's start to its end.
+    pub duration: Duration,
+}
+
+/// Told of every call's end: for services that want outcomes without `tracing` or `metrics`
+/// (to count absorbed duplicates, or to tell a replayed response from a fresh one).
+///
+/// ```
+/// use idem_core::{Call, CallOutcome, CallReport, Idempotency, MemoryStore, Observer};
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::sync::Arc;
+///
+/// #[derive(Default)]
+/// struct Duplicates(AtomicU32);
+///
+/// impl Observer for Duplicates {
+///     fn call_finished(&self, report: &CallReport<'_>) {
+///         if matches!(report.outcome, CallOutcome::Replayed | CallOutcome::Waited) {
+///             self.0.fetch_add(1, Ordering::Relaxed);
+///         }
+///     }
+/// }
+///
+/// # async fn demo() -> Result<(), idem_core::Error> {
+/// let duplicates = Arc::new(Duplicates::default());
+/// let idem = Idempotency::new(MemoryStore::new()).with_observer(duplicates.clone());
+/// for _ in 0..3 {
+///     idem.run(Call::new("charge", "order-1"), async { Ok::<_, idem_core::Error>(1) }).await?;
+/// }
+/// assert_eq!(duplicates.0.load(Ordering::Relaxed), 2);
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
+/// ```
+pub trait Observer: Send + Sync + 'static {
+    /// A call ended. Called on the call's task: keep it short.
+    fn call_finished(&self, report: &CallReport<'_>);
+}
+
+/// A short, stable hash of a store key, for logs: 16 hex digits.
+pub(crate) fn key_hash(store_key: &str) -> String {
+    // SipHash with fixed keys: the same for every process of one build, and cheap.
+    #[allow(deprecated)]
+    let mut hasher = std::hash::SipHasher::new();
+    store_key.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
+}
+
+/// One call being traced: its span, and what is known so far. Dropped before `finish` while its
+/// body runs (a panic, a cancellation), it reports an unknown outcome.
+pub(crate) struct CallTrace {
+    pub(crate) span: Span,
+    namespace: Cow<'static, str>,
+    observer: Option<Arc<dyn Observer>>,
+    key_hash: Option<String>,
+    fence: Option<Fence>,
+    started: Instant,
+    running: bool,
+    done: bool,
+}
+
+impl CallTrace {
+    pub(crate) fn new(namespace: Cow<'static, str>, observer: Option<Arc<dyn Observer>>) -> Self {
+        let span = tracing::info_span!(
+            "idem.call",
+            idem.namespace = %namespace,
+            idem.key_hash = Empty,
+            idem.fence = Empty,
+            idem.outcome = Empty,
+            error.type = Empty,
+        );
+        CallTrace {
+            span,
+            namespace,
+            observer,
+            key_hash: None,
+            fence: None,
+            started: Instant::now(),
+            running: false,
+            done: false,
+        }
+    }
+
+    /// The call's store key is known.
+    pub(crate) fn keyed(&mut self, store_key: &str) {
+        if self.observer.is_some() || !self.span.is_disabled() {
+            let hash = key_hash(store_key);
+            self.span.record("idem.key_hash", hash.as_str());
+            self.key_hash = Some(hash);
+        }
+    }
+
+    /// The call holds the claim: its body is about to run.
+    pub(crate) fn claimed(&mut self, fence: Fence) {
+        self.span.record("idem.fence", fence.0);
+        self.fence = Some(fence);
+        self.running = true;
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("idem.calls.running", "idem.namespace" => self.namespace.clone())
+            .increment(1.0);
+    }
+
+    /// The call ended so.
+    pub(crate) fn finish(&mut self, outcome: CallOutcome) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let duration = self.started.elapsed();
+        self.span.record("idem.outcome", outcome.as_str());
+        let warned = match outcome {
+            CallOutcome::LeaseLost
+            | CallOutcome::NotRecorded
+            | CallOutcome::Corrupt
+            | CallOutcome::OutcomeUnknown
+            | CallOutcome::StoreError
+            | CallOutcome::Invalid => {
+                self.span.record("error.type", outcome.as_str());
+                true
+            }
+            _ => false,
+        };
+        self.span.in_scope(|| {
+            if warned && outcome != CallOutcome::StoreError && outcome != CallOutcome::Invalid {
+                tracing::warn!(
+                    idem.outcome = outcome.as_str(),
+                    "idempotent call: {outcome}"
+                );
+            } else {
+                tracing::debug!(
+                    idem.outcome = outcome.as_str(),
+                    "idempotent call: {outcome}"
+                );
+            }
+        });
+        #[cfg(feature = "metrics")]
+        {
+            let labels = [
+                ("idem.namespace", self.namespace.clone()),
+                ("idem.outcome", Cow::Borrowed(outcome.as_str())),
+            ];
+            metrics::counter!("idem.calls", &labels).increment(1);
+            metrics::histogram!("idem.call.duration", &labels).record(duration.as_secs_f64());
+            if self.running {
+                metrics::gauge!("idem.calls.running", "idem.namespace" => self.namespace.clone())
+                    .decrement(1.0);
+            }
+        }
+        if let Some(observer) = &self.observer {
+            observer.call_finished(&CallReport {
+                namespace: &self.namespace,
+                key_hash: self.key_hash.as_deref().unwrap_or(""),
+                outcome,
+                fence: self.fence,
+                duration,
+            });
+        }
+    }
+}
+
+impl Drop for CallTrace {
+    fn drop(&mut self) {
+        // Dropped mid-body: a panic or a cancellation, and the claim is kept.
+        if self.running && !self.done {
+            self.finish(CallOutcome::OutcomeUnknown);
+        }
+    }
+}
+
+/// A store operation, as a child span of its call (at DEBUG: its duration is the round trip).
+pub(crate) fn store_span(operation: &'static str) -> Span {
+    tracing::debug_span!("idem.store", db.operation = operation)
+}
+
+/// A store operation failed and will be tried again.
+pub(crate) fn store_retry(operation: &'static str, attempt: u32, err: &crate::Error) {
+    tracing::warn!(
+        db.operation = operation,
+        idem.attempt = attempt,
+        error.type = "store",
+        "idem store operation failed, retrying: {err}"
+    );
+    #[cfg(feature = "metrics")]
+    metrics::counter!("idem.store.retries", "db.operation" => operation).increment(1);
+}

@@ -1,0 +1,239 @@
+//! What a call tells the outside: the observer hook and the `tracing` span see the outcome of
+//! each path (executed, replayed, waited, in progress, key reused, released, outcome unknown,
+//! lease lost, store error, corrupt), and never the raw key.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use idem_core::{
+    Call, CallOutcome, CallReport, ClaimOutcome, ClaimRequest, Error, Fence, Idempotency,
+    MemoryStore, Observer, OnError, OnInProgress, Started, Store,
+};
+
+/// Every report, in order.
+#[derive(Default)]
+struct Reports(Mutex<Vec<(CallOutcome, String, Option<Fence>)>>);
+
+impl Observer for Reports {
+    fn call_finished(&self, report: &CallReport<'_>) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((report.outcome, report.key_hash.to_owned(), report.fence));
+    }
+}
+
+impl Reports {
+    fn outcomes(&self) -> Vec<CallOutcome> {
+        self.0.lock().unwrap().iter().map(|r| r.0).collect()
+    }
+    fn last(&self) -> (CallOutcome, String, Option<Fence>) {
+        self.0.lock().unwrap().last().cloned().unwrap()
+    }
+}
+
+/// A memory store that can refuse claims and lose leases.
+struct Faulty {
+    inner: MemoryStore,
+    claims_fail: AtomicBool,
+    leases_lost: AtomicBool,
+}
+
+#[async_trait]
+impl Store for Faulty {
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
+        if self.claims_fail.load(Ordering::SeqCst) {
+            return Err(Error::store("claim", "injected: connection refused"));
+        }
+        self.inner.claim(request).await
+    }
+    async fn complete(
+        &self,
+        key: &str,
+        fence: Fence,
+        record: &[u8],
+        retention: Duration,
+    ) -> Result<(), Error> {
+        self.inner.complete(key, fence, record, retention).await
+    }
+    async fn release(&self, key: &str, fence: Fence) -> Result<(), Error> {
+        self.inner.release(key, fence).await
+    }
+    async fn renew(&self, key: &str, fence: Fence, lease: Duration) -> Result<(), Error> {
+        if self.leases_lost.load(Ordering::SeqCst) {
+            return Err(Error::lease_lost(key));
+        }
+        self.inner.renew(key, fence, lease).await
+    }
+}
+
+fn observed() -> (Arc<Reports>, Arc<Faulty>, Idempotency) {
+    let reports = Arc::new(Reports::default());
+    let store = Arc::new(Faulty {
+        inner: MemoryStore::new(),
+        claims_fail: AtomicBool::new(false),
+        leases_lost: AtomicBool::new(false),
+    });
+    let idem = Idempotency::from_arc(store.clone())
+        .with_store_attempts(1)
+        .with_observer(reports.clone());
+    (reports, store, idem)
+}
+
+fn ok(value: u32) -> Result<u32, Error> {
+    Ok(value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_path_reports_its_outcome() {
+    let (reports, store, idem) = observed();
+    let call = |key: &str| Call::new("observed", key).on_in_progress(OnInProgress::Reject);
+
+    let call_a = || call("a").fingerprint(&"first");
+    idem.run(call_a(), async { ok(1) }).await.unwrap();
+    let (outcome, hash, fence) = reports.last();
+    assert_eq!(outcome, CallOutcome::Executed);
+    assert!(fence.is_some(), "an execution holds a fence");
+    assert_eq!(hash.len(), 16);
+    assert!(
+        hash.chars().all(|c| c.is_ascii_hexdigit()),
+        "a hash, not the key: {hash}"
+    );
+
+    idem.run(call_a(), async { ok(2) }).await.unwrap();
+    assert_eq!(reports.last().0, CallOutcome::Replayed);
+    assert_eq!(reports.last().1, hash, "one key, one hash");
+
+    // Another request under the same key.
+    let reused = idem
+        .run(call("a").fingerprint(&"other"), async { ok(3) })
+        .await;
+    assert!(matches!(reused, Err(Error::KeyReused { .. })));
+    assert_eq!(reports.last().0, CallOutcome::KeyReused);
+
+    // A duplicate while the first runs: in progress (reject), or waited.
+    let slow = {
+        let idem = idem.clone();
+        tokio::spawn(async move {
+            idem.run(call("b"), async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                ok(4)
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(idem.run(call("b"), async { ok(5) }).await.is_err());
+    assert_eq!(reports.last().0, CallOutcome::InProgress);
+    let waited = idem
+        .run(call("b").on_in_progress(OnInProgress::Wait), async {
+            ok(6)
+        })
+        .await
+        .unwrap();
+    assert_eq!(waited, 4);
+    slow.await.unwrap().unwrap();
+    assert!(reports.outcomes().contains(&CallOutcome::Waited));
+
+    // Errors: released, or an unknown outcome.
+    let failed = idem
+        .run(call("c"), async {
+            Err::<u32, _>(Error::invalid_key("refused"))
+        })
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(reports.last().0, CallOutcome::Released);
+    let unknown = idem
+        .run_with(call("d"), |_: &Error| OnError::OutcomeUnknown, async {
+            Err::<u32, _>(Error::invalid_key("timeout"))
+        })
+        .await;
+    assert!(unknown.is_err());
+    assert_eq!(reports.last().0, CallOutcome::OutcomeUnknown);
+
+    // A panic, and a cancellation mid-body: unknown outcomes too.
+    let panicked = {
+        let idem = idem.clone();
+        tokio::spawn(async move {
+            idem.run(call("e"), async {
+                if true {
+                    panic!("on purpose, in a test");
+                }
+                ok(7)
+            })
+            .await
+        })
+    };
+    assert!(panicked.await.is_err());
+    assert_eq!(reports.last().0, CallOutcome::OutcomeUnknown);
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(50),
+        idem.run(call("f"), async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            ok(8)
+        }),
+    )
+    .await;
+    assert!(cancelled.is_err());
+    assert_eq!(reports.last().0, CallOutcome::OutcomeUnknown);
+
+    // The store fails before the body.
+    store.claims_fail.store(true, Ordering::SeqCst);
+    assert!(idem.run(call("g"), async { ok(9) }).await.is_err());
+    assert_eq!(reports.last().0, CallOutcome::StoreError);
+    store.claims_fail.store(false, Ordering::SeqCst);
+
+    // The lease is lost while the body runs.
+    store.leases_lost.store(true, Ordering::SeqCst);
+    let lost = idem
+        .run(call("h").lease(Duration::from_millis(300)), async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            ok(10)
+        })
+        .await;
+    assert!(matches!(lost, Err(Error::LeaseLost { .. })));
+    assert_eq!(reports.last().0, CallOutcome::LeaseLost);
+    store.leases_lost.store(false, Ordering::SeqCst);
+
+    // A record that does not decode as the function's type.
+    idem.run(call("i"), async { Ok::<_, Error>("text".to_owned()) })
+        .await
+        .unwrap();
+    assert!(idem.run(call("i"), async { ok(11) }).await.is_err());
+    assert_eq!(reports.last().0, CallOutcome::Corrupt);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_step_calls_report_once_each() {
+    let (reports, _, idem) = observed();
+    let call = || Call::new("observed", "two-step");
+    let Started::Claimed(claimed) = idem.start::<u32>(call()).await.unwrap() else {
+        panic!("a new key is claimed")
+    };
+    assert!(reports.outcomes().is_empty(), "nothing ended yet");
+    claimed
+        .run_with(|_: &Error| OnError::Release, async { ok(1) })
+        .await
+        .unwrap();
+    assert_eq!(reports.outcomes(), [CallOutcome::Executed]);
+    assert!(matches!(
+        idem.start::<u32>(call()).await.unwrap(),
+        Started::Recorded(1, _)
+    ));
+    assert_eq!(reports.last().0, CallOutcome::Replayed);
+    // A claim dropped unrun keeps its key: an unknown outcome.
+    let Started::Claimed(dropped) = idem
+        .start::<u32>(Call::new("observed", "dropped"))
+        .await
+        .unwrap()
+    else {
+        panic!("a new key is claimed")
+    };
+    drop(dropped);
+    assert_eq!(reports.last().0, CallOutcome::OutcomeUnknown);
+    assert_eq!(reports.outcomes().len(), 3);
+}
