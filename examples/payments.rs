@@ -91,6 +91,13 @@ impl PaymentService {
 
 #[tokio::main]
 async fn main() {
+    // `RUST_LOG=idem=debug` shows each call's outcome (idem traces every call; nothing is
+    // printed unless a subscriber is installed).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     let instances = match std::env::var("REDIS_URL") {
         Ok(url) => redis_instances(&url).await,
         Err(_) => vec![Idempotency::new(MemoryStore::new())],

@@ -222,17 +222,12 @@ impl CallTrace {
             }
             _ => false,
         };
+        // The event's span carries the fields; the message says the outcome once.
         self.span.in_scope(|| {
             if warned && outcome != CallOutcome::StoreError && outcome != CallOutcome::Invalid {
-                tracing::warn!(
-                    idem.outcome = outcome.as_str(),
-                    "idempotent call: {outcome}"
-                );
+                tracing::warn!("idempotent call: {outcome}");
             } else {
-                tracing::debug!(
-                    idem.outcome = outcome.as_str(),
-                    "idempotent call: {outcome}"
-                );
+                tracing::debug!("idempotent call: {outcome}");
             }
         });
         #[cfg(feature = "metrics")]
