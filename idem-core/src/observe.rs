@@ -46,6 +46,9 @@ pub enum CallOutcome {
     Corrupt,
     /// The key or an option was refused, or the request could not be fingerprinted.
     Invalid,
+    /// The call was dropped (cancelled) before its body ran: while claiming or waiting. A claim
+    /// request may have been applied; if so, the key is held until its lease lapses.
+    Cancelled,
 }
 
 impl CallOutcome {
@@ -65,6 +68,7 @@ impl CallOutcome {
             CallOutcome::StoreError => "store_error",
             CallOutcome::Corrupt => "corrupt",
             CallOutcome::Invalid => "invalid",
+            CallOutcome::Cancelled => "cancelled",
         }
     }
 
@@ -140,7 +144,8 @@ pub trait Observer: Send + Sync + 'static {
     fn call_finished(&self, report: &CallReport<'_>);
 }
 
-/// A short, stable hash of a store key, for logs: 16 hex digits.
+/// A short, stable hash of a store key, for logs: 16 hex digits. It masks the key; it does not
+/// anonymise it (anyone can hash a guessed key and compare).
 pub(crate) fn key_hash(store_key: &str) -> String {
     // SipHash with fixed keys: the same for every process of one build, and cheap.
     #[allow(deprecated)]
@@ -186,7 +191,10 @@ impl CallTrace {
 
     /// The call's store key is known.
     pub(crate) fn keyed(&mut self, store_key: &str) {
-        if self.observer.is_some() || !self.span.is_disabled() {
+        let listened = self.observer.is_some()
+            || !self.span.is_disabled()
+            || tracing::enabled!(tracing::Level::WARN);
+        if listened {
             let hash = key_hash(store_key);
             self.span.record("idem.key_hash", hash.as_str());
             self.key_hash = Some(hash);
@@ -222,10 +230,16 @@ impl CallTrace {
             }
             _ => false,
         };
-        // The event's span carries the fields; the message says the outcome once.
+        // The event's span carries the fields; a warning carries them too, for subscribers that
+        // keep warnings only (and so drop the span).
         self.span.in_scope(|| {
             if warned && outcome != CallOutcome::StoreError && outcome != CallOutcome::Invalid {
-                tracing::warn!("idempotent call: {outcome}");
+                tracing::warn!(
+                    idem.namespace = %self.namespace,
+                    idem.key_hash = self.key_hash.as_deref().unwrap_or(""),
+                    idem.fence = self.fence.map(|fence| fence.0),
+                    "idempotent call: {outcome}"
+                );
             } else {
                 tracing::debug!("idempotent call: {outcome}");
             }
@@ -243,23 +257,37 @@ impl CallTrace {
                     .decrement(1.0);
             }
         }
-        if let Some(observer) = &self.observer {
-            observer.call_finished(&CallReport {
+        // Never while unwinding: a panic in the observer there would abort the process. And an
+        // observer that panics must not turn a finished call into a panic for its caller.
+        if let Some(observer) = self.observer.as_ref().filter(|_| !std::thread::panicking()) {
+            let report = CallReport {
                 namespace: &self.namespace,
                 key_hash: self.key_hash.as_deref().unwrap_or(""),
                 outcome,
                 fence: self.fence,
                 duration,
-            });
+            };
+            let told = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                observer.call_finished(&report);
+            }));
+            if told.is_err() {
+                tracing::error!("an idem Observer panicked; the call's outcome was {outcome}");
+            }
         }
     }
 }
 
 impl Drop for CallTrace {
     fn drop(&mut self) {
-        // Dropped mid-body: a panic or a cancellation, and the claim is kept.
-        if self.running && !self.done {
-            self.finish(CallOutcome::OutcomeUnknown);
+        if !self.done {
+            // Dropped mid-body (a cancellation: panics are told before they unwind), the claim
+            // is kept; dropped before, the call was cancelled while claiming or waiting.
+            let outcome = if self.running {
+                CallOutcome::OutcomeUnknown
+            } else {
+                CallOutcome::Cancelled
+            };
+            self.finish(outcome);
         }
     }
 }
@@ -267,6 +295,15 @@ impl Drop for CallTrace {
 /// A store operation, as a child span of its call (at DEBUG: its duration is the round trip).
 pub(crate) fn store_span(operation: &'static str) -> Span {
     tracing::debug_span!("idem.store", db.operation = operation)
+}
+
+/// A release failed: the key stays claimed until its lease lapses, which delays a retry.
+pub(crate) fn release_failed(err: &crate::Error) {
+    tracing::warn!(
+        db.operation = "release",
+        error.type = "store",
+        "idem could not release a key (a retry waits for its lease to lapse): {err}"
+    );
 }
 
 /// A store operation failed and will be tried again.

@@ -465,7 +465,7 @@ impl Idempotency {
                 return (Err(err.into()), Served::NotRun, how);
             }
         };
-        let (result, how) = self.execute_claimed(claim, body, errors).await;
+        let (result, how) = self.execute_claimed(claim, body, errors, trace).await;
         (result, Served::Executed, how)
     }
 
@@ -518,6 +518,7 @@ impl Idempotency {
         claim: Claim,
         body: Fut,
         errors: impl ErrorPolicy<E>,
+        trace: &mut CallTrace,
     ) -> (Result<T, E>, CallOutcome)
     where
         Fut: Future<Output = Result<T, E>>,
@@ -532,7 +533,9 @@ impl Idempotency {
         let result = match output {
             Ok(result) => result,
             Err(panic) => {
-                // An unknown outcome: the claim is kept (see `OnError::OutcomeUnknown`).
+                // An unknown outcome: the claim is kept (see `OnError::OutcomeUnknown`). Told
+                // before unwinding, where an observer that panicked would abort the process.
+                trace.finish(CallOutcome::OutcomeUnknown);
                 std::panic::resume_unwind(panic)
             }
         };
@@ -625,9 +628,12 @@ impl Idempotency {
             End::Release => {
                 // Not recorded: release so that a retry runs the body again. If the release
                 // fails the claim lapses with its lease, which delays a retry but loses nothing.
-                let _ = self
+                let released = self
                     .retrying("release", None, || store.release(&claim.key, claim.fence))
                     .await;
+                if let Err(err) = released {
+                    observe::release_failed(&err);
+                }
                 return Ok(());
             }
             // An unknown outcome: the claim lapses with its lease.
@@ -729,6 +735,32 @@ impl Idempotency {
                     ))
                 }
             }
+        }
+    }
+
+    /// A claim taken earlier is still valid: lapsed, it is lost; past a third of its lease, it
+    /// is renewed first.
+    async fn confirm(&self, claim: &Claim) -> Result<(), Error> {
+        let now = Instant::now();
+        let valid_until = claim.lease_clock.valid_until();
+        if now >= valid_until {
+            return Err(Error::lease_lost(claim.key.clone()));
+        }
+        if valid_until.saturating_duration_since(now) > claim.lease - claim.lease / 3 {
+            return Ok(());
+        }
+        let renewed = self
+            .retrying("renew", None, || {
+                self.inner.store.renew(&claim.key, claim.fence, claim.lease)
+            })
+            .await;
+        match renewed {
+            Ok(()) => {
+                claim.lease_clock.renewed(later(now, claim.lease));
+                Ok(())
+            }
+            // Not known to hold: the body must not start.
+            Err(_) => Err(Error::lease_lost(claim.key.clone())),
         }
     }
 
@@ -967,7 +999,9 @@ pub enum Started<T> {
 }
 
 /// A claim taken by [`Idempotency::start`]. Dropping it without running the body keeps the key
-/// claimed until its lease lapses, as for any call whose outcome is unknown.
+/// claimed until its lease lapses, as for any call whose outcome is unknown. Its lease is not
+/// renewed until [`run_with`](Claimed::run_with) starts: run it soon; a claim found lapsed then
+/// is `Error::LeaseLost`, and the body does not run.
 #[must_use = "a claim blocks its key until its lease lapses unless its body is run"]
 pub struct Claimed(Box<ClaimedParts>);
 
@@ -980,8 +1014,8 @@ struct ClaimedParts {
 
 impl std::fmt::Debug for Claimed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the key: keys can be personal data, and a `Debug` ends up in logs.
         f.debug_struct("Claimed")
-            .field("key", &self.0.claim.key)
             .field("fence", &self.0.claim.fence)
             .finish_non_exhaustive()
     }
@@ -1006,8 +1040,16 @@ impl Claimed {
             mut trace,
         } = *self.0;
         let span = trace.span.clone();
+        // The claim was not renewed while it waited to be run: it must still hold, and hold for
+        // a while, before the body starts (a body is never polled under a claim that may have
+        // lapsed, and another caller may have taken over).
+        if let Err(err) = runtime.confirm(&claim).instrument(span.clone()).await {
+            trace.finish(CallOutcome::of_error(&err));
+            outcome::report(Served::NotRun);
+            return Err(err.into());
+        }
         let (result, how) = runtime
-            .execute_claimed(claim, body, Unrecorded(on_error))
+            .execute_claimed(claim, body, Unrecorded(on_error), &mut trace)
             .instrument(span)
             .await;
         trace.finish(how);

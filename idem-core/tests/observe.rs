@@ -237,3 +237,112 @@ async fn two_step_calls_report_once_each() {
     assert_eq!(reports.last().0, CallOutcome::OutcomeUnknown);
     assert_eq!(reports.outcomes().len(), 3);
 }
+
+/// A claim run after its lease lapsed (another call took over meanwhile) does not run its body:
+/// it is `LeaseLost`, and the effect happens once.
+#[tokio::test(start_paused = true)]
+async fn a_claim_run_after_its_lease_lapsed_does_not_run() {
+    let idem = Idempotency::new(MemoryStore::with_tokio_clock());
+    let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let call = || Call::new("late", "order-1").lease(Duration::from_millis(300));
+    let Started::Claimed(claimed) = idem.start::<u32>(call()).await.unwrap() else {
+        panic!("a new key is claimed")
+    };
+    // The task that was to run it waited longer than a lease.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let counted = runs.clone();
+    let takeover = idem
+        .run(call(), async move {
+            ok(counted.fetch_add(1, Ordering::SeqCst) + 1)
+        })
+        .await;
+    assert_eq!(takeover.unwrap(), 1);
+    let counted = runs.clone();
+    let late = claimed
+        .run_with(|_: &Error| OnError::Release, async move {
+            ok(counted.fetch_add(1, Ordering::SeqCst) + 1)
+        })
+        .await;
+    assert!(matches!(late, Err(Error::LeaseLost { .. })), "{late:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the effect ran twice");
+}
+
+/// A claim run late but still valid is renewed before its body starts.
+#[tokio::test(start_paused = true)]
+async fn a_claim_run_late_but_valid_is_renewed_first() {
+    let idem = Idempotency::new(MemoryStore::with_tokio_clock());
+    let call = || {
+        Call::new("late", "order-2")
+            .lease(Duration::from_millis(300))
+            .on_in_progress(OnInProgress::Reject)
+    };
+    let Started::Claimed(claimed) = idem.start::<u32>(call()).await.unwrap() else {
+        panic!("a new key is claimed")
+    };
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let body = tokio::spawn(async move {
+        claimed
+            .run_with(|_: &Error| OnError::Release, async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                ok(1)
+            })
+            .await
+    });
+    // Past the first claim's lease: held only because it was renewed before the body.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(matches!(
+        idem.start::<u32>(call()).await,
+        Err(Error::InProgress { .. })
+    ));
+    assert_eq!(body.await.unwrap().unwrap(), 1);
+}
+
+/// A call cancelled while it waits for another is reported (`cancelled`), not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cancelled_while_waiting_is_reported() {
+    let (reports, _, idem) = observed();
+    let call = || Call::new("observed", "waiting").on_in_progress(OnInProgress::Wait);
+    let Started::Claimed(holder) = idem.start::<u32>(call()).await.unwrap() else {
+        panic!("a new key is claimed")
+    };
+    let waiting = tokio::time::timeout(
+        Duration::from_millis(100),
+        idem.run(call(), async { ok(1) }),
+    );
+    assert!(waiting.await.is_err(), "cancelled by the timeout");
+    assert_eq!(reports.outcomes(), [CallOutcome::Cancelled]);
+    drop(holder);
+}
+
+struct PanickingObserver;
+
+impl Observer for PanickingObserver {
+    fn call_finished(&self, _: &CallReport<'_>) {
+        panic!("an observer with a bug (on purpose, in a test)");
+    }
+}
+
+/// An observer that panics neither aborts the process (while a body's panic unwinds) nor turns
+/// a finished call into a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_observer_is_contained() {
+    let idem = Idempotency::new(MemoryStore::new()).with_observer(Arc::new(PanickingObserver));
+    let value = idem
+        .run(Call::new("observed", "panicking-observer"), async { ok(1) })
+        .await;
+    assert_eq!(value.unwrap(), 1);
+    let body_panic = {
+        let idem = idem.clone();
+        tokio::spawn(async move {
+            idem.run(Call::new("observed", "panicking-body"), async {
+                if true {
+                    panic!("the body panics (on purpose, in a test)");
+                }
+                ok(2)
+            })
+            .await
+        })
+    };
+    // The body's panic reaches its task as a panic: the process did not abort.
+    assert!(body_panic.await.unwrap_err().is_panic());
+}
