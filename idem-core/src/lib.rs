@@ -13,6 +13,8 @@
 mod context;
 mod error;
 mod exact;
+#[cfg(feature = "testing")]
+mod faulty;
 mod fingerprint;
 mod global;
 mod key;

@@ -15,6 +15,8 @@
 
 use std::time::Duration;
 
+pub use crate::faulty::FaultyStore;
+
 use crate::store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
 use crate::Error;
 

@@ -4,14 +4,14 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
+use idem_core::testing::FaultyStore;
 use idem_core::{
-    Call, CallOutcome, CallReport, ClaimOutcome, ClaimRequest, Error, Fence, Idempotency,
-    MemoryStore, Observer, OnError, OnInProgress, Started, Store,
+    Call, CallOutcome, CallReport, Error, Fence, Idempotency, MemoryStore, Observer, OnError,
+    OnInProgress, Started,
 };
 
 /// Every report, in order.
@@ -36,48 +36,9 @@ impl Reports {
     }
 }
 
-/// A memory store that can refuse claims and lose leases.
-struct Faulty {
-    inner: MemoryStore,
-    claims_fail: AtomicBool,
-    leases_lost: AtomicBool,
-}
-
-#[async_trait]
-impl Store for Faulty {
-    async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
-        if self.claims_fail.load(Ordering::SeqCst) {
-            return Err(Error::store("claim", "injected: connection refused"));
-        }
-        self.inner.claim(request).await
-    }
-    async fn complete(
-        &self,
-        key: &str,
-        fence: Fence,
-        record: &[u8],
-        retention: Duration,
-    ) -> Result<(), Error> {
-        self.inner.complete(key, fence, record, retention).await
-    }
-    async fn release(&self, key: &str, fence: Fence) -> Result<(), Error> {
-        self.inner.release(key, fence).await
-    }
-    async fn renew(&self, key: &str, fence: Fence, lease: Duration) -> Result<(), Error> {
-        if self.leases_lost.load(Ordering::SeqCst) {
-            return Err(Error::lease_lost(key));
-        }
-        self.inner.renew(key, fence, lease).await
-    }
-}
-
-fn observed() -> (Arc<Reports>, Arc<Faulty>, Idempotency) {
+fn observed() -> (Arc<Reports>, Arc<FaultyStore>, Idempotency) {
     let reports = Arc::new(Reports::default());
-    let store = Arc::new(Faulty {
-        inner: MemoryStore::new(),
-        claims_fail: AtomicBool::new(false),
-        leases_lost: AtomicBool::new(false),
-    });
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
     let idem = Idempotency::from_arc(store.clone())
         .with_store_attempts(1)
         .with_observer(reports.clone());

@@ -1,48 +1,18 @@
 //! The `tracing` span of each call: its outcome, a hash of the key (never the key), its store
-//! operations as child spans, and warnings for what needs attention. In a test file of its own:
+//! operations as child spans, and warnings for what needs attention (a lost lease, a failed
+//! release). In a test file of its own:
 //! the subscriber is the process's global one, so that no other test registers the callsites
 //! first under no subscriber.
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use idem_core::{Call, ClaimOutcome, ClaimRequest, Error, Fence, Idempotency, MemoryStore, Store};
-
-/// A memory store that loses leases on demand.
-struct LosesLeases {
-    inner: MemoryStore,
-    lost: AtomicBool,
-}
-
-#[async_trait]
-impl Store for LosesLeases {
-    async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
-        self.inner.claim(request).await
-    }
-    async fn complete(
-        &self,
-        key: &str,
-        fence: Fence,
-        record: &[u8],
-        retention: Duration,
-    ) -> Result<(), Error> {
-        self.inner.complete(key, fence, record, retention).await
-    }
-    async fn release(&self, key: &str, fence: Fence) -> Result<(), Error> {
-        self.inner.release(key, fence).await
-    }
-    async fn renew(&self, key: &str, fence: Fence, lease: Duration) -> Result<(), Error> {
-        if self.lost.load(Ordering::SeqCst) {
-            return Err(Error::lease_lost(key));
-        }
-        self.inner.renew(key, fence, lease).await
-    }
-}
+use idem_core::testing::FaultyStore;
+use idem_core::{Call, Error, Idempotency, MemoryStore};
 
 fn ok(value: u32) -> Result<u32, Error> {
     Ok(value)
@@ -129,15 +99,12 @@ fn spans_carry_the_outcome_and_a_hash_of_the_key_never_the_key() {
         .unwrap();
     {
         runtime.block_on(async {
-            let store = Arc::new(LosesLeases {
-                inner: MemoryStore::new(),
-                lost: AtomicBool::new(false),
-            });
+            let store = Arc::new(FaultyStore::new(MemoryStore::new()));
             let idem = Idempotency::from_arc(store.clone());
             let call = || Call::new("traced", "customer-42@example.com");
             idem.run(call(), async { ok(1) }).await.unwrap();
             idem.run(call(), async { ok(1) }).await.unwrap();
-            store.lost.store(true, Ordering::SeqCst);
+            store.leases_lost.store(true, Ordering::SeqCst);
             let _ = idem
                 .run(
                     Call::new("traced", "lost").lease(Duration::from_millis(300)),
@@ -146,6 +113,14 @@ fn spans_carry_the_outcome_and_a_hash_of_the_key_never_the_key() {
                         ok(2)
                     },
                 )
+                .await;
+            store.leases_lost.store(false, Ordering::SeqCst);
+            // A release that fails leaves the key held for a lease: a warning.
+            store.releases_fail.store(true, Ordering::SeqCst);
+            let _ = idem
+                .run(Call::new("traced", "declined"), async {
+                    Err::<u32, _>(Error::invalid_key("declined"))
+                })
                 .await;
         });
     }
@@ -156,7 +131,14 @@ fn spans_carry_the_outcome_and_a_hash_of_the_key_never_the_key() {
         .map(|(_, fields)| fields)
         .collect();
     let outcomes: Vec<_> = calls.iter().map(|f| f["idem.outcome"].as_str()).collect();
-    assert_eq!(outcomes, ["executed", "replayed", "lease_lost"]);
+    assert_eq!(outcomes, ["executed", "replayed", "lease_lost", "released"]);
+    assert!(
+        captured.iter().any(|(name, fields)| name == "event WARN"
+            && fields
+                .get("message")
+                .is_some_and(|m| m.contains("could not release"))),
+        "a failed release is a warning: {captured:?}"
+    );
     assert_eq!(calls[0]["idem.namespace"], "traced");
     assert!(calls[0].contains_key("idem.fence"));
     assert_eq!(calls[0]["idem.key_hash"], calls[1]["idem.key_hash"]);

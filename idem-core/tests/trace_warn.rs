@@ -4,34 +4,14 @@
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use idem_core::{Call, ClaimOutcome, ClaimRequest, Error, Fence, Idempotency, MemoryStore, Store};
+use idem_core::testing::FaultyStore;
+use idem_core::{Call, Error, Idempotency, MemoryStore};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
-
-struct LosesLeases(MemoryStore, AtomicBool);
-#[async_trait]
-impl Store for LosesLeases {
-    async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
-        self.0.claim(request).await
-    }
-    async fn complete(&self, k: &str, f: Fence, rec: &[u8], ret: Duration) -> Result<(), Error> {
-        self.0.complete(k, f, rec, ret).await
-    }
-    async fn release(&self, k: &str, f: Fence) -> Result<(), Error> {
-        self.0.release(k, f).await
-    }
-    async fn renew(&self, k: &str, f: Fence, lease: Duration) -> Result<(), Error> {
-        if self.1.load(Ordering::SeqCst) {
-            return Err(Error::lease_lost(k));
-        }
-        self.0.renew(k, f, lease).await
-    }
-}
 
 /// Each event's fields, as text.
 #[derive(Clone, Default)]
@@ -65,7 +45,9 @@ fn lease_lost_warning_has_call_context_at_warn_level() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let idem = Idempotency::new(LosesLeases(MemoryStore::new(), AtomicBool::new(true)));
+        let store = FaultyStore::new(MemoryStore::new());
+        store.leases_lost.store(true, Ordering::SeqCst);
+        let idem = Idempotency::new(store);
         let lost = idem
             .run(
                 Call::new("pay", "order-6").lease(Duration::from_millis(300)),

@@ -1,0 +1,67 @@
+//! A memory store whose operations fail on demand, for tests of what the runtime does when its
+//! store fails (feature `testing`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::store::{ClaimOutcome, ClaimRequest, Fence, Store};
+use crate::{Error, MemoryStore};
+
+/// A [`MemoryStore`] that refuses claims, loses leases or fails releases while the matching
+/// switch is on.
+#[derive(Debug, Default)]
+pub struct FaultyStore {
+    inner: MemoryStore,
+    /// Claims fail with a store error.
+    pub claims_fail: AtomicBool,
+    /// Renewals report the lease lost.
+    pub leases_lost: AtomicBool,
+    /// Releases fail with a store error.
+    pub releases_fail: AtomicBool,
+}
+
+impl FaultyStore {
+    /// Over `inner`, every switch off.
+    pub fn new(inner: MemoryStore) -> Self {
+        FaultyStore {
+            inner,
+            ..FaultyStore::default()
+        }
+    }
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
+        if self.claims_fail.load(Ordering::SeqCst) {
+            return Err(Error::store("claim", "injected: connection refused"));
+        }
+        self.inner.claim(request).await
+    }
+    async fn complete(
+        &self,
+        key: &str,
+        fence: Fence,
+        record: &[u8],
+        retention: Duration,
+    ) -> Result<(), Error> {
+        self.inner.complete(key, fence, record, retention).await
+    }
+    async fn release(&self, key: &str, fence: Fence) -> Result<(), Error> {
+        if self.releases_fail.load(Ordering::SeqCst) {
+            return Err(Error::store("release", "injected: connection reset"));
+        }
+        self.inner.release(key, fence).await
+    }
+    async fn renew(&self, key: &str, fence: Fence, lease: Duration) -> Result<(), Error> {
+        if self.leases_lost.load(Ordering::SeqCst) {
+            return Err(Error::lease_lost(key));
+        }
+        self.inner.renew(key, fence, lease).await
+    }
+    async fn wait(&self, key: &str, fence: Fence, timeout: Duration) -> Result<(), Error> {
+        self.inner.wait(key, fence, timeout).await
+    }
+}
