@@ -162,28 +162,34 @@ pub(crate) struct CallTrace {
     observer: Option<Arc<dyn Observer>>,
     key_hash: Option<String>,
     fence: Option<Fence>,
-    started: Instant,
+    /// When the call started, if anything will want its duration.
+    started: Option<Instant>,
     running: bool,
     done: bool,
 }
 
 impl CallTrace {
     pub(crate) fn new(namespace: Cow<'static, str>, observer: Option<Arc<dyn Observer>>) -> Self {
-        let span = tracing::info_span!(
-            "idem.call",
-            idem.namespace = %namespace,
-            idem.key_hash = Empty,
-            idem.fence = Empty,
-            idem.outcome = Empty,
-            error.type = Empty,
-        );
+        let span = if tracing::level_enabled!(tracing::Level::INFO) {
+            tracing::info_span!(
+                "idem.call",
+                idem.namespace = %namespace,
+                idem.key_hash = Empty,
+                idem.fence = Empty,
+                idem.outcome = Empty,
+                error.type = Empty,
+            )
+        } else {
+            Span::none()
+        };
+        let started = (observer.is_some() || cfg!(feature = "metrics")).then(Instant::now);
         CallTrace {
             span,
             namespace,
             observer,
             key_hash: None,
             fence: None,
-            started: Instant::now(),
+            started,
             running: false,
             done: false,
         }
@@ -193,17 +199,21 @@ impl CallTrace {
     pub(crate) fn keyed(&mut self, store_key: &str) {
         let listened = self.observer.is_some()
             || !self.span.is_disabled()
-            || tracing::enabled!(tracing::Level::WARN);
+            || tracing::level_enabled!(tracing::Level::WARN);
         if listened {
             let hash = key_hash(store_key);
-            self.span.record("idem.key_hash", hash.as_str());
+            if !self.span.is_disabled() {
+                self.span.record("idem.key_hash", hash.as_str());
+            }
             self.key_hash = Some(hash);
         }
     }
 
     /// The call holds the claim: its body is about to run.
     pub(crate) fn claimed(&mut self, fence: Fence) {
-        self.span.record("idem.fence", fence.0);
+        if !self.span.is_disabled() {
+            self.span.record("idem.fence", fence.0);
+        }
         self.fence = Some(fence);
         self.running = true;
         #[cfg(feature = "metrics")]
@@ -216,24 +226,29 @@ impl CallTrace {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let duration = self.started.elapsed();
-        self.span.record("idem.outcome", outcome.as_str());
-        let warned = match outcome {
+        let duration = self
+            .started
+            .map_or(Duration::ZERO, |started| started.elapsed());
+        let warned = matches!(
+            outcome,
             CallOutcome::LeaseLost
-            | CallOutcome::NotRecorded
-            | CallOutcome::Corrupt
-            | CallOutcome::OutcomeUnknown
-            | CallOutcome::StoreError
-            | CallOutcome::Invalid => {
+                | CallOutcome::NotRecorded
+                | CallOutcome::Corrupt
+                | CallOutcome::OutcomeUnknown
+                | CallOutcome::StoreError
+                | CallOutcome::Invalid
+        );
+        let warn = warned && outcome != CallOutcome::StoreError && outcome != CallOutcome::Invalid;
+        if !self.span.is_disabled() {
+            self.span.record("idem.outcome", outcome.as_str());
+            if warned {
                 self.span.record("error.type", outcome.as_str());
-                true
             }
-            _ => false,
-        };
+        }
         // The event's span carries the fields; a warning carries them too, for subscribers that
         // keep warnings only (and so drop the span).
-        self.span.in_scope(|| {
-            if warned && outcome != CallOutcome::StoreError && outcome != CallOutcome::Invalid {
+        let event = || {
+            if warn {
                 tracing::warn!(
                     idem.namespace = %self.namespace,
                     idem.key_hash = self.key_hash.as_deref().unwrap_or(""),
@@ -243,7 +258,12 @@ impl CallTrace {
             } else {
                 tracing::debug!("idempotent call: {outcome}");
             }
-        });
+        };
+        if self.span.is_disabled() {
+            event();
+        } else {
+            self.span.in_scope(event);
+        }
         #[cfg(feature = "metrics")]
         {
             let labels = [
@@ -294,7 +314,23 @@ impl Drop for CallTrace {
 
 /// A store operation, as a child span of its call (at DEBUG: its duration is the round trip).
 pub(crate) fn store_span(operation: &'static str) -> Span {
-    tracing::debug_span!("idem.store", db.operation = operation)
+    // `level_enabled!` first: with nothing listening, even building a disabled span costs.
+    if tracing::level_enabled!(tracing::Level::DEBUG) {
+        tracing::debug_span!("idem.store", db.operation = operation)
+    } else {
+        Span::none()
+    }
+}
+
+/// `future` inside `span`, or as it is when nothing listens to the span. A disabled span is not
+/// free to enter: with `tracing`'s `log` feature (which other crates turn on) each enter, exit
+/// and record asks `log` whether it listens, on every poll.
+pub(crate) async fn in_span<F: std::future::Future>(span: &Span, future: F) -> F::Output {
+    if span.is_disabled() {
+        future.await
+    } else {
+        tracing::Instrument::instrument(future, span.clone()).await
+    }
 }
 
 /// A release failed: the key stays claimed until its lease lapses, which delays a retry.

@@ -11,7 +11,6 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use crate::context::{self, ClaimContext};
 use crate::exact::encode_exactly;
@@ -421,10 +420,8 @@ impl Idempotency {
     {
         let mut trace = self.trace(&call);
         let span = trace.span.clone();
-        let (result, served, how) = self
-            .serve(call, body, errors, &mut trace)
-            .instrument(span)
-            .await;
+        let (result, served, how) =
+            observe::in_span(&span, self.serve(call, body, errors, &mut trace)).await;
         trace.finish(how);
         outcome::report(served);
         result
@@ -480,7 +477,7 @@ impl Idempotency {
     {
         let mut trace = self.trace(&call);
         let span = trace.span.clone();
-        let begun = self.begin(call, &mut trace).instrument(span).await;
+        let begun = observe::in_span(&span, self.begin(call, &mut trace)).await;
         let (replayed, served, how) = match begun {
             Ok(Begun::Claimed(claim)) => {
                 return Ok(Started::Claimed(Claimed(Box::new(ClaimedParts {
@@ -798,10 +795,8 @@ impl Idempotency {
         loop {
             tokio::time::sleep_until(next).await;
             let sent = Instant::now();
-            let renewed = store
-                .renew(&claim.key, claim.fence, lease)
-                .instrument(observe::store_span("renew"))
-                .await;
+            let renew = store.renew(&claim.key, claim.fence, lease);
+            let renewed = observe::in_span(&observe::store_span("renew"), renew).await;
             match renewed {
                 Ok(()) => {
                     clock.renewed(later(sent, lease));
@@ -831,7 +826,7 @@ impl Idempotency {
         let mut backoff = Duration::from_millis(10);
         let mut attempt = 1;
         loop {
-            match op().instrument(observe::store_span(operation)).await {
+            match observe::in_span(&observe::store_span(operation), op()).await {
                 Err(err) if err.is_transient() => {
                     let before_deadline = valid.is_some_and(|(clock, give_up_at)| {
                         later(Instant::now(), backoff) < clock.valid_until().min(give_up_at)
@@ -1043,15 +1038,16 @@ impl Claimed {
         // The claim was not renewed while it waited to be run: it must still hold, and hold for
         // a while, before the body starts (a body is never polled under a claim that may have
         // lapsed, and another caller may have taken over).
-        if let Err(err) = runtime.confirm(&claim).instrument(span.clone()).await {
+        if let Err(err) = observe::in_span(&span, runtime.confirm(&claim)).await {
             trace.finish(CallOutcome::of_error(&err));
             outcome::report(Served::NotRun);
             return Err(err.into());
         }
-        let (result, how) = runtime
-            .execute_claimed(claim, body, Unrecorded(on_error), &mut trace)
-            .instrument(span)
-            .await;
+        let (result, how) = observe::in_span(
+            &span,
+            runtime.execute_claimed(claim, body, Unrecorded(on_error), &mut trace),
+        )
+        .await;
         trace.finish(how);
         outcome::report(Served::Executed);
         result
