@@ -428,7 +428,7 @@ impl Idempotency {
     }
 
     /// A call's trace, before anything is known of it but its namespace.
-    fn trace(&self, call: &Call) -> CallTrace {
+    pub(crate) fn trace(&self, call: &Call) -> CallTrace {
         let namespace = match &call.namespace {
             Ok(namespace) => namespace.clone(),
             Err(_) => Cow::Borrowed(""),

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 
 use crate::context::ClaimContext;
 use crate::exact::encode_exactly;
+use crate::observe::{self, CallOutcome, CallTrace};
 use crate::outcome::{self, OnError, Served};
 use crate::record::{Outcome, Record};
 use crate::runtime::{decode_replay, later, same_request, ErrorPolicy, Prepared};
@@ -120,6 +121,9 @@ pub struct TransactionClaim<'c, S: TransactionalStore, T, E, F> {
     attempt: AttemptId,
     fence: Fence,
     policy: Policy<E, F>,
+    /// The call's trace, finished by `finish` (or, dropped unfinished, an unknown outcome).
+    /// Boxed: it is large next to a replayed result.
+    trace: Option<Box<CallTrace>>,
     _result: PhantomData<fn() -> T>,
 }
 
@@ -262,8 +266,15 @@ impl Idempotency {
         E: From<Error>,
         F: Fn(&E) -> OnError,
     {
-        let (begun, served) = self.claim_in_transaction(call, connection, policy).await;
-        if let Some(served) = served {
+        let mut trace = self.trace(&call);
+        let span = trace.span.clone();
+        let claiming = self.claim_in_transaction(call, connection, policy, &mut trace);
+        let (mut begun, served) = observe::in_span(&span, claiming).await;
+        match &mut begun {
+            TransactionBegun::Claimed(claim) => claim.trace = Some(Box::new(trace)),
+            TransactionBegun::Done(_) => trace.finish(served.1),
+        }
+        if let Some(served) = served.0 {
             outcome::report(served);
         }
         begun
@@ -275,7 +286,11 @@ impl Idempotency {
         call: Call,
         connection: &'c mut S::Connection,
         policy: Policy<E, F>,
-    ) -> (TransactionBegun<'c, S, T, E, F>, Option<Served>)
+        trace: &mut CallTrace,
+    ) -> (
+        TransactionBegun<'c, S, T, E, F>,
+        (Option<Served>, CallOutcome),
+    )
     where
         S: TransactionalStore,
         T: DeserializeOwned,
@@ -283,9 +298,10 @@ impl Idempotency {
         F: Fn(&E) -> OnError,
     {
         let fail = |err: Error| {
+            let how = CallOutcome::of_error(&err);
             (
                 TransactionBegun::Done(Err(err.into())),
-                Some(Served::NotRun),
+                (Some(Served::NotRun), how),
             )
         };
         let Some(store) = self.store_as::<S>() else {
@@ -299,6 +315,7 @@ impl Idempotency {
             Ok(call) => call,
             Err(err) => return fail(err),
         };
+        trace.keyed(&call.key);
         let attempt = AttemptId::random();
         let (mut transaction, fence) = match claim(store, connection, &call, attempt).await {
             Ok(Claimed::Fence(transaction, fence)) => (transaction, fence),
@@ -306,17 +323,18 @@ impl Idempotency {
                 return match decode_replay(&call.key, &call.fingerprint, &record, &policy) {
                     Ok(result) => {
                         let served = if waited {
-                            Served::Waited
+                            (Served::Waited, CallOutcome::Waited)
                         } else {
-                            Served::Replayed
+                            (Served::Replayed, CallOutcome::Replayed)
                         };
-                        (TransactionBegun::Done(result), Some(served))
+                        (TransactionBegun::Done(result), (Some(served.0), served.1))
                     }
                     Err(err) => fail(err),
                 };
             }
             Err(err) => return fail(err),
         };
+        trace.claimed(fence);
         if policy.marks() {
             if let Err(err) = store.mark(&mut transaction, &mark_name(attempt)).await {
                 let _ = store.rollback(transaction).await;
@@ -330,10 +348,14 @@ impl Idempotency {
             attempt,
             fence,
             policy,
+            trace: None,
             _result: PhantomData,
         };
-        // `Executed` is reported when the claim is finished.
-        (TransactionBegun::Claimed(claim), None)
+        // `Executed` is reported when the claim is finished; the outcome is a placeholder.
+        (
+            TransactionBegun::Claimed(claim),
+            (None, CallOutcome::OutcomeUnknown),
+        )
     }
 }
 
@@ -367,13 +389,20 @@ where
     /// too and the error is returned; a commit whose outcome is unknown (the connection was lost
     /// during `COMMIT`) is [`Error::Store`] with `is_indeterminate()`: a retry replays if it
     /// committed and runs the body if it did not.
-    pub async fn finish(self, result: Result<T, E>) -> Result<T, E> {
-        let result = self.end(result).await;
+    pub async fn finish(mut self, result: Result<T, E>) -> Result<T, E> {
+        let trace = self.trace.take();
+        let span = trace
+            .as_ref()
+            .map_or_else(tracing::Span::none, |t| t.span.clone());
+        let (result, how) = observe::in_span(&span, self.end(result)).await;
+        if let Some(mut trace) = trace {
+            trace.finish(how);
+        }
         outcome::report(Served::Executed);
         result
     }
 
-    async fn end(self, result: Result<T, E>) -> Result<T, E> {
+    async fn end(self, result: Result<T, E>) -> (Result<T, E>, CallOutcome) {
         let TransactionClaim {
             store,
             mut transaction,
@@ -383,6 +412,11 @@ where
             policy,
             ..
         } = self;
+        // idem's own failure ends the call: the body's writes are rolled back with it.
+        let failed = |err: Error| {
+            let how = CallOutcome::of_error(&err);
+            (Err(err.into()), how)
+        };
         let (outcome, json) = match &result {
             Ok(value) => (Outcome::Ok, encode_exactly(value)),
             Err(err) => match (policy.classify(err), policy.encode(err)) {
@@ -390,7 +424,7 @@ where
                     // The body's writes go; the claim stays, for the error's record.
                     let mark = mark_name(attempt);
                     if let Err(undo) = store.undo_to_mark(&mut transaction, &mark).await {
-                        return Err(rolled_back(store, transaction, undo).await.into());
+                        return failed(rolled_back(store, transaction, undo).await);
                     }
                     (Outcome::Err, json)
                 }
@@ -413,15 +447,15 @@ where
                         Err(undo) => Err(rolled_back(store, transaction, undo).await),
                     };
                     return match held {
-                        Ok(()) => result,
+                        Ok(()) => (result, CallOutcome::OutcomeUnknown),
                         // The key could not be held: say so rather than return the body's
                         // error as if a retry had to wait.
-                        Err(err) => Err(err.into()),
+                        Err(err) => failed(err),
                     };
                 }
                 _ => {
                     let _ = store.rollback(transaction).await;
-                    return result;
+                    return (result, CallOutcome::Released);
                 }
             },
         };
@@ -432,7 +466,7 @@ where
                     what: "the result (the transaction was rolled back)",
                     source,
                 };
-                return Err(rolled_back(store, transaction, err).await.into());
+                return failed(rolled_back(store, transaction, err).await);
             }
         };
         let record = Record::encode(outcome, &call.fingerprint, &json);
@@ -440,11 +474,11 @@ where
             .complete_in(&mut transaction, &call.key, fence, &record, call.retention)
             .await
         {
-            return Err(rolled_back(store, transaction, err).await.into());
+            return failed(rolled_back(store, transaction, err).await);
         }
         match store.commit(transaction).await {
-            Ok(()) => result,
-            Err(err) => Err(err.into()),
+            Ok(()) => (result, CallOutcome::Executed),
+            Err(err) => failed(err),
         }
     }
 }

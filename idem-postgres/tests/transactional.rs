@@ -928,3 +928,54 @@ async fn an_unknown_outcome_after_a_long_body_holds_a_whole_lease() {
     is_held(&db.idem, &mut connection, &db.ledger, "k").await;
     assert_eq!(db.rows("k").await, 0);
 }
+
+/// Every observed outcome of this test's calls.
+#[derive(Default)]
+struct Outcomes(std::sync::Mutex<Vec<idem_core::CallOutcome>>);
+
+impl idem_core::Observer for Outcomes {
+    fn call_finished(&self, report: &idem_core::CallReport<'_>) {
+        self.0.lock().unwrap().push(report.outcome);
+    }
+}
+
+/// Transactional calls are observed like the others: executed, replayed, released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_calls_report_their_outcomes() {
+    use idem_core::CallOutcome;
+    let mut db = db().await;
+    let outcomes = Arc::new(Outcomes::default());
+    db.idem = db.idem.clone().with_observer(outcomes.clone());
+    let mut connection = db.connection().await;
+    for _ in 0..2 {
+        let ledger = db.ledger.clone();
+        run_in_transaction!(
+            &db.idem,
+            call("observed"),
+            &mut connection,
+            async move |connection| insert(connection, &ledger, "observed").await,
+        )
+        .await
+        .unwrap();
+    }
+    let ledger = db.ledger.clone();
+    let declined: Result<i64, AppError> = run_in_transaction!(
+        &db.idem,
+        call("declined"),
+        &mut connection,
+        async move |connection| {
+            insert(connection, &ledger, "declined").await?;
+            Err(AppError::Declined)
+        },
+    )
+    .await;
+    assert!(declined.is_err());
+    assert_eq!(
+        *outcomes.0.lock().unwrap(),
+        [
+            CallOutcome::Executed,
+            CallOutcome::Replayed,
+            CallOutcome::Released
+        ]
+    );
+}
