@@ -84,12 +84,8 @@ pub(crate) struct Config {
     pub(crate) on_unrecordable: OnError,
     pub(crate) replayed_headers: Vec<HeaderName>,
     pub(crate) capacity: Option<Arc<Semaphore>>,
-    pub(crate) lifecycle: Arc<Lifecycle>,
-}
-
-/// The requests in flight, shared by every clone of a layer; closed by `shutdown`.
-#[derive(Default)]
-pub(crate) struct Lifecycle {
+    /// The requests in flight; shared by every clone of the layer (a tracker's clones share
+    /// its state), closed by `shutdown`.
     pub(crate) tasks: TaskTracker,
 }
 
@@ -128,7 +124,7 @@ impl IdempotencyLayer {
                 on_unrecordable: OnError::OutcomeUnknown,
                 replayed_headers: DEFAULT_REPLAYED_HEADERS.to_vec(),
                 capacity: None,
-                lifecycle: Arc::default(),
+                tasks: TaskTracker::new(),
             }),
         }
     }
@@ -305,7 +301,7 @@ impl IdempotencyLayer {
     /// after `axum::serve(...).with_graceful_shutdown(...)` returns), on a clone of the layer
     /// given to the router.
     pub async fn shutdown(&self) {
-        let tasks = &self.config.lifecycle.tasks;
+        let tasks = &self.config.tasks;
         tasks.close();
         tasks.wait().await;
     }
@@ -313,7 +309,7 @@ impl IdempotencyLayer {
     /// How many requests with keys the layer is handling now (reading their bodies, running
     /// their handlers, or recording).
     pub fn in_flight(&self) -> usize {
-        self.config.lifecycle.tasks.len()
+        self.config.tasks.len()
     }
 }
 

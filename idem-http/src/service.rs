@@ -111,13 +111,12 @@ where
         }
         Err(err) => return reject(err.rejection(), &err.to_string(), None),
     };
-    let lifecycle = &config.lifecycle;
     // Counted as in flight from before the check, so that a `shutdown` that starts while this
     // request's body arrives waits for its handler.
-    let in_flight = lifecycle.tasks.token();
+    let in_flight = config.tasks.token();
     // The tracker's own state, not a flag of ours: one atomic orders this check against
     // `shutdown`'s close, so that either this request is refused or `shutdown` waits for it.
-    if lifecycle.tasks.is_closed() {
+    if config.tasks.is_closed() {
         let detail = "the service is shutting down; retry against another instance, or later";
         return reject(
             Rejection::ShuttingDown,
@@ -183,7 +182,7 @@ where
     // The handler runs on its own task, so that a client that goes away does not cancel it
     // halfway through its effect: it finishes and records, and the client's retry replays.
     // (Spawned at once after the claim: no await between, so no cancellation either.)
-    let task = lifecycle.tasks.spawn({
+    let task = config.tasks.spawn({
         let config = config.clone();
         async move {
             let handled = execute(&config, inner, request, claimed).await;
