@@ -201,12 +201,16 @@ impl FunctionNamespace {
 
     /// The namespace of the function (without `Self`) whose body declares `marker`.
     pub fn get<F: 'static>(&'static self, _marker: F) -> Result<&'static str, Error> {
+        // Only the marker's names are generic: the rest is compiled once, not per function.
+        self.resolve(type_name::<F>(), TypeId::of::<F>())
+    }
+
+    fn resolve(&'static self, marker_name: &str, marker: TypeId) -> Result<&'static str, Error> {
         let resolved = self.resolved.get_or_init(|| {
-            let base = function_namespace(type_name::<F>());
-            let first =
-                unambiguous(&base).and_then(|()| register(&base, (TypeId::of::<F>(), None)));
+            let base = function_namespace(marker_name);
+            let first = unambiguous(&base).and_then(|()| register(&base, (marker, None)));
             Resolved {
-                marker: TypeId::of::<F>(),
+                marker,
                 base,
                 first,
                 first_self: None,
@@ -221,14 +225,28 @@ impl FunctionNamespace {
         &'static self,
         _marker: F,
     ) -> Result<&'static str, Error> {
-        let self_type = typeid::of::<S>();
+        self.resolve_for(
+            type_name::<F>(),
+            TypeId::of::<F>(),
+            typeid::of::<S>(),
+            type_name::<S>(),
+        )
+    }
+
+    fn resolve_for(
+        &'static self,
+        marker_name: &str,
+        marker: TypeId,
+        self_type: TypeId,
+        self_name: &str,
+    ) -> Result<&'static str, Error> {
         let resolved = self.resolved.get_or_init(|| {
-            let base = function_namespace(type_name::<F>());
-            let namespace = with_self(&base, type_name::<S>());
-            let first = unambiguous(&base)
-                .and_then(|()| register(&namespace, (TypeId::of::<F>(), Some(self_type))));
+            let base = function_namespace(marker_name);
+            let namespace = with_self(&base, self_name);
+            let first =
+                unambiguous(&base).and_then(|()| register(&namespace, (marker, Some(self_type))));
             Resolved {
-                marker: TypeId::of::<F>(),
+                marker,
                 base,
                 first,
                 first_self: Some(self_type),
@@ -248,7 +266,7 @@ impl FunctionNamespace {
             .entry(owner)
             .or_insert_with(|| {
                 unambiguous(&resolved.base)
-                    .and_then(|()| register(&with_self(&resolved.base, type_name::<S>()), owner))
+                    .and_then(|()| register(&with_self(&resolved.base, self_name), owner))
             })
             .clone()
             .map_err(Error::invalid_option)
