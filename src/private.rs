@@ -70,12 +70,12 @@ pub trait IdempotentReturn: Sized {
 }
 
 impl<T: Recordable, E: FromIdemError> IdempotentReturn for Result<T, E> {
-    async fn run_idempotent<Fut: Future<Output = Self>>(
+    fn run_idempotent<Fut: Future<Output = Self>>(
         runtime: Idempotency,
         call: Call,
         body: Fut,
-    ) -> Self {
-        runtime.run(call, body).await
+    ) -> impl Future<Output = Self> {
+        runtime.run(call, body)
     }
 }
 
@@ -99,12 +99,12 @@ where
     T: Recordable,
     E: Recordable + FromIdemError,
 {
-    async fn run_idempotent<Fut: Future<Output = Self>>(
+    fn run_idempotent<Fut: Future<Output = Self>>(
         runtime: Idempotency,
         call: Call,
         body: Fut,
-    ) -> Self {
-        runtime.run_recording_errors(call, body).await
+    ) -> impl Future<Output = Self> {
+        runtime.run_recording_errors(call, body)
     }
 }
 
@@ -131,13 +131,13 @@ pub trait ClassifiedReturn: Sized {
 impl<T: Recordable, E: FromIdemError> ClassifiedReturn for Result<T, E> {
     type Error = E;
 
-    async fn run_idempotent_with<Fut: Future<Output = Self>>(
+    fn run_idempotent_with<Fut: Future<Output = Self>>(
         runtime: Idempotency,
         call: Call,
         body: Fut,
         on_error: impl Fn(&E) -> OnError,
-    ) -> Self {
-        runtime.run_with(call, on_error, body).await
+    ) -> impl Future<Output = Self> {
+        runtime.run_with(call, on_error, body)
     }
 }
 
@@ -168,15 +168,13 @@ where
 {
     type Error = E;
 
-    async fn run_idempotent_with<Fut: Future<Output = Self>>(
+    fn run_idempotent_with<Fut: Future<Output = Self>>(
         runtime: Idempotency,
         call: Call,
         body: Fut,
         on_error: impl Fn(&E) -> OnError,
-    ) -> Self {
-        runtime
-            .run_recording_errors_with(call, on_error, body)
-            .await
+    ) -> impl Future<Output = Self> {
+        runtime.run_recording_errors_with(call, on_error, body)
     }
 }
 

@@ -1,5 +1,7 @@
 //! The claim context that a running body can read.
 
+use std::sync::Arc;
+
 use crate::Fence;
 
 /// What the running body holds: its store key and fencing token.
@@ -64,7 +66,8 @@ impl ClaimContext {
 }
 
 tokio::task_local! {
-    static CONTEXT: ClaimContext;
+    // Shared: the running body's poll sets it anew each time.
+    static CONTEXT: Arc<ClaimContext>;
 }
 
 /// The claim context of the idempotent body running in this task, or `None` outside one.
@@ -84,15 +87,18 @@ tokio::task_local! {
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
 /// ```
 pub fn context() -> Option<ClaimContext> {
-    CONTEXT.try_with(Clone::clone).ok()
+    CONTEXT
+        .try_with(|context| ClaimContext::clone(context))
+        .ok()
 }
 
-pub(crate) async fn scope<F: std::future::Future>(context: ClaimContext, future: F) -> F::Output {
-    CONTEXT.scope(context, future).await
+/// `poll` with `context` as the [`context()`] it sees.
+pub(crate) fn poll_in<R>(context: Arc<ClaimContext>, poll: impl FnOnce() -> R) -> R {
+    CONTEXT.sync_scope(context, poll)
 }
 
 /// Runs `body` with `context` as the [`context()`] it sees: for a body run under a claim that
 /// the caller holds itself (a [`TransactionClaim`](crate::TransactionClaim)).
 pub async fn with_context<F: std::future::Future>(context: ClaimContext, body: F) -> F::Output {
-    scope(context, body).await
+    CONTEXT.scope(Arc::new(context), body).await
 }

@@ -11,6 +11,7 @@
 //! * `testing` (feature `testing`): the contract suite every store must pass.
 
 mod context;
+mod drive;
 mod error;
 mod exact;
 #[cfg(feature = "testing")]

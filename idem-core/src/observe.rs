@@ -333,6 +333,11 @@ pub(crate) async fn in_span<F: std::future::Future>(span: &Span, future: F) -> F
     }
 }
 
+/// Enters `span` unless nothing listens to it (see [`in_span`]).
+pub(crate) fn enter(span: &Span) -> Option<tracing::span::Entered<'_>> {
+    (!span.is_disabled()).then(|| span.enter())
+}
+
 /// A release failed: the key stays claimed until its lease lapses, which delays a retry.
 pub(crate) fn release_failed(err: &crate::Error) {
     tracing::warn!(

@@ -3,16 +3,14 @@
 use std::borrow::Cow;
 use std::fmt::Display;
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::context::{self, ClaimContext};
+use crate::drive::{self, End, Start};
 use crate::exact::encode_exactly;
 use crate::fingerprint::Fingerprint;
 use crate::key::store_key;
@@ -214,6 +212,17 @@ impl<E, F: Fn(&E) -> OnError> ErrorPolicy<E> for Unrecorded<F> {
     }
 }
 
+/// The policy of `run`: every error releases the key. A function, not a closure, so that it is
+/// the same type for every body.
+fn release<E>(_: &E) -> OnError {
+    OnError::Release
+}
+
+/// The policy of `run_recording_errors`: every error is recorded.
+fn record<E>(_: &E) -> OnError {
+    OnError::Record
+}
+
 /// Errors that round-trip through serde, classified by `F`.
 pub(crate) struct Recordable<F>(pub(crate) F);
 
@@ -324,25 +333,37 @@ impl Idempotency {
     ///
     /// The body is not polled unless the claim is confirmed (store failures fail closed).
     /// [`served`](crate::served) tells how the value came to be (executed, replayed, waited).
-    pub async fn run<T, E, Fut>(&self, call: Call, body: Fut) -> Result<T, E>
+    pub fn run<T, E, Fut>(&self, call: Call, body: Fut) -> impl Future<Output = Result<T, E>>
     where
         Fut: Future<Output = Result<T, E>>,
         T: Serialize + DeserializeOwned,
         E: From<Error>,
     {
-        self.execute(call, body, Unrecorded(|_: &E| OnError::Release))
-            .await
+        drive::execute(
+            self.clone(),
+            Start::Call(call),
+            body,
+            Unrecorded(release::<E>),
+        )
     }
 
     /// Like [`run`](Self::run), but an `Err` is recorded and replayed too.
-    pub async fn run_recording_errors<T, E, Fut>(&self, call: Call, body: Fut) -> Result<T, E>
+    pub fn run_recording_errors<T, E, Fut>(
+        &self,
+        call: Call,
+        body: Fut,
+    ) -> impl Future<Output = Result<T, E>>
     where
         Fut: Future<Output = Result<T, E>>,
         T: Serialize + DeserializeOwned,
         E: Serialize + DeserializeOwned + From<Error>,
     {
-        self.execute(call, body, Recordable(|_: &E| OnError::Record))
-            .await
+        drive::execute(
+            self.clone(),
+            Start::Call(call),
+            body,
+            Recordable(record::<E>),
+        )
     }
 
     /// Like [`run`](Self::run), with `on_error` deciding what each `Err` means: release the key
@@ -377,54 +398,34 @@ impl Idempotency {
     /// # }
     /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo());
     /// ```
-    pub async fn run_with<T, E, Fut>(
+    pub fn run_with<T, E, Fut>(
         &self,
         call: Call,
         on_error: impl Fn(&E) -> OnError,
         body: Fut,
-    ) -> Result<T, E>
+    ) -> impl Future<Output = Result<T, E>>
     where
         Fut: Future<Output = Result<T, E>>,
         T: Serialize + DeserializeOwned,
         E: From<Error>,
     {
-        self.execute(call, body, Unrecorded(on_error)).await
+        drive::execute(self.clone(), Start::Call(call), body, Unrecorded(on_error))
     }
 
     /// Like [`run_recording_errors`](Self::run_recording_errors), with `on_error` deciding what
     /// each `Err` means: recorded, released, or an unknown outcome.
-    pub async fn run_recording_errors_with<T, E, Fut>(
+    pub fn run_recording_errors_with<T, E, Fut>(
         &self,
         call: Call,
         on_error: impl Fn(&E) -> OnError,
         body: Fut,
-    ) -> Result<T, E>
+    ) -> impl Future<Output = Result<T, E>>
     where
         Fut: Future<Output = Result<T, E>>,
         T: Serialize + DeserializeOwned,
         E: Serialize + DeserializeOwned + From<Error>,
     {
-        self.execute(call, body, Recordable(on_error)).await
-    }
-
-    async fn execute<T, E, Fut>(
-        &self,
-        call: Call,
-        body: Fut,
-        errors: impl ErrorPolicy<E>,
-    ) -> Result<T, E>
-    where
-        Fut: Future<Output = Result<T, E>>,
-        T: Serialize + DeserializeOwned,
-        E: From<Error>,
-    {
-        let mut trace = self.trace(&call);
-        let span = trace.span.clone();
-        let (result, served, how) =
-            observe::in_span(&span, self.serve(call, body, errors, &mut trace)).await;
-        trace.finish(how);
-        outcome::report(served);
-        result
+        drive::execute(self.clone(), Start::Call(call), body, Recordable(on_error))
     }
 
     /// A call's trace, before anything is known of it but its namespace.
@@ -434,36 +435,6 @@ impl Idempotency {
             Err(_) => Cow::Borrowed(""),
         };
         CallTrace::new(namespace, self.inner.observer.clone())
-    }
-
-    /// The call, and how its result came to be.
-    async fn serve<T, E, Fut>(
-        &self,
-        call: Call,
-        body: Fut,
-        errors: impl ErrorPolicy<E>,
-        trace: &mut CallTrace,
-    ) -> (Result<T, E>, Served, CallOutcome)
-    where
-        Fut: Future<Output = Result<T, E>>,
-        T: Serialize + DeserializeOwned,
-        E: From<Error>,
-    {
-        let claim = match self.begin(call, trace).await {
-            Ok(Begun::Claimed(claim)) => claim,
-            Ok(Begun::Replay {
-                key,
-                fingerprint,
-                record,
-                waited,
-            }) => return replayed(&key, &fingerprint, &record, waited, &errors),
-            Err(err) => {
-                let how = CallOutcome::of_error(&err);
-                return (Err(err.into()), Served::NotRun, how);
-            }
-        };
-        let (result, how) = self.execute_claimed(claim, body, errors, trace).await;
-        (result, Served::Executed, how)
     }
 
     /// Claims `call`'s key and stops there: the recorded result if there is one (the body must
@@ -508,65 +479,9 @@ impl Idempotency {
         Ok(Started::Recorded(replayed?, served))
     }
 
-    /// The body under a claim this call holds, then its record (or release): everything after
-    /// the claim.
-    async fn execute_claimed<T, E, Fut>(
-        &self,
-        claim: Claim,
-        body: Fut,
-        errors: impl ErrorPolicy<E>,
-        trace: &mut CallTrace,
-    ) -> (Result<T, E>, CallOutcome)
-    where
-        Fut: Future<Output = Result<T, E>>,
-        T: Serialize + DeserializeOwned,
-        E: From<Error>,
-    {
-        let context = ClaimContext {
-            key: claim.key.clone(),
-            fence: claim.fence,
-        };
-        let (output, lease_lost) = self.run_body(&claim, context::scope(context, body)).await;
-        let result = match output {
-            Ok(result) => result,
-            Err(panic) => {
-                // An unknown outcome: the claim is kept (see `OnError::OutcomeUnknown`). Told
-                // before unwinding, where an observer that panicked would abort the process.
-                trace.finish(CallOutcome::OutcomeUnknown);
-                std::panic::resume_unwind(panic)
-            }
-        };
-        if lease_lost {
-            return (
-                Err(Error::lease_lost(claim.key).into()),
-                CallOutcome::LeaseLost,
-            );
-        }
-        let end = match &result {
-            Ok(value) => End::Record(Outcome::Ok, encode_exactly(value)),
-            Err(err) => match (errors.classify(err), errors.encode(err)) {
-                (OnError::Record, Some(json)) => End::Record(Outcome::Err, json),
-                (OnError::Release, _) => End::Release,
-                _ => End::KeepClaim,
-            },
-        };
-        let how = match &end {
-            End::Record(..) => CallOutcome::Executed,
-            End::Release => CallOutcome::Released,
-            End::KeepClaim => CallOutcome::OutcomeUnknown,
-        };
-        match self.finish(&claim, end).await {
-            Ok(()) => (result, how),
-            Err(err) => {
-                let how = CallOutcome::of_error(&err);
-                (Err(err.into()), how)
-            }
-        }
-    }
-
     /// Everything before the body, the same for every function: the key, the options, and the
     /// claim (or the record to replay).
-    async fn begin(&self, call: Call, trace: &mut CallTrace) -> Result<Begun, Error> {
+    pub(crate) async fn begin(&self, call: Call, trace: &mut CallTrace) -> Result<Begun, Error> {
         let Prepared {
             key,
             fingerprint,
@@ -618,7 +533,7 @@ impl Idempotency {
 
     /// Everything after the body, the same for every function: record, release or keep the
     /// claim.
-    async fn finish(&self, claim: &Claim, end: End) -> Result<(), Error> {
+    pub(crate) async fn finish(&self, claim: &Claim, end: End) -> Result<(), Error> {
         let store = &self.inner.store;
         let (outcome, json) = match end {
             End::Record(outcome, json) => (outcome, json),
@@ -737,7 +652,7 @@ impl Idempotency {
 
     /// A claim taken earlier is still valid: lapsed, it is lost; past a third of its lease, it
     /// is renewed first.
-    async fn confirm(&self, claim: &Claim) -> Result<(), Error> {
+    pub(crate) async fn confirm(&self, claim: &Claim) -> Result<(), Error> {
         let now = Instant::now();
         let valid_until = claim.lease_clock.valid_until();
         if now >= valid_until {
@@ -761,32 +676,9 @@ impl Idempotency {
         }
     }
 
-    /// Polls the body to completion while renewing the lease. Returns the body's output (or its
-    /// panic) and whether the lease was lost on the way. The body always runs to completion:
-    /// stopping it halfway would leave its effect half-done.
-    async fn run_body<F: Future>(
-        &self,
-        claim: &Claim,
-        body: F,
-    ) -> (std::thread::Result<F::Output>, bool) {
-        let mut body = std::pin::pin!(body);
-        let mut body = std::future::poll_fn(move |cx| {
-            match std::panic::catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(cx))) {
-                Ok(Poll::Pending) => Poll::Pending,
-                Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-                Err(panic) => Poll::Ready(Err(panic)),
-            }
-        });
-        tokio::select! {
-            biased;
-            output = &mut body => (output, false),
-            () = self.keep_lease(claim) => (body.await, true),
-        }
-    }
-
     /// Renews the lease every third of it; returns only when the lease is lost (the store
     /// refused the fence, or no renewal succeeded for a whole lease).
-    async fn keep_lease(&self, claim: &Claim) {
+    pub(crate) async fn keep_lease(&self, claim: &Claim) {
         let (store, clock, lease) = (&self.inner.store, &claim.lease_clock, claim.lease);
         let mut next = clock
             .valid_until()
@@ -862,7 +754,7 @@ enum Acquired {
 }
 
 /// What `begin` found.
-enum Begun {
+pub(crate) enum Begun {
     Claimed(Claim),
     Replay {
         key: String,
@@ -873,23 +765,13 @@ enum Begun {
 }
 
 /// A claim held while the body runs.
-struct Claim {
-    key: String,
+pub(crate) struct Claim {
+    pub(crate) key: String,
     fingerprint: Vec<u8>,
-    fence: Fence,
+    pub(crate) fence: Fence,
     lease: Duration,
     retention: Duration,
     lease_clock: LeaseClock,
-}
-
-/// How a claim ends once the body returned.
-enum End {
-    /// Record this outcome with this JSON (or report why it cannot be recorded).
-    Record(Outcome, Result<Vec<u8>, serde_json::Error>),
-    /// Give the key back: a retry runs the body again.
-    Release,
-    /// The outcome is unknown: keep the claim until its lease lapses.
-    KeepClaim,
 }
 
 /// Until when the current claim is known to be valid: the send time of the claim or of the last
@@ -961,7 +843,7 @@ pub(crate) fn same_request(stored: &[u8], call: &[u8]) -> bool {
 /// The replayed result (an `Ok`, or a recorded `Err`), or why nothing can be replayed.
 /// A replay's result and how it was served: a record that is another request's
 /// (`KeyReused`) or unreadable (`Corrupt`) replays nothing, and the call failed before the body.
-fn replayed<T, E>(
+pub(crate) fn replayed<T, E>(
     key: &str,
     fingerprint: &[u8],
     record: &[u8],
@@ -1019,11 +901,11 @@ impl std::fmt::Debug for Claimed {
 impl Claimed {
     /// Runs `body` under the claim, renewing its lease, then records an `Ok` value or treats an
     /// `Err` as `on_error` says: what [`Idempotency::run_with`] does once it holds the claim.
-    pub async fn run_with<T, E, Fut>(
+    pub fn run_with<T, E, Fut>(
         self,
         on_error: impl Fn(&E) -> OnError,
         body: Fut,
-    ) -> Result<T, E>
+    ) -> impl Future<Output = Result<T, E>>
     where
         Fut: Future<Output = Result<T, E>>,
         T: Serialize + DeserializeOwned,
@@ -1032,25 +914,14 @@ impl Claimed {
         let ClaimedParts {
             runtime,
             claim,
-            mut trace,
+            trace,
         } = *self.0;
-        let span = trace.span.clone();
-        // The claim was not renewed while it waited to be run: it must still hold, and hold for
-        // a while, before the body starts (a body is never polled under a claim that may have
-        // lapsed, and another caller may have taken over).
-        if let Err(err) = observe::in_span(&span, runtime.confirm(&claim)).await {
-            trace.finish(CallOutcome::of_error(&err));
-            outcome::report(Served::NotRun);
-            return Err(err.into());
-        }
-        let (result, how) = observe::in_span(
-            &span,
-            runtime.execute_claimed(claim, body, Unrecorded(on_error), &mut trace),
+        drive::execute(
+            runtime,
+            Start::Claimed(claim, trace),
+            body,
+            Unrecorded(on_error),
         )
-        .await;
-        trace.finish(how);
-        outcome::report(Served::Executed);
-        result
     }
 }
 

@@ -307,3 +307,40 @@ async fn a_panicking_observer_is_contained() {
     // The body's panic reaches its task as a panic: the process did not abort.
     assert!(body_panic.await.unwrap_err().is_panic());
 }
+
+/// A call's future does nothing until polled: dropped unpolled, it reports nothing and claims
+/// nothing.
+#[tokio::test]
+async fn a_call_never_polled_reports_and_claims_nothing() {
+    let (reports, _store, idem) = observed();
+    let unpolled = idem.run(Call::new("observed", "never"), async { ok(1) });
+    drop(unpolled);
+    assert!(reports.outcomes().is_empty(), "{:?}", reports.outcomes());
+    let again = idem
+        .run(
+            Call::new("observed", "never").on_in_progress(OnInProgress::Reject),
+            async { ok(2) },
+        )
+        .await;
+    assert_eq!(again.unwrap(), 2, "the key was never claimed");
+    assert_eq!(reports.outcomes(), [CallOutcome::Executed]);
+}
+
+/// A call's future is `Send` when its body and its error policy are, without asking `Sync` of
+/// either (a policy that counts in a `Cell`, a body that holds one).
+#[test]
+fn calls_are_send_without_asking_sync() {
+    fn assert_send<T: Send>(_: &T) {}
+    let idem = Idempotency::new(MemoryStore::new());
+    let seen = std::cell::Cell::new(0u32);
+    let on_error = move |_: &Error| {
+        seen.set(seen.get() + 1);
+        OnError::Release
+    };
+    let held = std::cell::Cell::new(1u32);
+    let call = idem.run_with(Call::new("send", "k"), on_error, async move {
+        tokio::task::yield_now().await;
+        ok(held.get())
+    });
+    assert_send(&call);
+}

@@ -1,0 +1,409 @@
+//! Running a body under a claim, split in two so that each idempotent function adds little code:
+//! a driver that does not depend on the body's or the result's types, compiled once (claim or
+//! confirm, keep the lease while the body runs, then record, release or keep the claim), and a
+//! thin generic part that only polls the body and encodes or decodes its result.
+//!
+//! The two meet in a [`BodySlot`]: the driver says when the body may run, and the generic part
+//! puts there how the body ended. The generic part polls both, the driver first, in one task.
+//! Its own code is one small `poll` per body type ([`Execute`]), which hands the body on as a
+//! `dyn Future` to [`ExecuteState::poll_with`], compiled once per result type.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use tracing::Span;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::context::{self, ClaimContext};
+use crate::exact::encode_exactly;
+use crate::observe::{self, CallOutcome, CallTrace};
+use crate::outcome::{self, OnError, Served};
+use crate::record::Outcome;
+use crate::runtime::{replayed, Begun, Call, Claim, ErrorPolicy, Idempotency};
+use crate::Error;
+
+/// Where a call starts.
+pub(crate) enum Start {
+    /// A call to claim.
+    Call(Call),
+    /// A claim taken earlier (by [`Idempotency::start`]) and its trace, to confirm before the
+    /// body runs.
+    Claimed(Claim, CallTrace),
+}
+
+/// How the driver ended.
+pub(crate) enum Driven {
+    /// A record to replay: the body must not run. The generic part decodes it and finishes the
+    /// trace.
+    Replay {
+        key: String,
+        fingerprint: Vec<u8>,
+        record: Vec<u8>,
+        waited: bool,
+        trace: CallTrace,
+    },
+    /// The body did not run.
+    NotRun(Error),
+    /// The body ran; an `Err` if its end could not be made durable (lease lost, not recorded).
+    Ran(Result<(), Error>),
+}
+
+/// How a body ended, as the driver needs to know it.
+pub(crate) enum End {
+    /// Record this outcome with this JSON (or report why it cannot be recorded).
+    Record(Outcome, Result<Vec<u8>, serde_json::Error>),
+    /// Give the key back: a retry runs the body again.
+    Release,
+    /// The outcome is unknown: keep the claim until its lease lapses.
+    KeepClaim,
+}
+
+/// What the driver and the generic part share.
+#[derive(Default)]
+pub(crate) struct BodySlot(Mutex<SlotState>);
+
+#[derive(Default)]
+enum SlotState {
+    /// The body may not run yet.
+    #[default]
+    Waiting,
+    /// The body may run, with this context and in this span; `pending` once it returned
+    /// `Pending` (from then on the driver keeps the lease).
+    Running {
+        context: Arc<ClaimContext>,
+        span: Span,
+        pending: bool,
+    },
+    /// The body ended so (taken by the driver).
+    Ended(Option<End>),
+}
+
+impl BodySlot {
+    fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn allow(&self, context: ClaimContext, span: Span) {
+        *self.state() = SlotState::Running {
+            context: Arc::new(context),
+            span,
+            pending: false,
+        };
+    }
+
+    /// The body's context and span, while it may run.
+    fn running(&self) -> Option<(Arc<ClaimContext>, Span)> {
+        match &*self.state() {
+            SlotState::Running { context, span, .. } => Some((context.clone(), span.clone())),
+            _ => None,
+        }
+    }
+
+    /// The body returned `Pending`: whether this is the first time.
+    fn pending(&self) -> bool {
+        match &mut *self.state() {
+            SlotState::Running { pending, .. } => !std::mem::replace(pending, true),
+            _ => false,
+        }
+    }
+
+    fn ended(&self, end: End) {
+        *self.state() = SlotState::Ended(Some(end));
+    }
+
+    /// How the body ended, once; or whether it is still pending.
+    fn take_end(&self) -> Result<End, bool> {
+        match &mut *self.state() {
+            SlotState::Ended(end) => end.take().ok_or(false),
+            SlotState::Running { pending, .. } => Err(*pending),
+            SlotState::Waiting => Err(false),
+        }
+    }
+}
+
+impl Idempotency {
+    /// Everything of a call but its body: claim (or confirm the claim), let the body run, keep
+    /// the lease while it does, and make its end durable. Compiled once for every function.
+    pub(crate) async fn drive(self, start: Start, slot: Arc<BodySlot>) -> Driven {
+        match start {
+            Start::Call(call) => {
+                let mut trace = self.trace(&call);
+                let span = trace.span.clone();
+                let claimed = async {
+                    match self.begin(call, &mut trace).await {
+                        Ok(Begun::Claimed(claim)) => self.run_claimed(claim, &slot, trace).await,
+                        Ok(Begun::Replay {
+                            key,
+                            fingerprint,
+                            record,
+                            waited,
+                        }) => Driven::Replay {
+                            key,
+                            fingerprint,
+                            record,
+                            waited,
+                            trace,
+                        },
+                        Err(err) => not_run(err, trace),
+                    }
+                };
+                observe::in_span(&span, claimed).await
+            }
+            Start::Claimed(claim, trace) => {
+                let span = trace.span.clone();
+                // The claim was not renewed while it waited to be run: it must still hold, and
+                // hold for a while, before the body starts (a body is never polled under a claim
+                // that may have lapsed, and another caller may have taken over).
+                let confirmed = async {
+                    match self.confirm(&claim).await {
+                        Ok(()) => self.run_claimed(claim, &slot, trace).await,
+                        Err(err) => not_run(err, trace),
+                    }
+                };
+                observe::in_span(&span, confirmed).await
+            }
+        }
+    }
+
+    /// The body runs under `claim`; then its end is made durable.
+    async fn run_claimed(&self, claim: Claim, slot: &BodySlot, mut trace: CallTrace) -> Driven {
+        slot.allow(
+            ClaimContext {
+                key: claim.key.clone(),
+                fence: claim.fence,
+            },
+            trace.span.clone(),
+        );
+        // The lease is kept only for a body that did not end at its first poll: one that ends
+        // at once registers no timer.
+        let (end, lease_lost) = {
+            let mut keep_lease = pin!(self.keep_lease(&claim));
+            let mut lost = false;
+            let end = std::future::poll_fn(|cx| match slot.take_end() {
+                Ok(end) => Poll::Ready(end),
+                Err(pending) => {
+                    if pending && !lost {
+                        lost = keep_lease.as_mut().poll(cx).is_ready();
+                    }
+                    Poll::Pending
+                }
+            })
+            .await;
+            (end, lost)
+        };
+        let result = if lease_lost {
+            trace.finish(CallOutcome::LeaseLost);
+            Err(Error::lease_lost(claim.key.clone()))
+        } else {
+            let how = match &end {
+                End::Record(..) => CallOutcome::Executed,
+                End::Release => CallOutcome::Released,
+                End::KeepClaim => CallOutcome::OutcomeUnknown,
+            };
+            let finished = self.finish(&claim, end).await;
+            trace.finish(match &finished {
+                Ok(()) => how,
+                Err(err) => CallOutcome::of_error(err),
+            });
+            finished
+        };
+        outcome::report(Served::Executed);
+        Driven::Ran(result)
+    }
+}
+
+/// Runs `body` at most once per key, started at `start` (the generic part of every `run`
+/// flavour): the driver does everything but poll the body and encode or decode its result.
+pub(crate) fn execute<T, E, Fut, P>(
+    runtime: Idempotency,
+    start: Start,
+    body: Fut,
+    errors: P,
+) -> Execute<impl Future<Output = Driven>, Fut, T, E, P>
+where
+    Fut: Future<Output = Result<T, E>>,
+    T: Serialize + DeserializeOwned,
+    E: From<Error>,
+    P: ErrorPolicy<E>,
+{
+    let slot = Arc::new(BodySlot::default());
+    Execute {
+        state: ExecuteState {
+            driver: Some(runtime.drive(start, slot.clone())),
+            slot,
+            output: None,
+            errors,
+        },
+        body,
+    }
+}
+
+pin_project! {
+    /// The future of one call: its body and the rest of the call.
+    pub(crate) struct Execute<D, Fut, T, E, P> {
+        #[pin]
+        state: ExecuteState<D, T, E, P>,
+        #[pin]
+        body: Fut,
+    }
+}
+
+pin_project! {
+    /// Everything of a call's future but its body.
+    pub(crate) struct ExecuteState<D, T, E, P> {
+        #[pin]
+        driver: Option<D>,
+        slot: Arc<BodySlot>,
+        output: Option<Result<T, E>>,
+        errors: P,
+    }
+}
+
+impl<D, Fut, T, E, P> Future for Execute<D, Fut, T, E, P>
+where
+    D: Future<Output = Driven>,
+    Fut: Future<Output = Result<T, E>>,
+    T: Serialize + DeserializeOwned,
+    E: From<Error>,
+    P: ErrorPolicy<E>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, E>> {
+        let this = self.project();
+        this.state.poll_with(this.body, cx)
+    }
+}
+
+impl<D, T, E, P> ExecuteState<D, T, E, P>
+where
+    D: Future<Output = Driven>,
+    T: Serialize + DeserializeOwned,
+    E: From<Error>,
+    P: ErrorPolicy<E>,
+{
+    /// Polls the driver, and the body when the driver lets it run. Not inlined: one copy per
+    /// result type, not per function.
+    #[inline(never)]
+    fn poll_with(
+        self: Pin<&mut Self>,
+        mut body: Pin<&mut dyn Future<Output = Result<T, E>>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<T, E>> {
+        let mut this = self.project();
+        loop {
+            let Some(driver) = this.driver.as_mut().as_pin_mut() else {
+                // Polled after it returned: the driver is gone.
+                return Poll::Ready(Err(polled_after_completion().into()));
+            };
+            if let Poll::Ready(driven) = driver.poll(cx) {
+                this.driver.set(None);
+                return Poll::Ready(self::result(driven, this.output.take(), this.errors));
+            }
+            if this.output.is_some() {
+                return Poll::Pending;
+            }
+            let Some((context, span)) = this.slot.running() else {
+                return Poll::Pending;
+            };
+            let polled = {
+                let _entered = observe::enter(&span);
+                std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    context::poll_in(context, || body.as_mut().poll(cx))
+                }))
+            };
+            match polled {
+                Ok(Poll::Ready(result)) => {
+                    this.slot.ended(end_of(&result, this.errors));
+                    *this.output = Some(result);
+                }
+                // The body waits: the driver starts keeping the lease.
+                Ok(Poll::Pending) if this.slot.pending() => {}
+                Ok(Poll::Pending) => return Poll::Pending,
+                Err(panic) => {
+                    // An unknown outcome: the claim is kept (see `OnError::OutcomeUnknown`).
+                    // The driver's trace tells so as it is dropped, before unwinding, where an
+                    // observer that panicked would abort the process.
+                    this.driver.set(None);
+                    std::panic::resume_unwind(panic)
+                }
+            }
+        }
+    }
+}
+
+/// The call's result, from how the driver ended and the body's output, if it ran.
+fn result<T, E>(
+    driven: Driven,
+    output: Option<Result<T, E>>,
+    errors: &impl ErrorPolicy<E>,
+) -> Result<T, E>
+where
+    T: DeserializeOwned,
+    E: From<Error>,
+{
+    match driven {
+        Driven::Replay {
+            key,
+            fingerprint,
+            record,
+            waited,
+            mut trace,
+        } => {
+            let (result, served, how) = replayed(&key, &fingerprint, &record, waited, errors);
+            trace.finish(how);
+            outcome::report(served);
+            result
+        }
+        Driven::NotRun(err) => Err(err.into()),
+        Driven::Ran(Ok(())) => output.unwrap_or_else(|| Err(body_lost().into())),
+        Driven::Ran(Err(err)) => Err(err.into()),
+    }
+}
+
+/// A call that ended before its body ran.
+fn not_run(err: Error, mut trace: CallTrace) -> Driven {
+    trace.finish(CallOutcome::of_error(&err));
+    outcome::report(Served::NotRun);
+    Driven::NotRun(err)
+}
+
+/// The driver only goes on once the body's output is kept; this is the error should that ever
+/// not hold.
+#[cold]
+fn body_lost() -> Error {
+    Error::store(
+        "run",
+        "idem lost the body's result after recording it (a bug in idem: please report it)",
+    )
+}
+
+#[cold]
+fn polled_after_completion() -> Error {
+    Error::store(
+        "run",
+        "an idempotent call's future was polled after it completed (a bug in the caller)",
+    )
+}
+
+/// How a body's result ends its claim. Not inlined: one copy per result type, not per function.
+#[inline(never)]
+fn end_of<T, E>(result: &Result<T, E>, errors: &impl ErrorPolicy<E>) -> End
+where
+    T: Serialize + DeserializeOwned,
+{
+    match result {
+        Ok(value) => End::Record(Outcome::Ok, encode_exactly(value)),
+        Err(err) => match (errors.classify(err), errors.encode(err)) {
+            (OnError::Record, Some(json)) => End::Record(Outcome::Err, json),
+            (OnError::Release, _) => End::Release,
+            _ => End::KeepClaim,
+        },
+    }
+}
