@@ -11,9 +11,10 @@
 //! numbers. Comparing whole values instead would refuse values that are equal but serialize
 //! differently once decoded (a `HashSet` iterates in another order, and a type may write one
 //! into a string), and a refusal comes after the effect happened.
-
-use std::borrow::Cow;
-use std::collections::BTreeMap;
+//!
+//! The structures are compared as 64-bit hashes, built while serializing, without allocating:
+//! the check runs on every first execution. Two different structures that hash alike would pass
+//! it; the hash mixes every part, so that takes a chance of about one in 2^64.
 
 use serde::de::DeserializeOwned;
 use serde::ser::{self, Serialize};
@@ -38,7 +39,7 @@ pub(crate) fn encode_exactly<V: Serialize + DeserializeOwned>(
             shown()
         ))
     })?;
-    let trace = |v: &V| v.serialize(Trace).map_err(|Unwritable(why)| refuse(why));
+    let trace = |v: &V| v.serialize(Shape).map_err(|Unwritable(why)| refuse(why));
     if trace(value)? != trace(&decoded)? {
         return Err(refuse(format!(
             "its JSON `{}` decodes as a different value",
@@ -48,7 +49,7 @@ pub(crate) fn encode_exactly<V: Serialize + DeserializeOwned>(
     Ok(json)
 }
 
-/// Why a value cannot be traced.
+/// Why a value's shape cannot be taken.
 #[derive(Debug)]
 struct Unwritable(String);
 
@@ -66,76 +67,95 @@ impl ser::Error for Unwritable {
     }
 }
 
-/// A serializer that writes a value's structure as text.
-struct Trace;
+/// A serializer that hashes a value's structure.
+struct Shape;
 
-/// A value's structure, as text.
-type Trace_ = Cow<'static, str>;
+/// Mixes `part` into `hash` (the finalizer of SplitMix64 over their combination): every bit of
+/// each part moves every bit of the result, so that sums of mixed parts stay apart too.
+fn mix(hash: u64, part: u64) -> u64 {
+    let mut z = hash.rotate_left(23) ^ part.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 
-/// A compound value being traced: its parts, and how to close it.
+/// A name's hash (FNV-1a), as a part.
+fn name(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The kinds of part, so that a struct and a map of the same names differ.
+mod kind {
+    pub(super) const NONE: u64 = 1;
+    pub(super) const SOME: u64 = 2;
+    pub(super) const UNIT: u64 = 3;
+    pub(super) const UNIT_STRUCT: u64 = 4;
+    pub(super) const UNIT_VARIANT: u64 = 5;
+    pub(super) const NEWTYPE_STRUCT: u64 = 6;
+    pub(super) const NEWTYPE_VARIANT: u64 = 7;
+    pub(super) const SEQ: u64 = 8;
+    pub(super) const TUPLE: u64 = 9;
+    pub(super) const TUPLE_STRUCT: u64 = 10;
+    pub(super) const TUPLE_VARIANT: u64 = 11;
+    pub(super) const MAP: u64 = 12;
+    pub(super) const STRUCT: u64 = 13;
+    pub(super) const STRUCT_VARIANT: u64 = 14;
+    pub(super) const FLOAT: u64 = 15;
+    pub(super) const FIELD: u64 = 16;
+    pub(super) const ENTRY: u64 = 17;
+}
+
+/// A compound value being hashed.
 struct Parts {
-    open: String,
-    /// Tuples and structs: their parts in order.
-    ordered: Vec<Trace_>,
-    /// Sequences and maps: their parts in any order (a set decodes in another order), counted.
-    counted: BTreeMap<Trace_, usize>,
-    close: &'static str,
-    unordered: bool,
+    /// The hash so far: the kind and names, then each part in order (tuples and structs).
+    ordered: u64,
+    /// Sequences and maps: the sum of their parts' hashes, in any order (a set decodes in
+    /// another order), and how many there are.
+    unordered: Option<(u64, u64)>,
     /// A map entry's key, waiting for its value.
-    key: Option<Trace_>,
+    key: Option<u64>,
 }
 
 impl Parts {
-    fn new(open: String, close: &'static str, unordered: bool) -> Parts {
+    fn ordered(start: u64) -> Parts {
         Parts {
-            open,
-            ordered: Vec::new(),
-            counted: BTreeMap::new(),
-            close,
-            unordered,
+            ordered: start,
+            unordered: None,
             key: None,
         }
     }
 
-    fn push<T: Serialize + ?Sized>(&mut self, label: &str, value: &T) -> Result<(), Unwritable> {
-        let traced = value.serialize(Trace)?;
-        let part = if label.is_empty() {
-            traced
-        } else {
-            Cow::Owned(format!("{label}{traced}"))
-        };
-        if self.unordered {
-            *self.counted.entry(part).or_default() += 1;
-        } else {
-            self.ordered.push(part);
+    fn unordered(kind: u64) -> Parts {
+        Parts {
+            ordered: kind,
+            unordered: Some((0, 0)),
+            key: None,
         }
-        Ok(())
     }
 
-    fn end(self) -> Result<Trace_, Unwritable> {
-        let parts: Vec<Cow<'_, str>> = if self.unordered {
-            self.counted
-                .iter()
-                .map(|(part, count)| Cow::Owned(format!("{part}*{count}")))
-                .collect()
-        } else {
-            self.ordered
-                .iter()
-                .map(|part| Cow::Borrowed(&**part))
-                .collect()
-        };
-        Ok(Cow::Owned(format!(
-            "{}{}{}",
-            self.open,
-            parts.join(","),
-            self.close
-        )))
+    fn push(&mut self, part: u64) {
+        match &mut self.unordered {
+            Some((sum, count)) => {
+                *sum = sum.wrapping_add(mix(kind::ENTRY, part));
+                *count += 1;
+            }
+            None => self.ordered = mix(self.ordered, part),
+        }
+    }
+
+    fn end(self) -> u64 {
+        match self.unordered {
+            Some((sum, count)) => mix(mix(self.ordered, count), sum),
+            None => mix(self.ordered, 0),
+        }
     }
 }
 
-fn float(value: f64) -> Result<Trace_, Unwritable> {
+fn float(value: f64) -> Result<u64, Unwritable> {
     if value.is_finite() {
-        Ok(Cow::Borrowed("float"))
+        Ok(kind::FLOAT)
     } else {
         Err(Unwritable(format!(
             "it holds {value}, which JSON writes as `null`"
@@ -145,14 +165,14 @@ fn float(value: f64) -> Result<Trace_, Unwritable> {
 
 macro_rules! primitive {
     ($($method:ident: $ty:ty => $name:literal),* $(,)?) => {
-        $(fn $method(self, _: $ty) -> Result<Trace_, Unwritable> {
-            Ok(Cow::Borrowed($name))
+        $(fn $method(self, _: $ty) -> Result<u64, Unwritable> {
+            Ok(name($name))
         })*
     };
 }
 
-impl ser::Serializer for Trace {
-    type Ok = Trace_;
+impl ser::Serializer for Shape {
+    type Ok = u64;
     type Error = Unwritable;
     type SerializeSeq = Parts;
     type SerializeTuple = Parts;
@@ -170,105 +190,110 @@ impl ser::Serializer for Trace {
         serialize_str: &str => "str", serialize_bytes: &[u8] => "bytes",
     );
 
-    fn serialize_f32(self, value: f32) -> Result<Trace_, Unwritable> {
+    fn serialize_f32(self, value: f32) -> Result<u64, Unwritable> {
         float(f64::from(value))
     }
 
-    fn serialize_f64(self, value: f64) -> Result<Trace_, Unwritable> {
+    fn serialize_f64(self, value: f64) -> Result<u64, Unwritable> {
         float(value)
     }
 
-    fn serialize_none(self) -> Result<Trace_, Unwritable> {
-        Ok(Cow::Borrowed("None"))
+    fn serialize_none(self) -> Result<u64, Unwritable> {
+        Ok(kind::NONE)
     }
 
-    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<Trace_, Unwritable> {
-        Ok(Cow::Owned(format!("Some({})", value.serialize(Trace)?)))
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<u64, Unwritable> {
+        Ok(mix(kind::SOME, value.serialize(Shape)?))
     }
 
-    fn serialize_unit(self) -> Result<Trace_, Unwritable> {
-        Ok(Cow::Borrowed("()"))
+    fn serialize_unit(self) -> Result<u64, Unwritable> {
+        Ok(kind::UNIT)
     }
 
-    fn serialize_unit_struct(self, name: &'static str) -> Result<Trace_, Unwritable> {
-        Ok(Cow::Borrowed(name))
+    fn serialize_unit_struct(self, type_name: &'static str) -> Result<u64, Unwritable> {
+        Ok(mix(kind::UNIT_STRUCT, name(type_name)))
     }
 
     fn serialize_unit_variant(
         self,
-        name: &'static str,
+        type_name: &'static str,
         _: u32,
         variant: &'static str,
-    ) -> Result<Trace_, Unwritable> {
-        Ok(Cow::Owned(format!("{name}::{variant}")))
+    ) -> Result<u64, Unwritable> {
+        Ok(mix(mix(kind::UNIT_VARIANT, name(type_name)), name(variant)))
     }
 
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
-        name: &'static str,
+        type_name: &'static str,
         value: &T,
-    ) -> Result<Trace_, Unwritable> {
-        Ok(Cow::Owned(format!("{name}({})", value.serialize(Trace)?)))
+    ) -> Result<u64, Unwritable> {
+        let start = mix(kind::NEWTYPE_STRUCT, name(type_name));
+        Ok(mix(start, value.serialize(Shape)?))
     }
 
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
         self,
-        name: &'static str,
+        type_name: &'static str,
         _: u32,
         variant: &'static str,
         value: &T,
-    ) -> Result<Trace_, Unwritable> {
-        Ok(Cow::Owned(format!(
-            "{name}::{variant}({})",
-            value.serialize(Trace)?
-        )))
+    ) -> Result<u64, Unwritable> {
+        let start = mix(mix(kind::NEWTYPE_VARIANT, name(type_name)), name(variant));
+        Ok(mix(start, value.serialize(Shape)?))
     }
 
     fn serialize_seq(self, _: Option<usize>) -> Result<Parts, Unwritable> {
-        Ok(Parts::new("[".to_owned(), "]", true))
+        Ok(Parts::unordered(kind::SEQ))
     }
 
     fn serialize_tuple(self, _: usize) -> Result<Parts, Unwritable> {
-        Ok(Parts::new("(".to_owned(), ")", false))
+        Ok(Parts::ordered(kind::TUPLE))
     }
 
-    fn serialize_tuple_struct(self, name: &'static str, _: usize) -> Result<Parts, Unwritable> {
-        Ok(Parts::new(format!("{name}("), ")", false))
+    fn serialize_tuple_struct(
+        self,
+        type_name: &'static str,
+        _: usize,
+    ) -> Result<Parts, Unwritable> {
+        Ok(Parts::ordered(mix(kind::TUPLE_STRUCT, name(type_name))))
     }
 
     fn serialize_tuple_variant(
         self,
-        name: &'static str,
+        type_name: &'static str,
         _: u32,
         variant: &'static str,
         _: usize,
     ) -> Result<Parts, Unwritable> {
-        Ok(Parts::new(format!("{name}::{variant}("), ")", false))
+        let start = mix(mix(kind::TUPLE_VARIANT, name(type_name)), name(variant));
+        Ok(Parts::ordered(start))
     }
 
     fn serialize_map(self, _: Option<usize>) -> Result<Parts, Unwritable> {
-        Ok(Parts::new("{".to_owned(), "}", true))
+        Ok(Parts::unordered(kind::MAP))
     }
 
-    fn serialize_struct(self, name: &'static str, _: usize) -> Result<Parts, Unwritable> {
-        Ok(Parts::new(format!("{name}{{"), "}", false))
+    fn serialize_struct(self, type_name: &'static str, _: usize) -> Result<Parts, Unwritable> {
+        Ok(Parts::ordered(mix(kind::STRUCT, name(type_name))))
     }
 
     fn serialize_struct_variant(
         self,
-        name: &'static str,
+        type_name: &'static str,
         _: u32,
         variant: &'static str,
         _: usize,
     ) -> Result<Parts, Unwritable> {
-        Ok(Parts::new(format!("{name}::{variant}{{"), "}", false))
+        let start = mix(mix(kind::STRUCT_VARIANT, name(type_name)), name(variant));
+        Ok(Parts::ordered(start))
     }
 }
 
 macro_rules! compound {
     ($($trait:ident: $method:ident $(($key:ident))?;)*) => {
         $(impl ser::$trait for Parts {
-            type Ok = Trace_;
+            type Ok = u64;
             type Error = Unwritable;
 
             fn $method<T: Serialize + ?Sized>(
@@ -276,14 +301,15 @@ macro_rules! compound {
                 $($key: &'static str,)?
                 value: &T,
             ) -> Result<(), Unwritable> {
-                #[allow(unused_mut, unused_assignments)]
-                let mut label = String::new();
-                $(label = format!("{}:", $key);)?
-                self.push(&label, value)
+                #[allow(unused_mut)]
+                let mut part = value.serialize(Shape)?;
+                $(part = mix(mix(kind::FIELD, name($key)), part);)?
+                self.push(part);
+                Ok(())
             }
 
-            fn end(self) -> Result<Trace_, Unwritable> {
-                Parts::end(self)
+            fn end(self) -> Result<u64, Unwritable> {
+                Ok(Parts::end(self))
             }
         })*
     };
@@ -299,21 +325,22 @@ compound! {
 }
 
 impl ser::SerializeMap for Parts {
-    type Ok = Trace_;
+    type Ok = u64;
     type Error = Unwritable;
 
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Unwritable> {
-        self.key = Some(key.serialize(Trace)?);
+        self.key = Some(key.serialize(Shape)?);
         Ok(())
     }
 
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unwritable> {
-        let key = self.key.take().unwrap_or(Cow::Borrowed(""));
-        self.push(&format!("{key}:"), value)
+        let key = self.key.take().unwrap_or(0);
+        self.push(mix(mix(kind::FIELD, key), value.serialize(Shape)?));
+        Ok(())
     }
 
-    fn end(self) -> Result<Trace_, Unwritable> {
-        Parts::end(self)
+    fn end(self) -> Result<u64, Unwritable> {
+        Ok(Parts::end(self))
     }
 }
 
