@@ -99,6 +99,9 @@ pub(crate) fn poll_in<R>(context: Arc<ClaimContext>, poll: impl FnOnce() -> R) -
 
 /// Runs `body` with `context` as the [`context()`] it sees: for a body run under a claim that
 /// the caller holds itself (a [`TransactionClaim`](crate::TransactionClaim)).
-pub async fn with_context<F: std::future::Future>(context: ClaimContext, body: F) -> F::Output {
-    CONTEXT.scope(Arc::new(context), body).await
+pub fn with_context<F: std::future::Future>(
+    context: ClaimContext,
+    body: F,
+) -> impl std::future::Future<Output = F::Output> {
+    CONTEXT.scope(Arc::new(context), body)
 }

@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -117,13 +117,17 @@ impl BodySlot {
         *self.state() = SlotState::Ended(Some(end));
     }
 
-    /// How the body ended, once; or whether it is still pending.
-    fn take_end(&self) -> Result<End, bool> {
+    /// How the body ended, once.
+    fn take_end(&self) -> Option<End> {
         match &mut *self.state() {
-            SlotState::Ended(end) => end.take().ok_or(false),
-            SlotState::Running { pending, .. } => Err(*pending),
-            SlotState::Waiting => Err(false),
+            SlotState::Ended(end) => end.take(),
+            _ => None,
         }
+    }
+
+    /// Whether the body returned `Pending` at least once.
+    fn waited(&self) -> bool {
+        matches!(&*self.state(), SlotState::Running { pending: true, .. })
     }
 }
 
@@ -182,21 +186,13 @@ impl Idempotency {
         );
         // The lease is kept only for a body that did not end at its first poll: one that ends
         // at once registers no timer.
-        let (end, lease_lost) = {
-            let mut keep_lease = pin!(self.keep_lease(&claim));
-            let mut lost = false;
-            let end = std::future::poll_fn(|cx| match slot.take_end() {
-                Ok(end) => Poll::Ready(end),
-                Err(pending) => {
-                    if pending && !lost {
-                        lost = keep_lease.as_mut().poll(cx).is_ready();
-                    }
-                    Poll::Pending
-                }
-            })
+        let body_ended = std::future::poll_fn(|_| match slot.take_end() {
+            Some(end) => Poll::Ready(end),
+            None => Poll::Pending,
+        });
+        let (end, lease_lost) = self
+            .keeping_lease(&claim, body_ended, || slot.waited())
             .await;
-            (end, lost)
-        };
         let result = if lease_lost {
             trace.finish(CallOutcome::LeaseLost);
             Err(Error::lease_lost(claim.key.clone()))
@@ -225,7 +221,7 @@ pub(crate) fn execute<T, E, Fut, P>(
     start: Start,
     body: Fut,
     errors: P,
-) -> Execute<impl Future<Output = Driven>, Fut, T, E, P>
+) -> Execute<Fut, T, E, P>
 where
     Fut: Future<Output = Result<T, E>>,
     T: Serialize + DeserializeOwned,
@@ -235,7 +231,7 @@ where
     let slot = Arc::new(BodySlot::default());
     Execute {
         state: ExecuteState {
-            driver: Some(runtime.drive(start, slot.clone())),
+            driver: Some(Box::pin(runtime.drive(start, slot.clone()))),
             slot,
             output: None,
             errors,
@@ -246,28 +242,27 @@ where
 
 pin_project! {
     /// The future of one call: its body and the rest of the call.
-    pub(crate) struct Execute<D, Fut, T, E, P> {
-        #[pin]
-        state: ExecuteState<D, T, E, P>,
+    pub(crate) struct Execute<Fut, T, E, P> {
+        state: ExecuteState<T, E, P>,
         #[pin]
         body: Fut,
     }
 }
 
-pin_project! {
-    /// Everything of a call's future but its body.
-    pub(crate) struct ExecuteState<D, T, E, P> {
-        #[pin]
-        driver: Option<D>,
-        slot: Arc<BodySlot>,
-        output: Option<Result<T, E>>,
-        errors: P,
-    }
+/// The driver's future. On the heap: it is large (its store operations, timers and trace), and
+/// a call's future is moved several times before it runs.
+type Driver = Pin<Box<dyn Future<Output = Driven> + Send>>;
+
+/// Everything of a call's future but its body.
+pub(crate) struct ExecuteState<T, E, P> {
+    driver: Option<Driver>,
+    slot: Arc<BodySlot>,
+    output: Option<Result<T, E>>,
+    errors: P,
 }
 
-impl<D, Fut, T, E, P> Future for Execute<D, Fut, T, E, P>
+impl<Fut, T, E, P> Future for Execute<Fut, T, E, P>
 where
-    D: Future<Output = Driven>,
     Fut: Future<Output = Result<T, E>>,
     T: Serialize + DeserializeOwned,
     E: From<Error>,
@@ -281,9 +276,8 @@ where
     }
 }
 
-impl<D, T, E, P> ExecuteState<D, T, E, P>
+impl<T, E, P> ExecuteState<T, E, P>
 where
-    D: Future<Output = Driven>,
     T: Serialize + DeserializeOwned,
     E: From<Error>,
     P: ErrorPolicy<E>,
@@ -292,19 +286,19 @@ where
     /// result type, not per function.
     #[inline(never)]
     fn poll_with(
-        self: Pin<&mut Self>,
+        &mut self,
         mut body: Pin<&mut dyn Future<Output = Result<T, E>>>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<T, E>> {
-        let mut this = self.project();
+        let this = self;
         loop {
-            let Some(driver) = this.driver.as_mut().as_pin_mut() else {
+            let Some(driver) = this.driver.as_mut() else {
                 // Polled after it returned: the driver is gone.
                 return Poll::Ready(Err(polled_after_completion().into()));
             };
-            if let Poll::Ready(driven) = driver.poll(cx) {
-                this.driver.set(None);
-                return Poll::Ready(self::result(driven, this.output.take(), this.errors));
+            if let Poll::Ready(driven) = driver.as_mut().poll(cx) {
+                this.driver = None;
+                return Poll::Ready(self::result(driven, this.output.take(), &this.errors));
             }
             if this.output.is_some() {
                 return Poll::Pending;
@@ -320,8 +314,8 @@ where
             };
             match polled {
                 Ok(Poll::Ready(result)) => {
-                    this.slot.ended(end_of(&result, this.errors));
-                    *this.output = Some(result);
+                    this.slot.ended(end_of(&result, &this.errors));
+                    this.output = Some(result);
                 }
                 // The body waits: the driver starts keeping the lease.
                 Ok(Poll::Pending) if this.slot.pending() => {}
@@ -330,7 +324,7 @@ where
                     // An unknown outcome: the claim is kept (see `OnError::OutcomeUnknown`).
                     // The driver's trace tells so as it is dropped, before unwinding, where an
                     // observer that panicked would abort the process.
-                    this.driver.set(None);
+                    this.driver = None;
                     std::panic::resume_unwind(panic)
                 }
             }

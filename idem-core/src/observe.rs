@@ -324,12 +324,38 @@ pub(crate) fn store_span(operation: &'static str) -> Span {
 
 /// `future` inside `span`, or as it is when nothing listens to the span. A disabled span is not
 /// free to enter: with `tracing`'s `log` feature (which other crates turn on) each enter, exit
-/// and record asks `log` whether it listens, on every poll.
-pub(crate) async fn in_span<F: std::future::Future>(span: &Span, future: F) -> F::Output {
+/// and record asks `log` whether it listens, on every poll. (Not an `async fn`: one would hold
+/// the future twice, as its argument and as what it awaits.)
+pub(crate) fn in_span<F: std::future::Future>(span: &Span, future: F) -> InSpan<F> {
     if span.is_disabled() {
-        future.await
+        InSpan::Plain { future }
     } else {
-        tracing::Instrument::instrument(future, span.clone()).await
+        InSpan::Traced {
+            future: tracing::Instrument::instrument(future, span.clone()),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// What [`in_span`] returns.
+    #[project = InSpanProjection]
+    pub(crate) enum InSpan<F> {
+        Plain { #[pin] future: F },
+        Traced { #[pin] future: tracing::instrument::Instrumented<F> },
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for InSpan<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        match self.project() {
+            InSpanProjection::Plain { future } => future.poll(cx),
+            InSpanProjection::Traced { future } => future.poll(cx),
+        }
     }
 }
 

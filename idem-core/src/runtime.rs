@@ -567,18 +567,11 @@ impl Idempotency {
         // to be valid, and the lease is renewed meanwhile: giving up earlier would leave an
         // effect without its record, which the next delivery repeats.
         let give_up_at = later(Instant::now(), claim.lease);
-        let written = {
-            let write = self.retrying("complete", Some((&claim.lease_clock, give_up_at)), || {
-                store.complete(&claim.key, claim.fence, &record, claim.retention)
-            });
-            let mut write = std::pin::pin!(write);
-            tokio::select! {
-                biased;
-                written = &mut write => written,
-                // The lease was lost: the write stops by itself once the claim's validity ran out.
-                () = self.keep_lease(claim) => write.await,
-            }
-        };
+        let write = self.retrying("complete", Some((&claim.lease_clock, give_up_at)), || {
+            store.complete(&claim.key, claim.fence, &record, claim.retention)
+        });
+        // Lease lost: the write stops by itself once the claim's validity ran out.
+        let (written, _) = self.keeping_lease(claim, write, || true).await;
         match written {
             Ok(()) => Ok(()),
             Err(err @ Error::LeaseLost { .. }) => Err(err),
@@ -634,8 +627,9 @@ impl Idempotency {
                         .min(give_up_at - now);
                     waited = true;
                     if store.wait(key, fence, timeout).await.is_err() {
-                        // The notification path failed; fall back to a short poll.
-                        tokio::time::sleep(timeout.min(Duration::from_millis(50))).await;
+                        // The notification path failed; fall back to a short poll (its timer on
+                        // the heap: the path is rare, and every call's future would carry it).
+                        Box::pin(tokio::time::sleep(timeout.min(Duration::from_millis(50)))).await;
                     }
                 }
                 // ClaimOutcome is non_exhaustive for stores; a future variant is a store bug.
@@ -712,28 +706,74 @@ impl Idempotency {
         mut op: Op,
     ) -> Result<T, Error>
     where
+        Op: FnMut() -> Fut + Send,
+        Fut: Future<Output = Result<T, Error>> + Send,
+        T: Send,
+    {
+        match observe::in_span(&observe::store_span(operation), op()).await {
+            // Retries are rare: their state (a timer, the backoff) lives on the heap, so that
+            // every call's future does not carry it.
+            Err(err) if err.is_transient() => Box::pin(self.retry(operation, valid, op, err)).await,
+            other => other,
+        }
+    }
+
+    /// [`retrying`](Self::retrying) after the first attempt failed with `err`.
+    async fn retry<T, Op, Fut>(
+        &self,
+        operation: &'static str,
+        valid: Option<(&LeaseClock, Instant)>,
+        mut op: Op,
+        mut err: Error,
+    ) -> Result<T, Error>
+    where
         Op: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
         let mut backoff = Duration::from_millis(10);
         let mut attempt = 1;
         loop {
+            let before_deadline = valid.is_some_and(|(clock, give_up_at)| {
+                later(Instant::now(), backoff) < clock.valid_until().min(give_up_at)
+            });
+            if attempt >= self.inner.store_attempts && !before_deadline {
+                return Err(err);
+            }
+            observe::store_retry(operation, attempt, &err);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+            attempt += 1;
             match observe::in_span(&observe::store_span(operation), op()).await {
-                Err(err) if err.is_transient() => {
-                    let before_deadline = valid.is_some_and(|(clock, give_up_at)| {
-                        later(Instant::now(), backoff) < clock.valid_until().min(give_up_at)
-                    });
-                    if attempt >= self.inner.store_attempts && !before_deadline {
-                        return Err(err);
-                    }
-                    observe::store_retry(operation, attempt, &err);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(200));
-                    attempt += 1;
-                }
+                Err(again) if again.is_transient() => err = again,
                 other => return other,
             }
         }
+    }
+
+    /// Runs `work` to its end while keeping `claim`'s lease, from the time it first waits;
+    /// returns its output and whether the lease was lost meanwhile (then `work` still runs to its
+    /// end, no longer kept).
+    pub(crate) async fn keeping_lease<F: Future>(
+        &self,
+        claim: &Claim,
+        work: F,
+        may_keep: impl Fn() -> bool,
+    ) -> (F::Output, bool) {
+        let mut work = std::pin::pin!(work);
+        // On the heap, and only once `work` waits: most work ends at its first poll.
+        let mut keeper: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
+        let mut lost = false;
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(output) = work.as_mut().poll(cx) {
+                return std::task::Poll::Ready((output, lost));
+            }
+            if !lost && may_keep() {
+                let keeper = keeper.get_or_insert_with(|| Box::pin(self.keep_lease(claim)));
+                lost = keeper.as_mut().poll(cx).is_ready();
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 }
 
