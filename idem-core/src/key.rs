@@ -62,14 +62,21 @@ pub fn store_key(prefix: &str, namespace: &str, user_key: &str) -> Result<String
 
 /// Appends `text` with `%`, `:` and `#` escaped (the separators of a store key).
 fn push_escaped(out: &mut String, text: &str) {
-    for c in text.chars() {
-        match c {
-            '%' => out.push_str("%25"),
-            ':' => out.push_str("%3A"),
-            '#' => out.push_str("%23"),
-            c => out.push(c),
-        }
+    // The separators are ASCII, so they are found by byte, and the text between them (any
+    // UTF-8) is copied a run at a time.
+    let mut run = 0;
+    for (at, byte) in text.bytes().enumerate() {
+        let escaped = match byte {
+            b'%' => "%25",
+            b':' => "%3A",
+            b'#' => "%23",
+            _ => continue,
+        };
+        out.push_str(&text[run..at]);
+        out.push_str(escaped);
+        run = at + 1;
     }
+    out.push_str(&text[run..]);
 }
 
 /// Checks a namespace: not empty; no `:`, `#`, `{`, `}`, control characters, or whitespace other
