@@ -203,6 +203,7 @@ async fn run(options: &Options) -> Result<bool, String> {
                 Side::idem_redis(&url).await.map_err(|err| err.0)?,
                 Side::naive(&url).await.map_err(|err| err.0)?,
                 Side::cached(&url),
+                Side::idempotent(&url).await.map_err(|err| err.0)?,
             ],
             Suite::Memory => vec![Side::idem_memory(), Side::Bare, Side::mutex_map()],
             Suite::HttpMemory => vec![
@@ -242,6 +243,17 @@ async fn run(options: &Options) -> Result<bool, String> {
         for side in &sides {
             populate(side, suite).await?;
         }
+        // Server time per call, for the suites whose sides all talk to this Redis.
+        let mut stats = match suite {
+            Suite::Redis => Some(
+                redis::Client::open(url.as_str())
+                    .map_err(|err| err.to_string())?
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|err| format!("a connection for INFO: {err}"))?,
+            ),
+            _ => None,
+        };
         for &workload in &options.workloads {
             for &tasks in &options.tasks {
                 for round in 0..options.rounds {
@@ -260,11 +272,22 @@ async fn run(options: &Options) -> Result<bool, String> {
                         };
                         let executions = EXECUTIONS.load(Ordering::Relaxed);
                         let side = Arc::clone(side);
+                        let server_before = match stats.as_mut() {
+                            Some(stats) => Some(measure::server_usec(stats).await?),
+                            None => None,
+                        };
                         let mut sample = measure::block(tasks, options.block, keys, move |key| {
                             let side = Arc::clone(&side);
                             async move { side.call(workload, key).await }
                         })
                         .await;
+                        if let (Some(stats), Some(before)) = (stats.as_mut(), server_before) {
+                            let after = measure::server_usec(stats).await?;
+                            // (The INFO that opened the block is in it: microseconds over
+                            // thousands of calls.)
+                            let spent = after.saturating_sub(before) as f64;
+                            sample.server_us = (sample.ops > 0).then(|| spent / sample.ops as f64);
+                        }
                         let ran = EXECUTIONS.load(Ordering::Relaxed) - executions;
                         let runs_every_call =
                             ["bare call", "bare transaction", "bare route"].contains(&cell.side);

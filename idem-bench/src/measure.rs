@@ -37,6 +37,8 @@ pub(crate) struct Sample {
     pub(crate) elapsed: Duration,
     /// Every call's latency, sorted.
     latencies: Vec<Duration>,
+    /// Redis server time per call (µs, from `INFO commandstats`), for sides on Redis.
+    pub(crate) server_us: Option<f64>,
 }
 
 impl Sample {
@@ -97,6 +99,7 @@ where
         first_error: None,
         elapsed: Duration::ZERO,
         latencies: Vec::new(),
+        server_us: None,
     };
     for handle in handles {
         match handle.await {
@@ -131,6 +134,23 @@ pub(crate) fn median(values: &mut [f64]) -> f64 {
     } else {
         (values[middle - 1] + values[middle]) / 2.0
     }
+}
+
+/// The Redis server's total command time so far (µs): the sum of `usec` over `INFO
+/// commandstats`, so that the difference across a block is the server time its calls took.
+pub(crate) async fn server_usec(
+    connection: &mut redis::aio::MultiplexedConnection,
+) -> Result<u64, String> {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(connection)
+        .await
+        .map_err(|err| format!("INFO commandstats: {err}"))?;
+    Ok(info
+        .lines()
+        .filter_map(|line| line.split("usec=").nth(1))
+        .filter_map(|rest| rest.split(',').next()?.parse::<u64>().ok())
+        .sum())
 }
 
 #[cfg(test)]

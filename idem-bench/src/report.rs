@@ -46,6 +46,8 @@ pub(crate) struct Row {
     pub(crate) errors: u64,
     /// The median over rounds of idem's ops/s ÷ this side's, from the same round.
     pub(crate) idem_ratio: Option<f64>,
+    /// The median over rounds of the Redis server's time per call, when measured.
+    pub(crate) server_us: Option<f64>,
 }
 
 impl Results {
@@ -121,6 +123,11 @@ impl Results {
                     idem_ratio: (cell.side != "idem")
                         .then(|| self.ratio(&Self::idem_cell(cell), cell))
                         .flatten(),
+                    server_us: {
+                        let mut server: Vec<f64> =
+                            samples.iter().filter_map(|s| s.server_us).collect();
+                        (!server.is_empty()).then(|| median(&mut server))
+                    },
                 }
             })
             .collect()
@@ -129,17 +136,21 @@ impl Results {
     /// The full table (markdown).
     pub(crate) fn table(&self) -> String {
         let mut out = String::from(
-            "\n| store | workload | tasks | side | ops/s | p50 µs | p99 µs | errors | idem ÷ side |\n\
-             | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |\n",
+            "\n| store | workload | tasks | side | ops/s | p50 µs | p99 µs | server µs/call | errors | idem ÷ side |\n\
+             | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for row in self.rows() {
             let ratio = row
                 .idem_ratio
                 .map(|ratio| format!("{ratio:.2}x"))
                 .unwrap_or_default();
+            let server = row
+                .server_us
+                .map(|us| format!("{us:.1}"))
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {} |",
+                "| {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {} | {} | {} |",
                 row.cell.suite,
                 row.cell.workload.name(),
                 row.cell.tasks,
@@ -147,6 +158,7 @@ impl Results {
                 row.ops_per_sec,
                 micros(row.p50),
                 micros(row.p99),
+                server,
                 row.errors,
                 ratio
             );

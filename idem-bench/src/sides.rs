@@ -107,6 +107,9 @@ pub(crate) enum Side {
     Naive(ConnectionManager),
     /// (b) the `cached` crate's Redis-backed `#[concurrent_cached]`.
     Cached,
+    /// (d) the `idempotent` crate on its Valkey/Redis store: a Lua script to claim (which returns
+    /// a completed entry to a replay) and one to complete, with a client-made fencing token.
+    Idempotent(Box<idempotent::store::valkey::ValkeyStore>),
     /// (c) the body called directly.
     Bare,
     /// (c) a `Mutex<HashMap>` claim + record.
@@ -133,6 +136,17 @@ impl Side {
     /// idem on its in-memory store.
     pub(crate) fn idem_memory() -> Side {
         Side::Idem(IdemService::new(Idempotency::new(MemoryStore::new())))
+    }
+
+    /// The `idempotent` crate's Valkey store, on its own connection (a `ConnectionManager`, as
+    /// idem's).
+    pub(crate) async fn idempotent(url: &str) -> Result<Side, BenchError> {
+        let client = redis::Client::open(url)?;
+        let prefix = format!("{}idempotent", run_prefix());
+        let store = idempotent::store::valkey::ValkeyStore::with_prefix(client, Some(&prefix))
+            .await
+            .map_err(|err| BenchError(format!("the idempotent crate's store: {err}")))?;
+        Ok(Side::Idempotent(Box::new(store)))
     }
 
     /// The hand-written redis-rs baseline, on its own connection of the same kind as idem's.
@@ -217,6 +231,7 @@ impl Side {
             Side::Idem(_) => "idem",
             Side::Naive(_) => "redis-rs by hand",
             Side::Cached => "cached",
+            Side::Idempotent(_) => "idempotent 0.3",
             Side::Bare => "bare call",
             Side::MutexMap(_) => "Mutex<HashMap>",
         }
@@ -231,6 +246,7 @@ impl Side {
                 Workload::Replay => naive_replay(connection.clone(), key).await,
             },
             Side::Cached => cached_charge(key).await,
+            Side::Idempotent(store) => idempotent_charge(store, key).await,
             Side::Bare => Ok(body(key).await),
             Side::MutexMap(map) => mutex_map_charge(map, key).await,
             Side::IdemTransaction(service) => service.book(key).await,
@@ -413,6 +429,53 @@ async fn naive_replay(mut connection: ConnectionManager, key: u64) -> Result<Rec
 )]
 async fn cached_charge(key: u64) -> Result<Receipt, BenchError> {
     Ok(body(key).await)
+}
+
+/// The `idempotent` crate as its README shows it: claim an entry with a fingerprint of the
+/// request, run, complete it with the response (the receipt's JSON as the body); a duplicate
+/// gets the completed entry from the claim script and decodes its body.
+async fn idempotent_charge(
+    store: &idempotent::store::valkey::ValkeyStore,
+    key: u64,
+) -> Result<Receipt, BenchError> {
+    use idempotent::entry::ExistingEntry;
+    use idempotent::fingerprint::{DefaultFingerprintStrategy, FingerprintStrategy};
+    use idempotent::store::{IdempotencyStore, InsertResult};
+    use idempotent::{CachedResponse, IdempotencyEntry};
+    let failed = |err: &dyn std::fmt::Display| BenchError(format!("idempotent: {err}"));
+    let idempotency_key =
+        idempotent::IdempotencyKey::new(key.to_string()).map_err(|err| failed(&err))?;
+    let fingerprint = DefaultFingerprintStrategy.compute("charge", &key.to_le_bytes());
+    let entry = IdempotencyEntry::new(fingerprint, RETENTION);
+    match store
+        .try_insert(&idempotency_key, entry.clone())
+        .await
+        .map_err(|err| failed(&err))?
+    {
+        InsertResult::Claimed { fencing_token } => {
+            let receipt = body(key).await;
+            let encoded = serde_json::to_vec(&receipt).map_err(|err| failed(&err))?;
+            let response = CachedResponse {
+                status_code: 200,
+                metadata: Default::default(),
+                body: encoded.into(),
+            };
+            store
+                .complete(&idempotency_key, entry.complete(response), fencing_token)
+                .await
+                .map_err(|err| failed(&err))?;
+            Ok(receipt)
+        }
+        InsertResult::Exists(ExistingEntry::Completed(completed)) => {
+            if !completed.fingerprint_matches(fingerprint) {
+                return Err(BenchError(format!("idempotent: key {key} reused")));
+            }
+            serde_json::from_slice(&completed.response().body).map_err(|err| failed(&err))
+        }
+        InsertResult::Exists(ExistingEntry::Processing(_)) => {
+            Err(BenchError(format!("idempotent: key {key} is in progress")))
+        }
+    }
 }
 
 /// A reference claim + record under one lock: what a hand-written in-process version costs.
