@@ -161,22 +161,20 @@ impl Idempotency {
             }
             Start::Claimed(claim, trace) => {
                 let span = trace.span.clone();
-                // The claim was not renewed while it waited to be run: it must still hold, and
-                // hold for a while, before the body starts (a body is never polled under a claim
-                // that may have lapsed, and another caller may have taken over).
-                let confirmed = async {
-                    match self.confirm(&claim).await {
-                        Ok(()) => self.run_claimed(claim, &slot, trace).await,
-                        Err(err) => not_run(err, trace),
-                    }
-                };
-                observe::in_span(&span, confirmed).await
+                observe::in_span(&span, self.run_claimed(claim, &slot, trace)).await
             }
         }
     }
 
     /// The body runs under `claim`; then its end is made durable.
     async fn run_claimed(&self, claim: Claim, slot: &BodySlot, mut trace: CallTrace) -> Driven {
+        // The claim must still hold, and hold for a while, before the body starts: a claim whose
+        // reply came late, or one that waited to be run (`Idempotency::start`), may have lapsed,
+        // and another caller may have taken over. Nothing to do in the common case (a clock
+        // read); past a third of the lease it is renewed first.
+        if let Err(err) = self.confirm(&claim).await {
+            return not_run(err, trace);
+        }
         slot.allow(
             ClaimContext {
                 key: claim.key.clone(),
@@ -236,7 +234,7 @@ where
             output: None,
             errors,
         },
-        body,
+        body: Some(body),
     }
 }
 
@@ -244,8 +242,21 @@ pin_project! {
     /// The future of one call: its body and the rest of the call.
     pub(crate) struct Execute<Fut, T, E, P> {
         state: ExecuteState<T, E, P>,
+        // An `Option` only so that a body dropped mid-run (a cancelled call) is dropped first,
+        // inside its claim context and span, as it would be had it finished.
         #[pin]
-        body: Fut,
+        body: Option<Fut>,
+    }
+
+    impl<Fut, T, E, P> PinnedDrop for Execute<Fut, T, E, P> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some((context, span)) = this.state.slot.running() {
+                let _entered = observe::enter(&span);
+                let mut body = this.body;
+                context::poll_in(context, || body.set(None));
+            }
+        }
     }
 }
 
@@ -272,7 +283,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, E>> {
         let this = self.project();
-        this.state.poll_with(this.body, cx)
+        match this.body.as_pin_mut() {
+            Some(body) => this.state.poll_with(body, cx),
+            // Only a dropped `Execute` lets go of its body.
+            None => Poll::Ready(Err(polled_after_completion().into())),
+        }
     }
 }
 
@@ -317,9 +332,19 @@ where
                     this.slot.ended(end_of(&result, &this.errors));
                     this.output = Some(result);
                 }
-                // The body waits: the driver starts keeping the lease.
-                Ok(Poll::Pending) if this.slot.pending() => {}
-                Ok(Poll::Pending) => return Poll::Pending,
+                Ok(Poll::Pending) => {
+                    // The body waits. The first time, the driver starts keeping the lease (it is
+                    // polled once more for that; the body is not, so that a body that yields
+                    // lets other tasks run).
+                    if this.slot.pending() {
+                        if let Poll::Ready(driven) = driver.as_mut().poll(cx) {
+                            this.driver = None;
+                            let output = this.output.take();
+                            return Poll::Ready(self::result(driven, output, &this.errors));
+                        }
+                    }
+                    return Poll::Pending;
+                }
                 Err(panic) => {
                     // An unknown outcome: the claim is kept (see `OnError::OutcomeUnknown`).
                     // The driver's trace tells so as it is dropped, before unwinding, where an

@@ -1,0 +1,165 @@
+//! How the runtime drives a body (regressions found by review of the driver split): a claim
+//! known to have lapsed never runs its body, a cancelled body is dropped inside its claim context
+//! and before the call is reported, and a body's first yield yields.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use idem_core::{
+    Call, CallReport, ClaimOutcome, ClaimRequest, Error, Fence, Idempotency, MemoryStore, Observer,
+    Store,
+};
+
+/// A memory store whose first claim reply arrives `delay` after the claim was made.
+struct LateReply {
+    inner: MemoryStore,
+    delay: Duration,
+    late_once: AtomicBool,
+}
+
+#[async_trait]
+impl Store for LateReply {
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
+        let outcome = self.inner.claim(request).await;
+        if self.late_once.swap(false, Ordering::SeqCst) {
+            tokio::time::sleep(self.delay).await;
+        }
+        outcome
+    }
+    async fn complete(
+        &self,
+        key: &str,
+        fence: Fence,
+        record: &[u8],
+        retention: Duration,
+    ) -> Result<(), Error> {
+        self.inner.complete(key, fence, record, retention).await
+    }
+    async fn release(&self, key: &str, fence: Fence) -> Result<(), Error> {
+        self.inner.release(key, fence).await
+    }
+    async fn renew(&self, key: &str, fence: Fence, lease: Duration) -> Result<(), Error> {
+        self.inner.renew(key, fence, lease).await
+    }
+}
+
+/// Regression: the claim's reply came back after its lease had run out, which the runtime knew
+/// (its lease clock runs from when the claim was sent), yet the body ran; a duplicate that took
+/// over meanwhile ran it too.
+#[tokio::test(start_paused = true)]
+async fn a_claim_whose_reply_came_after_its_lease_does_not_run() {
+    let store = Arc::new(LateReply {
+        inner: MemoryStore::with_tokio_clock(),
+        delay: Duration::from_millis(400),
+        late_once: AtomicBool::new(true),
+    });
+    let idem = Idempotency::from_arc(store);
+    let runs = Arc::new(AtomicU32::new(0));
+    let call = || Call::new("late-reply", "k").lease(Duration::from_millis(250));
+    let counted = runs.clone();
+    let first = tokio::spawn({
+        let idem = idem.clone();
+        async move {
+            idem.run(call(), async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok::<u32, Error>(1)
+            })
+            .await
+        }
+    });
+    // The first claim's lease lapses while its reply is on the way; this one takes over.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let counted = runs.clone();
+    let second = idem
+        .run(call(), async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok::<u32, Error>(2)
+        })
+        .await;
+    let first = first.await.unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the body ran twice");
+    assert!(matches!(first, Err(Error::LeaseLost { .. })), "{first:?}");
+    assert_eq!(second.unwrap(), 2);
+}
+
+/// Notes, in order, what happens to a body and its call.
+#[derive(Default)]
+struct Log(Mutex<Vec<String>>);
+
+impl Log {
+    fn push(&self, line: impl Into<String>) {
+        self.0.lock().unwrap().push(line.into());
+    }
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl Observer for Log {
+    fn call_finished(&self, report: &CallReport<'_>) {
+        self.push(format!("reported {}", report.outcome));
+    }
+}
+
+/// Held by a body: notes its drop, and whether the body's claim context was there.
+struct DropProbe(Arc<Log>);
+
+impl Drop for DropProbe {
+    fn drop(&mut self) {
+        let context = if idem_core::context().is_some() {
+            "in its context"
+        } else {
+            "outside its context"
+        };
+        self.0.push(format!("body dropped {context}"));
+    }
+}
+
+/// Regression: a cancelled call dropped its driver (and reported) before its body, and dropped
+/// the body outside its claim context, where a body's drop code (a guard that logs the fence)
+/// found none.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_body_is_dropped_in_its_context_before_the_call_is_reported() {
+    let log = Arc::new(Log::default());
+    let idem = Idempotency::new(MemoryStore::with_tokio_clock()).with_observer(log.clone());
+    let probe = DropProbe(log.clone());
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(50),
+        idem.run(Call::new("cancelled", "a"), async move {
+            let _probe = probe;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok::<u32, Error>(1)
+        }),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the call was not cancelled");
+    assert_eq!(
+        log.lines(),
+        ["body dropped in its context", "reported outcome_unknown"]
+    );
+}
+
+/// Regression: after its first `Pending` the body was polled again at once, so its first
+/// `yield_now` did not let another task run.
+#[tokio::test]
+async fn a_body_that_yields_lets_other_tasks_run() {
+    let idem = Idempotency::new(MemoryStore::new());
+    let other_ran = Arc::new(AtomicBool::new(false));
+    let flag = other_ran.clone();
+    tokio::spawn(async move { flag.store(true, Ordering::SeqCst) });
+    let flag = other_ran.clone();
+    let seen = idem
+        .run(Call::new("yields", "k"), async move {
+            tokio::task::yield_now().await;
+            Ok::<bool, Error>(flag.load(Ordering::SeqCst))
+        })
+        .await
+        .unwrap();
+    assert!(seen, "the body's yield did not let the other task run");
+}
