@@ -55,7 +55,7 @@ local function read_state()
 end
 local function keep_fence(ms)
   local ttl = redis.call('PTTL', KEYS[2])
-  if ttl < tonumber(ms) then redis.call('PEXPIRE', KEYS[2], ms) end
+  if ttl ~= -2 and ttl < tonumber(ms) then redis.call('PEXPIRE', KEYS[2], ms) end
 end
 "#;
 
@@ -130,17 +130,17 @@ return {'A', fence_text, '0'}
 /// Returns 'OK' | 'LOST'.
 ///
 /// Every first execution runs it, so it does only what a record needs: the claim it completes is
-/// recognised by its prefix (`P:<fence>:`, unique to this claim) before anything is parsed, and
-/// the fence key's expiry is pushed out in one `PEXPIRE ... GT` (a no-op when the claim came by
-/// the fast path, which makes no fence key). Any other value goes through the full parse, which
-/// tells a record already written from a lost claim or a corrupt value.
+/// recognised by its prefix (`P:<fence>:`, unique to this claim) and one pattern for the rest,
+/// without the parser; and the fence key's expiry is only read when the claim came by the fast
+/// path, which makes no fence key. Any other value goes through the full parse, which tells a
+/// record already written from a lost claim or a corrupt value.
 pub(crate) static COMPLETE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local v = redis.call('GET', KEYS[1])
 if not v then return 'LOST' end
 local ours = 'P:' .. ARGV[1] .. ':'
-if string.sub(v, 1, #ours) ~= ours then
+if string.sub(v, 1, #ours) ~= ours or not string.match(v, '^P:%d+:%x+:%x*$') then
   local kind, fence = parse_state(v)
   if type(kind) == 'table' then return kind end
   if kind == 'R' and fence == ARGV[1] then return 'OK' end
@@ -150,9 +150,7 @@ end
 -- follow once the lease has run out (see store.rs on fences).
 local keep = math.max(tonumber(ARGV[3]), redis.call('PTTL', KEYS[1]))
 redis.call('SET', KEYS[1], 'R:' .. ARGV[1] .. ':' .. ARGV[2], 'PX', keep)
--- The fence key has an expiry whenever it exists (the claim script sets one), so `GT` only
--- ever lengthens it, as `keep_fence` does.
-redis.call('PEXPIRE', KEYS[2], keep, 'GT')
+keep_fence(keep)
 redis.call('PUBLISH', ARGV[4], ARGV[1])
 return 'OK'
 "#,

@@ -1453,3 +1453,67 @@ fn a_connect_cancelled_with_its_runtime_does_not_stop_reconnecting() {
         "the subscriber is connected again after the back-off"
     );
 }
+
+/// Regression (review of the leaner record script): a pending value with this claim's fence but
+/// a malformed rest was overwritten with the record instead of being refused as corrupt, and a
+/// fence key without an expiry was left without one (`PEXPIRE ... GT` takes none as infinite;
+/// the script also needed Redis 7.0, where the store supports older servers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_script_refuses_malformed_claims_and_bounds_fence_keys() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.unwrap();
+    let mut conn = server.connection();
+    let lease = Duration::from_secs(5);
+    let claim = |key: &'static str| {
+        let store = &store;
+        async move {
+            match store
+                .claim(ClaimRequest::new(key, AttemptId::random(), b"", lease))
+                .await
+                .unwrap()
+            {
+                ClaimOutcome::Acquired { fence, .. } => fence,
+                other => panic!("{key}: expected a claim, got {other:?}"),
+            }
+        }
+    };
+
+    let fence = claim("idem:t:malformed").await;
+    let state = "{idem:t:malformed}";
+    let malformed = format!("P:{}:not-hex!", fence.0);
+    let _: () = redis::cmd("SET")
+        .arg(state)
+        .arg(&malformed)
+        .arg("KEEPTTL")
+        .query(&mut conn)
+        .unwrap();
+    let written = store
+        .complete(
+            "idem:t:malformed",
+            fence,
+            b"record",
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(matches!(written, Err(Error::Corrupt { .. })), "{written:?}");
+    let value: String = redis::cmd("GET").arg(state).query(&mut conn).unwrap();
+    assert_eq!(value, malformed, "a corrupt value is left untouched");
+
+    // A fence key without an expiry (not one idem writes, but one it may meet).
+    let fence_key = "{idem:t:fenced}:fence";
+    let _: () = redis::cmd("SET")
+        .arg(fence_key)
+        .arg("1")
+        .query(&mut conn)
+        .unwrap();
+    let fence = claim("idem:t:fenced").await;
+    store
+        .complete("idem:t:fenced", fence, b"record", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let ttl: i64 = redis::cmd("PTTL").arg(fence_key).query(&mut conn).unwrap();
+    assert!(
+        ttl > 0,
+        "the fence key keeps no expiry after a record (PTTL {ttl})"
+    );
+}
