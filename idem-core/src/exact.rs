@@ -15,6 +15,11 @@
 //! The structures are compared as 64-bit hashes, built while serializing, without allocating:
 //! the check runs on every first execution. Two different structures that hash alike would pass
 //! it; the hash mixes every part, so that takes a chance of about one in 2^64.
+//!
+//! A limit that comes with comparing sequence elements in any order: elements that trade shapes
+//! on decoding pass. It takes an untagged enum whose variants decode each other's JSON, in one
+//! sequence, and a decoder that refuses what its encoder wrote (`[A(Small(200)), B(Some(5))]`
+//! replayed as `[B(Some(200)), A(Small(5))]` when `Small` decodes only up to 100).
 
 use serde::de::DeserializeOwned;
 use serde::ser::{self, Serialize};
