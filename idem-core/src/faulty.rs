@@ -1,7 +1,7 @@
 //! A memory store whose operations fail on demand, for tests of what the runtime does when its
 //! store fails (feature `testing`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,7 +10,7 @@ use crate::store::{ClaimOutcome, ClaimRequest, Fence, Store};
 use crate::{Error, MemoryStore};
 
 /// A [`MemoryStore`] that refuses claims, loses leases or fails releases while the matching
-/// switch is on.
+/// switch is on, or answers a claim late.
 #[derive(Debug, Default)]
 pub struct FaultyStore {
     inner: MemoryStore,
@@ -20,6 +20,9 @@ pub struct FaultyStore {
     pub leases_lost: AtomicBool,
     /// Releases fail with a store error.
     pub releases_fail: AtomicBool,
+    /// The next claim's reply comes this many milliseconds after the claim was applied (a slow
+    /// network or a paused process), then replies are on time again.
+    pub next_claim_reply_late_ms: AtomicU64,
 }
 
 impl FaultyStore {
@@ -38,7 +41,12 @@ impl Store for FaultyStore {
         if self.claims_fail.load(Ordering::SeqCst) {
             return Err(Error::store("claim", "injected: connection refused"));
         }
-        self.inner.claim(request).await
+        let outcome = self.inner.claim(request).await;
+        let late = self.next_claim_reply_late_ms.swap(0, Ordering::SeqCst);
+        if late > 0 {
+            tokio::time::sleep(Duration::from_millis(late)).await;
+        }
+        outcome
     }
     async fn complete(
         &self,

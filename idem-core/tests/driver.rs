@@ -8,55 +8,16 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use idem_core::{
-    Call, CallReport, ClaimOutcome, ClaimRequest, Error, Fence, Idempotency, MemoryStore, Observer,
-    Store,
-};
-
-/// A memory store whose first claim reply arrives `delay` after the claim was made.
-struct LateReply {
-    inner: MemoryStore,
-    delay: Duration,
-    late_once: AtomicBool,
-}
-
-#[async_trait]
-impl Store for LateReply {
-    async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
-        let outcome = self.inner.claim(request).await;
-        if self.late_once.swap(false, Ordering::SeqCst) {
-            tokio::time::sleep(self.delay).await;
-        }
-        outcome
-    }
-    async fn complete(
-        &self,
-        key: &str,
-        fence: Fence,
-        record: &[u8],
-        retention: Duration,
-    ) -> Result<(), Error> {
-        self.inner.complete(key, fence, record, retention).await
-    }
-    async fn release(&self, key: &str, fence: Fence) -> Result<(), Error> {
-        self.inner.release(key, fence).await
-    }
-    async fn renew(&self, key: &str, fence: Fence, lease: Duration) -> Result<(), Error> {
-        self.inner.renew(key, fence, lease).await
-    }
-}
+use idem_core::testing::FaultyStore;
+use idem_core::{Call, CallReport, Error, Idempotency, MemoryStore, Observer};
 
 /// Regression: the claim's reply came back after its lease had run out, which the runtime knew
 /// (its lease clock runs from when the claim was sent), yet the body ran; a duplicate that took
 /// over meanwhile ran it too.
 #[tokio::test(start_paused = true)]
 async fn a_claim_whose_reply_came_after_its_lease_does_not_run() {
-    let store = Arc::new(LateReply {
-        inner: MemoryStore::with_tokio_clock(),
-        delay: Duration::from_millis(400),
-        late_once: AtomicBool::new(true),
-    });
+    let store = Arc::new(FaultyStore::new(MemoryStore::with_tokio_clock()));
+    store.next_claim_reply_late_ms.store(400, Ordering::SeqCst);
     let idem = Idempotency::from_arc(store);
     let runs = Arc::new(AtomicU32::new(0));
     let call = || Call::new("late-reply", "k").lease(Duration::from_millis(250));
