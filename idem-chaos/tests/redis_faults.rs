@@ -43,12 +43,23 @@ async fn lost_replies_with_eight_workers() {
         in_flight: Some(8),
         ..Spec::small(30, 3, 11)
     };
-    let (report, (dropped, _)) = scenarios::network_faults(&spec, faults, None, false)
-        .await
-        .unwrap();
-    check("lost replies, 8 workers", &report);
-    assert_eq!(report.keys, 30);
-    assert!(dropped > 0);
+    // A lost reply surfaces as indeterminate only when every retry of its operation lost its
+    // reply too; with 30 keys a run without one happens (seen once in about twenty runs). Such
+    // a run is inconclusive, not a failure: it is repeated, up to three times. Every run must
+    // keep every invariant.
+    for _ in 0..3 {
+        let (report, (dropped, _)) = scenarios::network_faults(&spec, faults, None, false)
+            .await
+            .unwrap();
+        println!("lost replies, 8 workers: {report:?}");
+        assert!(report.holds(), "an invariant broke: {report:#?}");
+        assert_eq!(report.keys, 30);
+        assert!(dropped > 0);
+        if report.indeterminate > 0 {
+            return;
+        }
+    }
+    panic!("three runs with lost replies, and not one indeterminate outcome");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
