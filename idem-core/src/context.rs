@@ -1,5 +1,6 @@
 //! The claim context that a running body can read.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use crate::Fence;
@@ -65,9 +66,12 @@ impl ClaimContext {
     }
 }
 
-tokio::task_local! {
-    // Shared: the running body's poll sets it anew each time.
-    static CONTEXT: Arc<ClaimContext>;
+thread_local! {
+    // The context of the body being polled (or dropped) on this thread: set around each poll,
+    // the previous one put back after. A plain thread-local rather than tokio's task-local, so
+    // that a body dropped while the thread's locals are being destroyed (a runtime kept in a
+    // thread-local) is dropped without its context instead of panicking.
+    static CONTEXT: RefCell<Option<Arc<ClaimContext>>> = const { RefCell::new(None) };
 }
 
 /// The claim context of the idempotent body running in this task, or `None` outside one.
@@ -88,13 +92,29 @@ tokio::task_local! {
 /// ```
 pub fn context() -> Option<ClaimContext> {
     CONTEXT
-        .try_with(|context| ClaimContext::clone(context))
+        .try_with(|context| context.borrow().as_deref().cloned())
         .ok()
+        .flatten()
 }
 
-/// `poll` with `context` as the [`context()`] it sees.
-pub(crate) fn poll_in<R>(context: Arc<ClaimContext>, poll: impl FnOnce() -> R) -> R {
-    CONTEXT.sync_scope(context, poll)
+/// Runs `f` with `context` as the [`context()`] it sees (or, while the thread's locals are being
+/// destroyed, without it).
+pub(crate) fn poll_in<R>(context: Arc<ClaimContext>, f: impl FnOnce() -> R) -> R {
+    /// Puts the previous context back, also when `f` panics.
+    struct Restore(Option<Arc<ClaimContext>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            let _ = CONTEXT.try_with(|context| *context.borrow_mut() = previous);
+        }
+    }
+    match CONTEXT.try_with(|current| current.replace(Some(context))) {
+        Ok(previous) => {
+            let _restore = Restore(previous);
+            f()
+        }
+        Err(_) => f(),
+    }
 }
 
 /// Runs `body` with `context` as the [`context()`] it sees: for a body run under a claim that
@@ -103,5 +123,9 @@ pub fn with_context<F: std::future::Future>(
     context: ClaimContext,
     body: F,
 ) -> impl std::future::Future<Output = F::Output> {
-    CONTEXT.scope(Arc::new(context), body)
+    let context = Arc::new(context);
+    async move {
+        let mut body = std::pin::pin!(body);
+        std::future::poll_fn(|cx| poll_in(context.clone(), || body.as_mut().poll(cx))).await
+    }
 }

@@ -254,7 +254,15 @@ pin_project! {
             if let Some((context, span)) = this.state.slot.running() {
                 let _entered = observe::enter(&span);
                 let mut body = this.body;
-                context::poll_in(context, || body.set(None));
+                let dropped = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    context::poll_in(context, || body.set(None))
+                }));
+                if let Err(panic) = dropped {
+                    // The call is reported before the panic goes on: an observer is never
+                    // called while unwinding.
+                    this.state.driver = None;
+                    std::panic::resume_unwind(panic);
+                }
             }
         }
     }

@@ -18,6 +18,8 @@ pub struct FaultyStore {
     pub claims_fail: AtomicBool,
     /// Renewals report the lease lost.
     pub leases_lost: AtomicBool,
+    /// Renewals fail with a store error (the lease is not lost, the store is unreachable).
+    pub renewals_fail: AtomicBool,
     /// Releases fail with a store error.
     pub releases_fail: AtomicBool,
     /// The next claim's reply comes this many milliseconds after the claim was applied (a slow
@@ -66,6 +68,9 @@ impl Store for FaultyStore {
     async fn renew(&self, key: &str, fence: Fence, lease: Duration) -> Result<(), Error> {
         if self.leases_lost.load(Ordering::SeqCst) {
             return Err(Error::lease_lost(key));
+        }
+        if self.renewals_fail.load(Ordering::SeqCst) {
+            return Err(Error::store("renew", "injected: connection refused"));
         }
         self.inner.renew(key, fence, lease).await
     }

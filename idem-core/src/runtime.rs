@@ -644,13 +644,18 @@ impl Idempotency {
         }
     }
 
-    /// A claim taken earlier is still valid: lapsed, it is lost; past a third of its lease, it
-    /// is renewed first.
+    /// A claim is still valid before its body starts: lapsed, the body must not start (another
+    /// call may hold the key now); past a third of its lease, it is renewed first. The errors
+    /// say that the body did not run: never `LeaseLost`, which tells a caller that the effect may
+    /// have happened.
     pub(crate) async fn confirm(&self, claim: &Claim) -> Result<(), Error> {
         let now = Instant::now();
         let valid_until = claim.lease_clock.valid_until();
         if now >= valid_until {
-            return Err(Error::lease_lost(claim.key.clone()));
+            return Err(Error::store(
+                "claim",
+                "the claim lapsed before the body could start (its reply came after the lease                  ran out, or the call waited longer than a lease to run); the body did not run,                  and another call may hold the key now: retry the call",
+            ));
         }
         if valid_until.saturating_duration_since(now) > claim.lease - claim.lease / 3 {
             return Ok(());
@@ -665,8 +670,15 @@ impl Idempotency {
                 claim.lease_clock.renewed(later(now, claim.lease));
                 Ok(())
             }
-            // Not known to hold: the body must not start.
-            Err(_) => Err(Error::lease_lost(claim.key.clone())),
+            // The store refused the fence: another call took the key over.
+            Err(Error::LeaseLost { .. }) => Err(Error::InProgress {
+                key: claim.key.clone(),
+                lease_remaining: None,
+            }),
+            // Not renewed, but still held: as safe to start on as a fresh claim, and the lease
+            // keeper goes on trying while the body runs.
+            Err(_) if Instant::now() < claim.lease_clock.valid_until() => Ok(()),
+            Err(err) => Err(err),
         }
     }
 
@@ -918,7 +930,7 @@ pub enum Started<T> {
 /// A claim taken by [`Idempotency::start`]. Dropping it without running the body keeps the key
 /// claimed until its lease lapses, as for any call whose outcome is unknown. Its lease is not
 /// renewed until [`run_with`](Claimed::run_with) starts: run it soon; a claim found lapsed then
-/// is `Error::LeaseLost`, and the body does not run.
+/// is an `Error::Store` (the body did not run; retry the call), and the body does not run.
 #[must_use = "a claim blocks its key until its lease lapses unless its body is run"]
 pub struct Claimed(Box<ClaimedParts>);
 

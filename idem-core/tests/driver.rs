@@ -1,6 +1,7 @@
-//! How the runtime drives a body (regressions found by review of the driver split): a claim
-//! known to have lapsed never runs its body, a cancelled body is dropped inside its claim context
-//! and before the call is reported, and a body's first yield yields.
+//! How the runtime drives a body (regressions found by reviews of the driver split): a claim
+//! known to have lapsed never runs its body and says so, a claim that holds runs it, a cancelled
+//! body is dropped inside its claim context and the call is always reported, and a body's first
+//! yield yields.
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
@@ -45,8 +46,30 @@ async fn a_claim_whose_reply_came_after_its_lease_does_not_run() {
         .await;
     let first = first.await.unwrap();
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the body ran twice");
-    assert!(matches!(first, Err(Error::LeaseLost { .. })), "{first:?}");
     assert_eq!(second.unwrap(), 2);
+    // Regression (second review): the first call was told `LeaseLost`, which says its effect
+    // may have happened, though its body never ran.
+    let first = first.unwrap_err();
+    assert!(matches!(first, Error::Store { .. }), "{first:?}");
+    assert!(!first.body_may_have_run(), "{first}");
+}
+
+/// Regression (second review): a claim past a third of its lease whose renewal failed (a store
+/// that is briefly unreachable) was refused though it still held; it ran before the confirmation
+/// was added, and runs again now.
+#[tokio::test(start_paused = true)]
+async fn a_valid_claim_runs_though_its_renewal_failed() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::with_tokio_clock()));
+    store.next_claim_reply_late_ms.store(100, Ordering::SeqCst);
+    store.renewals_fail.store(true, Ordering::SeqCst);
+    let idem = Idempotency::from_arc(store);
+    let result = idem
+        .run(
+            Call::new("flaky-renewal", "k").lease(Duration::from_millis(250)),
+            async { Ok::<u32, Error>(1) },
+        )
+        .await;
+    assert_eq!(result.unwrap(), 1);
 }
 
 /// Notes, in order, what happens to a body and its call.
@@ -123,4 +146,42 @@ async fn a_body_that_yields_lets_other_tasks_run() {
         .await
         .unwrap();
     assert!(seen, "the body's yield did not let the other task run");
+}
+
+/// Held by a body: panics when dropped.
+struct PanicsOnDrop(Arc<Log>);
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        self.0.push("body dropped");
+        panic!("a body's drop panicked");
+    }
+}
+
+/// Regression (second review): a cancelled body whose drop panicked was dropped before the call
+/// was reported, so the report came while unwinding, where observers are not called: the call
+/// (which keeps its claim) was never reported.
+#[tokio::test(start_paused = true)]
+async fn a_body_whose_drop_panics_is_still_reported() {
+    let log = Arc::new(Log::default());
+    let idem = Idempotency::new(MemoryStore::with_tokio_clock()).with_observer(log.clone());
+    let probe = PanicsOnDrop(log.clone());
+    let task = tokio::spawn(async move {
+        let _ = tokio::time::timeout(
+            Duration::from_millis(50),
+            idem.run(Call::new("drop-panics", "k"), async move {
+                let _probe = probe;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok::<u32, Error>(1)
+            }),
+        )
+        .await;
+    });
+    let joined = task.await;
+    assert!(
+        joined.is_err_and(|err| err.is_panic()),
+        "the drop's panic goes on"
+    );
+    assert_eq!(log.lines(), ["body dropped", "reported outcome_unknown"]);
+    assert!(idem_core::context().is_none());
 }
