@@ -929,8 +929,8 @@ pub enum Started<T> {
 
 /// A claim taken by [`Idempotency::start`]. Dropping it without running the body keeps the key
 /// claimed until its lease lapses, as for any call whose outcome is unknown. Its lease is not
-/// renewed until [`run_with`](Claimed::run_with) starts: run it soon; a claim found lapsed then
-/// is an `Error::Store` (the body did not run; retry the call), and the body does not run.
+/// renewed until [`run_with`](Claimed::run_with) starts: run it soon. A claim found lapsed then
+/// does not run its body and gives [`Error::Store`] (nothing ran: retry the call).
 #[must_use = "a claim blocks its key until its lease lapses unless its body is run"]
 pub struct Claimed(Box<ClaimedParts>);
 
