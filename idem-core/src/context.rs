@@ -76,6 +76,10 @@ thread_local! {
 
 /// The claim context of the idempotent body running in this task, or `None` outside one.
 ///
+/// It is set while the body is polled, so a future the body polls itself sees it too: tasks of a
+/// `LocalSet` that the body drives with `run_until`, or a future it `block_on`s. Take the
+/// context in the body and hand it on rather than reading it there.
+///
 /// ```
 /// # async fn demo() -> Result<(), idem_core::Error> {
 /// let idem = idem_core::Idempotency::new(idem_core::MemoryStore::new());
@@ -123,9 +127,43 @@ pub fn with_context<F: std::future::Future>(
     context: ClaimContext,
     body: F,
 ) -> impl std::future::Future<Output = F::Output> {
-    let context = Arc::new(context);
-    async move {
-        let mut body = std::pin::pin!(body);
-        std::future::poll_fn(|cx| poll_in(context.clone(), || body.as_mut().poll(cx))).await
+    WithContext {
+        context: Arc::new(context),
+        body: Some(body),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// What [`with_context`] returns.
+    struct WithContext<F> {
+        context: Arc<ClaimContext>,
+        // An `Option` only so that a body dropped before its end (a cancelled call) is dropped
+        // inside its context too.
+        #[pin]
+        body: Option<F>,
+    }
+
+    impl<F> PinnedDrop for WithContext<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let mut body = this.body;
+            poll_in(this.context.clone(), || body.set(None));
+        }
+    }
+}
+
+impl<F: std::future::Future> std::future::Future for WithContext<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        let this = self.project();
+        match this.body.as_pin_mut() {
+            Some(body) => poll_in(this.context.clone(), || body.poll(cx)),
+            // The body is taken only as the future is dropped.
+            None => std::task::Poll::Pending,
+        }
     }
 }

@@ -261,7 +261,11 @@ pin_project! {
                     // The call is reported before the panic goes on: an observer is never
                     // called while unwinding.
                     this.state.driver = None;
-                    std::panic::resume_unwind(panic);
+                    // Already unwinding, a second panic out of a drop aborts the process: this
+                    // one ends here.
+                    if !std::thread::panicking() {
+                        std::panic::resume_unwind(panic);
+                    }
                 }
             }
         }

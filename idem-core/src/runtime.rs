@@ -675,9 +675,18 @@ impl Idempotency {
                 key: claim.key.clone(),
                 lease_remaining: None,
             }),
-            // Not renewed, but still held: as safe to start on as a fresh claim, and the lease
-            // keeper goes on trying while the body runs.
-            Err(_) if Instant::now() < claim.lease_clock.valid_until() => Ok(()),
+            // Not renewed, but still held for a third of a lease or more (what the lease
+            // keeper has between renewals): the body may start, and the keeper goes on trying.
+            // With less left, the body could outlive the claim before any renewal succeeds.
+            Err(_)
+                if claim
+                    .lease_clock
+                    .valid_until()
+                    .saturating_duration_since(Instant::now())
+                    >= claim.lease / 3 =>
+            {
+                Ok(())
+            }
             Err(err) => Err(err),
         }
     }

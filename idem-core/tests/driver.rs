@@ -185,3 +185,61 @@ async fn a_body_whose_drop_panics_is_still_reported() {
     assert_eq!(log.lines(), ["body dropped", "reported outcome_unknown"]);
     assert!(idem_core::context().is_none());
 }
+
+/// Regression (third review): when the confirmation's renewal failed, the body started however
+/// little lease was left (15 ms of 250 here), and a duplicate that took over once it ran out
+/// ran the effect too. With less than a third of a lease left, it does not start.
+#[tokio::test(start_paused = true)]
+async fn a_claim_with_too_little_lease_left_after_a_failed_renewal_does_not_run() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::with_tokio_clock()));
+    store.next_claim_reply_late_ms.store(205, Ordering::SeqCst);
+    store.renewals_fail.store(true, Ordering::SeqCst);
+    let idem = Idempotency::from_arc(store);
+    let runs = Arc::new(AtomicU32::new(0));
+    let counted = runs.clone();
+    let first = idem
+        .run(
+            Call::new("sliver", "k").lease(Duration::from_millis(250)),
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Ok::<u32, Error>(1)
+            },
+        )
+        .await;
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "the body started on a sliver of lease"
+    );
+    let first = first.unwrap_err();
+    assert!(matches!(first, Error::Store { .. }), "{first:?}");
+    assert!(!first.body_may_have_run());
+}
+
+/// Regression (third review): `with_context` (the transactional path's wrapper) dropped a
+/// cancelled body outside its context.
+#[tokio::test(start_paused = true)]
+async fn with_context_drops_a_cancelled_body_in_its_context() {
+    let idem = Idempotency::new(MemoryStore::with_tokio_clock());
+    let taken = Arc::new(Mutex::new(None));
+    let into = taken.clone();
+    idem.run(Call::new("with-context", "k"), async move {
+        *into.lock().unwrap() = idem_core::context();
+        Ok::<_, Error>(())
+    })
+    .await
+    .unwrap();
+    let context = taken.lock().unwrap().take().unwrap();
+    let log = Arc::new(Log::default());
+    let probe = DropProbe(log.clone());
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(10),
+        idem_core::with_context(context, async move {
+            let _probe = probe;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }),
+    )
+    .await;
+    assert!(cancelled.is_err());
+    assert_eq!(log.lines(), ["body dropped in its context"]);
+}

@@ -58,3 +58,37 @@ fn a_call_dropped_with_the_threads_locals_does_not_panic() {
     thread.join().unwrap();
     assert_eq!(PANICS.load(Ordering::SeqCst), 0, "a panic at thread exit");
 }
+
+/// Regression (third review): a call dropped while its caller unwinds, whose body's drop panics
+/// too, aborted the process (a second panic out of a drop during unwinding). The body's panic now
+/// ends there; the caller's goes on.
+#[test]
+fn a_body_whose_drop_panics_while_its_caller_unwinds_does_not_abort() {
+    struct PanicsOnDrop;
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            panic!("a body's drop panicked");
+        }
+    }
+    let caller = std::thread::spawn(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let idem = Idempotency::new(MemoryStore::new());
+            let call = idem.run(Call::new("unwinding", "k"), async {
+                let _probe = PanicsOnDrop;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<u32, Error>(1)
+            });
+            let mut call = std::pin::pin!(call);
+            let pending = tokio::time::timeout(Duration::from_millis(10), call.as_mut()).await;
+            assert!(pending.is_err(), "the body is still running");
+            panic!("the caller panics, the call still held");
+        })
+    });
+    // The caller's panic, reported as such: the process is still here.
+    let joined = caller.join();
+    assert!(joined.is_err());
+}
