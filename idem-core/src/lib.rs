@@ -48,4 +48,4 @@ pub use runtime::{
     DEFAULT_RETENTION, MAX_DURATION, MIN_LEASE,
 };
 pub use store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
-pub use transaction::{TransactionBegun, TransactionClaim, TransactionalStore};
+pub use transaction::{DetachedClaim, TransactionBegun, TransactionClaim, TransactionalStore};

@@ -312,6 +312,11 @@ impl Idempotency {
         self.inner.concrete.as_ref()?.downcast_ref()
     }
 
+    /// The store as its own type, shared: for claims that outlive a borrow of the runtime.
+    pub(crate) fn store_arc<S: Store>(&self) -> Option<Arc<S>> {
+        self.inner.concrete.clone()?.downcast().ok()
+    }
+
     /// The default retention.
     pub fn retention(&self) -> Duration {
         self.inner.retention

@@ -7,8 +7,10 @@
 //! writes through [`TransactionClaim::connection`], and [`TransactionClaim::finish`] records its
 //! result and commits, or rolls back.
 
+use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::DerefMut;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -43,6 +45,10 @@ pub trait TransactionalStore: Store {
         &self,
         connection: &'c mut Self::Connection,
     ) -> Result<Self::Transaction<'c>, Error>;
+
+    /// Opens a transaction on a connection of the store's own (from its pool), for a caller that
+    /// holds none: the HTTP layer's transactional mode begins each request's transaction so.
+    async fn begin_pooled(&self) -> Result<Self::Transaction<'static>, Error>;
 
     /// Commits the transaction (releases the savepoint). An error whose outcome is unknown (the
     /// connection was lost during `COMMIT`) is [`Error::store_indeterminate`].
@@ -115,8 +121,19 @@ pub enum TransactionBegun<'c, S: TransactionalStore, T, E, F> {
 /// [`finish`](Self::finish) rolls the transaction back (the key is free at once).
 #[must_use = "finish the claim with the body's result, or its transaction is rolled back"]
 pub struct TransactionClaim<'c, S: TransactionalStore, T, E, F> {
-    store: &'c S,
     transaction: S::Transaction<'c>,
+    claim: DetachedClaim<S, T, E, F>,
+}
+
+/// A [`TransactionClaim`] without its transaction, for a body that runs where the claim cannot
+/// go: the HTTP layer lends the transaction to the handler through the request, and finishes
+/// the claim with it afterwards. Made by [`TransactionClaim::detach`].
+///
+/// Dropping it without [`finish`](Self::finish) records nothing: the transaction, dropped too,
+/// rolls back and the key is free.
+#[must_use = "finish the claim with its transaction and the body's result"]
+pub struct DetachedClaim<S: TransactionalStore, T, E, F> {
+    store: Arc<S>,
     call: Prepared,
     attempt: AttemptId,
     fence: Fence,
@@ -125,6 +142,21 @@ pub struct TransactionClaim<'c, S: TransactionalStore, T, E, F> {
     /// Boxed: it is large next to a replayed result.
     trace: Option<Box<CallTrace>>,
     _result: PhantomData<fn() -> T>,
+}
+
+impl<'c, S: TransactionalStore, T, E, F> std::fmt::Debug for TransactionClaim<'c, S, T, E, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.claim.fmt(f)
+    }
+}
+
+impl<S: TransactionalStore, T, E, F> std::fmt::Debug for DetachedClaim<S, T, E, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransactionClaim")
+            .field("key", &self.call.key)
+            .field("fence", &self.fence)
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a transactional call treats its body's `Err`: classified by `F`, and recorded with the
@@ -188,7 +220,7 @@ impl Idempotency {
     /// more statement; [`begin_transaction_releasing`](Self::begin_transaction_releasing) has
     /// none.)
     pub async fn begin_transaction<'c, S, T, E, F>(
-        &'c self,
+        &self,
         call: Call,
         connection: &'c mut S::Connection,
         on_error: F,
@@ -204,13 +236,18 @@ impl Idempotency {
             codec: None,
             classifies: true,
         };
-        self.begin_with(call, connection, policy).await
+        self.begin_with(
+            call,
+            |store: Arc<S>| async move { store.begin(connection).await },
+            policy,
+        )
+        .await
     }
 
     /// Like [`begin_transaction`](Self::begin_transaction), with every `Err` rolled back and
     /// its key freed at once.
     pub async fn begin_transaction_releasing<'c, S, T, E>(
-        &'c self,
+        &self,
         call: Call,
         connection: &'c mut S::Connection,
     ) -> TransactionBegun<'c, S, T, E, impl Fn(&E) -> OnError>
@@ -224,14 +261,19 @@ impl Idempotency {
             codec: None,
             classifies: false,
         };
-        self.begin_with(call, connection, policy).await
+        self.begin_with(
+            call,
+            |store: Arc<S>| async move { store.begin(connection).await },
+            policy,
+        )
+        .await
     }
 
     /// Like [`begin_transaction`](Self::begin_transaction), but errors that `on_error` calls
     /// [`OnError::Record`] are recorded and replayed: the body's writes are undone (to a
     /// savepoint made before the body) and the error's record commits instead.
     pub async fn begin_transaction_recording_errors<'c, S, T, E, F>(
-        &'c self,
+        &self,
         call: Call,
         connection: &'c mut S::Connection,
         on_error: F,
@@ -251,13 +293,46 @@ impl Idempotency {
             codec: Some(codec),
             classifies: true,
         };
-        self.begin_with(call, connection, policy).await
+        self.begin_with(
+            call,
+            |store: Arc<S>| async move { store.begin(connection).await },
+            policy,
+        )
+        .await
     }
 
-    async fn begin_with<'c, S, T, E, F>(
-        &'c self,
+    /// Like [`begin_transaction`](Self::begin_transaction), in a transaction on a connection of
+    /// the store's own pool ([`TransactionalStore::begin_pooled`]) rather than the caller's: for
+    /// a body that reaches the connection through the claim, such as a handler behind the HTTP
+    /// layer's transactional mode, which [`detach`](TransactionClaim::detach)es it.
+    pub async fn begin_pooled_transaction<S, T, E, F>(
+        &self,
         call: Call,
-        connection: &'c mut S::Connection,
+        on_error: F,
+    ) -> TransactionBegun<'static, S, T, E, F>
+    where
+        S: TransactionalStore,
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: Fn(&E) -> OnError,
+    {
+        let policy = Policy {
+            on_error,
+            codec: None,
+            classifies: true,
+        };
+        self.begin_with(
+            call,
+            |store: Arc<S>| async move { store.begin_pooled().await },
+            policy,
+        )
+        .await
+    }
+
+    async fn begin_with<'c, S, T, E, F, O, Fut>(
+        &self,
+        call: Call,
+        open: O,
         policy: Policy<E, F>,
     ) -> TransactionBegun<'c, S, T, E, F>
     where
@@ -265,13 +340,15 @@ impl Idempotency {
         T: DeserializeOwned,
         E: From<Error>,
         F: Fn(&E) -> OnError,
+        O: FnOnce(Arc<S>) -> Fut,
+        Fut: Future<Output = Result<S::Transaction<'c>, Error>>,
     {
         let mut trace = self.trace(&call);
         let span = trace.span.clone();
-        let claiming = self.claim_in_transaction(call, connection, policy, &mut trace);
+        let claiming = self.claim_in_transaction(call, open, policy, &mut trace);
         let (mut begun, served) = observe::in_span(&span, claiming).await;
         match &mut begun {
-            TransactionBegun::Claimed(claim) => claim.trace = Some(Box::new(trace)),
+            TransactionBegun::Claimed(claim) => claim.claim.trace = Some(Box::new(trace)),
             TransactionBegun::Done(_) => trace.finish(served.1),
         }
         if let Some(served) = served.0 {
@@ -281,10 +358,10 @@ impl Idempotency {
     }
 
     /// The claim, or the call's result and how it came to be.
-    async fn claim_in_transaction<'c, S, T, E, F>(
-        &'c self,
+    async fn claim_in_transaction<'c, S, T, E, F, O, Fut>(
+        &self,
         call: Call,
-        connection: &'c mut S::Connection,
+        open: O,
         policy: Policy<E, F>,
         trace: &mut CallTrace,
     ) -> (
@@ -296,6 +373,8 @@ impl Idempotency {
         T: DeserializeOwned,
         E: From<Error>,
         F: Fn(&E) -> OnError,
+        O: FnOnce(Arc<S>) -> Fut,
+        Fut: Future<Output = Result<S::Transaction<'c>, Error>>,
     {
         let fail = |err: Error| {
             let how = CallOutcome::of_error(&err);
@@ -304,7 +383,7 @@ impl Idempotency {
                 (Some(Served::NotRun), how),
             )
         };
-        let Some(store) = self.store_as::<S>() else {
+        let Some(store) = self.store_arc::<S>() else {
             return fail(Error::invalid_option(format!(
                 "this call runs in a database transaction, which needs a runtime made with \
                  `Idempotency::new` over a `{}`; this runtime's store is another",
@@ -317,7 +396,11 @@ impl Idempotency {
         };
         trace.keyed(&call.key);
         let attempt = AttemptId::random();
-        let (mut transaction, fence) = match claim(store, connection, &call, attempt).await {
+        let transaction = match open(store.clone()).await {
+            Ok(transaction) => transaction,
+            Err(err) => return fail(err),
+        };
+        let (mut transaction, fence) = match claim(&*store, transaction, &call, attempt).await {
             Ok(Claimed::Fence(transaction, fence)) => (transaction, fence),
             Ok(Claimed::Replay { record, waited }) => {
                 return match decode_replay(&call.key, &call.fingerprint, &record, &policy) {
@@ -342,14 +425,16 @@ impl Idempotency {
             }
         }
         let claim = TransactionClaim {
-            store,
             transaction,
-            call,
-            attempt,
-            fence,
-            policy,
-            trace: None,
-            _result: PhantomData,
+            claim: DetachedClaim {
+                store,
+                call,
+                attempt,
+                fence,
+                policy,
+                trace: None,
+                _result: PhantomData,
+            },
         };
         // `Executed` is reported when the claim is finished; the outcome is a placeholder.
         (
@@ -375,10 +460,14 @@ where
     /// The claim, for the body: its key and fencing token. Run the body inside
     /// [`with_context`](crate::with_context) with it, and [`crate::context`] returns it there.
     pub fn context(&self) -> ClaimContext {
-        ClaimContext {
-            key: self.call.key.clone(),
-            fence: self.fence,
-        }
+        self.claim.context()
+    }
+
+    /// Separates the transaction from the claim, for a body that must own the transaction
+    /// while it runs. Hand the same transaction back to [`DetachedClaim::finish`]: any other
+    /// holds no claim, so the record fails and everything rolls back.
+    pub fn detach(self) -> (S::Transaction<'c>, DetachedClaim<S, T, E, F>) {
+        (self.transaction, self.claim)
     }
 
     /// Ends the call with the body's result: an `Ok` (or an `Err` recorded by the policy) is
@@ -389,12 +478,38 @@ where
     /// too and the error is returned; a commit whose outcome is unknown (the connection was lost
     /// during `COMMIT`) is [`Error::Store`] with `is_indeterminate()`: a retry replays if it
     /// committed and runs the body if it did not.
-    pub async fn finish(mut self, result: Result<T, E>) -> Result<T, E> {
+    pub async fn finish(self, result: Result<T, E>) -> Result<T, E> {
+        self.claim.finish(self.transaction, result).await
+    }
+}
+
+impl<S, T, E, F> DetachedClaim<S, T, E, F>
+where
+    S: TransactionalStore,
+    T: Serialize + DeserializeOwned,
+    E: From<Error>,
+    F: Fn(&E) -> OnError,
+{
+    /// The claim, for the body: its key and fencing token.
+    pub fn context(&self) -> ClaimContext {
+        ClaimContext {
+            key: self.call.key.clone(),
+            fence: self.fence,
+        }
+    }
+
+    /// [`TransactionClaim::finish`], with the transaction [`detach`](TransactionClaim::detach)
+    /// returned.
+    pub async fn finish(
+        mut self,
+        transaction: S::Transaction<'_>,
+        result: Result<T, E>,
+    ) -> Result<T, E> {
         let trace = self.trace.take();
         let span = trace
             .as_ref()
             .map_or_else(tracing::Span::none, |t| t.span.clone());
-        let (result, how) = observe::in_span(&span, self.end(result)).await;
+        let (result, how) = observe::in_span(&span, self.end(transaction, result)).await;
         if let Some(mut trace) = trace {
             trace.finish(how);
         }
@@ -402,16 +517,20 @@ where
         result
     }
 
-    async fn end(self, result: Result<T, E>) -> (Result<T, E>, CallOutcome) {
-        let TransactionClaim {
+    async fn end(
+        self,
+        mut transaction: S::Transaction<'_>,
+        result: Result<T, E>,
+    ) -> (Result<T, E>, CallOutcome) {
+        let DetachedClaim {
             store,
-            mut transaction,
             call,
             attempt,
             fence,
             policy,
             ..
         } = self;
+        let store = &*store;
         // idem's own failure ends the call: the body's writes are rolled back with it.
         let failed = |err: Error| {
             let how = CallOutcome::of_error(&err);
@@ -506,12 +625,12 @@ enum Claimed<'c, S: TransactionalStore> {
     Replay { record: Vec<u8>, waited: bool },
 }
 
-/// Claims the key in a new transaction, waiting for (or rejecting) another that holds it. A
+/// Claims the key in `transaction`, waiting for (or rejecting) another that holds it. A
 /// waiting duplicate keeps its transaction open, holding nothing (its claims were not granted),
 /// and looks again: under READ COMMITTED each look sees what committed meanwhile.
 async fn claim<'c, S: TransactionalStore>(
-    store: &'c S,
-    connection: &'c mut S::Connection,
+    store: &S,
+    mut transaction: S::Transaction<'c>,
     call: &Prepared,
     attempt: AttemptId,
 ) -> Result<Claimed<'c, S>, Error> {
@@ -520,7 +639,6 @@ async fn claim<'c, S: TransactionalStore>(
     let give_up_at = later(Instant::now(), call.on_in_progress.patience(call.lease));
     let mut pause = POLL_FIRST;
     let mut waited = false;
-    let mut transaction = store.begin(connection).await?;
     loop {
         let (holder, lease_remaining) = match store.claim_in(&mut transaction, request).await {
             Ok(ClaimOutcome::Acquired { fence, .. }) => {

@@ -28,6 +28,13 @@ impl TransactionalStore for PostgresStore {
             .map_err(|err| store_error("begin", &err, false))
     }
 
+    async fn begin_pooled(&self) -> Result<Transaction<'static, Postgres>, Error> {
+        self.pool()
+            .begin()
+            .await
+            .map_err(|err| store_error("begin", &err, false))
+    }
+
     async fn commit(&self, transaction: Self::Transaction<'_>) -> Result<(), Error> {
         // A connection lost during COMMIT leaves its outcome unknown: the retry finds out.
         transaction
