@@ -157,6 +157,14 @@ pub mod postgres {
         begin, begin_recording_errors, begin_recording_errors_with, begin_with, Begun, Claim,
         PostgresStore, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_TABLE,
     };
+
+    /// The request's PostgreSQL transaction, for an axum handler behind
+    /// `IdempotencyLayer::new(idem).in_transaction::<PostgresStore>()` (features `postgres` and
+    /// `axum`): the handler's writes through `&mut *tx` commit with its recorded response. See
+    /// [`idem::http::Tx`](crate::http::Tx).
+    #[cfg(feature = "axum")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+    pub type Tx = idem_http::Tx<PostgresStore>;
 }
 
 #[doc(hidden)]

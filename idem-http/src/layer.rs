@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::header::HeaderName;
 use http::request::Parts;
 use http::{Method, StatusCode};
-use idem_core::{Fingerprint, Idempotency, OnError, OnInProgress};
+use idem_core::{Fingerprint, Idempotency, OnError, OnInProgress, TransactionalStore};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
@@ -16,6 +16,7 @@ use crate::fingerprint::default_fingerprint;
 use crate::problem::DEFAULT_PROBLEM_BASE;
 use crate::recorded::DEFAULT_REPLAYED_HEADERS;
 use crate::service::IdempotencyService;
+use crate::transaction::{InTransaction, Mode};
 
 /// The default limit on request bodies the layer reads: 1 MiB.
 pub const DEFAULT_MAX_REQUEST_BODY: usize = 1024 * 1024;
@@ -84,6 +85,8 @@ pub(crate) struct Config {
     pub(crate) on_unrecordable: OnError,
     pub(crate) replayed_headers: Vec<HeaderName>,
     pub(crate) capacity: Option<Arc<Semaphore>>,
+    /// The transactional mode's store, when on.
+    pub(crate) transaction: Option<Arc<dyn Mode>>,
     /// The requests in flight; shared by every clone of the layer (a tracker's clones share
     /// its state), closed by `shutdown`.
     pub(crate) tasks: TaskTracker,
@@ -124,6 +127,7 @@ impl IdempotencyLayer {
                 on_unrecordable: OnError::OutcomeUnknown,
                 replayed_headers: DEFAULT_REPLAYED_HEADERS.to_vec(),
                 capacity: None,
+                transaction: None,
                 tasks: TaskTracker::new(),
             }),
         }
@@ -306,6 +310,42 @@ impl IdempotencyLayer {
         tasks.wait().await;
     }
 
+    /// Runs each request with a key inside a database transaction of the runtime's store `S`
+    /// (for PostgreSQL, `PostgresStore`): the layer begins it on a pooled connection, claims
+    /// the key in it, and lends it to the handler through the [`Tx`](crate::Tx) extractor, so
+    /// that the handler's writes and the recorded response commit together, or not at all. The
+    /// runtime must have been made with `Idempotency::new` over an `S`; otherwise every request
+    /// with a key gets 500 `misconfigured`.
+    ///
+    /// The response is sent once its transaction has committed. What each outcome does:
+    ///
+    /// | the handler | the transaction | the key | the client gets |
+    /// | --- | --- | --- | --- |
+    /// | answers a recorded status (2xx, most 4xx) | its writes and the response commit | done: replayed to duplicates | the response |
+    /// | answers a released status (5xx, 408, 425, 429) | rolled back | free: a retry runs against unchanged data | the response |
+    /// | answers a status [`on_status`](Self::on_status) calls `OutcomeUnknown` | writes rolled back, the claim commits | held for a lease | the response |
+    /// | answers what cannot be recorded (a stream, a body over the limit) | rolled back (with [`on_unrecordable`](Self::on_unrecordable)'s default the claim commits and holds the key for a lease) | free, or held | 500 `response-unrecordable` |
+    /// | panics | writes rolled back, the claim commits | held for a lease | 500 `handler-panicked` |
+    /// | keeps its [`Tx`](crate::Tx) past its answer | rolled back | free | 500 `misconfigured` |
+    /// | the client disconnects | the handler runs on, and commits | as above | its retry replays |
+    /// | the process dies or the connection is lost before COMMIT | rolled back by the server | free | no answer; its retry runs |
+    /// | the COMMIT's reply is lost | committed or not, unknown | done or free | 503 `store-unavailable`; its retry replays or runs |
+    /// | the database is down | never begun | untouched | 503 `store-unavailable`, the handler not run ([`fail_open`](Self::fail_open) does not apply) |
+    ///
+    /// ```
+    /// use axum::{routing::post, Router};
+    /// use idem_core::{Idempotency, MemoryStore};
+    /// use idem_http::IdempotencyLayer;
+    /// # // MemoryStore is not transactional: this only shows the call's shape.
+    /// # fn layer<S: idem_core::TransactionalStore>(idem: Idempotency) -> IdempotencyLayer {
+    /// let idempotency = IdempotencyLayer::new(idem).in_transaction::<S>();
+    /// # idempotency }
+    /// ```
+    pub fn in_transaction<S: TransactionalStore>(self) -> Self {
+        let mode: Arc<dyn Mode> = Arc::new(InTransaction::<S>::new());
+        self.with(|config| config.transaction = Some(mode))
+    }
+
     /// How many requests with keys the layer is handling now (reading their bodies, running
     /// their handlers, or recording).
     pub fn in_flight(&self) -> usize {
@@ -324,6 +364,7 @@ impl std::fmt::Debug for IdempotencyLayer {
             .field("max_response_body", &config.max_response_body)
             .field("in_flight", &config.in_flight)
             .field("fail_open", &config.fail_open)
+            .field("in_transaction", &config.transaction.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -11,6 +11,7 @@ mod layer;
 mod problem;
 mod recorded;
 mod service;
+mod transaction;
 
 pub use body::BufferedBody;
 pub use fingerprint::default_fingerprint;
@@ -22,3 +23,4 @@ pub use layer::{
 pub use problem::{problem_response, Rejection, DEFAULT_PROBLEM_BASE, IDEMPOTENCY_REJECTION};
 pub use recorded::{DEFAULT_REPLAYED_HEADERS, IDEMPOTENT_REPLAYED};
 pub use service::{IdempotencyService, ResponseFuture};
+pub use transaction::{Tx, TxRejection};

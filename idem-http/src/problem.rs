@@ -48,6 +48,10 @@ pub enum Rejection {
     NotRecorded,
     /// 500 `misconfigured`: the layer's options are invalid (a message is in the detail).
     Misconfigured,
+    /// 500 `response-unrecordable`: in transactional mode, the handler's response could not be
+    /// recorded (an event stream, a body over the limit), so its database writes were rolled
+    /// back and the response was not sent.
+    ResponseUnrecordable,
     /// 503 `store-unavailable`: the idempotency store failed; the handler did not run.
     StoreUnavailable,
     /// 503 `over-capacity`: the layer's limit of requests in flight is reached.
@@ -70,7 +74,8 @@ impl Rejection {
             Rejection::RecordCorrupt
             | Rejection::HandlerPanicked
             | Rejection::NotRecorded
-            | Rejection::Misconfigured => StatusCode::INTERNAL_SERVER_ERROR,
+            | Rejection::Misconfigured
+            | Rejection::ResponseUnrecordable => StatusCode::INTERNAL_SERVER_ERROR,
             Rejection::StoreUnavailable | Rejection::OverCapacity | Rejection::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -91,6 +96,7 @@ impl Rejection {
             Rejection::HandlerPanicked => "handler-panicked",
             Rejection::NotRecorded => "not-recorded",
             Rejection::Misconfigured => "misconfigured",
+            Rejection::ResponseUnrecordable => "response-unrecordable",
             Rejection::StoreUnavailable => "store-unavailable",
             Rejection::OverCapacity => "over-capacity",
             Rejection::ShuttingDown => "shutting-down",
@@ -110,6 +116,7 @@ impl Rejection {
             Rejection::HandlerPanicked => "Handler failed; outcome unknown",
             Rejection::NotRecorded => "Result not recorded",
             Rejection::Misconfigured => "Idempotency layer misconfigured",
+            Rejection::ResponseUnrecordable => "Response not recordable; writes rolled back",
             Rejection::StoreUnavailable => "Idempotency store unavailable",
             Rejection::OverCapacity => "Too many requests in flight",
             Rejection::ShuttingDown => "Service shutting down",

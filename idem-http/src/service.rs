@@ -9,6 +9,8 @@ use std::time::Duration;
 use http::{Request, Response};
 use http_body::Body;
 use idem_core::{BoxError, Call, Claimed, Error, OnError, Started};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 use tower_service::Service;
 
 use crate::body::{read_request, read_response, BufferedBody, ReadError, ResponseRead};
@@ -17,6 +19,7 @@ use crate::key::{IdempotencyKey, KeyError};
 use crate::layer::Config;
 use crate::problem::{for_error, Rejection};
 use crate::recorded::RecordedResponse;
+use crate::transaction::{Began, Lending, Unrecorded};
 
 /// The service made by [`IdempotencyLayer`](crate::IdempotencyLayer) around an inner service.
 #[derive(Clone)]
@@ -167,6 +170,22 @@ where
     }
     // Claimed (or replayed, or refused) here, on the connection's task.
     let request = Request::from_parts(parts, BufferedBody::full(body));
+    if let Some(mode) = &config.transaction {
+        let claimed = match mode.begin(&config.idem, call).await {
+            Began::Done(Ok(recorded)) => return Ok(recorded.replay()),
+            // No `fail_open` here: the handler's writes need the database that just failed.
+            Began::Done(Err(err)) => {
+                let (rejection, detail, retry_after) = for_error(&err, config.max_retry_after);
+                return reject(rejection, &detail, retry_after);
+            }
+            Began::Claimed(claimed) => claimed,
+        };
+        let execution = {
+            let config = config.clone();
+            async move { execute_in_transaction(&config, inner, request, claimed).await }
+        };
+        return spawn_handler(&config, execution, permit, in_flight).await;
+    }
     let claimed = match config.idem.start::<RecordedResponse>(call).await {
         // A record that is not a response failed to decode: `Error::Corrupt`, below.
         Ok(Started::Recorded(recorded, _)) => return Ok(recorded.replay()),
@@ -179,19 +198,37 @@ where
             return reject(rejection, &detail, retry_after);
         }
     };
-    // The handler runs on its own task, so that a client that goes away does not cancel it
-    // halfway through its effect: it finishes and records, and the client's retry replays.
-    // (Spawned at once after the claim: no await between, so no cancellation either.)
-    let task = config.tasks.spawn({
+    let execution = {
         let config = config.clone();
-        async move {
-            let handled = execute(&config, inner, request, claimed).await;
-            drop(permit);
-            handled
-        }
+        async move { execute(&config, inner, request, claimed).await }
+    };
+    spawn_handler(&config, execution, permit, in_flight).await
+}
+
+/// Runs a claimed request's `execution` (the handler, then its record) on a task of its own, so
+/// that a client that goes away does not cancel the handler halfway through its effect: it
+/// finishes and records, and the client's retry replays. Called at once after the claim (no
+/// await between, so no cancellation either).
+async fn spawn_handler<ResB, E>(
+    config: &Config,
+    execution: impl Future<Output = Result<Response<BufferedBody<ResB>>, E>> + Send + 'static,
+    permit: Option<OwnedSemaphorePermit>,
+    in_flight: TaskTrackerToken,
+) -> Result<Response<BufferedBody<ResB>>, E>
+where
+    ResB: Body + Send + 'static,
+    E: Send + 'static,
+{
+    let task = config.tasks.spawn(async move {
+        let handled = execution.await;
+        drop(permit);
+        handled
     });
     // The task is tracked now.
     drop(in_flight);
+    let reject = |rejection: Rejection, detail: &str, retry_after: Option<Duration>| {
+        Ok(rejection.to_response(&config.problem_base, detail, retry_after))
+    };
     match task.await {
         Ok(handled) => handled,
         Err(join) if join.is_panic() => {
@@ -303,4 +340,158 @@ fn is_event_stream(parts: &http::response::Parts) -> bool {
                 .trim()
                 .eq_ignore_ascii_case("text/event-stream")
         })
+}
+
+/// Runs the handler with the request's transaction lent to it, then records its response and
+/// commits (or rolls back, or holds the key), and only then answers: the client never gets a
+/// response whose writes did not commit.
+async fn execute_in_transaction<S, B, ResB>(
+    config: &Config,
+    inner: S,
+    mut request: Request<BufferedBody<B>>,
+    claimed: Box<dyn Lending>,
+) -> Result<Response<BufferedBody<ResB>>, S::Error>
+where
+    S: Service<Request<BufferedBody<B>>, Response = Response<ResB>>,
+    B: Body,
+    B::Error: Into<BoxError>,
+    ResB: Body + Unpin,
+    ResB::Error: Into<BoxError>,
+{
+    let reject = |rejection: Rejection, detail: &str| {
+        Ok(rejection.to_response(&config.problem_base, detail, None))
+    };
+    claimed.lend(request.extensions_mut());
+    let response = match CatchUnwind::new(call_inner(inner, request)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(err)) => {
+            // No response: nothing to record, and the writes go.
+            let _ = claimed.finish(Err(OnError::Release)).await;
+            return Err(err);
+        }
+        Err(()) => {
+            // Effects outside the database may have started: the writes go, and the key is
+            // held for a lease, as for a panic outside a transaction.
+            let detail = match claimed.finish(Err(OnError::OutcomeUnknown)).await {
+                Err(Unrecorded::As(_)) => {
+                    "the handler panicked; its database writes were rolled back, but other \
+                     effects may have started, so this key stays claimed until its lease \
+                     lapses, then a retry runs the handler again"
+                }
+                _ => {
+                    "the handler panicked; its database writes were rolled back and the key is \
+                     free, so a retry runs the handler again"
+                }
+            };
+            return reject(Rejection::HandlerPanicked, detail);
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let disposition = (config.on_status)(parts.status);
+    let ended = if disposition != OnError::Record {
+        // The handler's own answer (a 5xx, say): its writes go, or with `OutcomeUnknown` they
+        // go and the key is held.
+        match claimed.finish(Err(disposition)).await {
+            Err(Unrecorded::As(_)) => {
+                return Ok(Response::from_parts(parts, BufferedBody::new(body)));
+            }
+            ended => ended,
+        }
+    } else {
+        let read = if is_event_stream(&parts) {
+            None
+        } else {
+            match read_response(body, config.max_response_body).await {
+                ResponseRead::Whole(bytes) => Some(bytes),
+                ResponseRead::Unrecordable(_) => None,
+            }
+        };
+        let Some(bytes) = read else {
+            // What the handler wrote may not commit without its response, and a response
+            // without its writes would misinform the client: neither is sent.
+            let _ = claimed.finish(Err(config.on_unrecordable)).await;
+            let detail = format!(
+                "the handler's response cannot be recorded (an event stream, a body over {} \
+                 bytes, trailers, or a body that failed), so its database writes were rolled \
+                 back; in transactional mode every response of a covered route must be \
+                 recordable",
+                config.max_response_body
+            );
+            return reject(Rejection::ResponseUnrecordable, &detail);
+        };
+        let replayed = |name: &http::HeaderName| config.replayed_headers.contains(name);
+        let recorded = RecordedResponse::capture(&parts, bytes.clone(), replayed);
+        match claimed.finish(Ok(recorded)).await {
+            Ok(_) => return Ok(Response::from_parts(parts, BufferedBody::full(bytes))),
+            ended => ended,
+        }
+    };
+    let err = match ended {
+        Err(Unrecorded::Idem(err)) => err,
+        // Only `Release` and `OutcomeUnknown` are returned as `As`, and `Ok` was answered above.
+        _ => Error::invalid_option("a transactional request ended unexpectedly"),
+    };
+    let (rejection, detail, retry_after) = for_commit_error(&err);
+    Ok(rejection.to_response(&config.problem_base, &detail, retry_after))
+}
+
+/// The rejection for an error that ended a transaction after its handler ran.
+fn for_commit_error(err: &Error) -> (Rejection, String, Option<Duration>) {
+    let soon = Some(Duration::from_secs(1));
+    match err {
+        Error::Store { .. } if err.is_indeterminate() => (
+            Rejection::StoreUnavailable,
+            "the handler ran, but the reply to its transaction's COMMIT was lost: its writes and \
+             its recorded response committed together or not at all; retry with the same key \
+             to find out (a replay if they committed, a new run if not)"
+                .to_owned(),
+            soon,
+        ),
+        Error::Store { .. } => (
+            Rejection::StoreUnavailable,
+            "the handler ran, but its transaction failed and was rolled back, so nothing it \
+             wrote remains; retry with the same key"
+                .to_owned(),
+            soon,
+        ),
+        Error::InvalidOption { .. } => (Rejection::Misconfigured, err.to_string(), None),
+        _ => (
+            Rejection::NotRecorded,
+            format!(
+                "the handler ran, but its response could not be recorded, so its transaction \
+                 was rolled back and nothing it wrote remains: {err}"
+            ),
+            None,
+        ),
+    }
+}
+
+/// A future's output, or `Err(())` if polling it panicked (the panic hook has reported it).
+struct CatchUnwind<F>(Option<Pin<Box<F>>>);
+
+impl<F: Future> CatchUnwind<F> {
+    fn new(future: F) -> Self {
+        CatchUnwind(Some(Box::pin(future)))
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(future) = self.0.as_mut() else {
+            return Poll::Ready(Err(()));
+        };
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx)));
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(_) => {
+                // Dropped now, so that what it held (the lent transaction) is given back.
+                self.0 = None;
+                Poll::Ready(Err(()))
+            }
+        }
+    }
 }

@@ -25,8 +25,33 @@ fn unique(name: &str) -> String {
     format!("{name}-{nanos}-{}", NEXT.fetch_add(1, Ordering::SeqCst))
 }
 
-async fn start(idem: &Idempotency, configure: fn(IdempotencyLayer) -> IdempotencyLayer) -> Running {
-    Running::start(configure(IdempotencyLayer::new(idem.clone()))).await
+/// The runtime under test, and whether the layer runs each request in a PostgreSQL transaction.
+#[derive(Clone)]
+struct Setup {
+    idem: Idempotency,
+    transactional: bool,
+}
+
+impl Setup {
+    fn plain(idem: Idempotency) -> Self {
+        Setup {
+            idem,
+            transactional: false,
+        }
+    }
+
+    fn layer(&self) -> IdempotencyLayer {
+        let layer = IdempotencyLayer::new(self.idem.clone());
+        if self.transactional {
+            layer.in_transaction::<idem_postgres::PostgresStore>()
+        } else {
+            layer
+        }
+    }
+}
+
+async fn start(setup: &Setup, configure: fn(IdempotencyLayer) -> IdempotencyLayer) -> Running {
+    Running::start(configure(setup.layer())).await
 }
 
 fn defaults(layer: IdempotencyLayer) -> IdempotencyLayer {
@@ -35,7 +60,7 @@ fn defaults(layer: IdempotencyLayer) -> IdempotencyLayer {
 
 /// Same key twice: one execution; the second answer is the first, marked as a replay, with its
 /// status and `Location` but without `Set-Cookie` or the request id.
-async fn same_key_twice_runs_once_and_replays(idem: Idempotency) {
+async fn same_key_twice_runs_once_and_replays(idem: Setup) {
     let app = start(&idem, defaults).await;
     let key = unique("twice");
     let first = app.post("/payments", &key, ORDER).send().await;
@@ -64,7 +89,7 @@ async fn same_key_twice_runs_once_and_replays(idem: Idempotency) {
 }
 
 /// The sf-string form and the bare form are the same key.
-async fn quoted_and_bare_keys_are_the_same_key(idem: Idempotency) {
+async fn quoted_and_bare_keys_are_the_same_key(idem: Setup) {
     let app = start(&idem, defaults).await;
     let key = unique("quoted");
     let first = app
@@ -78,7 +103,7 @@ async fn quoted_and_bare_keys_are_the_same_key(idem: Idempotency) {
 }
 
 /// Bad keys are 400 problems and never reach the handler.
-async fn bad_keys_are_400_and_never_run(idem: Idempotency) {
+async fn bad_keys_are_400_and_never_run(idem: Setup) {
     let app = start(&idem, defaults).await;
     let too_long = "k".repeat(256);
     let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
@@ -117,7 +142,7 @@ async fn bad_keys_are_400_and_never_run(idem: Idempotency) {
 
 /// With keys optional, a request without one passes through untouched (and runs every time);
 /// methods the layer does not cover pass through even with a key.
-async fn optional_keys_and_other_methods_pass_through(idem: Idempotency) {
+async fn optional_keys_and_other_methods_pass_through(idem: Setup) {
     let app = start(&idem, IdempotencyLayer::key_optional).await;
     for _ in 0..2 {
         let answer = app.request("POST", "/payments").json(ORDER).send().await;
@@ -157,7 +182,7 @@ async fn optional_keys_and_other_methods_pass_through(idem: Idempotency) {
 
 /// The same key with another body is 422; key order and whitespace in JSON do not count; other
 /// bodies count by their bytes (invalid JSON included, without panicking).
-async fn another_payload_is_422_canonical_json_is_not(idem: Idempotency) {
+async fn another_payload_is_422_canonical_json_is_not(idem: Setup) {
     let app = start(&idem, defaults).await;
     let key = unique("fingerprint");
     assert_eq!(app.post("/payments", &key, ORDER).send().await.status, 201);
@@ -209,7 +234,7 @@ async fn another_payload_is_422_canonical_json_is_not(idem: Idempotency) {
 }
 
 /// Keys are scoped by method, path and principal: the same key elsewhere is another request.
-async fn keys_are_scoped_by_principal_method_and_route(idem: Idempotency) {
+async fn keys_are_scoped_by_principal_method_and_route(idem: Setup) {
     fn by_user(layer: IdempotencyLayer) -> IdempotencyLayer {
         layer.scope(|request| {
             let user = request.headers.get("x-user")?;
@@ -247,7 +272,7 @@ async fn keys_are_scoped_by_principal_method_and_route(idem: Idempotency) {
 }
 
 /// N clients, one key: one execution; the others get 409 with `Retry-After`, or the replay.
-async fn concurrent_duplicates_get_409_and_one_executes(idem: Idempotency) {
+async fn concurrent_duplicates_get_409_and_one_executes(idem: Setup) {
     let app = std::sync::Arc::new(start(&idem, defaults).await);
     let key = unique("concurrent");
     let answers = futures_util::future::join_all((0..16).map(|_| {
@@ -281,7 +306,7 @@ async fn concurrent_duplicates_get_409_and_one_executes(idem: Idempotency) {
 }
 
 /// With `wait_for_first`, concurrent duplicates wait and all get the first response.
-async fn waiting_duplicates_all_get_the_first_response(idem: Idempotency) {
+async fn waiting_duplicates_all_get_the_first_response(idem: Setup) {
     fn wait(layer: IdempotencyLayer) -> IdempotencyLayer {
         layer.wait_for_first(Duration::from_secs(5))
     }
@@ -307,7 +332,7 @@ async fn waiting_duplicates_all_get_the_first_response(idem: Idempotency) {
 }
 
 /// A 5xx releases the key: the retry runs the handler again, and its 201 is then replayed.
-async fn a_500_is_released_and_the_retry_runs(idem: Idempotency) {
+async fn a_500_is_released_and_the_retry_runs(idem: Setup) {
     let app = start(&idem, defaults).await;
     let key = unique("flaky");
     let failed = app.post("/flaky", &key, ORDER).send().await;
@@ -323,7 +348,7 @@ async fn a_500_is_released_and_the_retry_runs(idem: Idempotency) {
 }
 
 /// A deterministic 4xx is the request's result: recorded and replayed.
-async fn a_deterministic_400_is_recorded(idem: Idempotency) {
+async fn a_deterministic_400_is_recorded(idem: Setup) {
     let app = start(&idem, defaults).await;
     let key = unique("refuse");
     let first = app.post("/refuse", &key, ORDER).send().await;
@@ -336,7 +361,7 @@ async fn a_deterministic_400_is_recorded(idem: Idempotency) {
 
 /// A panicking handler: the client gets a 500 problem, the outcome is unknown so the key stays
 /// claimed (409) until its lease lapses; then the retry runs the handler again.
-async fn a_panic_is_500_and_the_key_waits_out_its_lease(idem: Idempotency) {
+async fn a_panic_is_500_and_the_key_waits_out_its_lease(idem: Setup) {
     fn short_lease(layer: IdempotencyLayer) -> IdempotencyLayer {
         layer.lease(Duration::from_secs(1))
     }
@@ -355,7 +380,7 @@ async fn a_panic_is_500_and_the_key_waits_out_its_lease(idem: Idempotency) {
 
 /// A client that disconnects mid-handler does not cancel it: the handler finishes and records,
 /// and the client's retry gets the replay.
-async fn a_disconnected_client_still_gets_its_result_on_retry(idem: Idempotency) {
+async fn a_disconnected_client_still_gets_its_result_on_retry(idem: Setup) {
     use tokio::io::AsyncWriteExt;
     let app = start(&idem, defaults).await;
     let key = unique("disconnect");
@@ -382,7 +407,7 @@ async fn a_disconnected_client_still_gets_its_result_on_retry(idem: Idempotency)
 
 /// Request bodies over the limit are 413, by `Content-Length` or by what arrives; the handler
 /// never runs without idempotency.
-async fn oversized_requests_are_413(idem: Idempotency) {
+async fn oversized_requests_are_413(idem: Setup) {
     fn small(layer: IdempotencyLayer) -> IdempotencyLayer {
         layer.max_request_body(64)
     }
@@ -416,7 +441,7 @@ async fn oversized_requests_are_413(idem: Idempotency) {
 /// A response that cannot be recorded (an event stream, a body over the limit) reaches the
 /// client whole; by default the key then stays claimed as an unknown outcome, or with
 /// `on_unrecordable(Release)` a retry runs again.
-async fn unrecordable_responses_pass_and_are_not_replayed(idem: Idempotency) {
+async fn unrecordable_responses_pass_and_are_not_replayed(idem: Setup) {
     fn small(layer: IdempotencyLayer) -> IdempotencyLayer {
         layer.max_response_body(64)
     }
@@ -446,7 +471,7 @@ async fn unrecordable_responses_pass_and_are_not_replayed(idem: Idempotency) {
 }
 
 /// With a cap on requests in flight, one more gets 503 `over-capacity` with `Retry-After`.
-async fn over_capacity_is_503(idem: Idempotency) {
+async fn over_capacity_is_503(idem: Setup) {
     fn one(layer: IdempotencyLayer) -> IdempotencyLayer {
         layer.max_in_flight(1)
     }
@@ -472,8 +497,8 @@ async fn over_capacity_is_503(idem: Idempotency) {
 }
 
 /// Shutdown waits for the handlers in flight to finish and record, and refuses new keys.
-async fn shutdown_lets_handlers_finish_and_record(idem: Idempotency) {
-    let layer = IdempotencyLayer::new(idem.clone());
+async fn shutdown_lets_handlers_finish_and_record(idem: Setup) {
+    let layer = idem.layer();
     let app = std::sync::Arc::new(Running::start(layer.clone()).await);
     let key = unique("shutdown");
     let first = {
@@ -492,12 +517,12 @@ async fn shutdown_lets_handlers_finish_and_record(idem: Idempotency) {
     assert_eq!(refused.problem(), "shutting-down");
     assert_eq!(first.await.unwrap().status, 201);
     // The record was written: a new instance on the same store replays it.
-    let next = Running::start(IdempotencyLayer::new(idem)).await;
+    let next = Running::start(idem.layer()).await;
     assert!(next.post("/payments", &key, ORDER).send().await.replayed());
 }
 
 /// Problems use the configured `type` base.
-async fn problem_types_use_the_configured_base(idem: Idempotency) {
+async fn problem_types_use_the_configured_base(idem: Setup) {
     fn based(layer: IdempotencyLayer) -> IdempotencyLayer {
         layer.problem_base("https://api.example.com/problems/")
     }
@@ -547,31 +572,61 @@ macro_rules! every_check {
 }
 
 mod memory {
-    async fn fixture() -> (idem_core::Idempotency, ()) {
-        (
-            idem_core::Idempotency::new(idem_core::MemoryStore::new()),
-            (),
-        )
+    async fn fixture() -> (super::Setup, ()) {
+        let idem = idem_core::Idempotency::new(idem_core::MemoryStore::new());
+        (super::Setup::plain(idem), ())
     }
     every_check!(fixture);
 }
 
 mod redis {
-    async fn fixture() -> (
-        idem_core::Idempotency,
-        Option<idem_test_servers::RedisServer>,
-    ) {
+    async fn fixture() -> (super::Setup, Option<idem_test_servers::RedisServer>) {
         let (url, server) = idem_test_servers::any_server();
         let store = idem_redis::RedisStore::connect(&url)
             .await
             .unwrap_or_else(|err| panic!("connect to {url}: {err}"));
         let prefix = format!("{}:", super::unique("http"));
-        (
-            idem_core::Idempotency::new(store).with_key_prefix(prefix),
-            server,
-        )
+        let idem = idem_core::Idempotency::new(store).with_key_prefix(prefix);
+        (super::Setup::plain(idem), server)
     }
     every_check!(fixture);
+}
+
+/// Every check but the one on unrecordable responses (which transactional mode refuses to
+/// send: `tests/transactional.rs`), with each request in a transaction of a private PostgreSQL.
+mod postgres_transactional {
+    async fn fixture() -> (super::Setup, Option<idem_test_servers::PostgresServer>) {
+        let (url, server) = idem_test_servers::any_database();
+        let store = idem_postgres::PostgresStore::connect(&url)
+            .await
+            .unwrap_or_else(|err| panic!("connect to {url}: {err}"));
+        store.migrate().await.unwrap();
+        let prefix = format!("{}:", super::unique("http"));
+        let idem = idem_core::Idempotency::new(store).with_key_prefix(prefix);
+        let setup = super::Setup {
+            idem,
+            transactional: true,
+        };
+        (setup, server)
+    }
+    conformance!(fixture;
+        same_key_twice_runs_once_and_replays,
+        quoted_and_bare_keys_are_the_same_key,
+        bad_keys_are_400_and_never_run,
+        optional_keys_and_other_methods_pass_through,
+        another_payload_is_422_canonical_json_is_not,
+        keys_are_scoped_by_principal_method_and_route,
+        concurrent_duplicates_get_409_and_one_executes,
+        waiting_duplicates_all_get_the_first_response,
+        a_500_is_released_and_the_retry_runs,
+        a_deterministic_400_is_recorded,
+        a_panic_is_500_and_the_key_waits_out_its_lease,
+        a_disconnected_client_still_gets_its_result_on_retry,
+        oversized_requests_are_413,
+        over_capacity_is_503,
+        shutdown_lets_handlers_finish_and_record,
+        problem_types_use_the_configured_base,
+    );
 }
 
 /// The store is down: 503 `store-unavailable` and the handler does not run; with `fail_open`
@@ -582,7 +637,7 @@ async fn store_down_is_503_or_fails_open() {
     let store = idem_redis::RedisStore::connect(&server.url())
         .await
         .unwrap();
-    let idem = Idempotency::new(store).with_store_attempts(1);
+    let idem = Setup::plain(Idempotency::new(store).with_store_attempts(1));
     let closed = start(&idem, defaults).await;
     let open = start(&idem, IdempotencyLayer::fail_open).await;
     server.kill();
@@ -605,7 +660,7 @@ async fn store_down_is_503_or_fails_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_record_is_500_not_a_rerun() {
     let idem = Idempotency::new(MemoryStore::new());
-    let app = start(&idem, defaults).await;
+    let app = start(&Setup::plain(idem.clone()), defaults).await;
     let key = unique("foreign");
     // The same store key, written by a function that records a number.
     let parts = http::Request::post("/payments")

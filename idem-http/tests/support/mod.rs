@@ -205,6 +205,11 @@ pub struct Send<'a> {
 impl Running {
     pub async fn start(layer: IdempotencyLayer) -> Self {
         let (router, counters) = app(layer);
+        Self::serve(router, counters).await
+    }
+
+    /// Serves an app of the caller's, whose handlers count in `counters`.
+    pub async fn serve(router: Router, counters: Arc<Counters>) -> Self {
         let addr = serve(router).await;
         let client = Client::builder(TokioExecutor::new()).build_http();
         Running {

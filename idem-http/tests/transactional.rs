@@ -1,0 +1,382 @@
+//! The layer's transactional mode, row by row of its outcome table: handlers that write to a
+//! private PostgreSQL through the request's `Tx`, an axum server on a loopback port, a real
+//! client, and the rows counted in the database afterwards.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use bytes::Bytes;
+use idem_core::{Idempotency, OnError};
+use idem_http::{IdempotencyLayer, Tx};
+use idem_postgres::sqlx::{self, PgPool};
+use idem_postgres::PostgresStore;
+use idem_test_servers::PostgresServer;
+use support::{Counters, Running};
+
+type PgTx = Tx<PostgresStore>;
+
+const ORDER: &str = r#"{"amount_cents": 1250, "currency": "EUR"}"#;
+
+/// Inserts one charge for `body` through the request's transaction and returns its id.
+async fn insert(tx: &mut PgTx, body: &Bytes) -> i64 {
+    sqlx::query_scalar("INSERT INTO charges (request) VALUES ($1) RETURNING id")
+        .bind(String::from_utf8_lossy(body).into_owned())
+        .fetch_one(&mut **tx)
+        .await
+        .unwrap()
+}
+
+/// 201 with the charge's id.
+async fn charge(State(counters): State<Arc<Counters>>, mut tx: PgTx, body: Bytes) -> Response {
+    counters.started.fetch_add(1, Ordering::SeqCst);
+    let id = insert(&mut tx, &body).await;
+    counters.finished.fetch_add(1, Ordering::SeqCst);
+    (StatusCode::CREATED, format!("{{\"id\":{id}}}")).into_response()
+}
+
+/// Writes, then answers 500 on its first execution (201 after).
+async fn write_then_fail(
+    State(counters): State<Arc<Counters>>,
+    mut tx: PgTx,
+    body: Bytes,
+) -> Response {
+    let n = counters.started.fetch_add(1, Ordering::SeqCst) + 1;
+    let id = insert(&mut tx, &body).await;
+    counters.finished.fetch_add(1, Ordering::SeqCst);
+    if n == 1 {
+        (
+            StatusCode::BAD_GATEWAY,
+            "the gateway failed after the write",
+        )
+            .into_response()
+    } else {
+        (StatusCode::CREATED, format!("{{\"id\":{id}}}")).into_response()
+    }
+}
+
+/// Writes, then panics on its first execution.
+async fn write_then_panic(
+    State(counters): State<Arc<Counters>>,
+    mut tx: PgTx,
+    body: Bytes,
+) -> Response {
+    let n = counters.started.fetch_add(1, Ordering::SeqCst) + 1;
+    let id = insert(&mut tx, &body).await;
+    if n == 1 {
+        panic!("the handler fails after its write (on purpose, in a test)");
+    }
+    counters.finished.fetch_add(1, Ordering::SeqCst);
+    (StatusCode::CREATED, format!("{{\"id\":{id}}}")).into_response()
+}
+
+/// Writes, then answers with an event stream, which cannot be recorded.
+async fn write_then_stream(
+    State(counters): State<Arc<Counters>>,
+    mut tx: PgTx,
+    body: Bytes,
+) -> Response {
+    counters.started.fetch_add(1, Ordering::SeqCst);
+    insert(&mut tx, &body).await;
+    counters.finished.fetch_add(1, Ordering::SeqCst);
+    ([("content-type", "text/event-stream")], "data: charged\n\n").into_response()
+}
+
+/// Writes, then moves its `Tx` into a task that outlives the response.
+async fn write_and_keep(
+    State(counters): State<Arc<Counters>>,
+    mut tx: PgTx,
+    body: Bytes,
+) -> Response {
+    counters.started.fetch_add(1, Ordering::SeqCst);
+    insert(&mut tx, &body).await;
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        drop(tx);
+    });
+    counters.finished.fetch_add(1, Ordering::SeqCst);
+    (StatusCode::CREATED, "charged").into_response()
+}
+
+/// Takes the transaction twice.
+async fn two_transactions(_first: PgTx, _second: PgTx) -> Response {
+    (StatusCode::CREATED, "unreachable").into_response()
+}
+
+/// Takes the transaction on a route outside the layer.
+async fn outside(_tx: PgTx) -> Response {
+    (StatusCode::CREATED, "unreachable").into_response()
+}
+
+struct Database {
+    server: Option<PostgresServer>,
+    pool: PgPool,
+    idem: Idempotency,
+}
+
+impl Database {
+    async fn start() -> Self {
+        let (url, server) = idem_test_servers::any_database();
+        let store = PostgresStore::connect(&url)
+            .await
+            .unwrap_or_else(|err| panic!("connect to {url}: {err}"));
+        store.migrate().await.unwrap();
+        let pool = store.pool().clone();
+        sqlx::raw_sql(
+            "DROP TABLE IF EXISTS charges; \
+             CREATE TABLE charges (id bigserial PRIMARY KEY, request text NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let prefix = format!("{}:", std::process::id());
+        let idem = Idempotency::new(store)
+            .with_key_prefix(prefix)
+            .with_store_attempts(1);
+        Database { server, pool, idem }
+    }
+
+    async fn charges(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM charges")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn serve(&self, configure: fn(IdempotencyLayer) -> IdempotencyLayer) -> Running {
+        let layer =
+            configure(IdempotencyLayer::new(self.idem.clone()).in_transaction::<PostgresStore>());
+        let counters = Arc::new(Counters::default());
+        let router = Router::new()
+            .route("/charges", post(charge))
+            .route("/fails", post(write_then_fail))
+            .route("/panics", post(write_then_panic))
+            .route("/streams", post(write_then_stream))
+            .route("/keeps", post(write_and_keep))
+            .route("/twice", post(two_transactions))
+            .layer(layer)
+            .route("/outside", post(outside))
+            .with_state(counters.clone());
+        Running::serve(router, counters).await
+    }
+}
+
+fn defaults(layer: IdempotencyLayer) -> IdempotencyLayer {
+    layer
+}
+
+/// A recorded response commits with the handler's write: one row, and the duplicate replays
+/// the same id without running the handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_response_commits_with_the_write_and_replays() {
+    let db = Database::start().await;
+    let app = db.serve(defaults).await;
+    let first = app.post("/charges", "k1", ORDER).send().await;
+    assert_eq!(first.status, 201, "{first:?}");
+    let second = app.post("/charges", "k1", ORDER).send().await;
+    assert_eq!(second.status, 201, "{second:?}");
+    assert!(second.replayed());
+    assert_eq!(second.body, first.body);
+    assert_eq!((app.counters.started(), db.charges().await), (1, 1));
+}
+
+/// A released status (5xx) rolls the write back: no row, and the retry runs against unchanged
+/// data and commits once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_status_rolls_the_write_back_and_the_retry_runs() {
+    let db = Database::start().await;
+    let app = db.serve(defaults).await;
+    let failed = app.post("/fails", "k2", ORDER).send().await;
+    assert_eq!(
+        failed.status, 502,
+        "the handler's own answer reaches the client"
+    );
+    assert_eq!(
+        db.charges().await,
+        0,
+        "the failed attempt's write was rolled back"
+    );
+    let retried = app.post("/fails", "k2", ORDER).send().await;
+    assert_eq!(retried.status, 201, "{retried:?}");
+    let replayed = app.post("/fails", "k2", ORDER).send().await;
+    assert!(replayed.replayed());
+    assert_eq!((app.counters.started(), db.charges().await), (2, 1));
+}
+
+/// A status mapped to `OutcomeUnknown` rolls the write back but holds the key for a lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_outcome_rolls_the_write_back_and_holds_the_key() {
+    fn unknown(layer: IdempotencyLayer) -> IdempotencyLayer {
+        layer
+            .lease(Duration::from_secs(1))
+            .on_status(|status| match status.as_u16() {
+                502 => OnError::OutcomeUnknown,
+                _ => idem_http::default_on_status(status),
+            })
+    }
+    let db = Database::start().await;
+    let app = db.serve(unknown).await;
+    let failed = app.post("/fails", "k3", ORDER).send().await;
+    assert_eq!(failed.status, 502);
+    assert_eq!(db.charges().await, 0);
+    let held = app.post("/fails", "k3", ORDER).send().await;
+    assert_eq!(held.status, 409, "{held:?}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let retried = app.post("/fails", "k3", ORDER).send().await;
+    assert_eq!(retried.status, 201, "{retried:?}");
+    assert_eq!((app.counters.started(), db.charges().await), (2, 1));
+}
+
+/// A panic rolls the write back, answers 500, and holds the key for a lease (effects outside
+/// the database may have started); then the retry runs and commits once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_rolls_the_write_back_and_holds_the_key_for_a_lease() {
+    fn short(layer: IdempotencyLayer) -> IdempotencyLayer {
+        layer.lease(Duration::from_secs(1))
+    }
+    let db = Database::start().await;
+    let app = db.serve(short).await;
+    let panicked = app.post("/panics", "k4", ORDER).send().await;
+    assert_eq!(panicked.status, 500);
+    assert_eq!(panicked.problem(), "handler-panicked");
+    assert_eq!(db.charges().await, 0);
+    assert_eq!(app.post("/panics", "k4", ORDER).send().await.status, 409);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let retried = app.post("/panics", "k4", ORDER).send().await;
+    assert_eq!(retried.status, 201, "{retried:?}");
+    assert_eq!((app.counters.started(), db.charges().await), (2, 1));
+}
+
+/// A response that cannot be recorded is not sent: its write is rolled back and the client
+/// gets 500 `response-unrecordable`; with `on_unrecordable(Release)` the retry runs at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrecordable_response_is_not_sent_and_its_write_is_rolled_back() {
+    let db = Database::start().await;
+    let app = db.serve(defaults).await;
+    let streamed = app.post("/streams", "k5", ORDER).send().await;
+    assert_eq!(streamed.status, 500, "{streamed:?}");
+    assert_eq!(streamed.problem(), "response-unrecordable");
+    assert_eq!(db.charges().await, 0);
+    let held = app.post("/streams", "k5", ORDER).send().await;
+    assert_eq!(
+        held.status, 409,
+        "by default the key is held as an unknown outcome"
+    );
+
+    fn release(layer: IdempotencyLayer) -> IdempotencyLayer {
+        layer.on_unrecordable(OnError::Release)
+    }
+    let app = db.serve(release).await;
+    let first = app.post("/streams", "k6", ORDER).send().await;
+    let second = app.post("/streams", "k6", ORDER).send().await;
+    assert_eq!((first.status.as_u16(), second.status.as_u16()), (500, 500));
+    assert_eq!((app.counters.started(), db.charges().await), (2, 0));
+}
+
+/// A handler that keeps its `Tx` past its answer commits nothing: 500 `misconfigured`, no row,
+/// and the key is free for a retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tx_kept_past_the_response_commits_nothing() {
+    let db = Database::start().await;
+    let app = db.serve(defaults).await;
+    let kept = app.post("/keeps", "k7", ORDER).send().await;
+    assert_eq!(kept.status, 500, "{kept:?}");
+    assert_eq!(kept.problem(), "misconfigured");
+    assert!(kept.text().contains("kept its `Tx`"), "{}", kept.text());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(db.charges().await, 0);
+    let retried = app.post("/keeps", "k7", ORDER).send().await;
+    assert_eq!(retried.status, 500, "the retry runs again: {retried:?}");
+    assert_eq!(app.counters.started(), 2);
+}
+
+/// `Tx` where the layer lent none, or taken twice: 500 `misconfigured`, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tx_not_lent_or_taken_twice_is_refused() {
+    let db = Database::start().await;
+    let app = db.serve(defaults).await;
+    let outside = app.post("/outside", "k8", ORDER).send().await;
+    assert_eq!(outside.status, 500);
+    assert_eq!(outside.problem(), "misconfigured");
+    assert!(
+        outside.text().contains("no transaction was lent"),
+        "{}",
+        outside.text()
+    );
+    let unkeyed = app.request("GET", "/charges").send().await;
+    assert_eq!(unkeyed.status, 405, "GET is not routed: {unkeyed:?}");
+    let twice = app.post("/twice", "k9", ORDER).send().await;
+    assert_eq!(twice.status, 500);
+    assert!(twice.text().contains("taken already"), "{}", twice.text());
+}
+
+/// Two callers with one key, scoped apart: two charges, two ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_callers_sharing_a_key_get_two_charges() {
+    fn scoped(layer: IdempotencyLayer) -> IdempotencyLayer {
+        layer.scope(|parts| {
+            parts
+                .headers
+                .get("x-customer")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+    }
+    let db = Database::start().await;
+    let app = db.serve(scoped).await;
+    let alice = app
+        .post("/charges", "order-1", ORDER)
+        .header("x-customer", "alice")
+        .send()
+        .await;
+    let bob = app
+        .post("/charges", "order-1", ORDER)
+        .header("x-customer", "bob")
+        .send()
+        .await;
+    assert_eq!((alice.status.as_u16(), bob.status.as_u16()), (201, 201));
+    assert!(!bob.replayed(), "{bob:?}");
+    assert_ne!(alice.body, bob.body);
+    assert_eq!(db.charges().await, 2);
+}
+
+/// The database is down: 503 `store-unavailable` without running the handler, within about a
+/// second; when it is back, the retry runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_a_fast_503_and_the_handler_does_not_run() {
+    let mut db = Database::start().await;
+    let app = db.serve(defaults).await;
+    let Some(server) = db.server.as_mut() else {
+        panic!("this check stops its own server: unset IDEM_TEST_DATABASE_URL to run it");
+    };
+    server.stop_immediately();
+    let asked = Instant::now();
+    let down = app.post("/charges", "k10", ORDER).send().await;
+    let took = asked.elapsed();
+    assert_eq!(down.status, 503, "{down:?}");
+    assert_eq!(down.problem(), "store-unavailable");
+    assert_eq!(app.counters.started(), 0);
+    // Not a timing benchmark: a bound far above the default timeouts, far below the pool's
+    // 30 s default that an unconfigured sqlx pool would wait.
+    assert!(took < Duration::from_secs(5), "the verdict took {took:?}");
+    db.server.as_mut().unwrap().start_again();
+    let mut answer = app.post("/charges", "k10", ORDER).send().await;
+    for _ in 0..20 {
+        if answer.status == 201 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        answer = app.post("/charges", "k10", ORDER).send().await;
+    }
+    assert_eq!(answer.status, 201, "{answer:?}");
+    assert_eq!((app.counters.started(), db.charges().await), (1, 1));
+}
