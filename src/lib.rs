@@ -155,7 +155,8 @@ pub mod postgres {
     pub use idem_postgres::sqlx;
     pub use idem_postgres::{
         begin, begin_recording_errors, begin_recording_errors_with, begin_with, Begun, Claim,
-        PostgresStore, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_TABLE,
+        PoolOptions, PostgresStore, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+        DEFAULT_TABLE,
     };
 
     /// The request's PostgreSQL transaction, for an axum handler behind

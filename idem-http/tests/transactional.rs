@@ -362,6 +362,7 @@ async fn a_database_outage_is_a_fast_503_and_the_handler_does_not_run() {
     let asked = Instant::now();
     let down = app.post("/charges", "k10", ORDER).send().await;
     let took = asked.elapsed();
+    eprintln!("the outage verdict took {took:?}");
     assert_eq!(down.status, 503, "{down:?}");
     assert_eq!(down.problem(), "store-unavailable");
     assert_eq!(app.counters.started(), 0);

@@ -17,7 +17,7 @@ mod store;
 mod transaction;
 
 pub use sql::DEFAULT_TABLE;
-pub use store::{PostgresStore, DEFAULT_ACQUIRE_TIMEOUT};
+pub use store::{PoolOptions, PostgresStore, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
 pub use transaction::{
     begin, begin_recording_errors, begin_recording_errors_with, begin_with, Begun, Claim,
 };

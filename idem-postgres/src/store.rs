@@ -10,9 +10,71 @@ use sqlx::{Executor, PgConnection, Row};
 
 use crate::sql::Statements;
 
-/// How long [`PostgresStore::connect`] waits for a pooled connection before a store operation
-/// fails (closed: the body does not run).
-pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long [`PostgresStore::connect`] waits for a pooled connection (a free one, or a new one
+/// connected) before a store operation fails (closed: the body does not run), so that a request
+/// path gets the verdict on a database that is down within about a second.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The default size of [`PostgresStore::connect`]'s pool.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+
+/// The pool [`PostgresStore::connect_with`] opens: its size and how long an operation waits
+/// for a connection. For anything else, build a sqlx pool yourself and use
+/// [`PostgresStore::from_pool`].
+///
+/// ```
+/// use std::time::Duration;
+/// use idem_postgres::PoolOptions;
+///
+/// let options = PoolOptions::default()
+///     .max_connections(32)
+///     .acquire_timeout(Duration::from_millis(500));
+/// assert_eq!(options.get_max_connections(), 32);
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PoolOptions {
+    max_connections: u32,
+    acquire_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    /// [`DEFAULT_MAX_CONNECTIONS`] connections, [`DEFAULT_ACQUIRE_TIMEOUT`].
+    fn default() -> Self {
+        PoolOptions {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+        }
+    }
+}
+
+impl PoolOptions {
+    /// At most `connections` open at once (at least 1). Each request in the HTTP layer's
+    /// transactional mode holds one from its claim to its commit, so this bounds the requests
+    /// in flight too.
+    pub fn max_connections(mut self, connections: u32) -> Self {
+        self.max_connections = connections.max(1);
+        self
+    }
+
+    /// How long an operation waits for a connection (a free one, or a new one connected)
+    /// before it fails with [`Error::Store`]: when the server is down, how long a request
+    /// waits for its 503.
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// The pool's size.
+    pub fn get_max_connections(&self) -> u32 {
+        self.max_connections
+    }
+
+    /// How long an operation waits for a connection.
+    pub fn get_acquire_timeout(&self) -> Duration {
+        self.acquire_timeout
+    }
+}
 
 /// A snapshot can miss a row committed just after it: a claim that neither claimed nor found
 /// the key asks again, this many times.
@@ -53,11 +115,18 @@ impl std::fmt::Debug for PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects a pool to `url` (`postgres://user:password@host:port/database`), with
-    /// connections that wait at most [`DEFAULT_ACQUIRE_TIMEOUT`] for a free one. Does not
-    /// create the table: see [`migrate`](Self::migrate).
+    /// Connects a pool to `url` (`postgres://user:password@host:port/database`) with the
+    /// default [`PoolOptions`]: [`DEFAULT_MAX_CONNECTIONS`] connections, and operations that
+    /// wait at most [`DEFAULT_ACQUIRE_TIMEOUT`] for one. Does not create the table: see
+    /// [`migrate`](Self::migrate).
     pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_with(url, PoolOptions::default()).await
+    }
+
+    /// Connects a pool to `url` sized and bounded by `options`.
+    pub async fn connect_with(url: &str, options: PoolOptions) -> Result<Self, Error> {
         // Errors name the server, never the URL: it may hold a password, and they end up in logs.
+        let pool_options = options;
         let options: PgConnectOptions = url.parse().map_err(|_| {
             Error::store(
                 "connect",
@@ -67,7 +136,8 @@ impl PostgresStore {
         })?;
         let server = format!("{}:{}", options.get_host(), options.get_port());
         let pool = PgPoolOptions::new()
-            .acquire_timeout(DEFAULT_ACQUIRE_TIMEOUT)
+            .max_connections(pool_options.max_connections)
+            .acquire_timeout(pool_options.acquire_timeout)
             .connect_with(options)
             .await
             .map_err(|err| {
