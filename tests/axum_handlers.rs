@@ -35,6 +35,8 @@ struct Order {
 #[derive(Debug, Serialize, Deserialize)]
 struct Receipt {
     id: String,
+    #[serde(default)]
+    customer: String,
     amount_cents: u64,
 }
 
@@ -57,9 +59,28 @@ impl IntoResponse for ApiError {
     }
 }
 
-#[idempotent(key = key, using = &state.idem, fingerprint = order)]
+/// The authenticated caller (here from a header; in a service, from a session or a token).
+struct Customer(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Customer {
+    type Rejection = StatusCode;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, StatusCode> {
+        let customer = parts
+            .headers
+            .get("x-customer")
+            .and_then(|v| v.to_str().ok());
+        Ok(Customer(customer.unwrap_or("anonymous").to_owned()))
+    }
+}
+
+#[idempotent(key = key, scope = customer.0, using = &state.idem, fingerprint = order)]
 async fn create_payment(
     State(state): State<AppState>,
+    customer: Customer,
     key: IdempotencyKey,
     Json(order): Json<Order>,
 ) -> Result<(StatusCode, Json<Receipt>), ApiError> {
@@ -67,6 +88,7 @@ async fn create_payment(
     tokio::time::sleep(Duration::from_millis(200)).await;
     let receipt = Receipt {
         id: format!("pay_{n}"),
+        customer: customer.0,
         amount_cents: order.amount_cents,
     };
     Ok((StatusCode::CREATED, Json(receipt)))
@@ -81,6 +103,7 @@ async fn refund(
     tokio::time::sleep(Duration::from_millis(200)).await;
     Ok(Json(Receipt {
         id: format!("ref_{n}"),
+        customer: String::new(),
         amount_cents: 0,
     }))
 }
@@ -101,6 +124,7 @@ async fn busy_first(
         status,
         Json(Receipt {
             id: format!("busy_{n}"),
+            customer: String::new(),
             amount_cents: 0,
         }),
     ))
@@ -140,8 +164,19 @@ impl App {
         key: Option<&str>,
         json: &str,
     ) -> (StatusCode, serde_json::Value) {
+        self.post_as("anonymous", path, key, json).await
+    }
+
+    async fn post_as(
+        &self,
+        customer: &str,
+        path: &str,
+        key: Option<&str>,
+        json: &str,
+    ) -> (StatusCode, serde_json::Value) {
         let mut request = axum::http::Request::post(format!("{}{path}", self.url))
-            .header("content-type", "application/json");
+            .header("content-type", "application/json")
+            .header("x-customer", customer);
         if let Some(key) = key {
             request = request.header("idempotency-key", key);
         }
@@ -250,4 +285,39 @@ async fn a_handlers_5xx_is_released_like_the_layers() {
     let (status, replayed) = app.post("/busy", Some("b-1"), "{}").await;
     assert_eq!((status, &replayed), (StatusCode::CREATED, &retried));
     assert_eq!(app.charges.load(Ordering::SeqCst), 2);
+}
+
+/// Two customers who pick the same key are two requests: two charges, each with its own
+/// receipt, and neither learns that the other used the key (no 422 for another body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_keys_keep_two_customers_apart() {
+    let app = start().await;
+    let (status, alice) = app
+        .post_as("alice", "/payments", Some("order-1"), ORDER)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{alice}");
+    let (status, bob) = app
+        .post_as("bob", "/payments", Some("order-1"), ORDER)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{bob}");
+    assert_eq!(
+        (alice["customer"].as_str(), bob["customer"].as_str()),
+        (Some("alice"), Some("bob"))
+    );
+    assert_ne!(alice["id"], bob["id"]);
+    assert_eq!(app.charges.load(Ordering::SeqCst), 2);
+    let other = r#"{"amount_cents": 9, "currency": "EUR"}"#;
+    let (status, carol) = app
+        .post_as("carol", "/payments", Some("order-1"), other)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{carol}");
+    let (status, again) = app
+        .post_as("alice", "/payments", Some("order-1"), ORDER)
+        .await;
+    assert_eq!(
+        (status, &again),
+        (StatusCode::CREATED, &alice),
+        "alice's retry replays hers"
+    );
+    assert_eq!(app.charges.load(Ordering::SeqCst), 3);
 }

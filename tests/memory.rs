@@ -346,3 +346,37 @@ async fn adding_a_fingerprint_keeps_older_records_replayable() {
         Err(Error::KeyReused { .. })
     ));
 }
+
+/// `Call::scope`: the same key of two callers is two keys (two executions, neither a
+/// `KeyReused`), the same caller's retry replays, and an empty key is still refused.
+#[tokio::test]
+async fn scoped_keys_of_two_callers_never_meet() {
+    let idem = Idempotency::new(MemoryStore::new());
+    let runs = AtomicU32::new(0);
+    let charge = |caller: &'static str, amount: u32| {
+        let call = idem::Call::new("charge", "order-1")
+            .scope(caller)
+            .fingerprint(&amount);
+        let runs = &runs;
+        idem.run(call, async move {
+            Ok::<_, Error>(format!(
+                "{caller} run {}",
+                runs.fetch_add(1, Ordering::SeqCst) + 1
+            ))
+        })
+    };
+    assert_eq!(charge("alice", 5).await.unwrap(), "alice run 1");
+    assert_eq!(charge("bob", 9).await.unwrap(), "bob run 2");
+    assert_eq!(charge("alice", 5).await.unwrap(), "alice run 1");
+    assert!(matches!(
+        charge("alice", 6).await,
+        Err(Error::KeyReused { .. })
+    ));
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    let empty = idem::Call::new("charge", "").scope("alice");
+    let refused = idem.run(empty, async { Ok::<_, Error>(1) }).await;
+    assert!(
+        matches!(refused, Err(Error::InvalidKey { .. })),
+        "{refused:?}"
+    );
+}

@@ -119,6 +119,8 @@ impl std::fmt::Debug for Idempotency {
 pub struct Call {
     namespace: Result<Cow<'static, str>, Error>,
     key: String,
+    /// A hash of the caller the key belongs to, when keys are scoped per caller.
+    scope: Option<String>,
     fingerprint: Result<Option<Fingerprint>, Error>,
     retention: Option<Duration>,
     lease: Option<Duration>,
@@ -142,11 +144,36 @@ impl Call {
         Call {
             namespace,
             key: key.to_string(),
+            scope: None,
             fingerprint: Ok(None),
             retention: None,
             lease: None,
             on_in_progress: OnInProgress::Wait,
         }
+    }
+
+    /// Scopes the key to `caller` (a user id, an account, an API key's id): two callers' equal
+    /// keys are two keys, so one caller can never be replayed another's result, nor learn
+    /// through a `KeyReused` that another used a key. Give it to every call where keys come
+    /// from clients, such as an HTTP request's `Idempotency-Key`. The store holds a hash of the
+    /// caller, never the caller itself.
+    ///
+    /// Scope all of a namespace's calls, or none: a scoped key is stored as the caller's hash
+    /// before the key, which an unscoped key could spell out too.
+    ///
+    /// ```
+    /// use idem_core::Call;
+    ///
+    /// let alice = Call::new("orders", "order-1").scope("alice");
+    /// let bob = Call::new("orders", "order-1").scope("bob");
+    /// ```
+    pub fn scope(mut self, caller: impl Display) -> Self {
+        use sha2::Digest;
+        let caller = caller.to_string();
+        self.scope = Some(crate::key::hex(
+            &sha2::Sha256::digest(caller.as_bytes())[..16],
+        ));
+        self
     }
 
     /// Describes the request: a later call with the same key and a different fingerprint gets
@@ -522,7 +549,17 @@ impl Idempotency {
     /// A call's options resolved against the runtime's, and checked.
     pub(crate) fn prepare(&self, call: Call) -> Result<Prepared, Error> {
         let settings = &*self.inner;
-        let key = store_key(&settings.key_prefix, &call.namespace?, &call.key)?;
+        let key = match &call.scope {
+            None => store_key(&settings.key_prefix, &call.namespace?, &call.key)?,
+            // An empty key stays empty, so that it is refused as one.
+            Some(_) if call.key.is_empty() => {
+                store_key(&settings.key_prefix, &call.namespace?, "")?
+            }
+            Some(scope) => {
+                let scoped = format!("{scope} {}", call.key);
+                store_key(&settings.key_prefix, &call.namespace?, &scoped)?
+            }
+        };
         let fingerprint = call.fingerprint?.map_or_else(Vec::new, |f| f.0.to_vec());
         let lease = call.lease.unwrap_or(settings.lease);
         let retention = call.retention.unwrap_or(settings.retention);

@@ -9,6 +9,7 @@ use syn::{Expr, Ident, LitStr, Path, Token};
 mod kw {
     syn::custom_keyword!(key);
     syn::custom_keyword!(using);
+    syn::custom_keyword!(scope);
     syn::custom_keyword!(fingerprint);
     syn::custom_keyword!(ttl);
     syn::custom_keyword!(lease);
@@ -22,7 +23,8 @@ mod kw {
 }
 
 /// The list shown when an option is unknown.
-const OPTIONS: &str = "`key = EXPR`, `using = EXPR`, `fingerprint = EXPR`, `ttl = \"24h\"`, \
+const OPTIONS: &str =
+    "`key = EXPR`, `scope = EXPR`, `using = EXPR`, `fingerprint = EXPR`, `ttl = \"24h\"`, \
     `lease = \"30s\"`, `namespace = \"...\"`, `on_in_progress = wait | reject`, `record_errors`, \
     `on_error = EXPR`, `transaction = ARGUMENT`, \
     `crate = \"path\"`";
@@ -45,6 +47,8 @@ pub(crate) enum InProgressMode {
 #[derive(Default)]
 pub(crate) struct Args {
     pub(crate) key: Option<Expr>,
+    /// The caller the key belongs to.
+    pub(crate) scope: Option<Expr>,
     pub(crate) using: Option<Expr>,
     pub(crate) fingerprint: Option<Expr>,
     pub(crate) ttl: Option<DurationArg>,
@@ -78,6 +82,9 @@ impl Args {
         if lookahead.peek(kw::key) {
             let token = input.parse::<kw::key>()?;
             set(&mut self.key, token.span, "key", expr_value(input)?)
+        } else if lookahead.peek(kw::scope) {
+            let token = input.parse::<kw::scope>()?;
+            set(&mut self.scope, token.span, "scope", expr_value(input)?)
         } else if lookahead.peek(kw::using) {
             let token = input.parse::<kw::using>()?;
             set(&mut self.using, token.span, "using", expr_value(input)?)

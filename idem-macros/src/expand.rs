@@ -364,6 +364,9 @@ fn call_expr(args: &Args, private: &TokenStream, instance: Option<&TokenStream>)
             quote!(#private::Call::in_function(#namespace, &(#key)))
         }
     };
+    if let Some(scope) = &args.scope {
+        call.extend(quote!(.scope(&(#scope))));
+    }
     if let Some(fingerprint) = &args.fingerprint {
         call.extend(quote!(.fingerprint(&(#fingerprint))));
     }
