@@ -11,8 +11,11 @@
 //! * [`scenarios`]: the fault scenarios, shared by the tests and the `chaos` example.
 //! * [`ledger`]: the transactional mode's proof: child processes booking ledger rows in
 //!   PostgreSQL, SIGKILLed at random and through database crashes.
+//! * [`http_crash`]: the same proof through the HTTP layer in transactional mode: a server
+//!   SIGKILLed every 1-2s, PostgreSQL restarted, keys charged over real HTTP.
 
 mod faulty;
+pub mod http_crash;
 pub mod ledger;
 mod proxy;
 pub mod scenarios;
