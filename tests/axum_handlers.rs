@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use idem::http::{problem_response, IdempotencyKey};
+use idem::http::{problem_response, IdempotencyKey, MarkReplayedLayer, Problem};
 use idem::{idempotent, Idempotency, MemoryStore};
 use serde::{Deserialize, Serialize};
 
@@ -98,7 +98,7 @@ async fn create_payment(
 async fn refund(
     State(state): State<AppState>,
     key: IdempotencyKey,
-) -> Result<Json<Receipt>, ApiError> {
+) -> Result<Json<Receipt>, Problem> {
     let n = state.charges.fetch_add(1, Ordering::SeqCst) + 1;
     tokio::time::sleep(Duration::from_millis(200)).await;
     Ok(Json(Receipt {
@@ -130,6 +130,20 @@ async fn busy_first(
     ))
 }
 
+/// Refuses every request with a problem of its own; idem's errors answer as the layer's.
+#[idempotent(key = key, using = &state.idem, fingerprint = cents)]
+async fn declined(
+    State(state): State<AppState>,
+    key: IdempotencyKey,
+    Json(cents): Json<u64>,
+) -> Result<Json<Receipt>, Problem> {
+    state.charges.fetch_add(1, Ordering::SeqCst);
+    Err(Problem::status(
+        StatusCode::PAYMENT_REQUIRED,
+        format!("card declined for {cents} cents"),
+    ))
+}
+
 struct App {
     url: String,
     charges: Arc<AtomicU32>,
@@ -146,6 +160,8 @@ async fn start() -> App {
         .route("/payments", post(create_payment))
         .route("/refunds", post(refund))
         .route("/busy", post(busy_first))
+        .route("/declined", post(declined))
+        .layer(MarkReplayedLayer::new())
         .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -174,6 +190,17 @@ impl App {
         key: Option<&str>,
         json: &str,
     ) -> (StatusCode, serde_json::Value) {
+        let (status, _, json) = self.send(customer, path, key, json).await;
+        (status, json)
+    }
+
+    async fn send(
+        &self,
+        customer: &str,
+        path: &str,
+        key: Option<&str>,
+        json: &str,
+    ) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
         let mut request = axum::http::Request::post(format!("{}{path}", self.url))
             .header("content-type", "application/json")
             .header("x-customer", customer);
@@ -187,10 +214,11 @@ impl App {
             .unwrap();
         let response = self.client.request(request).await.unwrap();
         let status = response.status();
+        let headers = response.headers().clone();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         let json = serde_json::from_slice(&body)
             .unwrap_or_else(|_| panic!("JSON body, got {:?}", String::from_utf8_lossy(&body)));
-        (status, json)
+        (status, headers, json)
     }
 }
 
@@ -320,4 +348,43 @@ async fn scoped_keys_keep_two_customers_apart() {
         "alice's retry replays hers"
     );
     assert_eq!(app.charges.load(Ordering::SeqCst), 3);
+}
+
+/// With `MarkReplayedLayer`, a replayed (or waited-for) handler response says so, as the
+/// layer's do; a first execution does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_of_annotated_handlers_are_marked() {
+    let app = start().await;
+    let (status, headers, first) = app.send("dan", "/payments", Some("m-1"), ORDER).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers.get("idempotent-replayed"), None);
+    let (status, headers, again) = app.send("dan", "/payments", Some("m-1"), ORDER).await;
+    assert_eq!((status, &again), (StatusCode::CREATED, &first));
+    assert_eq!(headers.get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(app.charges.load(Ordering::SeqCst), 1);
+}
+
+/// `Problem` needs no glue: idem's errors are the layer's problems (409 with `Retry-After`,
+/// 422), and the handler's own are problems with its status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn problem_answers_idem_errors_as_the_layer_and_its_own_with_its_status() {
+    let app = Arc::new(start().await);
+    let (status, headers, problem) = app.send("erin", "/declined", Some("d-1"), "7").await;
+    assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{problem}");
+    assert_eq!(
+        headers.get("content-type").unwrap(),
+        "application/problem+json"
+    );
+    assert_eq!(problem["detail"], "card declined for 7 cents");
+    assert_eq!(problem["status"], 402);
+    let first = {
+        let app = app.clone();
+        tokio::spawn(async move { app.post("/refunds", Some("r-2"), "{}").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, headers, problem) = app.send("anonymous", "/refunds", Some("r-2"), "{}").await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert_eq!(problem["code"], "in-flight");
+    assert!(headers.get("retry-after").is_some(), "{headers:?}");
+    first.await.unwrap();
 }

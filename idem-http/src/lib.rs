@@ -6,6 +6,7 @@
 mod axum;
 mod body;
 mod fingerprint;
+mod handler;
 mod key;
 mod layer;
 mod problem;
@@ -15,6 +16,7 @@ mod transaction;
 
 pub use body::BufferedBody;
 pub use fingerprint::default_fingerprint;
+pub use handler::{MarkReplayed, MarkReplayedLayer, Problem};
 pub use key::{IdempotencyKey, KeyError, IDEMPOTENCY_KEY, MAX_KEY_LEN};
 pub use layer::{
     default_on_status, IdempotencyLayer, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY,
