@@ -15,6 +15,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// | --- | --- |
 /// | [`InvalidKey`](Error::InvalidKey), [`InvalidOption`](Error::InvalidOption), [`InProgress`](Error::InProgress), [`KeyReused`](Error::KeyReused), [`Store`](Error::Store), [`Corrupt`](Error::Corrupt), [`Encode`](Error::Encode) | no |
 /// | [`LeaseLost`](Error::LeaseLost), [`NotRecorded`](Error::NotRecorded) | yes: its effect happened, its result was not recorded |
+/// | [`TransactionAborted`](Error::TransactionAborted) | yes, and its database writes were rolled back |
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -83,6 +84,19 @@ pub enum Error {
         /// The last store error.
         source: Box<Error>,
     },
+    /// The body ran inside a database transaction that its own statements broke: one failed, so
+    /// the database aborted the transaction (PostgreSQL's `25P02`), or a deferred constraint
+    /// failed at `COMMIT`. Everything rolled back, nothing was recorded and the key is free.
+    /// Retrying runs the body again and will likely fail the same way: run statements that may
+    /// fail inside a savepoint (sqlx: `begin()` on the connection), or return an `Err`. Effects
+    /// outside the database may have happened.
+    #[non_exhaustive]
+    TransactionAborted {
+        /// The operation that found the transaction aborted (`complete`, `commit`).
+        operation: &'static str,
+        /// The database's error.
+        source: BoxError,
+    },
     /// A stored record could not be decoded (garbage bytes, a value of the wrong type, or a
     /// record version this build does not know). It is never treated as a miss: inspect or
     /// delete the key by hand.
@@ -106,6 +120,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// A transaction the body's own statements broke, for transactional stores (see
+    /// [`Error::TransactionAborted`]).
+    pub fn transaction_aborted(operation: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::TransactionAborted {
+            operation,
+            source: source.into(),
+        }
+    }
+
     /// A store failure, for store implementations: the command certainly did not apply.
     pub fn store(operation: &'static str, source: impl Into<BoxError>) -> Self {
         Error::Store {
@@ -154,7 +177,10 @@ impl Error {
 
     /// True when the body of this call may have run (its effect may have happened).
     pub fn body_may_have_run(&self) -> bool {
-        matches!(self, Error::LeaseLost { .. } | Error::NotRecorded { .. })
+        matches!(
+            self,
+            Error::LeaseLost { .. } | Error::NotRecorded { .. } | Error::TransactionAborted { .. }
+        )
     }
 
     /// True when a store command behind this error may have been applied without a reply.
@@ -259,6 +285,13 @@ impl fmt::Display for Error {
                 f,
                 "could not encode {what}, so nothing was claimed and the body did not run"
             ),
+            Error::TransactionAborted { operation, .. } => write!(
+                f,
+                "the body ran, but a statement of its own broke its database transaction, found \
+                 at `{operation}`: its writes were rolled back, nothing was recorded and the key \
+                 is free; a retry runs the body again, so run statements that may fail inside a \
+                 savepoint, or return an error"
+            ),
         }
     }
 }
@@ -266,7 +299,9 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Store { source, .. } => Some(source.as_ref()),
+            Error::Store { source, .. } | Error::TransactionAborted { source, .. } => {
+                Some(source.as_ref())
+            }
             // The store's or the encoder's own error: this variant's message already says which
             // operation failed, and the wrapped `Error`'s would contradict it ("did not run").
             Error::NotRecorded { source, .. } => match source.as_ref() {

@@ -82,6 +82,8 @@ impl CallOutcome {
             Error::NotRecorded { .. } => CallOutcome::NotRecorded,
             Error::Store { .. } => CallOutcome::StoreError,
             Error::Corrupt { .. } => CallOutcome::Corrupt,
+            // Rolled back whole: the key is free, as for a released error.
+            Error::TransactionAborted { .. } => CallOutcome::Released,
             _ => CallOutcome::Invalid,
         }
     }

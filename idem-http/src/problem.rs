@@ -52,6 +52,10 @@ pub enum Rejection {
     /// recorded (an event stream, a body over the limit), so its database writes were rolled
     /// back and the response was not sent.
     ResponseUnrecordable,
+    /// 500 `transaction-aborted`: in transactional mode, a statement of the handler failed and
+    /// aborted the request's transaction (or a deferred constraint failed at commit) while the
+    /// handler answered as if it had succeeded: everything was rolled back and the key is free.
+    TransactionAborted,
     /// 503 `store-unavailable`: the idempotency store failed; the handler did not run.
     StoreUnavailable,
     /// 503 `over-capacity`: the layer's limit of requests in flight is reached.
@@ -75,7 +79,8 @@ impl Rejection {
             | Rejection::HandlerPanicked
             | Rejection::NotRecorded
             | Rejection::Misconfigured
-            | Rejection::ResponseUnrecordable => StatusCode::INTERNAL_SERVER_ERROR,
+            | Rejection::ResponseUnrecordable
+            | Rejection::TransactionAborted => StatusCode::INTERNAL_SERVER_ERROR,
             Rejection::StoreUnavailable | Rejection::OverCapacity | Rejection::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -97,6 +102,7 @@ impl Rejection {
             Rejection::NotRecorded => "not-recorded",
             Rejection::Misconfigured => "misconfigured",
             Rejection::ResponseUnrecordable => "response-unrecordable",
+            Rejection::TransactionAborted => "transaction-aborted",
             Rejection::StoreUnavailable => "store-unavailable",
             Rejection::OverCapacity => "over-capacity",
             Rejection::ShuttingDown => "shutting-down",
@@ -117,6 +123,7 @@ impl Rejection {
             Rejection::NotRecorded => "Result not recorded",
             Rejection::Misconfigured => "Idempotency layer misconfigured",
             Rejection::ResponseUnrecordable => "Response not recordable; writes rolled back",
+            Rejection::TransactionAborted => "Transaction aborted by the handler's statements",
             Rejection::StoreUnavailable => "Idempotency store unavailable",
             Rejection::OverCapacity => "Too many requests in flight",
             Rejection::ShuttingDown => "Service shutting down",

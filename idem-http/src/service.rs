@@ -362,8 +362,11 @@ where
         Ok(rejection.to_response(&config.problem_base, detail, None))
     };
     claimed.lend(request.extensions_mut());
-    let response = match CatchUnwind::new(call_inner(inner, request)).await {
-        Ok(Ok(response)) => response,
+    // Everything the handler's code runs in (its future, its response body, their drops) is
+    // under the guard, and the claim outside it: a panic anywhere there holds the key.
+    let handled = CatchUnwind::new(respond(config, inner, request)).await;
+    let reply = match handled {
+        Ok(Ok(reply)) => reply,
         Ok(Err(err)) => {
             // No response: nothing to record, and the writes go.
             let _ = claimed.finish(Err(OnError::Release)).await;
@@ -386,27 +389,27 @@ where
             return reject(Rejection::HandlerPanicked, detail);
         }
     };
-    let (parts, body) = response.into_parts();
-    let disposition = (config.on_status)(parts.status);
-    let ended = if disposition != OnError::Record {
-        // The handler's own answer (a 5xx, say): its writes go, or with `OutcomeUnknown` they
-        // go and the key is held.
-        match claimed.finish(Err(disposition)).await {
-            Err(Unrecorded::As(_)) => {
-                return Ok(Response::from_parts(parts, BufferedBody::new(body)));
+    let ended = match reply {
+        Reply::Record(parts, bytes) => {
+            let replayed = |name: &http::HeaderName| config.replayed_headers.contains(name);
+            let recorded = RecordedResponse::capture(&parts, bytes.clone(), replayed);
+            match claimed.finish(Ok(recorded)).await {
+                Ok(_) => return Ok(Response::from_parts(parts, BufferedBody::full(bytes))),
+                ended => ended,
             }
-            ended => ended,
         }
-    } else {
-        let read = if is_event_stream(&parts) {
-            None
-        } else {
-            match read_response(body, config.max_response_body).await {
-                ResponseRead::Whole(bytes) => Some(bytes),
-                ResponseRead::Unrecordable(_) => None,
+        Reply::Pass(parts, body, disposition) => {
+            // The handler's own answer (a 5xx, say): its writes go, or with `OutcomeUnknown`
+            // they go and the key is held. A body that still holds the `Tx` rolls it back when
+            // it is dropped, which is what releasing asks.
+            match claimed.finish(Err(disposition)).await {
+                Err(Unrecorded::As(_) | Unrecorded::Kept) => {
+                    return Ok(Response::from_parts(parts, BufferedBody::new(body)));
+                }
+                ended => ended,
             }
-        };
-        let Some(bytes) = read else {
+        }
+        Reply::Unrecordable => {
             // What the handler wrote may not commit without its response, and a response
             // without its writes would misinform the client: neither is sent.
             let _ = claimed.finish(Err(config.on_unrecordable)).await;
@@ -418,27 +421,79 @@ where
                 config.max_response_body
             );
             return reject(Rejection::ResponseUnrecordable, &detail);
-        };
-        let replayed = |name: &http::HeaderName| config.replayed_headers.contains(name);
-        let recorded = RecordedResponse::capture(&parts, bytes.clone(), replayed);
-        match claimed.finish(Ok(recorded)).await {
-            Ok(_) => return Ok(Response::from_parts(parts, BufferedBody::full(bytes))),
-            ended => ended,
         }
     };
-    let err = match ended {
-        Err(Unrecorded::Idem(err)) => err,
-        // Only `Release` and `OutcomeUnknown` are returned as `As`, and `Ok` was answered above.
-        _ => Error::invalid_option("a transactional request ended unexpectedly"),
-    };
-    let (rejection, detail, retry_after) = for_commit_error(&err);
-    Ok(rejection.to_response(&config.problem_base, &detail, retry_after))
+    match ended {
+        Err(Unrecorded::Kept) => reject(
+            Rejection::Misconfigured,
+            "the handler kept its `Tx` after it answered (moved into a task?), so its \
+             transaction could not commit and was rolled back, and the key is free; use the \
+             `Tx` only inside the handler",
+        ),
+        Err(Unrecorded::Idem(err)) => {
+            let (rejection, detail, retry_after) = for_commit_error(&err);
+            Ok(rejection.to_response(&config.problem_base, &detail, retry_after))
+        }
+        // Only `Release` and `OutcomeUnknown` come back as `As`, answered above, as is `Ok`.
+        _ => reject(
+            Rejection::Misconfigured,
+            "a transactional request ended in a state the layer does not know",
+        ),
+    }
+}
+
+/// A transactional handler's response, read as far as its record needs.
+enum Reply<ResB> {
+    /// A response to record: its parts and whole body.
+    Record(http::response::Parts, bytes::Bytes),
+    /// A response not to record, passed on after its claim is settled as `OnError` says.
+    Pass(http::response::Parts, ResB, OnError),
+    /// A response to record that cannot be (its body is dropped).
+    Unrecordable,
+}
+
+/// Calls the handler and reads its response as far as its record needs.
+async fn respond<S, B, ResB>(
+    config: &Config,
+    inner: S,
+    request: Request<BufferedBody<B>>,
+) -> Result<Reply<ResB>, S::Error>
+where
+    S: Service<Request<BufferedBody<B>>, Response = Response<ResB>>,
+    ResB: Body + Unpin,
+    ResB::Error: Into<BoxError>,
+{
+    let (parts, body) = call_inner(inner, request).await?.into_parts();
+    let disposition = (config.on_status)(parts.status);
+    if disposition != OnError::Record {
+        return Ok(Reply::Pass(parts, body, disposition));
+    }
+    if is_event_stream(&parts) {
+        drop(body);
+        return Ok(Reply::Unrecordable);
+    }
+    Ok(match read_response(body, config.max_response_body).await {
+        ResponseRead::Whole(bytes) => Reply::Record(parts, bytes),
+        ResponseRead::Unrecordable(rest) => {
+            drop(rest);
+            Reply::Unrecordable
+        }
+    })
 }
 
 /// The rejection for an error that ended a transaction after its handler ran.
 fn for_commit_error(err: &Error) -> (Rejection, String, Option<Duration>) {
     let soon = Some(Duration::from_secs(1));
     match err {
+        Error::TransactionAborted { .. } => (
+            Rejection::TransactionAborted,
+            "a statement of the handler failed and aborted the request's transaction, though \
+             the handler answered as if it had succeeded: nothing it wrote remains, and the key \
+             is free; run statements that may fail inside a savepoint, or answer 5xx when one \
+             fails"
+                .to_owned(),
+            None,
+        ),
         Error::Store { .. } if err.is_indeterminate() => (
             Rejection::StoreUnavailable,
             "the handler ran, but the reply to its transaction's COMMIT was lost: its writes and \
@@ -454,7 +509,6 @@ fn for_commit_error(err: &Error) -> (Rejection, String, Option<Duration>) {
                 .to_owned(),
             soon,
         ),
-        Error::InvalidOption { .. } => (Rejection::Misconfigured, err.to_string(), None),
         _ => (
             Rejection::NotRecorded,
             format!(
@@ -488,8 +542,10 @@ impl<F: Future> Future for CatchUnwind<F> {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
             Err(_) => {
-                // Dropped now, so that what it held (the lent transaction) is given back.
-                self.0 = None;
+                // Dropped now, so that what it held (the lent transaction) is given back; a
+                // drop that panics too is caught as well.
+                let future = self.0.take();
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(future)));
                 Poll::Ready(Err(()))
             }
         }

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use idem_core::{
@@ -37,6 +37,8 @@ pub(crate) enum Unrecorded {
     As(OnError),
     /// idem failed around the handler.
     Idem(Error),
+    /// The handler kept its `Tx` past its response: nothing committed.
+    Kept,
 }
 
 impl From<Error> for Unrecorded {
@@ -48,7 +50,7 @@ impl From<Error> for Unrecorded {
 fn classify(unrecorded: &Unrecorded) -> OnError {
     match unrecorded {
         Unrecorded::As(disposition) => *disposition,
-        Unrecorded::Idem(_) => OnError::Release,
+        Unrecorded::Idem(_) | Unrecorded::Kept => OnError::Release,
     }
 }
 
@@ -66,8 +68,9 @@ pub(crate) trait Lending: Send {
     fn lend(&self, extensions: &mut http::Extensions);
 
     /// Takes the transaction back and ends the call: records `result` and commits, or rolls
-    /// back, as the claim's policy says. `Err(Unrecorded::Idem)` when idem failed, and also when
-    /// the handler kept the transaction past its response (then nothing commits).
+    /// back, as the claim's policy says. `Err(Unrecorded::Idem)` when idem failed, and
+    /// `Err(Unrecorded::Kept)` when the handler kept the transaction past its response (then
+    /// nothing commits).
     fn finish(
         self: Box<Self>,
         result: Result<RecordedResponse, OnError>,
@@ -101,9 +104,11 @@ impl<S: TransactionalStore> Mode for InTransaction<S> {
                 TransactionBegun::Done(Ok(recorded)) => Began::Done(Ok(recorded)),
                 TransactionBegun::Done(Err(Unrecorded::Idem(err))) => Began::Done(Err(err)),
                 // Only a handler's response is classified, and none ran.
-                TransactionBegun::Done(Err(Unrecorded::As(_))) => Began::Done(Err(
-                    Error::invalid_option("a transactional request ended before its handler"),
-                )),
+                TransactionBegun::Done(Err(Unrecorded::As(_) | Unrecorded::Kept)) => {
+                    Began::Done(Err(Error::invalid_option(
+                        "a transactional request ended before its handler",
+                    )))
+                }
                 TransactionBegun::Claimed(claim) => {
                     let (transaction, claim) = claim.detach();
                     Began::Claimed(Box::new(Claimed::<S> {
@@ -142,11 +147,7 @@ impl<S: TransactionalStore> Lending for Claimed<S> {
             let Some(transaction) = transaction else {
                 // The claim is dropped unfinished, and the transaction rolls back when the
                 // `Tx` holding it is dropped.
-                return Err(Unrecorded::Idem(Error::invalid_option(
-                    "the handler kept its `Tx` after it answered (moved into a task?), so its \
-                     transaction could not commit and was rolled back; use the `Tx` only \
-                     inside the handler",
-                )));
+                return Err(Unrecorded::Kept);
             };
             claim
                 .finish(transaction, result.map_err(Unrecorded::As))
@@ -171,7 +172,14 @@ impl<S: TransactionalStore> Lending for Claimed<S> {
 /// request fail with 500 `misconfigured` and its writes roll back. On a route the layer does
 /// not cover transactionally (another method, no key with
 /// [`key_optional`](crate::IdempotencyLayer::key_optional), no layer at all), taking it is
-/// refused with 500 `misconfigured`.
+/// refused with 500 `misconfigured`; take `Option<Tx<S>>` to get `None` there instead.
+///
+/// The layer owns the transaction: do not end it through the `Tx` (`COMMIT`, `ROLLBACK`,
+/// `RELEASE`, or `ROLLBACK TO` a savepoint you did not make). idem cannot detect it, and the
+/// writes and the record would then commit apart. A statement that may fail belongs inside a
+/// savepoint of your own (sqlx: `(&mut *tx).begin()`), so that its failure does not abort the
+/// request's transaction; a failure that aborts it anyway while the handler answers a
+/// recorded status gets 500 `transaction-aborted`, everything rolled back and the key free.
 pub struct Tx<S: TransactionalStore> {
     lent: OwnedMappedMutexGuard<Option<S::Transaction<'static>>, S::Transaction<'static>>,
 }
@@ -242,5 +250,23 @@ impl<S: TransactionalStore, State: Send + Sync> FromRequestParts<State> for Tx<S
         let lent =
             OwnedMutexGuard::try_map(lent, Option::as_mut).map_err(|_| TxRejection::Taken)?;
         Ok(Tx { lent })
+    }
+}
+
+/// `Option<Tx<S>>`: `None` where no transaction was lent (a request without a key on a
+/// [`key_optional`](crate::IdempotencyLayer::key_optional) route, say), so that the handler can
+/// fall back to a connection of its own; taken twice is still refused.
+impl<S: TransactionalStore, State: Send + Sync> OptionalFromRequestParts<State> for Tx<S> {
+    type Rejection = TxRejection;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &State,
+    ) -> Result<Option<Self>, TxRejection> {
+        match <Tx<S> as FromRequestParts<State>>::from_request_parts(parts, state).await {
+            Ok(tx) => Ok(Some(tx)),
+            Err(TxRejection::NotLent) => Ok(None),
+            Err(err) => Err(err),
+        }
     }
 }

@@ -107,6 +107,97 @@ async fn write_and_keep(
     (StatusCode::CREATED, "charged").into_response()
 }
 
+/// Writes a charge, then a statement that fails (a coupon already used), which it catches and
+/// answers with 409, a recorded status.
+async fn write_then_catch_a_failed_statement(
+    State(counters): State<Arc<Counters>>,
+    mut tx: PgTx,
+    body: Bytes,
+) -> Response {
+    counters.started.fetch_add(1, Ordering::SeqCst);
+    insert(&mut tx, &body).await;
+    let coupon = sqlx::query("INSERT INTO coupons (code) VALUES ('used')")
+        .execute(&mut *tx)
+        .await;
+    counters.finished.fetch_add(1, Ordering::SeqCst);
+    match coupon {
+        Ok(_) => (StatusCode::CREATED, "charged").into_response(),
+        Err(_) => (StatusCode::CONFLICT, "coupon already used").into_response(),
+    }
+}
+
+/// Writes twice under a deferred unique constraint: the COMMIT fails.
+async fn write_a_deferred_violation(
+    State(counters): State<Arc<Counters>>,
+    mut tx: PgTx,
+) -> Response {
+    counters.started.fetch_add(1, Ordering::SeqCst);
+    for _ in 0..2 {
+        sqlx::query("INSERT INTO deferred (v) VALUES (1)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    counters.finished.fetch_add(1, Ordering::SeqCst);
+    (StatusCode::CREATED, "booked").into_response()
+}
+
+/// Writes, then answers 201 with a body that panics when read.
+async fn write_then_panic_in_the_body(
+    State(counters): State<Arc<Counters>>,
+    mut tx: PgTx,
+    body: Bytes,
+) -> Response {
+    counters.started.fetch_add(1, Ordering::SeqCst);
+    insert(&mut tx, &body).await;
+    counters.finished.fetch_add(1, Ordering::SeqCst);
+    let stream = futures_util::stream::poll_fn(
+        |_| -> std::task::Poll<Option<Result<Bytes, std::io::Error>>> {
+            panic!("the response body fails (on purpose, in a test)")
+        },
+    );
+    (StatusCode::CREATED, axum::body::Body::from_stream(stream)).into_response()
+}
+
+/// Writes, then answers `status` (and `content_type`) with a body that holds the `Tx`.
+fn body_holding(tx: PgTx, status: StatusCode, content_type: &'static str) -> Response {
+    let stream = futures_util::stream::once(async move {
+        drop(tx);
+        Ok::<_, std::io::Error>(Bytes::from_static(b"data: done\n\n"))
+    });
+    let body = axum::body::Body::from_stream(stream);
+    (status, [("content-type", content_type)], body).into_response()
+}
+
+/// Writes, then answers 503 with a body that holds the `Tx`.
+async fn released_body_holding_the_tx(
+    State(counters): State<Arc<Counters>>,
+    mut tx: PgTx,
+    body: Bytes,
+) -> Response {
+    counters.started.fetch_add(1, Ordering::SeqCst);
+    insert(&mut tx, &body).await;
+    counters.finished.fetch_add(1, Ordering::SeqCst);
+    body_holding(tx, StatusCode::SERVICE_UNAVAILABLE, "text/plain")
+}
+
+/// Writes, then answers an event stream that holds the `Tx`.
+async fn stream_holding_the_tx(
+    State(counters): State<Arc<Counters>>,
+    mut tx: PgTx,
+    body: Bytes,
+) -> Response {
+    counters.started.fetch_add(1, Ordering::SeqCst);
+    insert(&mut tx, &body).await;
+    counters.finished.fetch_add(1, Ordering::SeqCst);
+    body_holding(tx, StatusCode::OK, "text/event-stream")
+}
+
+/// Whether a transaction was lent.
+async fn maybe_lent(tx: Option<PgTx>) -> String {
+    format!("lent: {}", tx.is_some())
+}
+
 /// Takes the transaction twice.
 async fn two_transactions(_first: PgTx, _second: PgTx) -> Response {
     (StatusCode::CREATED, "unreachable").into_response()
@@ -133,7 +224,11 @@ impl Database {
         let pool = store.pool().clone();
         sqlx::raw_sql(
             "DROP TABLE IF EXISTS charges; \
-             CREATE TABLE charges (id bigserial PRIMARY KEY, request text NOT NULL)",
+             CREATE TABLE charges (id bigserial PRIMARY KEY, request text NOT NULL); \
+             DROP TABLE IF EXISTS coupons; CREATE TABLE coupons (code text PRIMARY KEY); \
+             INSERT INTO coupons VALUES ('used'); \
+             DROP TABLE IF EXISTS deferred; \
+             CREATE TABLE deferred (v int, UNIQUE (v) DEFERRABLE INITIALLY DEFERRED)",
         )
         .execute(&pool)
         .await
@@ -163,6 +258,12 @@ impl Database {
             .route("/streams", post(write_then_stream))
             .route("/keeps", post(write_and_keep))
             .route("/twice", post(two_transactions))
+            .route("/coupon", post(write_then_catch_a_failed_statement))
+            .route("/deferred", post(write_a_deferred_violation))
+            .route("/body-panics", post(write_then_panic_in_the_body))
+            .route("/released-holding", post(released_body_holding_the_tx))
+            .route("/stream-holding", post(stream_holding_the_tx))
+            .route("/maybe", post(maybe_lent))
             .layer(layer)
             .route("/outside", post(outside))
             .with_state(counters.clone());
@@ -380,4 +481,89 @@ async fn a_database_outage_is_a_fast_503_and_the_handler_does_not_run() {
     }
     assert_eq!(answer.status, 201, "{answer:?}");
     assert_eq!((app.counters.started(), db.charges().await), (1, 1));
+}
+
+/// A statement of the handler fails and aborts the transaction, but the handler answers a
+/// recorded status: 500 `transaction-aborted` (not a 503 that invites the same failure again),
+/// nothing kept, the key free. Likewise a deferred constraint that fails at COMMIT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_the_handler_broke_is_500_transaction_aborted() {
+    let db = Database::start().await;
+    let app = db.serve(defaults).await;
+    for attempt in 1..=2 {
+        let answer = app.post("/coupon", "k11", ORDER).send().await;
+        assert_eq!(answer.status, 500, "attempt {attempt}: {answer:?}");
+        assert_eq!(answer.problem(), "transaction-aborted");
+    }
+    assert_eq!((app.counters.started(), db.charges().await), (2, 0));
+    let deferred = app.post("/deferred", "k12", ORDER).send().await;
+    assert_eq!(deferred.status, 500, "{deferred:?}");
+    assert_eq!(deferred.problem(), "transaction-aborted");
+}
+
+/// A panic in the response body (after the handler returned) holds the key for a lease, as
+/// the 500 says, and rolls the write back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_response_body_holds_the_key_as_it_says() {
+    fn short(layer: IdempotencyLayer) -> IdempotencyLayer {
+        layer.lease(Duration::from_secs(1))
+    }
+    let db = Database::start().await;
+    let app = db.serve(short).await;
+    let panicked = app.post("/body-panics", "k13", ORDER).send().await;
+    assert_eq!(panicked.status, 500, "{panicked:?}");
+    assert_eq!(panicked.problem(), "handler-panicked");
+    assert!(
+        panicked.text().contains("stays claimed"),
+        "{}",
+        panicked.text()
+    );
+    let held = app.post("/body-panics", "k13", ORDER).send().await;
+    assert_eq!(held.status, 409, "{held:?}");
+    assert_eq!((app.counters.started(), db.charges().await), (1, 0));
+}
+
+/// A body that holds the `Tx`: a released status still reaches the client (its writes roll
+/// back when the body is dropped), and an event stream's key is held as `on_unrecordable`
+/// says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_holding_the_tx_get_their_outcome() {
+    let db = Database::start().await;
+    let app = db.serve(defaults).await;
+    let released = app.post("/released-holding", "k14", ORDER).send().await;
+    assert_eq!(released.status, 503, "{released:?}");
+    assert_eq!(released.text(), "data: done\n\n");
+    let streamed = app.post("/stream-holding", "k15", ORDER).send().await;
+    assert_eq!(streamed.status, 500, "{streamed:?}");
+    assert_eq!(streamed.problem(), "response-unrecordable");
+    let held = app.post("/stream-holding", "k15", ORDER).send().await;
+    assert_eq!(held.status, 409, "{held:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!((app.counters.started(), db.charges().await), (2, 0));
+}
+
+/// The kept-`Tx` answer says what happened, and nothing it does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_tx_is_explained_truthfully() {
+    let db = Database::start().await;
+    let app = db.serve(defaults).await;
+    let kept = app.post("/keeps", "k16", ORDER).send().await;
+    assert_eq!(kept.problem(), "misconfigured");
+    let text = kept.text();
+    assert!(text.contains("rolled back, and the key is free"), "{text}");
+    assert!(!text.contains("did not run"), "{text}");
+}
+
+/// `Option<Tx>`: `Some` for a request with a key, `None` without one on a `key_optional` layer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optional_tx_is_none_where_none_was_lent() {
+    fn optional(layer: IdempotencyLayer) -> IdempotencyLayer {
+        layer.key_optional()
+    }
+    let db = Database::start().await;
+    let app = db.serve(optional).await;
+    let keyed = app.post("/maybe", "k17", ORDER).send().await;
+    assert_eq!(keyed.text(), "lent: true");
+    let unkeyed = app.request("POST", "/maybe").json(ORDER).send().await;
+    assert_eq!(unkeyed.text(), "lent: false");
 }

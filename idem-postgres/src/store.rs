@@ -588,6 +588,19 @@ pub(crate) fn store_error(operation: &'static str, err: &sqlx::Error, sent_write
                  or the statements of `PostgresStore::schema_sql()`"
             ),
         ),
+        // A statement of the body failed and aborted the transaction (25P02), or a deferred
+        // constraint of its writes failed at COMMIT (class 23): the body's doing, not the
+        // store's, and a retry of the same body will fail alike.
+        sqlx::Error::Database(db)
+            if db.code().as_deref() == Some("25P02")
+                || (operation == "commit"
+                    && db
+                        .code()
+                        .as_deref()
+                        .is_some_and(|code| code.starts_with("23"))) =>
+        {
+            Error::transaction_aborted(operation, err.to_string())
+        }
         // The statement failed on the server and was rolled back: certainly not applied.
         sqlx::Error::Database(_)
         | sqlx::Error::PoolTimedOut
