@@ -3,12 +3,12 @@
 //!
 //! A child process (`idem-chaos-http serve`) serves `POST /charges` behind the layer in
 //! transactional mode: the handler inserts a row for the request's key through the request's
-//! `Tx`, pauses 0-3ms (so that some kills land between the insert and the commit), and answers
-//! 201 with the row's id. A client sends every key three times at once, retrying what gets no
-//! answer, a 409 or a 503, while the harness SIGKILLs the server every 1-2s (and starts it again
-//! on the same port) and restarts PostgreSQL with `pg_ctl -m immediate`. After healing, every key
-//! is sent until it gets a 2xx. Then the table is the ground truth: one row per key, and every
-//! 2xx of a key names that row.
+//! `Tx`, pauses 0-20ms (a payment provider's call, say: so that kills land between the insert and
+//! the commit), and answers 201 with the row's id. A client sends every key three times at once,
+//! retrying what gets no answer, a 409 or a 503, while the harness SIGKILLs the server every 1-2s
+//! (and starts it again on the same port) and restarts PostgreSQL with `pg_ctl -m immediate`.
+//! After healing, every key is sent until it gets a 2xx. Then the table is the ground truth: one
+//! row per key, and every 2xx of a key names that row.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -365,8 +365,8 @@ pub async fn serve(database: &str, port: u16, in_transaction: bool) -> Result<()
         .bind(key.as_str())
         .fetch_one(connection)
         .await;
-        // Between the insert and the record: where a kill hurts most.
-        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=3))).await;
+        // Between the insert and the record (a provider's call): where a kill hurts most.
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=20))).await;
         match inserted {
             Ok(id) => (StatusCode::CREATED, format!("{{\"id\":{id}}}")).into_response(),
             Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
