@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p idem-bench -- [--rounds 3] [--block-ms 1000] [--tasks 1,16,64,256]
-//!                                      [--suite redis,memory,postgres,http,http-redis]
+//!                                      [--suite redis,memory,postgres,http,http-redis,http-postgres]
 //!                                      [--chart docs/benchmarks.svg]
 //! ```
 //!
@@ -40,6 +40,9 @@ enum Suite {
     HttpMemory,
     /// The same on Redis.
     HttpRedis,
+    /// A route that inserts a row in a transaction of its own, against the same route behind
+    /// the layer in transactional mode (the insert through the request's `Tx`).
+    HttpPostgres,
 }
 
 impl Suite {
@@ -50,6 +53,7 @@ impl Suite {
             Suite::Postgres => "PostgreSQL",
             Suite::HttpMemory => "HTTP, memory",
             Suite::HttpRedis => "HTTP, Redis",
+            Suite::HttpPostgres => "HTTP, PostgreSQL",
         }
     }
 }
@@ -67,7 +71,7 @@ struct Options {
 }
 
 const USAGE: &str = "usage: idem-bench [--rounds N (3)] [--block-ms MS (1000)] \
-[--tasks 1,16,64,256] [--suite redis,memory,postgres,http,http-redis] [--chart FILE.svg] \
+[--tasks 1,16,64,256] [--suite redis,memory,postgres,http,http-redis,http-postgres] [--chart FILE.svg] \
 [--only SIDE] [--workload first|replay]\n\
 Starts its own redis-server on a free port unless REDIS_URL is set.";
 
@@ -102,8 +106,9 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
                         "postgres" => Ok(Suite::Postgres),
                         "http" => Ok(Suite::HttpMemory),
                         "http-redis" => Ok(Suite::HttpRedis),
+                        "http-postgres" => Ok(Suite::HttpPostgres),
                         other => Err(format!(
-                        "unknown suite `{other}`: use redis, memory, postgres, http or http-redis"
+                        "unknown suite `{other}`: use redis, memory, postgres, http, http-redis or http-postgres"
                     )),
                     })
                     .collect::<Result<_, _>>()?
@@ -184,7 +189,10 @@ async fn run(options: &Options) -> Result<bool, String> {
     let mut postgres_server = None;
     let postgres_url = match std::env::var("DATABASE_URL") {
         Ok(url) => url,
-        Err(_) if options.suites.contains(&Suite::Postgres) => {
+        Err(_)
+            if options.suites.contains(&Suite::Postgres)
+                || options.suites.contains(&Suite::HttpPostgres) =>
+        {
             let started = PostgresServer::start();
             let url = started.url();
             postgres_server = Some(started);
@@ -226,6 +234,12 @@ async fn run(options: &Options) -> Result<bool, String> {
             Suite::Postgres => {
                 let connections = options.tasks.iter().copied().max().unwrap_or(1) as u32 + 4;
                 Side::postgres(&postgres_url, connections)
+                    .await
+                    .map_err(|err| err.0)?
+            }
+            Suite::HttpPostgres => {
+                let connections = options.tasks.iter().copied().max().unwrap_or(1) as u32 + 4;
+                Side::http_postgres(&postgres_url, connections)
                     .await
                     .map_err(|err| err.0)?
             }

@@ -197,7 +197,6 @@ impl Side {
 
     /// The same axum route on a loopback port, behind idem's layer (`Some`) or bare.
     pub(crate) async fn http(idem: Option<Idempotency>) -> Result<Side, BenchError> {
-        let failed = |err: std::io::Error| BenchError(err.to_string());
         let route = axum::Router::new().route("/charge", axum::routing::post(charge_route));
         let layered = idem.is_some();
         let app = match idem {
@@ -207,17 +206,42 @@ impl Side {
             )),
             None => route,
         };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Ok(Side::Http(HttpSide::serve(app, layered).await?))
+    }
+
+    /// The HTTP route that books a ledger row: behind the layer in transactional mode (the row
+    /// through the request's `Tx`), and bare (the row in a transaction of its own).
+    pub(crate) async fn http_postgres(
+        url: &str,
+        connections: u32,
+    ) -> Result<Vec<Side>, BenchError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(connections)
+            .connect(url)
             .await
-            .map_err(failed)?;
-        let url = format!("http://{}/charge", listener.local_addr().map_err(failed)?);
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        let client = Client::builder(TokioExecutor::new()).build_http();
-        Ok(Side::Http(HttpSide {
-            client,
-            url,
-            layered,
-        }))
+            .map_err(|err| BenchError(err.to_string()))?;
+        let store = PostgresStore::from_pool(pool.clone());
+        store.migrate().await?;
+        sqlx::raw_sql(
+            "CREATE TABLE IF NOT EXISTS bench_ledger \
+                (id bigserial PRIMARY KEY, key text NOT NULL, cents bigint NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .map_err(|err| BenchError(err.to_string()))?;
+        let idem = Idempotency::new(store)
+            .with_retention(RETENTION)
+            .with_key_prefix(format!("{}http-pg:", run_prefix()));
+        let layered = axum::Router::new()
+            .route("/charge", axum::routing::post(book_in_request_transaction))
+            .layer(IdempotencyLayer::new(idem).in_transaction::<PostgresStore>());
+        let bare = axum::Router::new()
+            .route("/charge", axum::routing::post(book_in_own_transaction))
+            .with_state(pool);
+        Ok(vec![
+            Side::Http(HttpSide::serve(layered, true).await?),
+            Side::Http(HttpSide::serve(bare, false).await?),
+        ])
     }
 
     /// The side's name in tables and the chart.
@@ -510,6 +534,22 @@ pub(crate) struct HttpSide {
 }
 
 impl HttpSide {
+    /// Serves `app` on a loopback port, with a client for it.
+    async fn serve(app: axum::Router, layered: bool) -> Result<HttpSide, BenchError> {
+        let failed = |err: std::io::Error| BenchError(err.to_string());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(failed)?;
+        let url = format!("http://{}/charge", listener.local_addr().map_err(failed)?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Ok(HttpSide {
+            client,
+            url,
+            layered,
+        })
+    }
+
     /// `POST /charge` with the key as `Idempotency-Key` and in the JSON body.
     async fn charge(&self, key: u64) -> Result<Receipt, BenchError> {
         let failed = |err: &dyn std::fmt::Display| BenchError(err.to_string());
@@ -549,4 +589,27 @@ struct ChargeRequest {
 /// The route: the trivial body, its receipt as JSON.
 async fn charge_route(axum::Json(request): axum::Json<ChargeRequest>) -> axum::Json<Receipt> {
     axum::Json(body(request.key).await)
+}
+
+/// The route behind the transactional layer: the ledger row through the request's `Tx`.
+async fn book_in_request_transaction(
+    mut tx: idem::postgres::Tx,
+    axum::Json(request): axum::Json<ChargeRequest>,
+) -> Result<axum::Json<Receipt>, axum::http::StatusCode> {
+    let receipt = body(request.key).await;
+    insert_row(&mut tx, request.key, &receipt)
+        .await
+        .map_err(|_| axum::http::StatusCode::SERVICE_UNAVAILABLE)?;
+    Ok(axum::Json(receipt))
+}
+
+/// The bare route: the ledger row in a transaction of its own (`BEGIN; INSERT; COMMIT`).
+async fn book_in_own_transaction(
+    axum::extract::State(pool): axum::extract::State<PgPool>,
+    axum::Json(request): axum::Json<ChargeRequest>,
+) -> Result<axum::Json<Receipt>, axum::http::StatusCode> {
+    bare_transaction(&pool, request.key)
+        .await
+        .map(axum::Json)
+        .map_err(|_| axum::http::StatusCode::SERVICE_UNAVAILABLE)
 }
