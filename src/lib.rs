@@ -60,6 +60,8 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(all(feature = "postgres", feature = "axum"))]
+mod postgres_connection;
 mod private;
 
 pub use idem_core::{
@@ -166,6 +168,10 @@ pub mod postgres {
     #[cfg(feature = "axum")]
     #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
     pub type Tx = idem_http::Tx<PostgresStore>;
+
+    #[cfg(feature = "axum")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+    pub use crate::postgres_connection::Connection;
 }
 
 #[doc(hidden)]

@@ -28,7 +28,7 @@ use crate::{Error, Idempotency};
     diagnostic::on_unimplemented(
         message = "`{Self}` cannot be recorded by #[idempotent]: it must implement `serde::Serialize` and `serde::de::DeserializeOwned`",
         label = "`{Self}` must implement `Serialize` and `DeserializeOwned`",
-        note = "the value is recorded and replayed to duplicates; for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]`; axum's `Json<T>` and `(StatusCode, Json<T>)` are recorded when the return type names them as `Result<Json<T>, E>` or `Result<(StatusCode, Json<T>), E>` (not through an alias or a renamed import, and without `record_errors` or `transaction`); for another response, return the data it is built from and build the response outside the function, or use `idem::http::IdempotencyLayer`"
+        note = "the value is recorded and replayed to duplicates; for a type of your own, add `#[derive(serde::Serialize, serde::Deserialize)]`; axum's `Json<T>` and `(StatusCode, Json<T>)` are recorded when the return type names them as `Result<Json<T>, E>` or `Result<(StatusCode, Json<T>), E>` (not through an alias or a renamed import, and without `record_errors`); for another response, return the data it is built from and build the response outside the function, or use `idem::http::IdempotencyLayer`"
     )
 )]
 pub trait Recordable: Serialize + DeserializeOwned {}
@@ -184,7 +184,7 @@ pub use idem_core::{with_context, TransactionBegun};
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot carry an #[idempotent] transaction",
     label = "`transaction = ...` names this argument",
-    note = "the argument must be `&mut PgConnection` (with the `postgres` feature); pass `&mut *tx` for a transaction of your own, or a pooled connection"
+    note = "the argument must be `&mut PgConnection`, or own a connection that dereferences to one (`idem::postgres::Connection` on an axum handler, sqlx's `PoolConnection` or `Transaction`), with the `postgres` feature"
 )]
 pub trait TransactionConnection {
     /// The store whose claims and records take part in this connection's transactions.
@@ -246,6 +246,62 @@ where
         .await
 }
 
+/// What `transaction = conn` found on a function whose return type reads as a handler's: the
+/// result to return at once, or the claim to run the body under (its `connection()`,
+/// `context()` and `finish(result)` are those of [`TransactionClaim`](idem_core::TransactionClaim)).
+pub enum TxBegun<C, R> {
+    /// A replay, or why the call failed before the body.
+    Done(R),
+    /// The key is claimed in a transaction.
+    Claimed(C),
+}
+
+impl<T, E> AsValue<Result<T, E>> {
+    /// `transaction = conn, on_error = ...` for a value that only reads as a handler's (another
+    /// crate's `Json`).
+    pub async fn begin_in_transaction<'c, C>(
+        self,
+        runtime: &'c Idempotency,
+        call: Call,
+        connection: &'c mut C,
+        on_error: impl Fn(&E) -> OnError,
+    ) -> TxBegun<
+        idem_core::TransactionClaim<'c, C::Store, T, E, impl Fn(&E) -> OnError>,
+        Result<T, E>,
+    >
+    where
+        C: TransactionConnection + ?Sized,
+        T: Recordable,
+        E: FromIdemError,
+    {
+        match begin_in_transaction(runtime, call, connection, on_error).await {
+            TransactionBegun::Done(result) => TxBegun::Done(result),
+            TransactionBegun::Claimed(claim) => TxBegun::Claimed(claim),
+        }
+    }
+
+    /// `transaction = conn` for a value that only reads as a handler's.
+    pub async fn begin_in_transaction_releasing<'c, C>(
+        self,
+        runtime: &'c Idempotency,
+        call: Call,
+        connection: &'c mut C,
+    ) -> TxBegun<
+        idem_core::TransactionClaim<'c, C::Store, T, E, impl Fn(&E) -> OnError>,
+        Result<T, E>,
+    >
+    where
+        C: TransactionConnection + ?Sized,
+        T: Recordable,
+        E: FromIdemError,
+    {
+        match begin_in_transaction_releasing(runtime, call, connection).await {
+            TransactionBegun::Done(result) => TxBegun::Done(result),
+            TransactionBegun::Claimed(claim) => TxBegun::Claimed(claim),
+        }
+    }
+}
+
 /// The return types of an `#[idempotent]` axum handler: `Json<T>`, or a status and `Json<T>`.
 /// The macro picks this trait when the return type reads so; it has the plain trait's method.
 #[diagnostic::on_unimplemented(
@@ -287,6 +343,15 @@ pub trait ClassifiedJsonReturn: Sized {
 /// `Returns<R>` impl applies where `R` has the shape of an axum response (whatever its `T` and
 /// `E`, so that a missing bound on them is reported as such), the `&Returns<R>` one everywhere.
 pub struct Returns<R>(PhantomData<R>);
+
+impl<R> Returns<R> {
+    /// The pick for a function returning `R`, named by its return type (`transaction = conn`,
+    /// whose body runs after the claim, so cannot name it).
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        Returns(PhantomData)
+    }
+}
 
 /// The [`Returns`] of a body's output.
 pub fn returns_of<F: Future>(_: &F) -> Returns<F::Output> {
@@ -384,6 +449,9 @@ impl<R> AsValue<R> {
 }
 
 #[cfg(feature = "axum")]
+pub use axum_handlers::{HandlerResponse, JsonTransactionClaim, NotRecorded, RecordedStatus};
+
+#[cfg(feature = "axum")]
 mod axum_handlers {
     use std::future::Future;
 
@@ -391,16 +459,20 @@ mod axum_handlers {
     use axum::Json;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+    use std::marker::PhantomData;
+
+    use idem_core::{ClaimContext, TransactionBegun, TransactionClaim, TransactionalStore};
+
     use super::{
         Call, ClassifiedJsonReturn, Error, FromIdemError, Idempotency, JsonReturn, OnError,
-        Recordable,
+        Recordable, TransactionConnection, TxBegun,
     };
 
     impl<T, E> super::AxumResponse for Result<Json<T>, E> {}
     impl<T, E> super::AxumResponse for Result<(StatusCode, Json<T>), E> {}
 
     /// A status as recorded: its number, checked when read back (a bad one is a corrupt record).
-    struct RecordedStatus(StatusCode);
+    pub struct RecordedStatus(StatusCode);
 
     impl Serialize for RecordedStatus {
         fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -418,11 +490,14 @@ mod axum_handlers {
     }
 
     /// A handler's output as a value the runtime records, and back.
-    trait HandlerResponse: Sized {
+    pub trait HandlerResponse: Sized {
+        /// What is recorded.
         type Record: Recordable;
         /// Recorded, or (as the layer does for 5xx, 408, 425 and 429) released for a retry.
         fn disposition(&self) -> OnError;
+        /// The response as its record.
         fn record(self) -> Self::Record;
+        /// The record as the response.
         fn replay(record: Self::Record) -> Self;
     }
 
@@ -453,8 +528,10 @@ mod axum_handlers {
     }
 
     /// Why a handler's output is not a record: its own error, or a response not to record.
-    enum NotRecorded<E, R> {
+    pub enum NotRecorded<E, R> {
+        /// The handler's `Err`.
         Failed(E),
+        /// A response to pass on unrecorded, and what that means for the claim.
         Response(R, OnError),
     }
 
@@ -493,6 +570,127 @@ mod axum_handlers {
             Ok(record) => Ok(R::replay(record)),
             Err(NotRecorded::Response(response, _)) => Ok(response),
             Err(NotRecorded::Failed(err)) => Err(err),
+        }
+    }
+
+    /// A handler's response as `finish` takes it: its record, or why there is none.
+    fn as_record<R: HandlerResponse, E>(
+        result: Result<R, E>,
+    ) -> Result<R::Record, NotRecorded<E, R>> {
+        match result {
+            Ok(response) => match response.disposition() {
+                OnError::Record => Ok(response.record()),
+                disposition => Err(NotRecorded::Response(response, disposition)),
+            },
+            Err(err) => Err(NotRecorded::Failed(err)),
+        }
+    }
+
+    /// The handler's response back from what `finish` or a replay returned.
+    fn from_record<R: HandlerResponse, E>(
+        ended: Result<R::Record, NotRecorded<E, R>>,
+    ) -> Result<R, E> {
+        match ended {
+            Ok(record) => Ok(R::replay(record)),
+            Err(NotRecorded::Response(response, _)) => Ok(response),
+            Err(NotRecorded::Failed(err)) => Err(err),
+        }
+    }
+
+    /// A handler's claim in a transaction (`transaction = conn` on a handler returning `Json`).
+    pub struct JsonTransactionClaim<C, R>(C, PhantomData<fn() -> R>);
+
+    impl<'c, S, R, E, F>
+        JsonTransactionClaim<TransactionClaim<'c, S, R::Record, NotRecorded<E, R>, F>, R>
+    where
+        S: TransactionalStore,
+        R: HandlerResponse,
+        E: FromIdemError,
+        F: Fn(&NotRecorded<E, R>) -> OnError,
+    {
+        /// The transaction's connection.
+        pub fn connection(&mut self) -> &mut S::Connection {
+            self.0.connection()
+        }
+
+        /// The claim's key and fence.
+        pub fn context(&self) -> ClaimContext {
+            self.0.context()
+        }
+
+        /// Records the response and commits, or (a 5xx, 408, 425, 429, or an `Err` as
+        /// classified) rolls back.
+        pub async fn finish(self, result: Result<R, E>) -> Result<R, E> {
+            from_record(self.0.finish(as_record(result)).await)
+        }
+    }
+
+    impl<R: HandlerResponse, E: FromIdemError> super::AsJson<Result<R, E>> {
+        /// `transaction = conn, on_error = ...` on a handler returning `Json`.
+        pub async fn begin_in_transaction<'c, C>(
+            self,
+            runtime: &'c Idempotency,
+            call: Call,
+            connection: &'c mut C,
+            on_error: impl Fn(&E) -> OnError,
+        ) -> TxBegun<
+            JsonTransactionClaim<
+                TransactionClaim<
+                    'c,
+                    C::Store,
+                    R::Record,
+                    NotRecorded<E, R>,
+                    impl Fn(&NotRecorded<E, R>) -> OnError,
+                >,
+                R,
+            >,
+            Result<R, E>,
+        >
+        where
+            C: TransactionConnection + ?Sized,
+        {
+            let classify = move |failure: &NotRecorded<E, R>| match failure {
+                NotRecorded::Failed(err) => on_error(err),
+                NotRecorded::Response(_, disposition) => *disposition,
+            };
+            let begun = runtime
+                .begin_transaction::<C::Store, R::Record, NotRecorded<E, R>, _>(
+                    call, connection, classify,
+                )
+                .await;
+            match begun {
+                TransactionBegun::Done(result) => TxBegun::Done(from_record(result)),
+                TransactionBegun::Claimed(claim) => {
+                    TxBegun::Claimed(JsonTransactionClaim(claim, PhantomData))
+                }
+            }
+        }
+
+        /// `transaction = conn` on a handler returning `Json`: an `Err` rolls back and frees
+        /// the key, as does a 5xx, 408, 425 or 429 response.
+        pub async fn begin_in_transaction_releasing<'c, C>(
+            self,
+            runtime: &'c Idempotency,
+            call: Call,
+            connection: &'c mut C,
+        ) -> TxBegun<
+            JsonTransactionClaim<
+                TransactionClaim<
+                    'c,
+                    C::Store,
+                    R::Record,
+                    NotRecorded<E, R>,
+                    impl Fn(&NotRecorded<E, R>) -> OnError,
+                >,
+                R,
+            >,
+            Result<R, E>,
+        >
+        where
+            C: TransactionConnection + ?Sized,
+        {
+            self.begin_in_transaction(runtime, call, connection, |_: &E| OnError::Release)
+                .await
         }
     }
 

@@ -20,7 +20,7 @@ async fn charge(
     let mut __idem_claim = match ::idem::__private::begin_in_transaction_releasing(
             &__idem_runtime,
             __idem_call,
-            conn,
+            &mut *conn,
         )
         .await
     {

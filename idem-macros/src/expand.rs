@@ -133,7 +133,8 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
             })
             .unwrap_or_else(|| connection.span());
         let body = typed_body(ret, stmts);
-        let run = in_transaction(&args, &private, connection, argument_type, body);
+        let handler = json.then_some(ret);
+        let run = in_transaction(&args, &private, connection, argument_type, handler, body);
         return quote! {
             #(#attrs)*
             #vis #sig {
@@ -181,11 +182,18 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
 /// commit. The body is ordinary code between the two steps, so the function's future is `Send`
 /// whenever the body's is. The generated steps are spanned on the argument's type, so that an
 /// argument that cannot carry a transaction is reported there, once.
+///
+/// On a handler (`handler` is its return type, which reads as `Result<Json<T>, E>` or
+/// `Result<(StatusCode, Json<T>), E>`), the runner is picked by that type, as outside a
+/// transaction: axum's `Json` is recorded as its data and status, another crate's as a value.
+/// The argument is passed as `&mut *conn`, so that it may be `&mut PgConnection` or an owned
+/// connection (an extractor) that dereferences to one.
 fn in_transaction(
     args: &Args,
     private: &TokenStream,
     connection: &Ident,
     argument_type: Span,
+    handler: Option<&Type>,
     body: TokenStream,
 ) -> TokenStream {
     let span = argument_type;
@@ -212,11 +220,39 @@ fn in_transaction(
     let begun = respanned(quote!(#private::TransactionBegun), span);
     let with_context = respanned(quote!(#private::with_context), span);
     let finish = respanned(quote!(#claim.finish(#result).await), span);
+    let begin_claim = match handler {
+        Some(ret) if !args.record_errors => {
+            let method = match &args.on_error {
+                Some(_) => Ident::new("begin_in_transaction", span),
+                None => Ident::new("begin_in_transaction_releasing", span),
+            };
+            let picks = respanned(quote!(#private::{PickJson as _, PickValue as _}), span);
+            let returns = respanned(quote!(#private::Returns), span);
+            let begun = respanned(quote!(#private::TxBegun), span);
+            quote_spanned! {span=>
+                let mut #claim = match {
+                    // One of the two is picked; the other is unused.
+                    #[allow(unused_imports)]
+                    use #picks;
+                    (&#returns::<#ret>::new()).__idem_pick()
+                }
+                .#method(&#runtime_var, #call_var, &mut *#connection #on_error)
+                .await
+                {
+                    #begun::Done(#result) => return #result,
+                    #begun::Claimed(#claim) => #claim,
+                };
+            }
+        }
+        _ => quote_spanned! {span=>
+            let mut #claim = match #begin(&#runtime_var, #call_var, &mut *#connection #on_error).await {
+                #begun::Done(#result) => return #result,
+                #begun::Claimed(#claim) => #claim,
+            };
+        },
+    };
     quote_spanned! {span=>
-        let mut #claim = match #begin(&#runtime_var, #call_var, #connection #on_error).await {
-            #begun::Done(#result) => return #result,
-            #begun::Claimed(#claim) => #claim,
-        };
+        #begin_claim
         let #context = #claim.context();
         let #result = {
             let #connection = #claim.connection();
@@ -491,6 +527,31 @@ mod tests {
             quote! {
                 async fn charge(&self, conn: &mut PgConnection, order: &Order) -> Result<Receipt, PayError> {
                     insert_charge(conn, order).await
+                }
+            },
+        );
+    }
+
+    #[test]
+    fn a_handler_in_a_transaction() {
+        assert_snapshot(
+            "a_handler_in_a_transaction",
+            quote!(
+                key = key,
+                scope = user.id,
+                using = &app.idem,
+                fingerprint = order,
+                transaction = conn
+            ),
+            quote! {
+                async fn create(
+                    State(app): State<App>,
+                    user: User,
+                    key: IdempotencyKey,
+                    mut conn: Connection,
+                    Json(order): Json<Order>,
+                ) -> Result<(StatusCode, Json<Receipt>), Problem> {
+                    Ok((StatusCode::CREATED, Json(insert(&mut *conn, &order).await?)))
                 }
             },
         );

@@ -1,0 +1,90 @@
+//! `idem::postgres::Connection`: a pooled connection as an axum extractor, for handlers with
+//! `#[idempotent(transaction = conn)]`.
+
+use std::ops::{Deref, DerefMut};
+
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::request::Parts;
+use idem_postgres::sqlx::pool::PoolConnection;
+use idem_postgres::sqlx::{PgConnection, PgPool, Postgres};
+
+use crate::http::Problem;
+use crate::Error;
+
+/// A connection of the application's pool, taken by an axum handler as an argument: name it in
+/// `#[idempotent(transaction = conn)]` and the claim, the handler's writes through it and the
+/// recorded response commit in one transaction. The router's state must give the pool
+/// (`PgPool: FromRef<State>`). When no connection can be had within the pool's acquire
+/// timeout, the request is answered 503 `store-unavailable` and the handler does not run.
+///
+/// Inside the function, the argument's name is the transaction's connection
+/// (`&mut PgConnection`): write through `&mut *conn`.
+///
+/// ```no_run
+/// use axum::extract::{FromRef, State};
+/// use axum::{http::StatusCode, Json};
+/// use idem::http::{IdempotencyKey, Problem};
+/// use idem::postgres::{sqlx, Connection};
+/// use idem::{idempotent, Idempotency};
+///
+/// #[derive(Clone)]
+/// struct App { idem: Idempotency, pool: sqlx::PgPool }
+///
+/// impl FromRef<App> for sqlx::PgPool {
+///     fn from_ref(app: &App) -> Self { app.pool.clone() }
+/// }
+///
+/// #[idempotent(key = key, using = &app.idem, fingerprint = cents, transaction = conn)]
+/// async fn charge(
+///     State(app): State<App>,
+///     key: IdempotencyKey,
+///     mut conn: Connection,
+///     Json(cents): Json<i64>,
+/// ) -> Result<(StatusCode, Json<i64>), Problem> {
+///     let id = sqlx::query_scalar("INSERT INTO charges (cents) VALUES ($1) RETURNING id")
+///         .bind(cents)
+///         .fetch_one(&mut *conn) // commits with the recorded 201
+///         .await
+///         .map_err(|_| Problem::status(StatusCode::SERVICE_UNAVAILABLE, "the database failed"))?;
+///     Ok((StatusCode::CREATED, Json(id)))
+/// }
+/// ```
+#[derive(Debug)]
+pub struct Connection(PoolConnection<Postgres>);
+
+impl Connection {
+    /// The pooled connection.
+    pub fn into_inner(self) -> PoolConnection<Postgres> {
+        self.0
+    }
+}
+
+impl Deref for Connection {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.0
+    }
+}
+
+impl DerefMut for Connection {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.0
+    }
+}
+
+impl<S> FromRequestParts<S> for Connection
+where
+    PgPool: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(_: &mut Parts, state: &S) -> Result<Self, Problem> {
+        PgPool::from_ref(state)
+            .acquire()
+            .await
+            .map(Connection)
+            .map_err(|err| Problem::from(Error::store("acquire", err)))
+    }
+}

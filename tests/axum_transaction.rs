@@ -1,0 +1,272 @@
+//! `#[idempotent(transaction = conn)]` on axum handlers (features `axum` and `postgres`): the
+//! connection from the `idem::postgres::Connection` extractor, `(StatusCode, Json<T>)` recorded
+//! in the handler's transaction, `Problem` as the error type, replays marked; served on a
+//! loopback port to a real client, against a private PostgreSQL, with rows counted.
+
+#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{FromRef, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use idem::http::{IdempotencyKey, MarkReplayedLayer, Problem};
+use idem::postgres::sqlx::{self, PgPool};
+use idem::postgres::{Connection, PostgresStore};
+use idem::{idempotent, Idempotency};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone)]
+struct App {
+    idem: Idempotency,
+    pool: PgPool,
+    runs: Arc<AtomicU32>,
+}
+
+impl FromRef<App> for PgPool {
+    fn from_ref(app: &App) -> Self {
+        app.pool.clone()
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Order {
+    cents: i64,
+    /// Fail after the insert: `"status"` answers 503, `"error"` returns a `Problem`.
+    #[serde(default)]
+    fail: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Receipt {
+    id: i64,
+    customer: String,
+}
+
+/// The authenticated caller (from a header here).
+struct Customer(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Customer {
+    type Rejection = StatusCode;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, StatusCode> {
+        let customer = parts
+            .headers
+            .get("x-customer")
+            .and_then(|v| v.to_str().ok());
+        Ok(Customer(customer.unwrap_or("anonymous").to_owned()))
+    }
+}
+
+#[idempotent(key = key, scope = customer.0, using = &app.idem, fingerprint = order, transaction = conn)]
+async fn create_payment(
+    State(app): State<App>,
+    customer: Customer,
+    key: IdempotencyKey,
+    mut conn: Connection,
+    Json(order): Json<Order>,
+) -> Result<(StatusCode, Json<Receipt>), Problem> {
+    app.runs.fetch_add(1, Ordering::SeqCst);
+    let id: i64 = sqlx::query_scalar("INSERT INTO charges (cents) VALUES ($1) RETURNING id")
+        .bind(order.cents)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|err| Problem::status(StatusCode::SERVICE_UNAVAILABLE, err.to_string()))?;
+    let receipt = Json(Receipt {
+        id,
+        customer: customer.0,
+    });
+    match order.fail.as_deref() {
+        Some("status") => Ok((StatusCode::SERVICE_UNAVAILABLE, receipt)),
+        Some("error") => Err(Problem::status(StatusCode::PAYMENT_REQUIRED, "declined")),
+        _ => Ok((StatusCode::CREATED, receipt)),
+    }
+}
+
+/// `Json<T>` alone, and no fingerprint.
+#[idempotent(key = key, using = &app.idem, transaction = conn)]
+async fn refund(
+    State(app): State<App>,
+    key: IdempotencyKey,
+    mut conn: Connection,
+) -> Result<Json<i64>, Problem> {
+    app.runs.fetch_add(1, Ordering::SeqCst);
+    let id: i64 = sqlx::query_scalar("INSERT INTO charges (cents) VALUES (-1) RETURNING id")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|err| Problem::status(StatusCode::SERVICE_UNAVAILABLE, err.to_string()))?;
+    Ok(Json(id))
+}
+
+struct Running {
+    url: String,
+    app: App,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<axum::body::Bytes>>,
+    _server: Option<idem_test_servers::PostgresServer>,
+}
+
+async fn start() -> Running {
+    let (url, server) = idem_test_servers::any_database();
+    let store = PostgresStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    let pool = store.pool().clone();
+    sqlx::raw_sql(
+        "DROP TABLE IF EXISTS charges; \
+         CREATE TABLE charges (id bigserial PRIMARY KEY, cents bigint NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let app = App {
+        idem: Idempotency::new(store),
+        pool,
+        runs: Arc::default(),
+    };
+    let router = Router::new()
+        .route("/payments", post(create_payment))
+        .route("/refunds", post(refund))
+        .layer(MarkReplayedLayer::new())
+        .with_state(app.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Running {
+        url: address,
+        app,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        _server: server,
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    replayed: bool,
+    json: serde_json::Value,
+}
+
+impl Running {
+    async fn post(&self, path: &str, customer: &str, key: &str, json: &str) -> Answer {
+        let request = axum::http::Request::post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .header("x-customer", customer)
+            .header("idempotency-key", key)
+            .body(Full::new(axum::body::Bytes::copy_from_slice(
+                json.as_bytes(),
+            )))
+            .unwrap();
+        let response = self.client.request(request).await.unwrap();
+        let status = response.status();
+        let replayed = response.headers().get("idempotent-replayed").is_some();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| panic!("JSON body, got {:?}", String::from_utf8_lossy(&body)));
+        Answer {
+            status,
+            replayed,
+            json,
+        }
+    }
+
+    async fn rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM charges")
+            .fetch_one(&self.app.pool)
+            .await
+            .unwrap()
+    }
+
+    fn runs(&self) -> u32 {
+        self.app.runs.load(Ordering::SeqCst)
+    }
+}
+
+const ORDER: &str = r#"{"cents": 1250}"#;
+
+/// The status and data commit with the row, and the duplicate replays both, marked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_in_its_transaction_commits_once_and_replays_marked() {
+    let app = start().await;
+    let first = app.post("/payments", "ann", "k1", ORDER).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.json);
+    assert!(!first.replayed);
+    let again = app.post("/payments", "ann", "k1", ORDER).await;
+    assert_eq!(
+        (again.status, &again.json),
+        (StatusCode::CREATED, &first.json)
+    );
+    assert!(again.replayed);
+    let other = app.post("/payments", "ann", "k1", r#"{"cents": 1}"#).await;
+    assert_eq!(
+        other.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        other.json
+    );
+    assert_eq!(other.json["code"], "key-reused");
+    assert_eq!((app.runs(), app.rows().await), (1, 1));
+}
+
+/// A 5xx response, or an `Err`, rolls the row back and frees the key: the retry runs once more
+/// against unchanged data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_status_or_an_error_rolls_the_row_back() {
+    let app = start().await;
+    let status = app
+        .post("/payments", "bo", "k2", r#"{"cents": 5, "fail": "status"}"#)
+        .await;
+    assert_eq!(
+        status.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        status.json
+    );
+    let error = app
+        .post("/payments", "bo", "k3", r#"{"cents": 5, "fail": "error"}"#)
+        .await;
+    assert_eq!(error.status, StatusCode::PAYMENT_REQUIRED, "{}", error.json);
+    assert_eq!(error.json["detail"], "declined");
+    assert_eq!(app.rows().await, 0, "both rolled back");
+    let retried = app
+        .post("/payments", "bo", "k2", r#"{"cents": 5, "fail": "status"}"#)
+        .await;
+    assert_eq!(retried.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!retried.replayed, "released, so it ran again");
+    assert_eq!(app.runs(), 3);
+}
+
+/// Two customers, one key: two rows, two receipts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_customers_with_one_key_are_charged_apart() {
+    let app = start().await;
+    let ann = app.post("/payments", "ann", "order-1", ORDER).await;
+    let bo = app.post("/payments", "bo", "order-1", ORDER).await;
+    assert_eq!(
+        (ann.status, bo.status),
+        (StatusCode::CREATED, StatusCode::CREATED)
+    );
+    assert_eq!(
+        (ann.json["customer"].as_str(), bo.json["customer"].as_str()),
+        (Some("ann"), Some("bo"))
+    );
+    assert!(!bo.replayed);
+    assert_eq!(app.rows().await, 2);
+}
+
+/// `Result<Json<T>, Problem>` in a transaction: recorded and replayed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_handler_in_its_transaction_replays() {
+    let app = start().await;
+    let first = app.post("/refunds", "cy", "r1", "{}").await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.json);
+    let again = app.post("/refunds", "cy", "r1", "{}").await;
+    assert_eq!(again.json, first.json);
+    assert!(again.replayed);
+    assert_eq!((app.runs(), app.rows().await), (1, 1));
+}
