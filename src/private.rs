@@ -449,7 +449,9 @@ impl<R> AsValue<R> {
 }
 
 #[cfg(feature = "axum")]
-pub use axum_handlers::{HandlerResponse, JsonTransactionClaim, NotRecorded, RecordedStatus};
+pub use axum_handlers::{
+    HandlerResponse, JsonBegun, JsonTransactionClaim, NotRecorded, RecordedStatus,
+};
 
 #[cfg(feature = "axum")]
 mod axum_handlers {
@@ -553,24 +555,8 @@ mod axum_handlers {
         E: FromIdemError,
         Fut: Future<Output = Result<R, E>>,
     {
-        let body = async move {
-            match body.await {
-                Ok(response) => match response.disposition() {
-                    OnError::Record => Ok(response.record()),
-                    disposition => Err(NotRecorded::Response(response, disposition)),
-                },
-                Err(err) => Err(NotRecorded::Failed(err)),
-            }
-        };
-        let classify = |failure: &NotRecorded<E, R>| match failure {
-            NotRecorded::Failed(err) => on_error(err),
-            NotRecorded::Response(_, disposition) => *disposition,
-        };
-        match runtime.run_with(call, classify, body).await {
-            Ok(record) => Ok(R::replay(record)),
-            Err(NotRecorded::Response(response, _)) => Ok(response),
-            Err(NotRecorded::Failed(err)) => Err(err),
-        }
+        let body = async move { as_record(body.await) };
+        from_record(runtime.run_with(call, classify_with(on_error), body).await)
     }
 
     /// A handler's response as `finish` takes it: its record, or why there is none.
@@ -594,6 +580,25 @@ mod axum_handlers {
             Ok(record) => Ok(R::replay(record)),
             Err(NotRecorded::Response(response, _)) => Ok(response),
             Err(NotRecorded::Failed(err)) => Err(err),
+        }
+    }
+
+    /// What `transaction = conn` on a handler returning `Json` found.
+    pub type JsonBegun<'c, S, R, E, F> = TxBegun<
+        JsonTransactionClaim<
+            TransactionClaim<'c, S, <R as HandlerResponse>::Record, NotRecorded<E, R>, F>,
+            R,
+        >,
+        Result<R, E>,
+    >;
+
+    /// How a handler's failure is classified: its `Err` by `on_error`, a response by its status.
+    fn classify_with<E, R>(
+        on_error: impl Fn(&E) -> OnError,
+    ) -> impl Fn(&NotRecorded<E, R>) -> OnError {
+        move |failure| match failure {
+            NotRecorded::Failed(err) => on_error(err),
+            NotRecorded::Response(_, disposition) => *disposition,
         }
     }
 
@@ -633,29 +638,15 @@ mod axum_handlers {
             call: Call,
             connection: &'c mut C,
             on_error: impl Fn(&E) -> OnError,
-        ) -> TxBegun<
-            JsonTransactionClaim<
-                TransactionClaim<
-                    'c,
-                    C::Store,
-                    R::Record,
-                    NotRecorded<E, R>,
-                    impl Fn(&NotRecorded<E, R>) -> OnError,
-                >,
-                R,
-            >,
-            Result<R, E>,
-        >
+        ) -> JsonBegun<'c, C::Store, R, E, impl Fn(&NotRecorded<E, R>) -> OnError>
         where
             C: TransactionConnection + ?Sized,
         {
-            let classify = move |failure: &NotRecorded<E, R>| match failure {
-                NotRecorded::Failed(err) => on_error(err),
-                NotRecorded::Response(_, disposition) => *disposition,
-            };
             let begun = runtime
                 .begin_transaction::<C::Store, R::Record, NotRecorded<E, R>, _>(
-                    call, connection, classify,
+                    call,
+                    connection,
+                    classify_with(on_error),
                 )
                 .await;
             match begun {
@@ -673,19 +664,7 @@ mod axum_handlers {
             runtime: &'c Idempotency,
             call: Call,
             connection: &'c mut C,
-        ) -> TxBegun<
-            JsonTransactionClaim<
-                TransactionClaim<
-                    'c,
-                    C::Store,
-                    R::Record,
-                    NotRecorded<E, R>,
-                    impl Fn(&NotRecorded<E, R>) -> OnError,
-                >,
-                R,
-            >,
-            Result<R, E>,
-        >
+        ) -> JsonBegun<'c, C::Store, R, E, impl Fn(&NotRecorded<E, R>) -> OnError>
         where
             C: TransactionConnection + ?Sized,
         {
