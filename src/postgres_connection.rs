@@ -15,7 +15,9 @@ use crate::Error;
 /// `#[idempotent(transaction = conn)]` and the claim, the handler's writes through it and the
 /// recorded response commit in one transaction. The router's state must give the pool
 /// (`PgPool: FromRef<State>`). When no connection can be had within the pool's acquire
-/// timeout, the request is answered 503 `store-unavailable` and the handler does not run.
+/// timeout, the request is answered 503 `store-unavailable` and the handler does not run: give
+/// it the store's pool (`PostgresStore::pool`), whose timeout is 1 s, for a fast answer when the
+/// database is down (sqlx's own default is 30 s).
 ///
 /// Inside the function, the argument's name is the transaction's connection
 /// (`&mut PgConnection`): write through `&mut *conn`.
