@@ -193,6 +193,15 @@ async fn stream_holding_the_tx(
     body_holding(tx, StatusCode::OK, "text/event-stream")
 }
 
+/// Writes, then takes its time (a provider's call) before answering 201.
+async fn slow_charge(State(counters): State<Arc<Counters>>, mut tx: PgTx, body: Bytes) -> Response {
+    counters.started.fetch_add(1, Ordering::SeqCst);
+    let id = insert(&mut tx, &body).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    counters.finished.fetch_add(1, Ordering::SeqCst);
+    (StatusCode::CREATED, format!("{{\"id\":{id}}}")).into_response()
+}
+
 /// Whether a transaction was lent.
 async fn maybe_lent(tx: Option<PgTx>) -> String {
     format!("lent: {}", tx.is_some())
@@ -264,6 +273,7 @@ impl Database {
             .route("/released-holding", post(released_body_holding_the_tx))
             .route("/stream-holding", post(stream_holding_the_tx))
             .route("/maybe", post(maybe_lent))
+            .route("/slow", post(slow_charge))
             .layer(layer)
             .route("/outside", post(outside))
             .with_state(counters.clone());
@@ -566,4 +576,28 @@ async fn an_optional_tx_is_none_where_none_was_lent() {
     assert_eq!(keyed.text(), "lent: true");
     let unkeyed = app.request("POST", "/maybe").json(ORDER).send().await;
     assert_eq!(unkeyed.text(), "lent: false");
+}
+
+/// While the first request's transaction is open (its claim unreadable to others), a different
+/// request under its key gets 422 at once, the same request 409; after it commits, the
+/// different one still gets 422 and the same one the replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_different_request_under_a_key_in_flight_is_422() {
+    let db = Database::start().await;
+    let app = Arc::new(db.serve(defaults).await);
+    let first = {
+        let app = app.clone();
+        tokio::spawn(async move { app.post("/slow", "k18", ORDER).send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let other = r#"{"amount_cents": 1, "currency": "EUR"}"#;
+    let different = app.post("/slow", "k18", other).send().await;
+    assert_eq!(different.status, 422, "{different:?}");
+    assert_eq!(different.problem(), "key-reused");
+    let same = app.post("/slow", "k18", ORDER).send().await;
+    assert_eq!(same.status, 409, "{same:?}");
+    assert_eq!(first.await.unwrap().status, 201);
+    assert_eq!(app.post("/slow", "k18", other).send().await.status, 422);
+    assert!(app.post("/slow", "k18", ORDER).send().await.replayed());
+    assert_eq!((app.counters.started(), db.charges().await), (1, 1));
 }

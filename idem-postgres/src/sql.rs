@@ -133,12 +133,24 @@ impl Statements {
         // duplicate that keeps its transaction open while it waits must hold no lock on the
         // row, or a holder outside a transaction could neither renew nor record; a lapsed or
         // expired row is taken over by `take_over`.
+        // $6 and $7 tell a duplicate whether the holder's request is another, while the holder's
+        // row cannot be read: the holder takes $6, the lock of its key and fingerprint; a
+        // duplicate that can take both its own ($6) and the key's unfingerprinted one ($7, NULL
+        // when the duplicate has no fingerprint) knows that the holder is neither its request
+        // nor a call without a fingerprint (`other` is the second column). Locks a duplicate
+        // takes so are its own until its transaction ends, and block nobody's claim.
         let claim_in_transaction = format!(
             "WITH lock AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($5) AS held), \
+             probe AS MATERIALIZED (SELECT CASE \
+                 WHEN lock.held THEN NOT pg_try_advisory_xact_lock($6) \
+                 WHEN $7::bigint IS NULL THEN false \
+                 ELSE pg_try_advisory_xact_lock($6) AND pg_try_advisory_xact_lock($7::bigint) \
+               END AS other FROM lock), \
              claimed AS (INSERT INTO {t} AS r (key, state, fence, attempt, fingerprint, record, \
                lease_until, expires_at) SELECT {new_row} FROM lock WHERE lock.held \
                ON CONFLICT (key) DO NOTHING RETURNING r.fence) \
-             SELECT lock.held, found.* FROM lock LEFT JOIN ({claimed_or_found}) found ON true"
+             SELECT lock.held, probe.other, found.* FROM lock CROSS JOIN probe \
+               LEFT JOIN ({claimed_or_found}) found ON true"
         );
         // $1 key, $2 attempt, $3 fingerprint, $4 lease (ms), $5 the fence read: takes over the
         // lapsed claim or expired record that a claim in a transaction read, if it still is.

@@ -234,6 +234,15 @@ impl PostgresStore {
                     .bind(request.fingerprint)
                     .bind(lease_ms)
                     .bind(advisory_lock(&self.sql.table, request.key))
+                    .bind(request_lock(
+                        &self.sql.table,
+                        request.key,
+                        request.fingerprint,
+                    ))
+                    .bind(
+                        (!request.fingerprint.is_empty())
+                            .then(|| request_lock(&self.sql.table, request.key, &[])),
+                    )
                     .fetch_optional(&mut *connection)
                     .await
             } else {
@@ -468,11 +477,16 @@ fn claim_outcome(
     let Some(row) = row else {
         return Ok(Look::Again);
     };
-    // In a transaction the first column says whether this transaction holds the key's lock.
-    let (held, first) = if in_transaction {
-        (column::<bool>(key, row, 0)?, 1)
+    // In a transaction the first column says whether this transaction holds the key's lock,
+    // the second whether the holder's request is another than this one.
+    let (held, other, first) = if in_transaction {
+        (
+            column::<bool>(key, row, 0)?,
+            column::<bool>(key, row, 1)?,
+            2,
+        )
     } else {
-        (true, 0)
+        (true, false, 0)
     };
     let state: Option<i16> = column(key, row, first)?;
     let Some(state) = state else {
@@ -480,7 +494,7 @@ fn claim_outcome(
         return Ok(if held {
             Look::Again
         } else {
-            Look::Found(in_progress_elsewhere(request))
+            Look::Found(in_progress_elsewhere(request, other))
         });
     };
     let fence: i64 = column(key, row, first + 1)?;
@@ -522,7 +536,7 @@ fn claim_outcome(
         }
         // An expired record: this transaction takes it over, or another holds the key.
         1 if in_transaction && held => Ok(Look::TakeOver(fence)),
-        1 if !held => Ok(Look::Found(in_progress_elsewhere(request))),
+        1 if !held => Ok(Look::Found(in_progress_elsewhere(request, other))),
         1 => Ok(Look::Again),
         other => Err(Error::corrupt(
             key,
@@ -531,13 +545,41 @@ fn claim_outcome(
     }
 }
 
-/// Another open transaction holds the key: nothing of its claim can be read yet.
-fn in_progress_elsewhere(request: ClaimRequest<'_>) -> ClaimOutcome {
+/// Stands for the holder's fingerprint when only its being another request's is known: not 32
+/// bytes, so no request's fingerprint.
+const ANOTHER_REQUEST: &[u8] = b"another request";
+
+/// Another open transaction holds the key: nothing of its claim can be read yet, but whether
+/// its request is `other` than this one.
+fn in_progress_elsewhere(request: ClaimRequest<'_>, other: bool) -> ClaimOutcome {
+    let fingerprint = if other {
+        ANOTHER_REQUEST.to_vec()
+    } else {
+        Vec::new()
+    };
     ClaimOutcome::InProgress {
         fence: Fence(0),
-        fingerprint: Vec::new(),
+        fingerprint,
         lease_remaining: request.lease,
     }
+}
+
+/// The advisory lock of a request (`key` and `fingerprint`, empty for none) in `table`, which
+/// the transaction holding the key takes so that duplicates can tell their request from
+/// another.
+fn request_lock(table: &str, key: &str, fingerprint: &[u8]) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"idem request lock\0")
+        .chain_update(table.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(key.as_bytes())
+        .chain_update(b"\0")
+        .chain_update(fingerprint)
+        .finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
 }
 
 /// The advisory lock of `key` in `table`: the first 8 bytes of a SHA-256 of both.

@@ -332,6 +332,16 @@ struct Holder {
 }
 
 async fn hold(db: &Db, key: &'static str, fail: bool) -> Holder {
+    hold_as(db, key, fail, None).await
+}
+
+/// [`hold`], the holder's request described by `fingerprint`.
+async fn hold_as(
+    db: &Db,
+    key: &'static str,
+    fail: bool,
+    fingerprint: Option<&'static str>,
+) -> Holder {
     let (idem, pool, ledger) = (db.idem.clone(), db.pool.clone(), db.ledger.clone());
     let started = Arc::new(tokio::sync::Notify::new());
     let finish = Arc::new(tokio::sync::Notify::new());
@@ -339,7 +349,11 @@ async fn hold(db: &Db, key: &'static str, fail: bool) -> Holder {
         let (started, finish) = (started.clone(), finish.clone());
         tokio::spawn(async move {
             let mut connection = pool.acquire().await.unwrap();
-            run_in_transaction!(&idem, call(key), &mut connection, async move |connection| {
+            let call = match fingerprint {
+                Some(fingerprint) => call(key).fingerprint(fingerprint),
+                None => call(key),
+            };
+            run_in_transaction!(&idem, call, &mut connection, async move |connection| {
                 let id = insert(connection, &ledger, key).await?;
                 started.notify_one();
                 finish.notified().await;
@@ -433,6 +447,56 @@ async fn a_rejecting_duplicate_gets_in_progress_without_waiting() {
     holder.finish.notify_one();
     holder.task.await.unwrap().unwrap();
     assert_eq!(db.rows("k").await, 1);
+}
+
+/// A duplicate of `key` described by `fingerprint`, rejecting work in progress: its error.
+async fn duplicate(db: &Db, key: &str, fingerprint: Option<&str>) -> Error {
+    let mut connection = db.connection().await;
+    let ledger = db.ledger.clone();
+    let owned = key.to_owned();
+    let call = match fingerprint {
+        Some(fingerprint) => call(key).fingerprint(fingerprint),
+        None => call(key),
+    };
+    let result = run_in_transaction!(
+        &db.idem,
+        call.on_in_progress(OnInProgress::Reject),
+        &mut connection,
+        async move |connection| insert(connection, &ledger, &owned).await,
+    )
+    .await;
+    match result {
+        Err(AppError::Idem(err)) => err,
+        other => panic!("the body of a duplicate ran: {other:?}"),
+    }
+}
+
+/// While the holder's claim is uncommitted (unreadable), a duplicate still tells a different
+/// request (`KeyReused`) from its own or from a call without a fingerprint (`InProgress`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_tell_another_request_from_theirs_while_the_claim_is_uncommitted() {
+    let db = db().await;
+    let holder = hold_as(&db, "k", false, Some("order 1: 10 EUR")).await;
+    let in_progress = |err: &Error| matches!(err, Error::InProgress { .. });
+    let err = duplicate(&db, "k", Some("order 1: 99 EUR")).await;
+    assert!(matches!(err, Error::KeyReused { .. }), "{err:?}");
+    let err = duplicate(&db, "k", Some("order 1: 10 EUR")).await;
+    assert!(in_progress(&err), "{err:?}");
+    let err = duplicate(&db, "k", None).await;
+    assert!(
+        in_progress(&err),
+        "a call without a fingerprint matches any: {err:?}"
+    );
+    holder.finish.notify_one();
+    holder.task.await.unwrap().unwrap();
+
+    // A holder without a fingerprint is every request's.
+    let holder = hold_as(&db, "k2", false, None).await;
+    let err = duplicate(&db, "k2", Some("order 2: 5 EUR")).await;
+    assert!(in_progress(&err), "{err:?}");
+    holder.finish.notify_one();
+    holder.task.await.unwrap().unwrap();
+    assert_eq!((db.rows("k").await, db.rows("k2").await), (1, 1));
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
