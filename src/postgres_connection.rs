@@ -5,17 +5,17 @@ use std::ops::{Deref, DerefMut};
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use idem_postgres::sqlx::pool::PoolConnection;
-use idem_postgres::sqlx::{PgConnection, PgPool, Postgres};
+use idem_postgres::sqlx::{self, PgConnection, PgPool, Postgres};
 
 use crate::http::Problem;
-use crate::Error;
 
 /// A connection of the application's pool, taken by an axum handler as an argument: name it in
 /// `#[idempotent(transaction = conn)]` and the claim, the handler's writes through it and the
 /// recorded response commit in one transaction. The router's state must give the pool
 /// (`PgPool: FromRef<State>`). When no connection can be had within the pool's acquire
-/// timeout, the request is answered 503 `store-unavailable` and the handler does not run: give
+/// timeout, the request is answered 503 (a problem saying so) and the handler does not run: give
 /// it the store's pool (`PostgresStore::pool`), whose timeout is 1 s, for a fast answer when the
 /// database is down (sqlx's own default is 30 s).
 ///
@@ -83,10 +83,18 @@ where
     type Rejection = Problem;
 
     async fn from_request_parts(_: &mut Parts, state: &S) -> Result<Self, Problem> {
-        PgPool::from_ref(state)
-            .acquire()
-            .await
-            .map(Connection)
-            .map_err(|err| Problem::from(Error::store("acquire", err)))
+        let unavailable = |detail: String| Problem::status(StatusCode::SERVICE_UNAVAILABLE, detail);
+        match PgPool::from_ref(state).acquire().await {
+            Ok(connection) => Ok(Connection(connection)),
+            Err(sqlx::Error::PoolClosed) => Err(unavailable(
+                "the service is shutting down (its database pool is closed); retry against \
+                 another instance, or later"
+                    .to_owned(),
+            )),
+            Err(err) => Err(unavailable(format!(
+                "no database connection could be had ({err}); the handler did not run, retry \
+                 later"
+            ))),
+        }
     }
 }

@@ -91,6 +91,18 @@ async fn create_payment(
     }
 }
 
+/// Ignores a failed statement (which aborts its transaction) and answers 201.
+#[idempotent(key = key, using = &app.idem, transaction = conn)]
+async fn ignores_a_failure(
+    State(app): State<App>,
+    key: IdempotencyKey,
+    mut conn: Connection,
+) -> Result<(StatusCode, Json<i64>), Problem> {
+    app.runs.fetch_add(1, Ordering::SeqCst);
+    let _ = sqlx::query("SELECT 1/0").execute(&mut *conn).await;
+    Ok((StatusCode::CREATED, Json(0)))
+}
+
 /// `Json<T>` alone, and no fingerprint.
 #[idempotent(key = key, using = &app.idem, transaction = conn)]
 async fn refund(
@@ -133,6 +145,7 @@ async fn start() -> Running {
     let router = Router::new()
         .route("/payments", post(create_payment))
         .route("/refunds", post(refund))
+        .route("/ignores", post(ignores_a_failure))
         .layer(MarkReplayedLayer::new())
         .with_state(app.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -269,4 +282,22 @@ async fn a_json_handler_in_its_transaction_replays() {
     assert_eq!(again.json, first.json);
     assert!(again.replayed);
     assert_eq!((app.runs(), app.rows().await), (1, 1));
+}
+
+/// A handler that broke its own transaction and answered 201 gets 500 `transaction-aborted`
+/// through `Problem`, as through the layer; nothing is kept and the retry runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_transaction_is_500_transaction_aborted() {
+    let app = start().await;
+    for _ in 0..2 {
+        let answer = app.post("/ignores", "dee", "t1", "{}").await;
+        assert_eq!(
+            answer.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{}",
+            answer.json
+        );
+        assert_eq!(answer.json["code"], "transaction-aborted");
+    }
+    assert_eq!(app.runs(), 2);
 }

@@ -29,6 +29,18 @@ const FORBIDDEN_IN_NAMESPACE: &[char] = &[':', '#', '{', '}'];
 
 /// Builds the store key for `user_key` in `namespace`, under `prefix`.
 pub fn store_key(prefix: &str, namespace: &str, user_key: &str) -> Result<String, Error> {
+    scoped_store_key(prefix, namespace, None, user_key)
+}
+
+/// [`store_key`] for a key scoped to a caller, `scope` being the caller's hash (plain hex): the
+/// scope stands after the namespace's separator as `%S{scope}:`, which no escaped key can spell
+/// (a `%` of a key is always escaped to `%25`), so no unscoped key meets a scoped one.
+pub(crate) fn scoped_store_key(
+    prefix: &str,
+    namespace: &str,
+    scope: Option<&str>,
+    user_key: &str,
+) -> Result<String, Error> {
     check_namespace(namespace)?;
     if user_key.is_empty() {
         return Err(Error::invalid_key(format!(
@@ -44,8 +56,16 @@ pub fn store_key(prefix: &str, namespace: &str, user_key: &str) -> Result<String
     out.push_str(prefix);
     out.push_str(separator);
     out.push_str(namespace);
+    let push_scope = |out: &mut String| {
+        if let Some(scope) = scope {
+            out.push_str("%S");
+            out.push_str(scope);
+            out.push(':');
+        }
+    };
     if user_key.len() <= MAX_PLAIN_KEY {
         out.push(':');
+        push_scope(&mut out);
         push_escaped(&mut out, user_key);
         return Ok(out);
     }
@@ -54,6 +74,7 @@ pub fn store_key(prefix: &str, namespace: &str, user_key: &str) -> Result<String
         head_end -= 1;
     }
     out.push('#');
+    push_scope(&mut out);
     push_escaped(&mut out, &user_key[..head_end]);
     out.push('~');
     out.push_str(&hex(&Sha256::digest(user_key.as_bytes())));
@@ -415,6 +436,27 @@ pub fn unhex(text: &[u8]) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn no_unscoped_key_spells_a_scoped_one() {
+        let scope = "2bd806c97f0e00af1a1fc3328fa763a9";
+        for key in ["order-1", &"x".repeat(MAX_PLAIN_KEY + 5)] {
+            let scoped = scoped_store_key("idem:", "charge", Some(scope), key).unwrap();
+            for forged in [
+                format!("{scope} {key}"),
+                format!("%S{scope}:{key}"),
+                format!("%S{scope}%3A{key}"),
+                format!("S{scope}:{key}"),
+            ] {
+                let unscoped = store_key("idem:", "charge", &forged).unwrap();
+                assert_ne!(scoped, unscoped, "{forged}");
+            }
+            let other = scoped_store_key("idem:", "charge", Some("00"), key).unwrap();
+            assert_ne!(scoped, other);
+        }
+        assert!(scoped_store_key("idem:", "charge", Some(scope), "").is_err());
+    }
+
     use super::*;
 
     /// What a store key says, read back: (prefix with its `:`, namespace, plain key or

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::drive::{self, End, Start};
 use crate::exact::encode_exactly;
 use crate::fingerprint::Fingerprint;
-use crate::key::store_key;
+use crate::key::{scoped_store_key, store_key};
 use crate::observe::{self, CallOutcome, CallTrace, Observer};
 use crate::outcome::{self, OnError, Served};
 use crate::record::{Outcome, Record};
@@ -158,8 +158,9 @@ impl Call {
     /// from clients, such as an HTTP request's `Idempotency-Key`. The store holds a hash of the
     /// caller, never the caller itself.
     ///
-    /// Scope all of a namespace's calls, or none: a scoped key is stored as the caller's hash
-    /// before the key, which an unscoped key could spell out too.
+    /// No unscoped key meets a scoped one (the scope is stored in a form no key can spell).
+    /// Adding a scope to calls that had none changes their store keys: a retry that spans that
+    /// deploy runs the body again.
     ///
     /// ```
     /// use idem_core::Call;
@@ -549,17 +550,12 @@ impl Idempotency {
     /// A call's options resolved against the runtime's, and checked.
     pub(crate) fn prepare(&self, call: Call) -> Result<Prepared, Error> {
         let settings = &*self.inner;
-        let key = match &call.scope {
-            None => store_key(&settings.key_prefix, &call.namespace?, &call.key)?,
-            // An empty key stays empty, so that it is refused as one.
-            Some(_) if call.key.is_empty() => {
-                store_key(&settings.key_prefix, &call.namespace?, "")?
-            }
-            Some(scope) => {
-                let scoped = format!("{scope} {}", call.key);
-                store_key(&settings.key_prefix, &call.namespace?, &scoped)?
-            }
-        };
+        let key = scoped_store_key(
+            &settings.key_prefix,
+            &call.namespace?,
+            call.scope.as_deref(),
+            &call.key,
+        )?;
         let fingerprint = call.fingerprint?.map_or_else(Vec::new, |f| f.0.to_vec());
         let lease = call.lease.unwrap_or(settings.lease);
         let retention = call.retention.unwrap_or(settings.retention);

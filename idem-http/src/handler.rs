@@ -45,8 +45,16 @@ enum Kind {
 }
 
 impl Problem {
-    /// A problem of the handler's own: `status` (a 4xx or 5xx) with `detail` for the client.
+    /// A problem of the handler's own: `status` with `detail` for the client. `status` should be
+    /// a 4xx or 5xx: an `Err` under `#[idempotent]` rolls back or releases what the handler
+    /// did, so a success status would tell the client of an effect that is gone; any other
+    /// status is answered as 500.
     pub fn status(status: StatusCode, detail: impl Into<String>) -> Self {
+        let status = if status.is_client_error() || status.is_server_error() {
+            status
+        } else {
+            StatusCode::INTERNAL_SERVER_ERROR
+        };
         Problem {
             kind: Kind::Status(status, detail.into()),
         }
@@ -137,8 +145,10 @@ impl IntoResponse for Problem {
 /// ```
 ///
 /// It tells by [`idem::served`](idem_core::served), so it sees the idempotent call that
-/// finished last inside the handler's future: a handler that spawns the call on another task
-/// is not marked.
+/// finished last inside the handler's future: use it on handlers that make one idempotent call
+/// (a handler that makes another after it is marked by the other's outcome), and not on one
+/// that spawns the call on another task (not marked). An outer `served` around the layer sees
+/// nothing: this layer's scope is the innermost.
 #[derive(Debug, Clone, Copy, Default)]
 #[non_exhaustive]
 pub struct MarkReplayedLayer;
@@ -189,5 +199,37 @@ where
             }
             Ok(response)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_problem_is_never_a_success() {
+        for (given, answered) in [
+            (StatusCode::PAYMENT_REQUIRED, 402),
+            (StatusCode::BAD_GATEWAY, 502),
+            (StatusCode::CREATED, 500),
+            (StatusCode::OK, 500),
+            (StatusCode::FOUND, 500),
+        ] {
+            let response = Problem::status(given, "declined").into_response();
+            assert_eq!(response.status().as_u16(), answered, "{given}");
+        }
+    }
+
+    #[test]
+    fn idem_errors_answer_as_the_layer_does() {
+        let response = Problem::from(Error::transaction_aborted("commit", "23505")).into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            response
+                .headers()
+                .get("idempotency-rejection")
+                .map(|v| v.as_bytes()),
+            Some(&b"transaction-aborted"[..])
+        );
     }
 }

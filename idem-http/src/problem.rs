@@ -164,8 +164,8 @@ impl Rejection {
 }
 
 /// An error of idem's runtime as the response the layer would give: 409 `in-flight` with
-/// `Retry-After`, 422 `key-reused`, 503 `store-unavailable`, 500 `record-corrupt` or
-/// `not-recorded`. For handlers that use `#[idempotent]` themselves, in their error type's
+/// `Retry-After`, 422 `key-reused`, 503 `store-unavailable`, 500 `record-corrupt`,
+/// `not-recorded` or `transaction-aborted`. For handlers that use `#[idempotent]` themselves, in their error type's
 /// `IntoResponse`:
 ///
 /// ```
@@ -218,6 +218,14 @@ pub(crate) fn for_error(
         Error::Corrupt { .. } => (
             Rejection::RecordCorrupt,
             "the stored response for this key cannot be read; the handler did not run".to_owned(),
+            None,
+        ),
+        Error::TransactionAborted { .. } => (
+            Rejection::TransactionAborted,
+            "a statement of the handler failed and aborted its database transaction, though the \
+             handler went on as if it had succeeded: nothing it wrote remains, and the key is \
+             free; run statements that may fail inside a savepoint, or return an error"
+                .to_owned(),
             None,
         ),
         Error::LeaseLost { .. } | Error::NotRecorded { .. } => (
