@@ -257,8 +257,16 @@ impl Database {
     }
 
     async fn serve(&self, configure: fn(IdempotencyLayer) -> IdempotencyLayer) -> Running {
-        let layer =
-            configure(IdempotencyLayer::new(self.idem.clone()).in_transaction::<PostgresStore>());
+        self.serve_over(self.idem.clone(), configure).await
+    }
+
+    /// The app on `idem` (over this database, perhaps through another pool).
+    async fn serve_over(
+        &self,
+        idem: Idempotency,
+        configure: fn(IdempotencyLayer) -> IdempotencyLayer,
+    ) -> Running {
+        let layer = configure(IdempotencyLayer::new(idem).in_transaction::<PostgresStore>());
         let counters = Arc::new(Counters::default());
         let router = Router::new()
             .route("/charges", post(charge))
@@ -600,4 +608,46 @@ async fn a_different_request_under_a_key_in_flight_is_422() {
     assert_eq!(app.post("/slow", "k18", other).send().await.status, 422);
     assert!(app.post("/slow", "k18", ORDER).send().await.replayed());
     assert_eq!((app.counters.started(), db.charges().await), (1, 1));
+}
+
+/// The reply to the request's `COMMIT` is lost: 503 `store-unavailable` saying so, and the
+/// retry settles it: a replay if it committed, a run if it did not; one row either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_commit_reply_is_503_and_the_retry_settles_it() {
+    let db = Database::start().await;
+    let options = db.pool.connect_options();
+    let upstream = format!("{}:{}", options.get_host(), options.get_port());
+    let upstream = tokio::net::lookup_host(upstream)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let direct = db.serve(defaults).await;
+    for (key, committed) in [("lost-committed", true), ("lost-rolled-back", false)] {
+        let port = idem_test_servers::commit_cutting_proxy(upstream, committed).await;
+        let cut_pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_with(options.as_ref().clone().port(port))
+            .await
+            .unwrap();
+        let idem = Idempotency::new(PostgresStore::from_pool(cut_pool))
+            .with_key_prefix(format!("{}:", std::process::id()))
+            .with_store_attempts(1);
+        let cut = db.serve_over(idem, defaults).await;
+        let lost = cut.post("/charges", key, ORDER).send().await;
+        assert_eq!(lost.status, 503, "{key}: {lost:?}");
+        assert_eq!(lost.problem(), "store-unavailable");
+        assert!(
+            lost.text().contains("COMMIT was lost"),
+            "{key}: {}",
+            lost.text()
+        );
+        let retried = direct.post("/charges", key, ORDER).send().await;
+        assert_eq!(retried.status, 201, "{key}: {retried:?}");
+        assert_eq!(retried.replayed(), committed, "{key}: {retried:?}");
+    }
+    assert_eq!(
+        db.charges().await,
+        2,
+        "one row per key, whatever each COMMIT did"
+    );
 }

@@ -8,8 +8,10 @@
 // Test support: a failure to set a server up fails the test that asked for it, loudly.
 #![allow(clippy::unwrap_used)]
 
+mod commit_proxy;
 pub mod postgres;
 pub mod redis;
 
+pub use crate::commit_proxy::commit_cutting_proxy;
 pub use crate::postgres::{any_database, PostgresServer};
 pub use crate::redis::{any_server, free_port, RedisCluster, RedisServer, TlsRedisServer};
