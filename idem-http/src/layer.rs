@@ -325,12 +325,16 @@ impl IdempotencyLayer {
     /// | answers a released status (5xx, 408, 425, 429) | rolled back | free: a retry runs against unchanged data | the response |
     /// | answers a status [`on_status`](Self::on_status) calls `OutcomeUnknown` | writes rolled back, the claim commits | held for a lease | the response |
     /// | answers what cannot be recorded (a stream, a body over the limit) | rolled back (with [`on_unrecordable`](Self::on_unrecordable)'s default the claim commits and holds the key for a lease) | free, or held | 500 `response-unrecordable` |
-    /// | panics | writes rolled back, the claim commits | held for a lease | 500 `handler-panicked` |
+    /// | answers a recorded status after one of its statements aborted the transaction (or a deferred constraint fails at `COMMIT`) | rolled back | free | 500 `transaction-aborted` |
+    /// | panics (in its code or its response body) | writes rolled back, the claim commits | held for a lease | 500 `handler-panicked` |
     /// | keeps its [`Tx`](crate::Tx) past its answer | rolled back | free | 500 `misconfigured` |
     /// | the client disconnects | the handler runs on, and commits | as above | its retry replays |
     /// | the process dies or the connection is lost before COMMIT | rolled back by the server | free | no answer; its retry runs |
     /// | the COMMIT's reply is lost | committed or not, unknown | done or free | 503 `store-unavailable`; its retry replays or runs |
     /// | the database is down | never begun | untouched | 503 `store-unavailable`, the handler not run ([`fail_open`](Self::fail_open) does not apply) |
+    ///
+    /// A different request under a key whose first request is still in flight gets 422 at once,
+    /// as outside a transaction. `docs/http.md` names the test of each row.
     ///
     /// ```
     /// use axum::{routing::post, Router};
