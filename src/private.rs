@@ -256,6 +256,42 @@ pub enum TxBegun<C, R> {
     Claimed(C),
 }
 
+/// The claim of a function whose return type only reads as a handler's, as the expansion for
+/// handlers drives it (`finish` takes the body's result or its panic).
+pub struct ValueTransactionClaim<C>(C);
+
+impl<'c, S, T, E, F> ValueTransactionClaim<idem_core::TransactionClaim<'c, S, T, E, F>>
+where
+    S: idem_core::TransactionalStore,
+    T: Recordable,
+    E: FromIdemError,
+    F: Fn(&E) -> OnError,
+{
+    /// The transaction's connection.
+    pub fn connection(&mut self) -> &mut S::Connection {
+        self.0.connection()
+    }
+
+    /// The claim's key and fence.
+    pub fn context(&self) -> idem_core::ClaimContext {
+        self.0.context()
+    }
+
+    /// Records and commits, or rolls back; a panic rolls back (the key is free) and goes on.
+    pub async fn finish(
+        self,
+        result: Result<Result<T, E>, Box<dyn std::any::Any + Send>>,
+    ) -> Result<T, E> {
+        match result {
+            Ok(result) => self.0.finish(result).await,
+            Err(panic) => {
+                drop(self);
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+}
+
 impl<T, E> AsValue<Result<T, E>> {
     /// `transaction = conn, on_error = ...` for a value that only reads as a handler's (another
     /// crate's `Json`).
@@ -266,7 +302,9 @@ impl<T, E> AsValue<Result<T, E>> {
         connection: &'c mut C,
         on_error: impl Fn(&E) -> OnError,
     ) -> TxBegun<
-        idem_core::TransactionClaim<'c, C::Store, T, E, impl Fn(&E) -> OnError>,
+        ValueTransactionClaim<
+            idem_core::TransactionClaim<'c, C::Store, T, E, impl Fn(&E) -> OnError>,
+        >,
         Result<T, E>,
     >
     where
@@ -276,7 +314,7 @@ impl<T, E> AsValue<Result<T, E>> {
     {
         match begin_in_transaction(runtime, call, connection, on_error).await {
             TransactionBegun::Done(result) => TxBegun::Done(result),
-            TransactionBegun::Claimed(claim) => TxBegun::Claimed(claim),
+            TransactionBegun::Claimed(claim) => TxBegun::Claimed(ValueTransactionClaim(claim)),
         }
     }
 
@@ -287,7 +325,9 @@ impl<T, E> AsValue<Result<T, E>> {
         call: Call,
         connection: &'c mut C,
     ) -> TxBegun<
-        idem_core::TransactionClaim<'c, C::Store, T, E, impl Fn(&E) -> OnError>,
+        ValueTransactionClaim<
+            idem_core::TransactionClaim<'c, C::Store, T, E, impl Fn(&E) -> OnError>,
+        >,
         Result<T, E>,
     >
     where
@@ -297,7 +337,7 @@ impl<T, E> AsValue<Result<T, E>> {
     {
         match begin_in_transaction_releasing(runtime, call, connection).await {
             TransactionBegun::Done(result) => TxBegun::Done(result),
-            TransactionBegun::Claimed(claim) => TxBegun::Claimed(claim),
+            TransactionBegun::Claimed(claim) => TxBegun::Claimed(ValueTransactionClaim(claim)),
         }
     }
 }
@@ -448,6 +488,49 @@ impl<R> AsValue<R> {
     }
 }
 
+/// The body of a transactional handler, with its panic caught (for the claim to settle it).
+#[cfg(feature = "axum")]
+pub async fn catch_panic<F: Future>(body: F) -> Result<F::Output, Box<dyn std::any::Any + Send>> {
+    let mut body = std::pin::pin!(body);
+    std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body.as_mut().poll(cx))) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Ok(output)),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    })
+    .await
+}
+
+/// Runs a transactional handler's call to its end on a task of its own, as the HTTP layer runs
+/// handlers: a client that goes away does not cancel it halfway through its effect, so it
+/// commits (or settles) and the client's retry replays. Its outcome is passed on to an
+/// enclosing `idem::served` (and so to `MarkReplayedLayer`); its panic goes on in the caller.
+#[cfg(feature = "axum")]
+pub async fn to_completion<T, E, F>(call: F) -> Result<T, E>
+where
+    F: Future<Output = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: FromIdemError + Send + 'static,
+{
+    match tokio::spawn(idem_core::served(call)).await {
+        Ok((result, served)) => {
+            if let Some(served) = served {
+                idem_core::report_served(served);
+            }
+            result
+        }
+        Err(join) => match join.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => Err(E::from(Error::store(
+                "run",
+                "the runtime shut down before the handler's call finished; retry with the same \
+                 key to learn its outcome",
+            ))),
+        },
+    }
+}
+
 #[cfg(feature = "axum")]
 pub use axum_handlers::{
     HandlerResponse, JsonBegun, JsonTransactionClaim, NotRecorded, RecordedStatus,
@@ -535,6 +618,9 @@ mod axum_handlers {
         Failed(E),
         /// A response to pass on unrecorded, and what that means for the claim.
         Response(R, OnError),
+        /// The handler panicked: an unknown outcome (its panic goes on once the claim is
+        /// settled).
+        Panicked,
     }
 
     impl<E: From<Error>, R> From<Error> for NotRecorded<E, R> {
@@ -573,16 +659,19 @@ mod axum_handlers {
     }
 
     /// The handler's response back from what `finish` or a replay returned.
-    fn from_record<R: HandlerResponse, E>(
+    fn from_record<R: HandlerResponse, E: FromIdemError>(
         ended: Result<R::Record, NotRecorded<E, R>>,
     ) -> Result<R, E> {
         match ended {
             Ok(record) => Ok(R::replay(record)),
             Err(NotRecorded::Response(response, _)) => Ok(response),
             Err(NotRecorded::Failed(err)) => Err(err),
+            // Only a panicking body ends so, and its panic goes on instead of this result.
+            Err(NotRecorded::Panicked) => Err(E::from(Error::invalid_option(
+                "a handler's panic was settled as an unknown outcome",
+            ))),
         }
     }
-
     /// What `transaction = conn` on a handler returning `Json` found.
     pub type JsonBegun<'c, S, R, E, F> = TxBegun<
         JsonTransactionClaim<
@@ -599,6 +688,7 @@ mod axum_handlers {
         move |failure| match failure {
             NotRecorded::Failed(err) => on_error(err),
             NotRecorded::Response(_, disposition) => *disposition,
+            NotRecorded::Panicked => OnError::OutcomeUnknown,
         }
     }
 
@@ -624,9 +714,20 @@ mod axum_handlers {
         }
 
         /// Records the response and commits, or (a 5xx, 408, 425, 429, or an `Err` as
-        /// classified) rolls back.
-        pub async fn finish(self, result: Result<R, E>) -> Result<R, E> {
-            from_record(self.0.finish(as_record(result)).await)
+        /// classified) rolls back. A body that panicked (`Err` of the payload) is an unknown
+        /// outcome: its writes are undone, the claim commits and holds the key for a lease,
+        /// and the panic goes on.
+        pub async fn finish(
+            self,
+            result: Result<Result<R, E>, Box<dyn std::any::Any + Send>>,
+        ) -> Result<R, E> {
+            match result {
+                Ok(result) => from_record(self.0.finish(as_record(result)).await),
+                Err(panic) => {
+                    let _ = self.0.finish(Err(NotRecorded::Panicked)).await;
+                    std::panic::resume_unwind(panic)
+                }
+            }
         }
     }
 

@@ -103,6 +103,40 @@ async fn ignores_a_failure(
     Ok((StatusCode::CREATED, Json(0)))
 }
 
+/// Inserts, then takes its time (a provider's call).
+#[idempotent(key = key, using = &app.idem, transaction = conn)]
+async fn slow(
+    State(app): State<App>,
+    key: IdempotencyKey,
+    mut conn: Connection,
+) -> Result<(StatusCode, Json<i64>), Problem> {
+    app.runs.fetch_add(1, Ordering::SeqCst);
+    let id: i64 = sqlx::query_scalar("INSERT INTO charges (cents) VALUES (7) RETURNING id")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|err| Problem::status(StatusCode::SERVICE_UNAVAILABLE, err.to_string()))?;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    Ok((StatusCode::CREATED, Json(id)))
+}
+
+/// Inserts, then panics on its first execution.
+#[idempotent(key = key, using = &app.idem, transaction = conn, lease = "1s", on_in_progress = reject)]
+async fn panics(
+    State(app): State<App>,
+    key: IdempotencyKey,
+    mut conn: Connection,
+) -> Result<Json<i64>, Problem> {
+    let run = app.runs.fetch_add(1, Ordering::SeqCst) + 1;
+    let id: i64 = sqlx::query_scalar("INSERT INTO charges (cents) VALUES (9) RETURNING id")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|err| Problem::status(StatusCode::SERVICE_UNAVAILABLE, err.to_string()))?;
+    if run == 1 {
+        panic!("the handler fails after its insert (on purpose, in a test)");
+    }
+    Ok(Json(id))
+}
+
 /// `Json<T>` alone, and no fingerprint.
 #[idempotent(key = key, using = &app.idem, transaction = conn)]
 async fn refund(
@@ -146,6 +180,8 @@ async fn start() -> Running {
         .route("/payments", post(create_payment))
         .route("/refunds", post(refund))
         .route("/ignores", post(ignores_a_failure))
+        .route("/slow", post(slow))
+        .route("/panics", post(panics))
         .layer(MarkReplayedLayer::new())
         .with_state(app.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -186,6 +222,17 @@ impl Running {
             replayed,
             json,
         }
+    }
+
+    /// Sends a request and gives up on it after `patience`, as a client that goes away.
+    async fn abandon(&self, path: &str, key: &str, patience: std::time::Duration) {
+        let request = axum::http::Request::post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(Full::new(axum::body::Bytes::from_static(b"{}")))
+            .unwrap();
+        let answered = tokio::time::timeout(patience, self.client.request(request)).await;
+        assert!(answered.is_err(), "answered before the client gave up");
     }
 
     async fn rows(&self) -> i64 {
@@ -300,4 +347,42 @@ async fn a_broken_transaction_is_500_transaction_aborted() {
         assert_eq!(answer.json["code"], "transaction-aborted");
     }
     assert_eq!(app.runs(), 2);
+}
+
+/// A client that goes away mid-handler does not cancel it: it commits, and the retry replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_does_not_cancel_the_handler() {
+    let app = start().await;
+    app.abandon("/slow", "s1", std::time::Duration::from_millis(150))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(app.rows().await, 1, "the abandoned handler committed");
+    let retried = app.post("/slow", "eve", "s1", "{}").await;
+    assert_eq!(retried.status, StatusCode::CREATED, "{}", retried.json);
+    assert!(retried.replayed);
+    assert_eq!((app.runs(), app.rows().await), (1, 1));
+}
+
+/// A panic after the insert rolls it back and holds the key for a lease (as the layer does),
+/// then the retry runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_rolls_back_and_holds_the_key_for_a_lease() {
+    let app = start().await;
+    let request = axum::http::Request::post(format!("{}/panics", app.url))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "p1")
+        .body(Full::new(axum::body::Bytes::from_static(b"{}")))
+        .unwrap();
+    let panicked = app.client.request(request).await;
+    assert!(
+        panicked.is_err(),
+        "a panicking handler closes the connection: {panicked:?}"
+    );
+    assert_eq!(app.rows().await, 0, "its insert was rolled back");
+    let held = app.post("/panics", "fay", "p1", "{}").await;
+    assert_eq!(held.status, StatusCode::CONFLICT, "{}", held.json);
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let retried = app.post("/panics", "fay", "p1", "{}").await;
+    assert_eq!(retried.status, StatusCode::OK, "{}", retried.json);
+    assert_eq!((app.runs(), app.rows().await), (2, 1));
 }

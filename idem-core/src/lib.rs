@@ -41,6 +41,8 @@ pub use key::{
 };
 pub use memory::MemoryStore;
 pub use observe::{CallOutcome, CallReport, Observer};
+#[doc(hidden)]
+pub use outcome::report as report_served;
 pub use outcome::{served, OnError, Served};
 pub use record::{Outcome, Record, MAX_FINGERPRINT, RECORD_VERSION};
 pub use runtime::{

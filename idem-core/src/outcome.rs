@@ -82,8 +82,10 @@ pub async fn served<F: Future>(call: F) -> (F::Output, Option<Served>) {
     (output, served)
 }
 
-/// Tells an enclosing [`served`], if any, how a call ended.
-pub(crate) fn report(how: Served) {
+/// Tells an enclosing [`served`], if any, how a call ended: for code that runs a call on
+/// another task (where the caller's `served` cannot see it) and passes its outcome on.
+#[doc(hidden)]
+pub fn report(how: Served) {
     let _ = OBSERVED.try_with(|slot| {
         *slot
             .lock()

@@ -5,51 +5,59 @@ async fn create(
     mut conn: Connection,
     Json(order): Json<Order>,
 ) -> Result<(StatusCode, Json<Receipt>), Problem> {
-    let __idem_call = ::idem::__private::Call::in_function(
+    ::idem::__private::to_completion(async move {
+            let __idem_call = ::idem::__private::Call::in_function(
+                    {
+                        struct __IdemNamespace;
+                        ::idem::__private::inventory::submit! {
+                            ::idem::__private::Marker { of :
+                            ::idem::__private::marker_of:: < __IdemNamespace >, at :
+                            (::core::file!(), ::core::line!(), ::core::column!()), }
+                        }
+                        static __IDEM_NAMESPACE: ::idem::__private::FunctionNamespace = ::idem::__private::FunctionNamespace::new();
+                        __IDEM_NAMESPACE.get(__IdemNamespace)
+                    },
+                    &(key),
+                )
+                .scope(&(user.id))
+                .fingerprint(&(order));
+            let __idem_runtime = ::idem::__private::runtime(&app.idem);
+            let mut __idem_claim = match {
+                #[allow(unused_imports)]
+                use ::idem::__private::{PickJson as _, PickValue as _};
+                (&::idem::__private::Returns::<
+                    Result<(StatusCode, Json<Receipt>), Problem>,
+                >::new())
+                    .__idem_pick()
+            }
+                .begin_in_transaction_releasing(&__idem_runtime, __idem_call, &mut *conn)
+                .await
             {
-                struct __IdemNamespace;
-                ::idem::__private::inventory::submit! {
-                    ::idem::__private::Marker { of : ::idem::__private::marker_of:: <
-                    __IdemNamespace >, at : (::core::file!(), ::core::line!(),
-                    ::core::column!()), }
-                }
-                static __IDEM_NAMESPACE: ::idem::__private::FunctionNamespace = ::idem::__private::FunctionNamespace::new();
-                __IDEM_NAMESPACE.get(__IdemNamespace)
-            },
-            &(key),
-        )
-        .scope(&(user.id))
-        .fingerprint(&(order));
-    let __idem_runtime = ::idem::__private::runtime(&app.idem);
-    let mut __idem_claim = match {
-        #[allow(unused_imports)]
-        use ::idem::__private::{PickJson as _, PickValue as _};
-        (&::idem::__private::Returns::<
-            Result<(StatusCode, Json<Receipt>), Problem>,
-        >::new())
-            .__idem_pick()
-    }
-        .begin_in_transaction_releasing(&__idem_runtime, __idem_call, &mut *conn)
+                ::idem::__private::TxBegun::Done(__idem_result) => return __idem_result,
+                ::idem::__private::TxBegun::Claimed(__idem_claim) => __idem_claim,
+            };
+            let __idem_context = __idem_claim.context();
+            let __idem_result = {
+                let conn = __idem_claim.connection();
+                ::idem::__private::catch_panic(
+                        ::idem::__private::with_context(
+                            __idem_context,
+                            async move {
+                                if let ::core::option::Option::Some(__idem_ret) = ::core::option::Option::None::<
+                                    Result<(StatusCode, Json<Receipt>), Problem>,
+                                > {
+                                    #[allow(unreachable_code)] return __idem_ret;
+                                }
+                                Ok((
+                                    StatusCode::CREATED,
+                                    Json(insert(&mut *conn, &order).await?),
+                                ))
+                            },
+                        ),
+                    )
+                    .await
+            };
+            __idem_claim.finish(__idem_result).await
+        })
         .await
-    {
-        ::idem::__private::TxBegun::Done(__idem_result) => return __idem_result,
-        ::idem::__private::TxBegun::Claimed(__idem_claim) => __idem_claim,
-    };
-    let __idem_context = __idem_claim.context();
-    let __idem_result = {
-        let conn = __idem_claim.connection();
-        ::idem::__private::with_context(
-                __idem_context,
-                async move {
-                    if let ::core::option::Option::Some(__idem_ret) = ::core::option::Option::None::<
-                        Result<(StatusCode, Json<Receipt>), Problem>,
-                    > {
-                        #[allow(unreachable_code)] return __idem_ret;
-                    }
-                    Ok((StatusCode::CREATED, Json(insert(&mut *conn, &order).await?)))
-                },
-            )
-            .await
-    };
-    __idem_claim.finish(__idem_result).await
 }

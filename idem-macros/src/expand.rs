@@ -134,12 +134,19 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
             .unwrap_or_else(|| connection.span());
         let body = typed_body(ret, stmts);
         let handler = json.then_some(ret);
-        let run = in_transaction(&args, &private, connection, argument_type, handler, body);
+        let run = in_transaction(
+            &args,
+            &private,
+            connection,
+            argument_type,
+            handler,
+            prelude,
+            body,
+        );
         return quote! {
             #(#attrs)*
             #vis #sig {
                 #(#inner_attrs)*
-                #prelude
                 #run
             }
         };
@@ -194,6 +201,7 @@ fn in_transaction(
     connection: &Ident,
     argument_type: Span,
     handler: Option<&Type>,
+    prelude: TokenStream,
     body: TokenStream,
 ) -> TokenStream {
     let span = argument_type;
@@ -251,14 +259,34 @@ fn in_transaction(
             };
         },
     };
-    quote_spanned! {span=>
-        #begin_claim
-        let #context = #claim.context();
-        let #result = {
-            let #connection = #claim.connection();
-            #with_context(#context, async move { #body }).await
+    if handler.is_none() || args.record_errors {
+        return quote_spanned! {span=>
+            #prelude
+            #begin_claim
+            let #context = #claim.context();
+            let #result = {
+                let #connection = #claim.connection();
+                #with_context(#context, async move { #body }).await
+            };
+            #finish
         };
-        #finish
+    }
+    // A handler runs to its end on a task of its own, as behind the HTTP layer, with its panic
+    // caught so that the claim settles it as an unknown outcome.
+    let to_completion = respanned(quote!(#private::to_completion), span);
+    let catch_panic = respanned(quote!(#private::catch_panic), span);
+    quote_spanned! {span=>
+        #to_completion(async move {
+            #prelude
+            #begin_claim
+            let #context = #claim.context();
+            let #result = {
+                let #connection = #claim.connection();
+                #catch_panic(#with_context(#context, async move { #body })).await
+            };
+            #finish
+        })
+        .await
     }
 }
 
