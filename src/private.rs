@@ -256,6 +256,10 @@ pub enum TxBegun<C, R> {
     Claimed(C),
 }
 
+/// What `transaction = conn` found on a function whose return type only reads as a handler's.
+pub type ValueBegun<'c, S, T, E, F> =
+    TxBegun<ValueTransactionClaim<idem_core::TransactionClaim<'c, S, T, E, F>>, Result<T, E>>;
+
 /// The claim of a function whose return type only reads as a handler's, as the expansion for
 /// handlers drives it (`finish` takes the body's result or its panic).
 pub struct ValueTransactionClaim<C>(C);
@@ -301,12 +305,7 @@ impl<T, E> AsValue<Result<T, E>> {
         call: Call,
         connection: &'c mut C,
         on_error: impl Fn(&E) -> OnError,
-    ) -> TxBegun<
-        ValueTransactionClaim<
-            idem_core::TransactionClaim<'c, C::Store, T, E, impl Fn(&E) -> OnError>,
-        >,
-        Result<T, E>,
-    >
+    ) -> ValueBegun<'c, C::Store, T, E, impl Fn(&E) -> OnError>
     where
         C: TransactionConnection + ?Sized,
         T: Recordable,
@@ -324,12 +323,7 @@ impl<T, E> AsValue<Result<T, E>> {
         runtime: &'c Idempotency,
         call: Call,
         connection: &'c mut C,
-    ) -> TxBegun<
-        ValueTransactionClaim<
-            idem_core::TransactionClaim<'c, C::Store, T, E, impl Fn(&E) -> OnError>,
-        >,
-        Result<T, E>,
-    >
+    ) -> ValueBegun<'c, C::Store, T, E, impl Fn(&E) -> OnError>
     where
         C: TransactionConnection + ?Sized,
         T: Recordable,
