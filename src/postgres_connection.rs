@@ -98,3 +98,10 @@ where
         }
     }
 }
+
+impl crate::private::OwnedConnection for Connection {
+    type Connection = PgConnection;
+    fn connection(&mut self) -> &mut PgConnection {
+        self
+    }
+}

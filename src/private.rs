@@ -184,7 +184,7 @@ pub use idem_core::{with_context, TransactionBegun};
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot carry an #[idempotent] transaction",
     label = "`transaction = ...` names this argument",
-    note = "the argument must be `&mut PgConnection`, or own a connection that dereferences to one (`idem::postgres::Connection` on an axum handler, sqlx's `PoolConnection` or `Transaction`), with the `postgres` feature"
+    note = "the argument must be `&mut PgConnection` (pass `&mut *tx` to join a transaction of your own), or own a pooled connection (`mut conn: idem::postgres::Connection` on an axum handler, sqlx's `PoolConnection<Postgres>`), with the `postgres` feature"
 )]
 pub trait TransactionConnection {
     /// The store whose claims and records take part in this connection's transactions.
@@ -194,6 +194,34 @@ pub trait TransactionConnection {
 #[cfg(feature = "postgres")]
 impl TransactionConnection for idem_postgres::sqlx::PgConnection {
     type Store = idem_postgres::PostgresStore;
+}
+
+/// The owned arguments `transaction = conn` takes: types that hold a pooled connection of their
+/// own. An owned `sqlx::Transaction` is not one: the function would drop it uncommitted, and
+/// idem's record (a savepoint in it) with it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot carry an #[idempotent] transaction",
+    label = "`transaction = ...` names this argument",
+    note = "take `&mut PgConnection` (pass `&mut *tx` to join a transaction of your own: the record then commits when you commit it), or own a pooled connection: `idem::postgres::Connection` on an axum handler, or sqlx's `PoolConnection<Postgres>`"
+)]
+pub trait OwnedConnection {
+    /// The connection it holds.
+    type Connection: TransactionConnection + ?Sized;
+    /// The connection, for the call's transaction.
+    fn connection(&mut self) -> &mut Self::Connection;
+}
+
+#[cfg(feature = "postgres")]
+impl OwnedConnection for idem_postgres::sqlx::pool::PoolConnection<idem_postgres::sqlx::Postgres> {
+    type Connection = idem_postgres::sqlx::PgConnection;
+    fn connection(&mut self) -> &mut Self::Connection {
+        self
+    }
+}
+
+/// `transaction = conn` on an owned connection argument.
+pub fn owned_connection<A: OwnedConnection>(argument: &mut A) -> &mut A::Connection {
+    argument.connection()
 }
 
 /// `transaction = conn`: claims in a transaction on the function's connection argument.
@@ -296,6 +324,22 @@ where
     }
 }
 
+impl<R> AsValue<R> {
+    /// `transaction = conn` on a function that only reads as a handler: the call runs in place.
+    pub async fn to_completion<F: Future<Output = R>>(self, call: F) -> R {
+        call.await
+    }
+
+    /// The body's result; a panic unwinds through the caller as it would without the macro
+    /// (dropping the claim: everything rolls back and the key is free).
+    pub async fn catch_panic<F: Future>(
+        self,
+        body: F,
+    ) -> Result<F::Output, Box<dyn std::any::Any + Send>> {
+        Ok(body.await)
+    }
+}
+
 impl<T, E> AsValue<Result<T, E>> {
     /// `transaction = conn, on_error = ...` for a value that only reads as a handler's (another
     /// crate's `Json`).
@@ -393,9 +437,25 @@ pub fn returns_of<F: Future>(_: &F) -> Returns<F::Output> {
 }
 
 /// Runs a handler's `Json` response.
-pub struct AsJson<R>(PhantomData<R>);
+pub struct AsJson<R>(PhantomData<fn() -> R>);
+
+impl<R> Clone for AsJson<R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R> Copy for AsJson<R> {}
 /// Runs any other result.
-pub struct AsValue<R>(PhantomData<R>);
+pub struct AsValue<R>(PhantomData<fn() -> R>);
+
+impl<R> Clone for AsValue<R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R> Copy for AsValue<R> {}
 
 /// The pick for axum's `Json` responses.
 pub trait PickJson<R> {
@@ -482,46 +542,57 @@ impl<R> AsValue<R> {
     }
 }
 
-/// The body of a transactional handler, with its panic caught (for the claim to settle it).
 #[cfg(feature = "axum")]
-pub async fn catch_panic<F: Future>(body: F) -> Result<F::Output, Box<dyn std::any::Any + Send>> {
-    let mut body = std::pin::pin!(body);
-    std::future::poll_fn(|cx| {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body.as_mut().poll(cx))) {
-            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Ok(output)),
-            Err(panic) => std::task::Poll::Ready(Err(panic)),
-        }
-    })
-    .await
+impl<R> AsJson<R> {
+    /// The body of a transactional handler, with its panic caught (for the claim to settle it).
+    pub async fn catch_panic<F: Future>(
+        self,
+        body: F,
+    ) -> Result<F::Output, Box<dyn std::any::Any + Send>> {
+        let mut body = std::pin::pin!(body);
+        std::future::poll_fn(|cx| {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body.as_mut().poll(cx)))
+            {
+                Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+                Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Ok(output)),
+                Err(panic) => std::task::Poll::Ready(Err(panic)),
+            }
+        })
+        .await
+    }
 }
 
-/// Runs a transactional handler's call to its end on a task of its own, as the HTTP layer runs
-/// handlers: a client that goes away does not cancel it halfway through its effect, so it
-/// commits (or settles) and the client's retry replays. Its outcome is passed on to an
-/// enclosing `idem::served` (and so to `MarkReplayedLayer`); its panic goes on in the caller.
 #[cfg(feature = "axum")]
-pub async fn to_completion<T, E, F>(call: F) -> Result<T, E>
-where
-    F: Future<Output = Result<T, E>> + Send + 'static,
-    T: Send + 'static,
-    E: FromIdemError + Send + 'static,
-{
-    match tokio::spawn(idem_core::served(call)).await {
-        Ok((result, served)) => {
-            if let Some(served) = served {
-                idem_core::report_served(served);
+impl<T, E> AsJson<Result<T, E>> {
+    /// Runs a transactional handler's call to its end on a task of its own, as the HTTP layer
+    /// runs handlers: a client that goes away does not cancel it halfway through its effect, so
+    /// it commits (or settles) and the client's retry replays. It runs in the caller's tracing
+    /// span; its outcome is passed on to an enclosing `idem::served` (and so to
+    /// `MarkReplayedLayer`); its panic goes on in the caller. Task-locals of the caller are not
+    /// seen by the body.
+    pub async fn to_completion<F>(self, call: F) -> Result<T, E>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: FromIdemError + Send + 'static,
+    {
+        use tracing::Instrument;
+        match tokio::spawn(idem_core::served(call).in_current_span()).await {
+            Ok((result, served)) => {
+                if let Some(served) = served {
+                    idem_core::report_served(served);
+                }
+                result
             }
-            result
+            Err(join) => match join.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => Err(E::from(Error::store(
+                    "run",
+                    "the runtime shut down before the handler's call finished; retry with the \
+                     same key to learn its outcome",
+                ))),
+            },
         }
-        Err(join) => match join.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            Err(_) => Err(E::from(Error::store(
-                "run",
-                "the runtime shut down before the handler's call finished; retry with the same \
-                 key to learn its outcome",
-            ))),
-        },
     }
 }
 

@@ -5,7 +5,16 @@ async fn create(
     mut conn: Connection,
     Json(order): Json<Order>,
 ) -> Result<(StatusCode, Json<Receipt>), Problem> {
-    ::idem::__private::to_completion(async move {
+    let __idem_pick = {
+        #[allow(unused_imports)]
+        use ::idem::__private::{PickJson as _, PickValue as _};
+        (&::idem::__private::Returns::<
+            Result<(StatusCode, Json<Receipt>), Problem>,
+        >::new())
+            .__idem_pick()
+    };
+    __idem_pick
+        .to_completion(async move {
             let __idem_call = ::idem::__private::Call::in_function(
                     {
                         struct __IdemNamespace;
@@ -22,15 +31,12 @@ async fn create(
                 .scope(&(user.id))
                 .fingerprint(&(order));
             let __idem_runtime = ::idem::__private::runtime(&app.idem);
-            let mut __idem_claim = match {
-                #[allow(unused_imports)]
-                use ::idem::__private::{PickJson as _, PickValue as _};
-                (&::idem::__private::Returns::<
-                    Result<(StatusCode, Json<Receipt>), Problem>,
-                >::new())
-                    .__idem_pick()
-            }
-                .begin_in_transaction_releasing(&__idem_runtime, __idem_call, &mut *conn)
+            let mut __idem_claim = match __idem_pick
+                .begin_in_transaction_releasing(
+                    &__idem_runtime,
+                    __idem_call,
+                    ::idem::__private::owned_connection(&mut conn),
+                )
                 .await
             {
                 ::idem::__private::TxBegun::Done(__idem_result) => return __idem_result,
@@ -39,7 +45,8 @@ async fn create(
             let __idem_context = __idem_claim.context();
             let __idem_result = {
                 let conn = __idem_claim.connection();
-                ::idem::__private::catch_panic(
+                __idem_pick
+                    .catch_panic(
                         ::idem::__private::with_context(
                             __idem_context,
                             async move {

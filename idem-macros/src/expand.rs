@@ -121,24 +121,24 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
         }
     };
     if let (Some(connection), Shape::Async { ret }) = (&args.transaction, &shape) {
-        let argument_type = sig
-            .inputs
-            .iter()
-            .find_map(|input| match input {
-                syn::FnArg::Typed(typed) => match &*typed.pat {
-                    syn::Pat::Ident(pat) if pat.ident == *connection => Some(typed.ty.span()),
-                    _ => None,
-                },
-                syn::FnArg::Receiver(_) => None,
-            })
-            .unwrap_or_else(|| connection.span());
+        let argument = sig.inputs.iter().find_map(|input| match input {
+            syn::FnArg::Typed(typed) => match &*typed.pat {
+                syn::Pat::Ident(pat) if pat.ident == *connection => Some(&*typed.ty),
+                _ => None,
+            },
+            syn::FnArg::Receiver(_) => None,
+        });
+        let argument_type = argument.map_or_else(|| connection.span(), Spanned::span);
+        // A borrowed connection is reborrowed; an owned one (an extractor) is lent through a
+        // trait that knows which owned types hold a connection of their own.
+        let owned = argument.is_some_and(|ty| !matches!(ty, Type::Reference(_)));
         let body = typed_body(ret, stmts);
         let handler = json.then_some(ret);
         let run = in_transaction(
             &args,
             &private,
             connection,
-            argument_type,
+            (argument_type, owned),
             handler,
             prelude,
             body,
@@ -199,7 +199,7 @@ fn in_transaction(
     args: &Args,
     private: &TokenStream,
     connection: &Ident,
-    argument_type: Span,
+    (argument_type, owned): (Span, bool),
     handler: Option<&Type>,
     prelude: TokenStream,
     body: TokenStream,
@@ -207,6 +207,12 @@ fn in_transaction(
     let span = argument_type;
     // The argument under its own name, on the type's span: both are the user's tokens.
     let connection = Ident::new(&connection.to_string(), span);
+    let lent = if owned {
+        let owned_connection = respanned(quote!(#private::owned_connection), span);
+        quote_spanned!(span=> #owned_connection(&mut #connection))
+    } else {
+        quote_spanned!(span=> &mut *#connection)
+    };
     let (begin, on_error) = match (&args.on_error, args.record_errors) {
         (on_error, true) => (
             quote!(#private::begin_in_transaction_recording_errors),
@@ -228,24 +234,17 @@ fn in_transaction(
     let begun = respanned(quote!(#private::TransactionBegun), span);
     let with_context = respanned(quote!(#private::with_context), span);
     let finish = respanned(quote!(#claim.finish(#result).await), span);
-    let begin_claim = match handler {
-        Some(ret) if !args.record_errors => {
+    let begin_claim = |pick: Option<&Ident>| match (handler, pick) {
+        (Some(_), Some(pick)) => {
             let method = match &args.on_error {
                 Some(_) => Ident::new("begin_in_transaction", span),
                 None => Ident::new("begin_in_transaction_releasing", span),
             };
-            let picks = respanned(quote!(#private::{PickJson as _, PickValue as _}), span);
-            let returns = respanned(quote!(#private::Returns), span);
             let begun = respanned(quote!(#private::TxBegun), span);
             quote_spanned! {span=>
-                let mut #claim = match {
-                    // One of the two is picked; the other is unused.
-                    #[allow(unused_imports)]
-                    use #picks;
-                    (&#returns::<#ret>::new()).__idem_pick()
-                }
-                .#method(&#runtime_var, #call_var, &mut *#connection #on_error)
-                .await
+                let mut #claim = match #pick
+                    .#method(&#runtime_var, #call_var, #lent #on_error)
+                    .await
                 {
                     #begun::Done(#result) => return #result,
                     #begun::Claimed(#claim) => #claim,
@@ -253,13 +252,14 @@ fn in_transaction(
             }
         }
         _ => quote_spanned! {span=>
-            let mut #claim = match #begin(&#runtime_var, #call_var, &mut *#connection #on_error).await {
+            let mut #claim = match #begin(&#runtime_var, #call_var, #lent #on_error).await {
                 #begun::Done(#result) => return #result,
                 #begun::Claimed(#claim) => #claim,
             };
         },
     };
-    if handler.is_none() || args.record_errors {
+    let (Some(ret), false) = (handler, args.record_errors) else {
+        let begin_claim = begin_claim(None);
         return quote_spanned! {span=>
             #prelude
             #begin_claim
@@ -270,19 +270,29 @@ fn in_transaction(
             };
             #finish
         };
-    }
-    // A handler runs to its end on a task of its own, as behind the HTTP layer, with its panic
-    // caught so that the claim settles it as an unknown outcome.
-    let to_completion = respanned(quote!(#private::to_completion), span);
-    let catch_panic = respanned(quote!(#private::catch_panic), span);
+    };
+    // Picked by the return type, as outside a transaction: axum's `Json` is a handler's, which
+    // runs to its end on a task of its own (as behind the HTTP layer) with its panic caught so
+    // that the claim settles it as an unknown outcome; another crate's `Json` is a value, run in
+    // place.
+    let pick = Ident::new("__idem_pick", Span::mixed_site());
+    let picks = respanned(quote!(#private::{PickJson as _, PickValue as _}), span);
+    let returns = respanned(quote!(#private::Returns), span);
+    let begin_claim = begin_claim(Some(&pick));
     quote_spanned! {span=>
-        #to_completion(async move {
+        let #pick = {
+            // One of the two is picked; the other is unused.
+            #[allow(unused_imports)]
+            use #picks;
+            (&#returns::<#ret>::new()).__idem_pick()
+        };
+        #pick.to_completion(async move {
             #prelude
             #begin_claim
             let #context = #claim.context();
             let #result = {
                 let #connection = #claim.connection();
-                #catch_panic(#with_context(#context, async move { #body })).await
+                #pick.catch_panic(#with_context(#context, async move { #body })).await
             };
             #finish
         })

@@ -1,7 +1,7 @@
 // A connection argument that is not a PostgreSQL connection: one error each, at its type.
 
 #[idem::idempotent(key = id, transaction = conn)]
-async fn by_value(conn: u64, id: u64) -> Result<u64, idem::Error> {
+async fn by_value(mut conn: u64, id: u64) -> Result<u64, idem::Error> {
     Ok(id)
 }
 

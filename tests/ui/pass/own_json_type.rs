@@ -19,7 +19,19 @@ async fn load_classified(id: u64) -> Result<Json<Vec<u8>>, idem::Error> {
     Ok(Json(vec![1, 2]))
 }
 
+/// In a transaction too: run in place, not on a task of its own (the connection is borrowed).
+#[idem::idempotent(key = id, transaction = conn)]
+async fn load_in_transaction(
+    conn: &mut idem::postgres::sqlx::PgConnection,
+    id: i64,
+) -> Result<Json<i64>, idem::Error> {
+    let _ = &conn;
+    Ok(Json(id))
+}
+
 fn main() {
+    // Compiled, not run: it needs a database.
+    let _ = load_in_transaction;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
