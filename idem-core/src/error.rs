@@ -314,3 +314,68 @@ impl std::error::Error for Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant's message says what became of the body, in one line of single-spaced
+    /// words, and leaves its cause to `source()`.
+    #[test]
+    fn every_message_says_what_became_of_the_body() {
+        let store = || Error::store("claim", "connection refused");
+        let encode = || Error::Encode {
+            what: "the request fingerprint",
+            source: serde_json::from_str::<u8>("x").unwrap_err(),
+        };
+        let cases: Vec<(Error, &str)> = vec![
+            (Error::invalid_key("empty"), "the body did not run"),
+            (Error::invalid_option("lease 0s"), "the body did not run"),
+            (
+                Error::InProgress {
+                    key: "k".into(),
+                    lease_remaining: None,
+                },
+                "the body did not run",
+            ),
+            (Error::KeyReused { key: "k".into() }, "the body did not run"),
+            (Error::lease_lost("k"), "the body ran"),
+            (store(), "the body did not run"),
+            (
+                Error::store_indeterminate("complete", "timed out"),
+                "may have been applied",
+            ),
+            (
+                Error::NotRecorded {
+                    key: "k".into(),
+                    source: Box::new(store()),
+                },
+                "ran and its effect happened",
+            ),
+            (
+                Error::NotRecorded {
+                    key: "k".into(),
+                    source: Box::new(encode()),
+                },
+                "cannot be recorded",
+            ),
+            (Error::corrupt("k", "bad magic"), "the body did not run"),
+            (encode(), "the body did not run"),
+            (
+                Error::transaction_aborted("commit", "23505"),
+                "the body ran",
+            ),
+        ];
+        for (err, says) in cases {
+            let message = err.to_string();
+            assert!(message.contains(says), "{message:?} should say {says:?}");
+            assert!(!message.contains("  "), "double space: {message:?}");
+            assert!(!message.contains('\n'), "line break: {message:?}");
+            assert_eq!(message.trim(), message, "{message:?}");
+            assert!(
+                !message.contains("connection refused"),
+                "cause printed: {message:?}"
+            );
+        }
+    }
+}

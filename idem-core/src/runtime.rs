@@ -692,7 +692,9 @@ impl Idempotency {
         if now >= valid_until {
             return Err(Error::store(
                 "claim",
-                "the claim lapsed before the body could start (its reply came after the lease                  ran out, or the call waited longer than a lease to run); the body did not run,                  and another call may hold the key now: retry the call",
+                "the claim lapsed before the body could start (its reply came after the lease ran \
+                 out, or the call waited longer than a lease to run); the body did not run, and \
+                 another call may hold the key now: retry the call",
             ));
         }
         if valid_until.saturating_duration_since(now) > claim.lease - claim.lease / 3 {

@@ -52,6 +52,15 @@ async fn a_claim_whose_reply_came_after_its_lease_does_not_run() {
     let first = first.unwrap_err();
     assert!(matches!(first, Error::Store { .. }), "{first:?}");
     assert!(!first.body_may_have_run(), "{first}");
+    // Regression (issue 20): the cause's text held two runs of 18 spaces.
+    let cause = std::error::Error::source(&first)
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    assert!(
+        cause.starts_with("the claim lapsed before the body could start"),
+        "{cause}"
+    );
+    assert!(!cause.contains("  "), "{cause:?}");
 }
 
 /// Regression (second review): a claim past a third of its lease whose renewal failed (a store
