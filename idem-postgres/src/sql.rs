@@ -31,6 +31,113 @@ pub(crate) struct Statements {
     pub(crate) reap: SqlStr,
 }
 
+/// PostgreSQL's reserved key words (its manual's appendix C, "reserved" and "reserved (can be
+/// function or type)", `system_user` from version 16), which cannot name a table unquoted.
+/// Sorted, for the binary search.
+const RESERVED: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "binary",
+    "both",
+    "case",
+    "cast",
+    "check",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "false",
+    "fetch",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "group",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "intersect",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "lateral",
+    "leading",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "natural",
+    "not",
+    "notnull",
+    "null",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "outer",
+    "overlaps",
+    "placing",
+    "primary",
+    "references",
+    "returning",
+    "right",
+    "select",
+    "session_user",
+    "similar",
+    "some",
+    "symmetric",
+    "system_user",
+    "table",
+    "tablesample",
+    "then",
+    "to",
+    "trailing",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
 /// Checks a table name: a plain identifier (lowercase letters, digits, `_`, not starting with a
 /// digit), optionally qualified by a schema of the same form.
 fn check_table(table: &str) -> Result<(Option<&str>, &str), Error> {
@@ -59,6 +166,9 @@ fn check_table(table: &str) -> Result<(Option<&str>, &str), Error> {
         }
         if part.len() > MAX_TABLE_PART {
             return refuse("is too long");
+        }
+        if RESERVED.binary_search(&part).is_ok() {
+            return refuse(&format!("uses `{part}`, a word PostgreSQL reserves"));
         }
     }
     Ok((schema, name))
@@ -238,6 +348,9 @@ mod tests {
             "idem;drop table x",
             "\"quoted\"",
             "a.b.c",
+            "user",
+            "public.order",
+            "select.idem",
             ".idem",
             "idem.",
             "idem\0",
@@ -248,6 +361,11 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_reserved_words_are_sorted_for_their_search() {
+        assert!(RESERVED.windows(2).all(|pair| pair[0] < pair[1]));
     }
 
     #[test]
