@@ -26,16 +26,22 @@ use sha2::{Digest, Sha256};
 /// assert_ne!(a, default_fingerprint(&parts, br#"{"amount": 200, "currency": "EUR"}"#));
 /// ```
 pub fn default_fingerprint(parts: &Parts, body: &[u8]) -> Fingerprint {
-    let body = match is_json(parts).then(|| serde_json::from_slice::<Value>(body)) {
+    let parsed = is_json(parts)
+        .then(|| serde_json::from_slice::<Value>(body).ok())
+        .flatten()
+        .and_then(|json| Some((json, number_literals(body)?)));
+    let body = match parsed {
         // The parsed value is canonical in key order and whitespace, but it parses numbers into
         // 64 bits: the number literals as written keep `100000000000000000001` and
         // `100000000000000000000` apart.
-        Some(Ok(json)) => Value::Array(vec![
+        Some((json, literals)) => Value::Array(vec![
             "json".into(),
             json,
-            number_literals(body).into_iter().map(Value::from).collect(),
+            literals.into_iter().map(Value::from).collect(),
         ]),
-        // Not JSON, or invalid JSON: the exact bytes count.
+        // Not JSON, invalid JSON, or JSON whose objects repeat a member name (its parsed value
+        // keeps only the last, so `{"to":"a","to":"b"}` would read as `{"to":"b"}`): the exact
+        // bytes count.
         _ => Value::Array(vec![
             "bytes".into(),
             idem_core::hex(&Sha256::digest(body)).into(),
@@ -63,13 +69,19 @@ fn request_uri(parts: &Parts) -> &http::Uri {
 
 /// The number literals of a (valid) JSON text as written, each with its path (object keys,
 /// decoded, and array indices), sorted: the same whatever the key order or whitespace, and
-/// different when two numbers trade places.
-fn number_literals(json: &[u8]) -> Vec<String> {
-    /// Where the scanner is: in an object (its current key, and whether a key comes next) or
-    /// in an array (the current index).
+/// different when two numbers trade places. `None` when an object repeats a member name.
+fn number_literals(json: &[u8]) -> Option<Vec<String>> {
+    /// Where the scanner is: in an object (its current key, whether a key comes next, and the
+    /// keys seen) or in an array (the current index).
     enum Frame {
-        Object { key: String, expect_key: bool },
-        Array { index: usize },
+        Object {
+            key: String,
+            expect_key: bool,
+            seen: std::collections::HashSet<String>,
+        },
+        Array {
+            index: usize,
+        },
     }
     let path = |frames: &[Frame]| {
         let mut path = String::new();
@@ -93,6 +105,7 @@ fn number_literals(json: &[u8]) -> Vec<String> {
             b'{' => frames.push(Frame::Object {
                 key: String::new(),
                 expect_key: true,
+                seen: std::collections::HashSet::new(),
             }),
             b'[' => frames.push(Frame::Array { index: 0 }),
             b'}' | b']' => {
@@ -109,11 +122,19 @@ fn number_literals(json: &[u8]) -> Vec<String> {
                 while at < json.len() && json[at] != b'"' {
                     at += if json[at] == b'\\' { 2 } else { 1 };
                 }
-                if let Some(Frame::Object { key, expect_key }) = frames.last_mut() {
+                if let Some(Frame::Object {
+                    key,
+                    expect_key,
+                    seen,
+                }) = frames.last_mut()
+                {
                     if *expect_key {
                         let raw = &json[start..(at + 1).min(json.len())];
                         *key = serde_json::from_slice(raw).unwrap_or_default();
                         *expect_key = false;
+                        if !seen.insert(key.clone()) {
+                            return None;
+                        }
                     }
                 }
             }
@@ -132,7 +153,7 @@ fn number_literals(json: &[u8]) -> Vec<String> {
         at += 1;
     }
     literals.sort_unstable();
-    literals
+    Some(literals)
 }
 
 /// `application/json`, or any `+json` type.
@@ -179,6 +200,30 @@ mod tests {
             request = request.header("content-type", content_type);
         }
         request.body(()).unwrap().into_parts().0
+    }
+
+    /// Issue 20, defect 3: a body that repeats a member name is not the body with only its last
+    /// value (the parsed value keeps only the last), so its key is another request's (422).
+    #[test]
+    fn repeated_member_names_are_another_request() {
+        let json = Some("application/json");
+        let plain = default_fingerprint(&parts("POST", "/t", json), br#"{"to":"bob"}"#);
+        let repeated =
+            default_fingerprint(&parts("POST", "/t", json), br#"{"to":"alice","to":"bob"}"#);
+        assert_ne!(plain, repeated);
+        let nested = br#"{"a":{"to":"bob"},"b":[{"x":1,"x":1}]}"#;
+        let once = br#"{"a":{"to":"bob"},"b":[{"x":1}]}"#;
+        assert_ne!(
+            default_fingerprint(&parts("POST", "/t", json), nested),
+            default_fingerprint(&parts("POST", "/t", json), once)
+        );
+        // The same key in two objects is no repetition.
+        let siblings = br#"{"a":{"to":"bob"},"b":{"to":"bob"}}"#;
+        let reordered = br#"{"b":{"to":"bob"}, "a":{"to":"bob"}}"#;
+        assert_eq!(
+            default_fingerprint(&parts("POST", "/t", json), siblings),
+            default_fingerprint(&parts("POST", "/t", json), reordered)
+        );
     }
 
     #[test]
@@ -230,7 +275,8 @@ mod tests {
             print(r#"{"c":[2.5,-3e7],"b":"x\"1","a":1}"#)
         );
         assert_eq!(
-            number_literals(br#"{"k":"1\"2","n":-1.5e3,"m":[7,{"x":8}],"t":true,"f":false}"#),
+            number_literals(br#"{"k":"1\"2","n":-1.5e3,"m":[7,{"x":8}],"t":true,"f":false}"#)
+                .unwrap_or_default(),
             [r#""m"[0]=7"#, r#""m"[1]"x"=8"#, r#""n"=-1.5e3"#]
         );
         // Numbers that parse alike but trade places are another request.
