@@ -233,7 +233,10 @@ async fn another_payload_is_422_canonical_json_is_not(idem: Setup) {
     assert_eq!(app.counters.started(), 2);
     // A body that repeats a member name is not the body with its last value (issue 20).
     let repeated = unique("repeated");
-    let plain = app.post("/payments", &repeated, r#"{"to":"bob"}"#).send().await;
+    let plain = app
+        .post("/payments", &repeated, r#"{"to":"bob"}"#)
+        .send()
+        .await;
     assert_eq!(plain.status, 201);
     let twice = app
         .post("/payments", &repeated, r#"{"to":"alice","to":"bob"}"#)
