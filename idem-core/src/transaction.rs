@@ -150,6 +150,16 @@ impl<'c, S: TransactionalStore, T, E, F> std::fmt::Debug for TransactionClaim<'c
     }
 }
 
+/// Dropped unfinished, the claim's transaction rolls back (now, or when whoever holds it drops
+/// it) and the key is free: the call was released, not left with an unknown outcome.
+impl<S: TransactionalStore, T, E, F> Drop for DetachedClaim<S, T, E, F> {
+    fn drop(&mut self) {
+        if let Some(mut trace) = self.trace.take() {
+            trace.finish(CallOutcome::Released);
+        }
+    }
+}
+
 impl<S: TransactionalStore, T, E, F> std::fmt::Debug for DetachedClaim<S, T, E, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TransactionClaim")
@@ -518,19 +528,17 @@ where
     }
 
     async fn end(
-        self,
+        &self,
         mut transaction: S::Transaction<'_>,
         result: Result<T, E>,
     ) -> (Result<T, E>, CallOutcome) {
-        let DetachedClaim {
-            store,
-            call,
-            attempt,
-            fence,
-            policy,
-            ..
-        } = self;
-        let store = &*store;
+        let (store, call, attempt, fence, policy) = (
+            &*self.store,
+            &self.call,
+            self.attempt,
+            self.fence,
+            &self.policy,
+        );
         // idem's own failure ends the call: the body's writes are rolled back with it.
         let failed = |err: Error| {
             let how = CallOutcome::of_error(&err);

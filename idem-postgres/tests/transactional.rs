@@ -969,11 +969,22 @@ async fn transactional_calls_report_their_outcomes() {
     )
     .await;
     assert!(declined.is_err());
+    // A claim dropped unfinished rolls back and frees its key: released, not an unknown
+    // outcome (issue 20, defect 8).
+    let mut dropped_on = db.connection().await;
+    match idem_postgres::begin::<i64, AppError>(&db.idem, call("dropped"), &mut dropped_on).await {
+        TransactionBegun::Claimed(claim) => drop(claim),
+        TransactionBegun::Done(done) => panic!("not claimed: {done:?}"),
+    }
+    // Back in the pool, the connection rolls the dropped transaction back.
+    drop(dropped_on);
+    runs_at_once(&db, "dropped").await;
     assert_eq!(
-        *outcomes.0.lock().unwrap(),
+        outcomes.0.lock().unwrap()[..4],
         [
             CallOutcome::Executed,
             CallOutcome::Replayed,
+            CallOutcome::Released,
             CallOutcome::Released
         ]
     );
