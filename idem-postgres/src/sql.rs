@@ -249,12 +249,17 @@ impl Statements {
         // when the duplicate has no fingerprint) knows that the holder is neither its request
         // nor a call without a fingerprint (`other` is the second column). Locks a duplicate
         // takes so are its own until its transaction ends, and block nobody's claim.
+        // The locks are the table's own: each hash (of the key, or of the request) is mixed with
+        // the table's oid, so that one table named two ways (`t`, `public.t`) shares them, and
+        // two tables of one name in two schemas do not.
+        let table_id = format!("'{t}'::regclass::oid::bigint");
         let claim_in_transaction = format!(
-            "WITH lock AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($5) AS held), \
+            "WITH lock AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($5 # {table_id}) AS held), \
              probe AS MATERIALIZED (SELECT CASE \
-                 WHEN lock.held THEN NOT pg_try_advisory_xact_lock($6) \
+                 WHEN lock.held THEN NOT pg_try_advisory_xact_lock($6 # {table_id}) \
                  WHEN $7::bigint IS NULL THEN false \
-                 ELSE pg_try_advisory_xact_lock($6) AND pg_try_advisory_xact_lock($7::bigint) \
+                 ELSE pg_try_advisory_xact_lock($6 # {table_id}) \
+                   AND pg_try_advisory_xact_lock($7::bigint # {table_id}) \
                END AS other FROM lock), \
              claimed AS (INSERT INTO {t} AS r (key, state, fence, attempt, fingerprint, record, \
                lease_until, expires_at) SELECT {new_row} FROM lock WHERE lock.held \

@@ -233,16 +233,9 @@ impl PostgresStore {
                     .bind(&request.attempt.0.to_be_bytes()[..])
                     .bind(request.fingerprint)
                     .bind(lease_ms)
-                    .bind(advisory_lock(&self.sql.table, request.key))
-                    .bind(request_lock(
-                        &self.sql.table,
-                        request.key,
-                        request.fingerprint,
-                    ))
-                    .bind(
-                        (!request.fingerprint.is_empty())
-                            .then(|| request_lock(&self.sql.table, request.key, &[])),
-                    )
+                    .bind(advisory_lock(request.key))
+                    .bind(request_lock(request.key, request.fingerprint))
+                    .bind((!request.fingerprint.is_empty()).then(|| request_lock(request.key, &[])))
                     .fetch_optional(&mut *connection)
                     .await
             } else {
@@ -564,35 +557,28 @@ fn in_progress_elsewhere(request: ClaimRequest<'_>, other: bool) -> ClaimOutcome
     }
 }
 
-/// The advisory lock of a request (`key` and `fingerprint`, empty for none) in `table`, which
-/// the transaction holding the key takes so that duplicates can tell their request from
-/// another.
-fn request_lock(table: &str, key: &str, fingerprint: &[u8]) -> i64 {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::new()
-        .chain_update(b"idem request lock\0")
-        .chain_update(table.as_bytes())
-        .chain_update(b"\0")
-        .chain_update(key.as_bytes())
-        .chain_update(b"\0")
-        .chain_update(fingerprint)
-        .finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    i64::from_be_bytes(first)
+/// The advisory lock of a request (`key` and `fingerprint`, empty for none), which the
+/// transaction holding the key takes so that duplicates can tell their request from another.
+/// The claim statement mixes in the table's identity.
+fn request_lock(key: &str, fingerprint: &[u8]) -> i64 {
+    lock_hash(&[b"idem request lock", key.as_bytes(), fingerprint])
 }
 
-/// The advisory lock of `key` in `table`: the first 8 bytes of a SHA-256 of both.
-fn advisory_lock(table: &str, key: &str) -> i64 {
+/// The advisory lock of `key`; the claim statement mixes in the table's identity.
+fn advisory_lock(key: &str) -> i64 {
+    lock_hash(&[b"idem advisory lock", key.as_bytes()])
+}
+
+/// The first 8 bytes of a SHA-256 of `parts`, each followed by a NUL.
+fn lock_hash(parts: &[&[u8]]) -> i64 {
     use sha2::{Digest, Sha256};
-    let digest = Sha256::new()
-        .chain_update(b"idem advisory lock\0")
-        .chain_update(table.as_bytes())
-        .chain_update(b"\0")
-        .chain_update(key.as_bytes())
-        .finalize();
+    let mut digest = Sha256::new();
+    for part in parts {
+        digest.update(part);
+        digest.update(b"\0");
+    }
     let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
+    first.copy_from_slice(&digest.finalize()[..8]);
     i64::from_be_bytes(first)
 }
 

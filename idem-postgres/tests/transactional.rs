@@ -989,3 +989,107 @@ async fn transactional_calls_report_their_outcomes() {
         ]
     );
 }
+
+/// Issue 20 (a suspicion, confirmed): the key's advisory lock was keyed on the table's name as
+/// written, so a store naming `public.t` and one naming `t` took two locks for one table, and
+/// a duplicate through the other waited on the holder's uncommitted row instead of being told
+/// at once. The lock is now keyed on the table itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_table_under_two_names_shares_its_locks() {
+    let db = db().await;
+    let holder = hold(&db, "k", false).await;
+    let qualified = PostgresStore::from_pool(db.pool.clone())
+        .with_table(&format!("public.{}", db.table))
+        .unwrap();
+    let other = Idempotency::new(qualified).with_lease(Duration::from_secs(60));
+    let mut connection = db.connection().await;
+    let ledger = db.ledger.clone();
+    let asked = run_in_transaction!(
+        &other,
+        call("k").on_in_progress(OnInProgress::Reject),
+        &mut connection,
+        async move |connection| insert(connection, &ledger, "k").await,
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(5), asked).await;
+    let Ok(answer) = answer else {
+        holder.finish.notify_one();
+        panic!("the duplicate waited on the holder's row instead of being told it is held");
+    };
+    assert!(
+        matches!(answer, Err(AppError::Idem(Error::InProgress { .. }))),
+        "{answer:?}"
+    );
+    holder.finish.notify_one();
+    holder.task.await.unwrap().unwrap();
+    assert_eq!(db.rows("k").await, 1);
+}
+
+/// The other half of the same suspicion: one unqualified table name in two tenants' schemas (a
+/// search path per tenant) took one lock, so one tenant's open claim held the other's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_name_in_two_schemas_takes_two_locks() {
+    use sqlx::postgres::PgPoolOptions;
+    let db = db().await;
+    let table = unique("tenant_idem");
+    let mut tenants = Vec::new();
+    for schema in ["tenant_a", "tenant_b"] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema}; \
+             CREATE TABLE {schema}.{ledger} (id bigserial PRIMARY KEY, key text NOT NULL)",
+            ledger = db.ledger
+        )))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+        let options = (*db.pool.connect_options())
+            .clone()
+            .options([("search_path", schema)]);
+        let pool = PgPoolOptions::new().connect_with(options).await.unwrap();
+        let store = PostgresStore::from_pool(pool.clone())
+            .with_table(&table)
+            .unwrap();
+        store.migrate().await.unwrap();
+        tenants.push((
+            Idempotency::new(store).with_lease(Duration::from_secs(60)),
+            pool,
+        ));
+    }
+    let (a_idem, a_pool) = tenants[0].clone();
+    let (b_idem, b_pool) = tenants[1].clone();
+    let ledger = db.ledger.clone();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let finish = Arc::new(tokio::sync::Notify::new());
+    let holder = {
+        let (started, finish, ledger) = (started.clone(), finish.clone(), ledger.clone());
+        tokio::spawn(async move {
+            let mut connection = a_pool.acquire().await.unwrap();
+            run_in_transaction!(
+                &a_idem,
+                call("k"),
+                &mut connection,
+                async move |connection| {
+                    let id = insert(connection, &ledger, "k").await?;
+                    started.notify_one();
+                    finish.notified().await;
+                    Ok::<i64, AppError>(id)
+                }
+            )
+            .await
+        })
+    };
+    started.notified().await;
+    let mut connection = b_pool.acquire().await.unwrap();
+    let tenant_b = run_in_transaction!(
+        &b_idem,
+        call("k").on_in_progress(OnInProgress::Reject),
+        &mut connection,
+        async move |connection| insert(connection, &ledger, "k").await,
+    )
+    .await;
+    finish.notify_one();
+    holder.await.unwrap().unwrap();
+    assert!(
+        tenant_b.is_ok(),
+        "tenant b's key was held by tenant a: {tenant_b:?}"
+    );
+}
