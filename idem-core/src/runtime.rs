@@ -100,7 +100,13 @@ struct Settings {
     key_prefix: String,
     store_attempts: u32,
     observer: Option<Arc<dyn Observer>>,
+    /// The keys claimed in transactions still open, by connection: a nested call with the same
+    /// key on the same connection is refused instead of waiting on itself.
+    transaction_claims: Arc<TransactionClaims>,
 }
+
+/// Keys claimed in open transactions, each with the address of its connection.
+pub(crate) type TransactionClaims = std::sync::Mutex<std::collections::HashSet<(usize, String)>>;
 
 impl std::fmt::Debug for Idempotency {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -292,6 +298,7 @@ impl Idempotency {
                 key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
                 store_attempts: 3,
                 observer: None,
+                transaction_claims: Arc::default(),
             }),
         }
     }
@@ -338,6 +345,11 @@ impl Idempotency {
     /// `S`.
     pub fn store_as<S: Store>(&self) -> Option<&S> {
         self.inner.concrete.as_ref()?.downcast_ref()
+    }
+
+    /// The keys claimed in transactions still open.
+    pub(crate) fn transaction_claims(&self) -> &Arc<TransactionClaims> {
+        &self.inner.transaction_claims
     }
 
     /// The store as its own type, shared: for claims that outlive a borrow of the runtime.

@@ -22,7 +22,9 @@ use crate::exact::encode_exactly;
 use crate::observe::{self, CallOutcome, CallTrace};
 use crate::outcome::{self, OnError, Served};
 use crate::record::{Outcome, Record};
-use crate::runtime::{decode_replay, later, same_request, ErrorPolicy, Prepared};
+use crate::runtime::{
+    decode_replay, later, same_request, ErrorPolicy, Prepared, TransactionClaims,
+};
 use crate::store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
 use crate::{Call, Error, Idempotency};
 
@@ -138,10 +140,42 @@ pub struct DetachedClaim<S: TransactionalStore, T, E, F> {
     attempt: AttemptId,
     fence: Fence,
     policy: Policy<E, F>,
-    /// The call's trace, finished by `finish` (or, dropped unfinished, an unknown outcome).
+    /// The call's trace, finished by `finish` (or, dropped unfinished, as released).
     /// Boxed: it is large next to a replayed result.
     trace: Option<Box<CallTrace>>,
+    /// The key's place among the keys claimed in open transactions, while the claim lives.
+    _registered: Registered,
     _result: PhantomData<fn() -> T>,
+}
+
+/// A key claimed on a connection, registered until the claim ends.
+struct Registered {
+    claims: Arc<TransactionClaims>,
+    entry: Option<(usize, String)>,
+}
+
+impl Registered {
+    fn new(claims: Arc<TransactionClaims>, entry: (usize, String)) -> Self {
+        lock(&claims).insert(entry.clone());
+        Registered {
+            claims,
+            entry: Some(entry),
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            lock(&self.claims).remove(&entry);
+        }
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl<'c, S: TransactionalStore, T, E, F> std::fmt::Debug for TransactionClaim<'c, S, T, E, F> {
@@ -410,6 +444,22 @@ impl Idempotency {
             Ok(transaction) => transaction,
             Err(err) => return fail(err),
         };
+        // Where the connection is, while the transaction borrows it, tells a nested call on the
+        // same connection from a call on another.
+        let held_on = (
+            std::ptr::from_ref::<S::Connection>(&transaction).cast::<()>() as usize,
+            call.key.clone(),
+        );
+        let nested = lock(self.transaction_claims()).contains(&held_on);
+        if nested {
+            let _ = store.rollback(transaction).await;
+            return fail(Error::invalid_option(format!(
+                "`{}` is claimed by a call still running in this same transaction (a nested call \
+                 with the same key), which this call would wait on forever; give the inner call \
+                 another key",
+                call.key
+            )));
+        }
         let (mut transaction, fence) = match claim(&*store, transaction, &call, attempt).await {
             Ok(Claimed::Fence(transaction, fence)) => (transaction, fence),
             Ok(Claimed::Replay { record, waited }) => {
@@ -428,6 +478,7 @@ impl Idempotency {
             Err(err) => return fail(err),
         };
         trace.claimed(fence);
+        let registered = Registered::new(self.transaction_claims().clone(), held_on);
         if policy.marks() {
             if let Err(err) = store.mark(&mut transaction, &mark_name(attempt)).await {
                 let _ = store.rollback(transaction).await;
@@ -443,6 +494,7 @@ impl Idempotency {
                 fence,
                 policy,
                 trace: None,
+                _registered: registered,
                 _result: PhantomData,
             },
         };

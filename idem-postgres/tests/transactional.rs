@@ -1093,3 +1093,35 @@ async fn one_name_in_two_schemas_takes_two_locks() {
         "tenant b's key was held by tenant a: {tenant_b:?}"
     );
 }
+
+/// Issue 20 (a suspicion, confirmed): a nested call with the same key in the transaction that
+/// holds it waited a whole lease on itself. It is refused at once, and the outer call goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nested_call_with_the_held_key_is_refused_at_once() {
+    let db = db().await;
+    let mut connection = db.connection().await;
+    let (idem, ledger) = (db.idem.clone(), db.ledger.clone());
+    let outer = run_in_transaction!(
+        &db.idem,
+        call("k"),
+        &mut connection,
+        async move |connection| {
+            let nested = run_in_transaction!(&idem, call("k"), &mut *connection, async move |c| {
+                insert(c, &ledger, "nested").await
+            });
+            let nested = tokio::time::timeout(Duration::from_secs(5), nested).await;
+            let Ok(nested) = nested else {
+                panic!("the nested call waited on its own transaction's claim");
+            };
+            let refused = match &nested {
+                Err(AppError::Idem(err @ Error::InvalidOption { .. })) => err.to_string(),
+                other => panic!("{other:?}"),
+            };
+            assert!(refused.contains("nested call"), "{refused}");
+            Ok::<i64, AppError>(7)
+        }
+    )
+    .await;
+    assert_eq!(outer.unwrap(), 7);
+    assert_eq!(db.rows("nested").await, 0);
+}
