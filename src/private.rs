@@ -549,16 +549,7 @@ impl<R> AsJson<R> {
         self,
         body: F,
     ) -> Result<F::Output, Box<dyn std::any::Any + Send>> {
-        let mut body = std::pin::pin!(body);
-        std::future::poll_fn(|cx| {
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body.as_mut().poll(cx)))
-            {
-                Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-                Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Ok(output)),
-                Err(panic) => std::task::Poll::Ready(Err(panic)),
-            }
-        })
-        .await
+        idem_core::catch_unwind(body).await
     }
 }
 

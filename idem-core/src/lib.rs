@@ -29,6 +29,7 @@ mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod transaction;
+mod unwind;
 
 pub use context::{context, with_context, ClaimContext};
 pub use error::{BoxError, Error};
@@ -51,3 +52,5 @@ pub use runtime::{
 };
 pub use store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
 pub use transaction::{DetachedClaim, TransactionBegun, TransactionClaim, TransactionalStore};
+#[doc(hidden)]
+pub use unwind::catch_unwind;

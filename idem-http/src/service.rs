@@ -364,7 +364,7 @@ where
     claimed.lend(request.extensions_mut());
     // Everything the handler's code runs in (its future, its response body, their drops) is
     // under the guard, and the claim outside it: a panic anywhere there holds the key.
-    let handled = CatchUnwind::new(respond(config, inner, request)).await;
+    let handled = idem_core::catch_unwind(respond(config, inner, request)).await;
     let reply = match handled {
         Ok(Ok(reply)) => reply,
         Ok(Err(err)) => {
@@ -372,7 +372,7 @@ where
             let _ = claimed.finish(Err(OnError::Release)).await;
             return Err(err);
         }
-        Err(()) => {
+        Err(_) => {
             // Effects outside the database may have started: the writes go, and the key is
             // held for a lease, as for a panic outside a transaction.
             let detail = match claimed.finish(Err(OnError::OutcomeUnknown)).await {
@@ -517,37 +517,5 @@ fn for_commit_error(err: &Error) -> (Rejection, String, Option<Duration>) {
             ),
             None,
         ),
-    }
-}
-
-/// A future's output, or `Err(())` if polling it panicked (the panic hook has reported it).
-struct CatchUnwind<F>(Option<Pin<Box<F>>>);
-
-impl<F: Future> CatchUnwind<F> {
-    fn new(future: F) -> Self {
-        CatchUnwind(Some(Box::pin(future)))
-    }
-}
-
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, ()>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(future) = self.0.as_mut() else {
-            return Poll::Ready(Err(()));
-        };
-        let polled =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx)));
-        match polled {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Err(_) => {
-                // Dropped now, so that what it held (the lent transaction) is given back; a
-                // drop that panics too is caught as well.
-                let future = self.0.take();
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(future)));
-                Poll::Ready(Err(()))
-            }
-        }
     }
 }
