@@ -214,6 +214,15 @@ struct Policy<E, F> {
 }
 
 impl<E, F> Policy<E, F> {
+    /// Errors classified by `on_error`, none recorded.
+    fn classifying(on_error: F) -> Self {
+        Policy {
+            on_error,
+            codec: None,
+            classifies: true,
+        }
+    }
+
     /// Whether the body runs after a savepoint: when an error may be recorded or keep the claim.
     fn marks(&self) -> bool {
         self.codec.is_some() || self.classifies
@@ -275,11 +284,7 @@ impl Idempotency {
         E: From<Error>,
         F: Fn(&E) -> OnError,
     {
-        let policy = Policy {
-            on_error,
-            codec: None,
-            classifies: true,
-        };
+        let policy = Policy::classifying(on_error);
         self.begin_with(
             call,
             |store: Arc<S>| async move { store.begin(connection).await },
@@ -360,11 +365,7 @@ impl Idempotency {
         E: From<Error>,
         F: Fn(&E) -> OnError,
     {
-        let policy = Policy {
-            on_error,
-            codec: None,
-            classifies: true,
-        };
+        let policy = Policy::classifying(on_error);
         self.begin_with(
             call,
             |store: Arc<S>| async move { store.begin_pooled().await },
