@@ -29,13 +29,14 @@ impl ClaimContext {
     /// idempotency keys accept.
     ///
     /// ```
-    /// # async fn demo() -> Result<(), idem_core::Error> {
-    /// let idem = idem_core::Idempotency::new(idem_core::MemoryStore::new());
+    /// # use idem_core as idem; // what users of the `idem` crate write
+    /// # async fn demo() -> Result<(), idem::Error> {
+    /// let idem = idem::Idempotency::new(idem::MemoryStore::new());
     /// let key = idem
-    ///     .run(idem_core::Call::new("charge", "order-1"), async {
-    ///         let ctx = idem_core::context().expect("inside a body");
+    ///     .run(idem::Call::new("charge", "order-1"), async {
+    ///         let ctx = idem::context().expect("inside a body");
     ///         // e.g. `.header("Idempotency-Key", ctx.downstream_key("stripe"))`
-    ///         Ok::<_, idem_core::Error>(ctx.downstream_key("stripe"))
+    ///         Ok::<_, idem::Error>(ctx.downstream_key("stripe"))
     ///     })
     ///     .await?;
     /// assert_eq!(key.len(), 36);
@@ -81,16 +82,17 @@ thread_local! {
 /// context in the body and hand it on rather than reading it there.
 ///
 /// ```
-/// # async fn demo() -> Result<(), idem_core::Error> {
-/// let idem = idem_core::Idempotency::new(idem_core::MemoryStore::new());
+/// # use idem_core as idem; // what users of the `idem` crate write
+/// # async fn demo() -> Result<(), idem::Error> {
+/// let idem = idem::Idempotency::new(idem::MemoryStore::new());
 /// let fence = idem
-///     .run(idem_core::Call::new("demo", "k1"), async {
-///         let ctx = idem_core::context().expect("inside a body");
-///         Ok::<_, idem_core::Error>(ctx.fence.0)
+///     .run(idem::Call::new("demo", "k1"), async {
+///         let ctx = idem::context().expect("inside a body");
+///         Ok::<_, idem::Error>(ctx.fence.0)
 ///     })
 ///     .await?;
 /// assert!(fence > 0);
-/// assert!(idem_core::context().is_none());
+/// assert!(idem::context().is_none());
 /// # Ok(()) }
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(demo()).unwrap();
 /// ```

@@ -169,7 +169,8 @@ impl Call {
     /// deploy runs the body again.
     ///
     /// ```
-    /// use idem_core::Call;
+    /// # use idem_core as idem; // what users of the `idem` crate write
+    /// use idem::Call;
     ///
     /// let alice = Call::new("orders", "order-1").scope("alice");
     /// let bob = Call::new("orders", "order-1").scope("bob");

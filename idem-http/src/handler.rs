@@ -21,7 +21,8 @@ use crate::recorded::IDEMPOTENT_REPLAYED;
 ///
 /// ```
 /// use axum::{http::StatusCode, Json};
-/// use idem_http::{IdempotencyKey, Problem};
+/// # mod idem { pub mod http { pub use idem_http::*; } } // the `idem` crate's re-export
+/// use idem::http::{IdempotencyKey, Problem};
 ///
 /// async fn refund(key: IdempotencyKey, Json(cents): Json<u64>) -> Result<Json<u64>, Problem> {
 ///     if cents == 0 {
@@ -136,7 +137,8 @@ impl IntoResponse for Problem {
 ///
 /// ```
 /// use axum::{routing::post, Router};
-/// use idem_http::MarkReplayedLayer;
+/// # mod idem { pub mod http { pub use idem_http::*; } } // the `idem` crate's re-export
+/// use idem::http::MarkReplayedLayer;
 ///
 /// # async fn create_payment() {}
 /// let app: Router = Router::new()

@@ -337,12 +337,15 @@ impl IdempotencyLayer {
     /// as outside a transaction. `docs/http.md` names the test of each row.
     ///
     /// ```
-    /// use axum::{routing::post, Router};
-    /// use idem_core::{Idempotency, MemoryStore};
-    /// use idem_http::IdempotencyLayer;
-    /// # // MemoryStore is not transactional: this only shows the call's shape.
-    /// # fn layer<S: idem_core::TransactionalStore>(idem: Idempotency) -> IdempotencyLayer {
-    /// let idempotency = IdempotencyLayer::new(idem).in_transaction::<S>();
+    /// # mod idem { // the `idem` crate's re-exports
+    /// #     pub use idem_core::*;
+    /// #     pub mod http { pub use idem_http::*; }
+    /// # }
+    /// use idem::http::IdempotencyLayer;
+    /// use idem::Idempotency;
+    /// # // Written for any transactional store; with the `postgres` feature, `PostgresStore`.
+    /// # fn layer<PostgresStore: idem::TransactionalStore>(idem: Idempotency) -> IdempotencyLayer {
+    /// let idempotency = IdempotencyLayer::new(idem).in_transaction::<PostgresStore>();
     /// # idempotency }
     /// ```
     pub fn in_transaction<S: TransactionalStore>(self) -> Self {

@@ -24,7 +24,8 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 ///
 /// ```
 /// use std::time::Duration;
-/// use idem_postgres::PoolOptions;
+/// # mod idem { pub mod postgres { pub use idem_postgres::*; } } // the `idem` crate's re-export
+/// use idem::postgres::PoolOptions;
 ///
 /// let options = PoolOptions::default()
 ///     .max_connections(32)
