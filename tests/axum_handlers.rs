@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
+#[path = "support/customer.rs"]
+mod customer;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +16,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
+use customer::Customer;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -56,24 +60,6 @@ impl IntoResponse for ApiError {
         match self {
             ApiError::Idem(err) => problem_response(&err),
         }
-    }
-}
-
-/// The authenticated caller (here from a header; in a service, from a session or a token).
-struct Customer(String);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Customer {
-    type Rejection = StatusCode;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, StatusCode> {
-        let customer = parts
-            .headers
-            .get("x-customer")
-            .and_then(|v| v.to_str().ok());
-        Ok(Customer(customer.unwrap_or("anonymous").to_owned()))
     }
 }
 

@@ -5,6 +5,9 @@
 
 #![allow(clippy::unwrap_used)] // test helpers fail loudly by design
 
+#[path = "support/customer.rs"]
+mod customer;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -12,6 +15,7 @@ use axum::extract::{FromRef, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
+use customer::Customer;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -46,24 +50,6 @@ struct Order {
 struct Receipt {
     id: i64,
     customer: String,
-}
-
-/// The authenticated caller (from a header here).
-struct Customer(String);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Customer {
-    type Rejection = StatusCode;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, StatusCode> {
-        let customer = parts
-            .headers
-            .get("x-customer")
-            .and_then(|v| v.to_str().ok());
-        Ok(Customer(customer.unwrap_or("anonymous").to_owned()))
-    }
 }
 
 #[idempotent(key = key, scope = customer.0, using = &app.idem, fingerprint = order, transaction = conn)]
