@@ -182,6 +182,20 @@ pub async fn lapsed_lease_is_taken_over(store: &dyn Store, key: &str) {
         .expect("the new holder completes");
 }
 
+/// A claim whose lease lapsed cannot complete, even when nobody took the key over: its record
+/// could land after a takeover's body began, so the runtime never writes under a lapsed claim.
+pub async fn complete_after_lapse_is_refused(store: &dyn Store, key: &str) {
+    let fence = acquired(claim(store, key, AttemptId::random(), SHORT_LEASE).await);
+    tokio::time::sleep(SHORT_LEASE + Duration::from_millis(100)).await;
+    assert_lease_lost(
+        store.complete(key, fence, b"late", LONG).await,
+        "complete after lapse, key not taken over",
+    );
+    // Nothing was recorded: the next attempt claims the key.
+    let next = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    assert!(next > fence, "fences must increase: {fence} then {next}");
+}
+
 /// Renewing keeps a claim alive past its first lease; the same attempt's lapsed claim cannot
 /// be renewed.
 pub async fn renew_extends_the_lease(store: &dyn Store, key: &str) {
@@ -370,6 +384,7 @@ macro_rules! store_contract_tests {
             stale_fences_are_refused,
             release_frees_the_key_with_a_greater_fence_next,
             lapsed_lease_is_taken_over,
+            complete_after_lapse_is_refused,
             renew_extends_the_lease,
             records_expire_after_retention,
             fences_strictly_increase,
