@@ -13,9 +13,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// | variant | did the body run in this call? |
 /// | --- | --- |
-/// | [`InvalidKey`](Error::InvalidKey), [`InvalidOption`](Error::InvalidOption), [`InProgress`](Error::InProgress), [`KeyReused`](Error::KeyReused), [`Store`](Error::Store), [`Corrupt`](Error::Corrupt), [`Encode`](Error::Encode) | no |
+/// | [`InvalidKey`](Error::InvalidKey), [`InvalidOption`](Error::InvalidOption), [`InProgress`](Error::InProgress), [`KeyReused`](Error::KeyReused), [`ClaimLapsed`](Error::ClaimLapsed), [`Store`](Error::Store), [`Corrupt`](Error::Corrupt), [`Encode`](Error::Encode) | no |
 /// | [`LeaseLost`](Error::LeaseLost), [`NotRecorded`](Error::NotRecorded) | yes: its effect happened, its result was not recorded |
-/// | [`TransactionAborted`](Error::TransactionAborted) | yes, and its database writes were rolled back |
+/// | [`TransactionAborted`](Error::TransactionAborted), [`RolledBack`](Error::RolledBack) | yes, and its database writes were rolled back; the key is free |
+/// | [`CommitUnknown`](Error::CommitUnknown) | yes, and its writes and record committed together or not at all: a retry finds out |
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -60,6 +61,14 @@ pub enum Error {
         /// The store key.
         key: String,
     },
+    /// The claim was granted but lapsed before the body could start: its reply came after the
+    /// lease ran out, or the call waited longer than a lease to run. The store answered; the
+    /// body did not run, and another call may hold the key now. Retry the call.
+    #[non_exhaustive]
+    ClaimLapsed {
+        /// The store key.
+        key: String,
+    },
     /// The store failed before the body ran; the body did not run (idem fails closed).
     ///
     /// `indeterminate` is true when the failing command may still have been applied (its reply
@@ -95,6 +104,27 @@ pub enum Error {
         /// The operation that found the transaction aborted (`complete`, `commit`).
         operation: &'static str,
         /// The database's error.
+        source: BoxError,
+    },
+    /// The body ran inside a database transaction, but its result could not be recorded (it
+    /// cannot be serialized, or the record or commit failed): the transaction was rolled back,
+    /// so the body's database writes and its claim are gone and the key is free. A retry runs
+    /// the body again; effects outside the database may have happened.
+    #[non_exhaustive]
+    RolledBack {
+        /// The store key.
+        key: String,
+        /// Why the result was not recorded.
+        source: Box<Error>,
+    },
+    /// The body ran inside a database transaction whose `COMMIT` got no reply (the connection
+    /// was lost): its writes and its record committed together or not at all. Retry the call:
+    /// it replays the recorded result if they committed, and runs the body if they did not.
+    #[non_exhaustive]
+    CommitUnknown {
+        /// The store key.
+        key: String,
+        /// The database driver's error.
         source: BoxError,
     },
     /// A stored record could not be decoded (garbage bytes, a value of the wrong type, or a
@@ -179,7 +209,11 @@ impl Error {
     pub fn body_may_have_run(&self) -> bool {
         matches!(
             self,
-            Error::LeaseLost { .. } | Error::NotRecorded { .. } | Error::TransactionAborted { .. }
+            Error::LeaseLost { .. }
+                | Error::NotRecorded { .. }
+                | Error::TransactionAborted { .. }
+                | Error::RolledBack { .. }
+                | Error::CommitUnknown { .. }
         )
     }
 
@@ -188,6 +222,7 @@ impl Error {
         match self {
             Error::Store { indeterminate, .. } => *indeterminate,
             Error::NotRecorded { source, .. } => source.is_indeterminate(),
+            Error::CommitUnknown { .. } => true,
             _ => false,
         }
     }
@@ -249,26 +284,7 @@ impl fmt::Display for Error {
             }
             Error::NotRecorded { key, source } => {
                 write!(f, "the body for `{key}` ran and its effect happened, but its result ")?;
-                match source.as_ref() {
-                    Error::Store {
-                        operation,
-                        indeterminate,
-                        ..
-                    } => {
-                        write!(f, "could not be recorded (the store's `{operation}` failed")?;
-                        if *indeterminate {
-                            write!(f, ", and may have applied")?;
-                        }
-                        write!(f, ")")?;
-                    }
-                    Error::Encode { .. } => write!(f, "cannot be recorded (see the cause)")?,
-                    Error::Corrupt { reason, .. } => write!(
-                        f,
-                        "could not be recorded (the value at the key was not an idem claim: \
-                         {reason})"
-                    )?,
-                    _ => write!(f, "could not be recorded")?,
-                }
+                why_not_recorded(f, source)?;
                 write!(
                     f,
                     "; the key stays claimed until its lease lapses, then a retry runs the body \
@@ -276,6 +292,28 @@ impl fmt::Display for Error {
                      idempotent downstream"
                 )
             }
+            Error::ClaimLapsed { key } => write!(
+                f,
+                "the claim on `{key}` lapsed before the body could start (its reply came after \
+                 the lease ran out, or the call waited longer than a lease to run); the body did \
+                 not run, and another call may hold the key now: retry the call"
+            ),
+            Error::RolledBack { key, source } => {
+                write!(f, "the body for `{key}` ran in a database transaction, but its result ")?;
+                why_not_recorded(f, source)?;
+                write!(
+                    f,
+                    ", so the transaction was rolled back: its writes are gone and the key is \
+                     free; a retry runs the body again (effects outside the database may have \
+                     happened)"
+                )
+            }
+            Error::CommitUnknown { key, .. } => write!(
+                f,
+                "the body for `{key}` ran in a database transaction whose COMMIT got no reply: \
+                 its writes and its record committed together or not at all; retry the call, \
+                 which replays the result if they committed and runs the body if they did not"
+            ),
             Error::Corrupt { key, reason } => write!(
                 f,
                 "the stored record for `{key}` is corrupt ({reason}), so the body did not run; it \
@@ -296,19 +334,44 @@ impl fmt::Display for Error {
     }
 }
 
+/// Why a result that ran was not recorded, from the error that stopped it.
+fn why_not_recorded(f: &mut fmt::Formatter<'_>, source: &Error) -> fmt::Result {
+    match source {
+        Error::Store {
+            operation,
+            indeterminate,
+            ..
+        } => {
+            write!(f, "could not be recorded (the store's `{operation}` failed")?;
+            if *indeterminate {
+                write!(f, ", and may have applied")?;
+            }
+            write!(f, ")")
+        }
+        Error::Encode { .. } => write!(f, "cannot be recorded (see the cause)"),
+        Error::Corrupt { reason, .. } => write!(
+            f,
+            "could not be recorded (the value at the key was not an idem claim: {reason})"
+        ),
+        _ => write!(f, "could not be recorded"),
+    }
+}
+
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Store { source, .. } | Error::TransactionAborted { source, .. } => {
-                Some(source.as_ref())
-            }
+            Error::Store { source, .. }
+            | Error::TransactionAborted { source, .. }
+            | Error::CommitUnknown { source, .. } => Some(source.as_ref()),
             // The store's or the encoder's own error: this variant's message already says which
             // operation failed, and the wrapped `Error`'s would contradict it ("did not run").
-            Error::NotRecorded { source, .. } => match source.as_ref() {
-                inner @ (Error::Store { .. } | Error::Encode { .. }) => inner.source(),
-                Error::Corrupt { .. } => None,
-                inner => Some(inner),
-            },
+            Error::NotRecorded { source, .. } | Error::RolledBack { source, .. } => {
+                match source.as_ref() {
+                    inner @ (Error::Store { .. } | Error::Encode { .. }) => inner.source(),
+                    Error::Corrupt { .. } => None,
+                    inner => Some(inner),
+                }
+            }
             Error::Encode { source, .. } => Some(source),
             _ => None,
         }
@@ -365,10 +428,40 @@ mod tests {
                 Error::transaction_aborted("commit", "23505"),
                 "the body ran",
             ),
+            (
+                Error::ClaimLapsed { key: "k".into() },
+                "the body did not run",
+            ),
+            (
+                Error::RolledBack {
+                    key: "k".into(),
+                    source: Box::new(encode()),
+                },
+                "ran in a database transaction",
+            ),
+            (
+                Error::RolledBack {
+                    key: "k".into(),
+                    source: Box::new(store()),
+                },
+                "the key is free",
+            ),
+            (
+                Error::CommitUnknown {
+                    key: "k".into(),
+                    source: "connection reset".into(),
+                },
+                "committed together or not at all",
+            ),
         ];
         for (err, says) in cases {
             let message = err.to_string();
             assert!(message.contains(says), "{message:?} should say {says:?}");
+            assert_eq!(
+                err.body_may_have_run(),
+                !message.contains("did not run"),
+                "body_may_have_run disagrees with {message:?}"
+            );
             assert!(!message.contains("  "), "double space: {message:?}");
             assert!(!message.contains('\n'), "line break: {message:?}");
             assert_eq!(message.trim(), message, "{message:?}");

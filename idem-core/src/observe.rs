@@ -76,14 +76,17 @@ impl CallOutcome {
     pub(crate) fn of_error(err: &crate::Error) -> Self {
         use crate::Error;
         match err {
-            Error::InProgress { .. } => CallOutcome::InProgress,
+            // The body did not run, and another call may hold the key.
+            Error::InProgress { .. } | Error::ClaimLapsed { .. } => CallOutcome::InProgress,
             Error::KeyReused { .. } => CallOutcome::KeyReused,
             Error::LeaseLost { .. } => CallOutcome::LeaseLost,
             Error::NotRecorded { .. } => CallOutcome::NotRecorded,
             Error::Store { .. } => CallOutcome::StoreError,
             Error::Corrupt { .. } => CallOutcome::Corrupt,
             // Rolled back whole: the key is free, as for a released error.
-            Error::TransactionAborted { .. } => CallOutcome::Released,
+            Error::TransactionAborted { .. } | Error::RolledBack { .. } => CallOutcome::Released,
+            // Committed with its record, or not at all: nobody knows yet.
+            Error::CommitUnknown { .. } => CallOutcome::OutcomeUnknown,
             _ => CallOutcome::Invalid,
         }
     }

@@ -703,12 +703,9 @@ impl Idempotency {
         let now = Instant::now();
         let valid_until = claim.lease_clock.valid_until();
         if now >= valid_until {
-            return Err(Error::store(
-                "claim",
-                "the claim lapsed before the body could start (its reply came after the lease ran \
-                 out, or the call waited longer than a lease to run); the body did not run, and \
-                 another call may hold the key now: retry the call",
-            ));
+            return Err(Error::ClaimLapsed {
+                key: claim.key.clone(),
+            });
         }
         if valid_until.saturating_duration_since(now) > claim.lease - claim.lease / 3 {
             return Ok(());

@@ -592,8 +592,10 @@ where
             self.fence,
             &self.policy,
         );
-        // idem's own failure ends the call: the body's writes are rolled back with it.
+        // idem's own failure ends the call: the body's writes are rolled back with it, and the
+        // error says so (the body ran: never "did not run").
         let failed = |err: Error| {
+            let err = after_the_body(&call.key, err);
             let how = CallOutcome::of_error(&err);
             (Err(err.into()), how)
         };
@@ -643,7 +645,7 @@ where
             Ok(json) => json,
             Err(source) => {
                 let err = Error::Encode {
-                    what: "the result (the transaction was rolled back)",
+                    what: "the result",
                     source,
                 };
                 return failed(rolled_back(store, transaction, err).await);
@@ -660,6 +662,29 @@ where
             Ok(()) => (result, CallOutcome::Executed),
             Err(err) => failed(err),
         }
+    }
+}
+
+/// An error that ended a transactional call after its body ran, as the caller must read it: the
+/// body ran, and its writes either rolled back with the claim (the key is free) or, when the
+/// `COMMIT` got no reply, committed with the record or not at all.
+fn after_the_body(key: &str, err: Error) -> Error {
+    match err {
+        Error::TransactionAborted { .. }
+        | Error::RolledBack { .. }
+        | Error::CommitUnknown { .. } => err,
+        Error::Store {
+            indeterminate: true,
+            operation: "commit",
+            source,
+        } => Error::CommitUnknown {
+            key: key.to_owned(),
+            source,
+        },
+        err => Error::RolledBack {
+            key: key.to_owned(),
+            source: Box::new(err),
+        },
     }
 }
 

@@ -200,7 +200,7 @@ async fn two_step_calls_report_once_each() {
 }
 
 /// A claim run after its lease lapsed (another call took over meanwhile) does not run its body:
-/// it is a store error (nothing ran; retry), and the effect happens once.
+/// it is `ClaimLapsed` (nothing ran; retry), and the effect happens once.
 #[tokio::test(start_paused = true)]
 async fn a_claim_run_after_its_lease_lapsed_does_not_run() {
     let idem = Idempotency::new(MemoryStore::with_tokio_clock());
@@ -225,7 +225,7 @@ async fn a_claim_run_after_its_lease_lapsed_does_not_run() {
         })
         .await;
     // The body did not run: not `LeaseLost`, which says its effect may have happened.
-    assert!(matches!(late, Err(Error::Store { .. })), "{late:?}");
+    assert!(matches!(late, Err(Error::ClaimLapsed { .. })), "{late:?}");
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the effect ran twice");
 }
 

@@ -30,7 +30,8 @@ pub enum Rejection {
     KeyRepeated,
     /// 400 `body-unreadable`: the request body failed while it was read.
     BodyUnreadable,
-    /// 409 `in-flight`: a request with this key is still being processed. Retry after
+    /// 409 `in-flight`: a request with this key is still being processed (or this request's
+    /// claim lapsed before its handler could start, so another may be). Retry after
     /// `Retry-After` seconds to get its response.
     InFlight,
     /// 413 `body-too-large`: the request body is over the layer's limit, so it cannot be
@@ -213,6 +214,13 @@ pub(crate) fn for_error(
         Error::Store { .. } => (
             Rejection::StoreUnavailable,
             "the idempotency store failed; the handler did not run, retry later".to_owned(),
+            soon,
+        ),
+        Error::ClaimLapsed { .. } => (
+            Rejection::InFlight,
+            "the claim on this key lapsed before the handler could start (the idempotency store \
+             answered late); the handler did not run: retry after the Retry-After delay"
+                .to_owned(),
             soon,
         ),
         Error::Corrupt { .. } => (

@@ -494,7 +494,7 @@ fn for_commit_error(err: &Error) -> (Rejection, String, Option<Duration>) {
                 .to_owned(),
             None,
         ),
-        Error::Store { .. } if err.is_indeterminate() => (
+        Error::CommitUnknown { .. } => (
             Rejection::StoreUnavailable,
             "the handler ran, but the reply to its transaction's COMMIT was lost: its writes and \
              its recorded response committed together or not at all; retry with the same key \
@@ -502,7 +502,7 @@ fn for_commit_error(err: &Error) -> (Rejection, String, Option<Duration>) {
                 .to_owned(),
             soon,
         ),
-        Error::Store { .. } => (
+        Error::RolledBack { source, .. } if matches!(**source, Error::Store { .. }) => (
             Rejection::StoreUnavailable,
             "the handler ran, but its transaction failed and was rolled back, so nothing it \
              wrote remains; retry with the same key"

@@ -282,3 +282,33 @@ async fn a_lost_lease_keeps_the_handlers_response() {
     assert_eq!(events.0, 200);
     assert_eq!(busy.0, 503);
 }
+
+/// Issue 20 (defect 8): a claim whose reply came after its lease lapsed was answered 503
+/// `store-unavailable`, though the store had answered. The handler did not run; the answer is
+/// 409 `in-flight` with a `Retry-After`, and the retry runs the handler once.
+#[tokio::test]
+async fn a_claim_that_lapsed_before_the_handler_is_in_flight_not_a_store_failure() {
+    use idem_core::testing::FaultyStore;
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    store.next_claim_reply_late_ms.store(400, Ordering::SeqCst);
+    let layer =
+        IdempotencyLayer::new(Idempotency::from_arc(store)).lease(Duration::from_millis(300));
+    let runs = Arc::new(AtomicU32::new(0));
+    let counter = runs.clone();
+    let app = Router::new()
+        .route(
+            "/charge",
+            post(move || {
+                let counter = counter.clone();
+                async move { format!("charge {}", counter.fetch_add(1, Ordering::SeqCst) + 1) }
+            }),
+        )
+        .layer(layer);
+    let (status, headers, body) = call(&app, post_req("/charge", "k", "{}")).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body:?}");
+    assert_eq!(headers.get("idempotency-rejection").unwrap(), "in-flight");
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "the handler ran");
+    let (status, _, body) = call(&app, post_req("/charge", "k", "{}")).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"charge 1"[..]));
+}

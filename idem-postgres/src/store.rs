@@ -617,6 +617,20 @@ pub(crate) fn store_error(operation: &'static str, err: &sqlx::Error, sent_write
                  or the statements of `PostgresStore::schema_sql()`"
             ),
         ),
+        // A serialization failure as a claim looks again in the caller's REPEATABLE READ or
+        // SERIALIZABLE transaction: the other call committed after its snapshot, which looking
+        // again in this transaction can never see. Only a new transaction can.
+        sqlx::Error::Database(db)
+            if operation == "claim" && db.code().as_deref() == Some("40001") =>
+        {
+            Error::invalid_option(
+                "this transaction's isolation level (REPEATABLE READ or SERIALIZABLE) hides \
+                 another call on the key that committed after the transaction began, so it can \
+                 neither claim the key nor read its record: roll back and retry in a new \
+                 transaction (which replays the result), or run idem's calls under READ \
+                 COMMITTED",
+            )
+        }
         // A statement of the body failed and aborted the transaction (25P02), or a deferred
         // constraint of its writes failed at COMMIT (class 23): the body's doing, not the
         // store's, and a retry of the same body will fail alike.

@@ -127,6 +127,20 @@ macro_rules! run_in_transaction {
             }
         }
     };
+    // With an error classifier.
+    ($begin:path, $idem:expr, $call:expr, $connection:expr, $on_error:expr, async move |$c:ident| $body:expr $(,)?) => {
+        async {
+            match $begin($idem, $call, $connection, $on_error).await {
+                TransactionBegun::Done(result) => result,
+                TransactionBegun::Claimed(mut claim) => {
+                    let context = claim.context();
+                    let $c = claim.connection();
+                    let result = with_context(context, async { $body }).await;
+                    claim.finish(result).await
+                }
+            }
+        }
+    };
     ($($rest:tt)*) => {
         run_in_transaction!(idem_postgres::begin, $($rest)*)
     };
@@ -882,7 +896,14 @@ async fn a_commit_whose_reply_is_lost_is_indeterminate_and_the_retry_settles_it(
         ))
         .await;
         match lost {
-            Err(AppError::Idem(err)) => assert!(err.is_indeterminate(), "{key}: {err:?}"),
+            // Regression (issue 20): it was `Error::Store` saying the body did not run, with
+            // `body_may_have_run() == false`: a caller that compensates would refund a
+            // committed charge.
+            Err(AppError::Idem(err @ Error::CommitUnknown { .. })) => {
+                assert!(err.is_indeterminate(), "{key}: {err:?}");
+                assert!(err.body_may_have_run(), "{key}: {err}");
+                assert!(!err.to_string().contains("did not run"), "{key}: {err}");
+            }
             other => panic!("{key}: {other:?}"),
         }
         assert_eq!(how, Some(Served::Executed));
@@ -1124,4 +1145,139 @@ async fn a_nested_call_with_the_held_key_is_refused_at_once() {
     .await;
     assert_eq!(outer.unwrap(), 7);
     assert_eq!(db.rows("nested").await, 0);
+}
+
+/// Issue 20 (a test the suite lacked): an error its classifier releases, in `begin_with` and in
+/// `begin_recording_errors_with`, rolls back and frees the key at once, well inside the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_error_frees_the_key_at_once_under_every_classifier() {
+    use idem_core::OnError;
+    let db = db().await;
+    let release = |_: &Refusal| OnError::Release;
+    let mut connection = db.connection().await;
+    let ledger = db.ledger.clone();
+    let released = run_in_transaction!(
+        idem_postgres::begin_recording_errors_with,
+        &db.idem,
+        call("recording"),
+        &mut connection,
+        release,
+        async move |connection| {
+            insert(connection, &ledger, "recording").await.unwrap();
+            Err::<i64, _>(Refusal::Declined)
+        },
+    )
+    .await;
+    assert_eq!(released, Err(Refusal::Declined));
+    assert_eq!(db.rows("recording").await, 0, "the write was rolled back");
+    runs_at_once(&db, "recording").await;
+
+    let ledger = db.ledger.clone();
+    let released = run_in_transaction!(
+        idem_postgres::begin_with,
+        &db.idem,
+        call("classified"),
+        &mut connection,
+        |_: &AppError| OnError::Release,
+        async move |connection| {
+            insert(connection, &ledger, "classified").await?;
+            Err::<i64, _>(AppError::Declined)
+        },
+    )
+    .await;
+    assert!(matches!(released, Err(AppError::Declined)), "{released:?}");
+    assert_eq!(db.rows("classified").await, 0, "the write was rolled back");
+    runs_at_once(&db, "classified").await;
+}
+
+/// Issue 20 (a test the suite lacked): while a committed claim is pending (an unknown outcome
+/// holds the key), another request under its key is `KeyReused` at once, and the same request
+/// `InProgress`: the transactional twin of the autocommit check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_request_meets_a_committed_pending_claim_with_key_reused() {
+    use idem_core::OnError;
+    let db = db().await;
+    let mut connection = db.connection().await;
+    let classify = |_: &AppError| OnError::OutcomeUnknown;
+    let claim = call("k").fingerprint("order 1: 10 EUR");
+    let unknown: Result<i64, _> =
+        match idem_postgres::begin_with(&db.idem, claim, &mut connection, classify).await {
+            TransactionBegun::Done(result) => result,
+            TransactionBegun::Claimed(claim) => claim.finish(Err(AppError::Declined)).await,
+        };
+    assert!(matches!(unknown, Err(AppError::Declined)), "{unknown:?}");
+    let err = duplicate(&db, "k", Some("order 1: 99 EUR")).await;
+    assert!(matches!(err, Error::KeyReused { .. }), "{err:?}");
+    let err = duplicate(&db, "k", Some("order 1: 10 EUR")).await;
+    assert!(matches!(err, Error::InProgress { .. }), "{err:?}");
+    assert_eq!(db.rows("k").await, 0);
+}
+
+/// Issue 20 (defect 8): a result that cannot be recorded (a NaN) in a transaction said "nothing
+/// was claimed and the body did not run", though the body ran and its writes were rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrecordable_result_says_the_body_ran_and_its_writes_rolled_back() {
+    let db = db().await;
+    let mut connection = db.connection().await;
+    let ledger = db.ledger.clone();
+    let (result, how) = served(run_in_transaction!(
+        &db.idem,
+        call("nan"),
+        &mut connection,
+        async move |connection| {
+            insert(connection, &ledger, "nan").await?;
+            Ok::<f64, AppError>(f64::NAN)
+        },
+    ))
+    .await;
+    let err = match result {
+        Err(AppError::Idem(err @ Error::RolledBack { .. })) => err,
+        other => panic!("{other:?}"),
+    };
+    assert!(err.body_may_have_run(), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("ran in a database transaction") && message.contains("the key is free"),
+        "{message}"
+    );
+    assert!(!message.contains("did not run"), "{message}");
+    assert_eq!(how, Some(Served::Executed));
+    assert_eq!(db.rows("nan").await, 0, "the write was rolled back");
+    runs_at_once(&db, "nan").await;
+}
+
+/// Issue 20 (defect 8): a duplicate waiting in a REPEATABLE READ transaction, whose holder
+/// commits after its snapshot, got "the store failed, retry" (retrying in that transaction can
+/// never succeed). It is told that the isolation level hides the other call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_in_a_repeatable_read_transaction_is_told_about_its_isolation() {
+    let db = db().await;
+    let holder = hold(&db, "k", false).await;
+    let mut outer = db.pool.begin().await.unwrap();
+    sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .execute(&mut *outer)
+        .await
+        .unwrap();
+    let ledger = db.ledger.clone();
+    let duplicate = tokio::spawn({
+        let idem = db.idem.clone();
+        async move {
+            let result = run_in_transaction!(&idem, call("k"), &mut *outer, async move |c| {
+                insert(c, &ledger, "k").await
+            })
+            .await;
+            drop(outer);
+            result
+        }
+    });
+    // The duplicate waits on the holder's uncommitted claim; then the holder commits.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    holder.finish.notify_one();
+    holder.task.await.unwrap().unwrap();
+    let err = match duplicate.await.unwrap() {
+        Err(AppError::Idem(err @ Error::InvalidOption { .. })) => err,
+        other => panic!("{other:?}"),
+    };
+    assert!(err.to_string().contains("REPEATABLE READ"), "{err}");
+    assert_eq!(db.rows("k").await, 1);
 }
