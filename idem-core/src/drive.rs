@@ -182,14 +182,15 @@ impl Idempotency {
             },
             trace.span.clone(),
         );
-        // The lease is kept only for a body that did not end at its first poll: one that ends
-        // at once registers no timer.
+        // The lease is kept from a task of its own where the runtime has threads (a body may
+        // block its thread), and otherwise only for a body that did not end at its first poll:
+        // one that ends at once registers no timer.
         let body_ended = std::future::poll_fn(|_| match slot.take_end() {
             Some(end) => Poll::Ready(end),
             None => Poll::Pending,
         });
         let (end, lease_lost) = self
-            .keeping_lease(&claim, body_ended, || slot.waited())
+            .keeping_lease_apart(&claim, body_ended, || slot.waited())
             .await;
         let result = if lease_lost {
             trace.finish(CallOutcome::LeaseLost);

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::runtime::RuntimeFlavor;
 use tokio::time::Instant;
 
 use crate::drive::{self, End, Start};
@@ -310,7 +311,9 @@ impl Idempotency {
         self
     }
 
-    /// How long a claim lasts; the runtime renews it every third of this while the body runs.
+    /// How long a claim lasts; the runtime renews it every third of this while the body runs
+    /// (on a multi-thread runtime from a task of its own, so that a body blocking its thread
+    /// in `block_in_place` keeps its claim).
     pub fn with_lease(mut self, lease: Duration) -> Self {
         Arc::make_mut(&mut self.inner).lease = lease;
         self
@@ -543,7 +546,7 @@ impl Idempotency {
             Acquired::Fence(fence, claimed_at) => Ok(Begun::Claimed({
                 trace.claimed(fence);
                 Claim {
-                    lease_clock: LeaseClock::new(later(claimed_at, lease)),
+                    lease_clock: Arc::new(LeaseClock::new(later(claimed_at, lease))),
                     key,
                     fingerprint,
                     fence,
@@ -618,7 +621,7 @@ impl Idempotency {
         // to be valid, and the lease is renewed meanwhile: giving up earlier would leave an
         // effect without its record, which the next delivery repeats.
         let give_up_at = later(Instant::now(), claim.lease);
-        let write = self.retrying("complete", Some((&claim.lease_clock, give_up_at)), || {
+        let write = self.retrying("complete", Some((&*claim.lease_clock, give_up_at)), || {
             store.complete(&claim.key, claim.fence, &record, claim.retention)
         });
         // Lease lost: the write stops by itself once the claim's validity ran out.
@@ -744,7 +747,13 @@ impl Idempotency {
     /// Renews the lease every third of it; returns only when the lease is lost (the store
     /// refused the fence, or no renewal succeeded for a whole lease).
     pub(crate) async fn keep_lease(&self, claim: &Claim) {
-        let (store, clock, lease) = (&self.inner.store, &claim.lease_clock, claim.lease);
+        self.keep_lease_of(&claim.key, claim.fence, claim.lease, &claim.lease_clock)
+            .await;
+    }
+
+    /// [`keep_lease`](Self::keep_lease), from the claim's parts.
+    async fn keep_lease_of(&self, key: &str, fence: Fence, lease: Duration, clock: &LeaseClock) {
+        let store = &self.inner.store;
         let mut next = clock
             .valid_until()
             .checked_sub(lease - lease / 3)
@@ -752,7 +761,7 @@ impl Idempotency {
         loop {
             tokio::time::sleep_until(next).await;
             let sent = Instant::now();
-            let renew = store.renew(&claim.key, claim.fence, lease);
+            let renew = store.renew(key, fence, lease);
             let renewed = observe::in_span(&observe::store_span("renew"), renew).await;
             match renewed {
                 Ok(()) => {
@@ -824,6 +833,45 @@ impl Idempotency {
     /// Runs `work` to its end while keeping `claim`'s lease, from the time it first waits;
     /// returns its output and whether the lease was lost meanwhile (then `work` still runs to its
     /// end, no longer kept).
+    /// Runs a body's `work` while the lease of `claim` is kept; returns its output and whether
+    /// the lease was lost meanwhile. Where the runtime has threads to spare, the lease is kept
+    /// from a task of its own, so that a body that blocks its thread (in `block_in_place`, say)
+    /// does not stop the renewals; on a runtime of one thread, a blocked body blocks any keeper,
+    /// and the body's own task keeps it ([`keeping_lease`](Self::keeping_lease)).
+    pub(crate) async fn keeping_lease_apart<F: Future>(
+        &self,
+        claim: &Claim,
+        work: F,
+        may_keep: impl Fn() -> bool,
+    ) -> (F::Output, bool) {
+        let apart = tokio::runtime::Handle::try_current()
+            .ok()
+            .filter(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread);
+        let Some(runtime) = apart else {
+            return self.keeping_lease(claim, work, may_keep).await;
+        };
+        let keeper = {
+            let (idem, key, fence, lease, clock) = (
+                self.clone(),
+                claim.key.clone(),
+                claim.fence,
+                claim.lease,
+                claim.lease_clock.clone(),
+            );
+            let span = tracing::Span::current();
+            // Its first renewal is a third of a lease away: a body that ends sooner costs a
+            // spawn and an abort, and no store command.
+            runtime.spawn(observe::in_span(&span, async move {
+                idem.keep_lease_of(&key, fence, lease, &clock).await;
+            }))
+        };
+        let keeper = AbortOnDrop(keeper);
+        let output = work.await;
+        // The keeper returns only once the lease is lost.
+        let lost = keeper.0.is_finished();
+        (output, lost)
+    }
+
     pub(crate) async fn keeping_lease<F: Future>(
         &self,
         claim: &Claim,
@@ -845,6 +893,16 @@ impl Idempotency {
             std::task::Poll::Pending
         })
         .await
+    }
+}
+
+/// A task aborted when this is dropped: the lease keeper of a call, which must not outlive it
+/// (a cancelled call's keeper would renew a claim nobody runs).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -882,7 +940,7 @@ pub(crate) struct Claim {
     pub(crate) fence: Fence,
     lease: Duration,
     retention: Duration,
-    lease_clock: LeaseClock,
+    lease_clock: Arc<LeaseClock>,
 }
 
 /// Until when the current claim is known to be valid: the send time of the claim or of the last

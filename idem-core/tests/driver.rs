@@ -250,3 +250,42 @@ async fn with_context_drops_a_cancelled_body_in_its_context() {
     assert!(cancelled.is_err());
     assert_eq!(log.lines(), ["body dropped in its context"]);
 }
+
+/// Issue 20 (defect 1): a body that blocks its thread (in `block_in_place`, tokio's way to
+/// block) got no renewals, since the lease was kept by the body's own task: a duplicate took
+/// the key over and ran too (`runs=2`), and both calls returned `LeaseLost`. The lease is kept
+/// from a task of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_blocks_its_thread_keeps_its_lease() {
+    let idem = Idempotency::new(MemoryStore::new());
+    let runs = Arc::new(AtomicU32::new(0));
+    let call = || Call::new("blocking", "k").lease(Duration::from_millis(300));
+    let first = tokio::spawn({
+        let (idem, runs) = (idem.clone(), runs.clone());
+        async move {
+            idem.run(call(), async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(1200)));
+                Ok::<u32, Error>(1)
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let counted = runs.clone();
+    let duplicate = idem
+        .run(call(), async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            Ok::<u32, Error>(2)
+        })
+        .await;
+    // It waited a lease (its patience) for a holder that kept its claim, and did not run.
+    assert!(
+        matches!(duplicate, Err(Error::InProgress { .. })),
+        "{duplicate:?}"
+    );
+    assert_eq!(first.await.unwrap().unwrap(), 1);
+    let replayed = idem.run(call(), async { Ok::<u32, Error>(2) }).await;
+    assert_eq!(replayed.unwrap(), 1);
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the body ran twice");
+}
