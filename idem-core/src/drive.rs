@@ -167,7 +167,7 @@ impl Idempotency {
     }
 
     /// The body runs under `claim`; then its end is made durable.
-    async fn run_claimed(&self, claim: Claim, slot: &BodySlot, mut trace: CallTrace) -> Driven {
+    async fn run_claimed(&self, mut claim: Claim, slot: &BodySlot, mut trace: CallTrace) -> Driven {
         // The claim must still hold, and hold for a while, before the body starts: a claim whose
         // reply came late, or one that waited to be run (`Idempotency::start`), may have lapsed,
         // and another caller may have taken over. Nothing to do in the common case (a clock
@@ -175,6 +175,7 @@ impl Idempotency {
         if let Err(err) = self.confirm(&claim).await {
             return not_run(err, trace);
         }
+        claim.started();
         slot.allow(
             ClaimContext {
                 key: claim.key.clone(),

@@ -546,6 +546,7 @@ impl Idempotency {
             Acquired::Fence(fence, claimed_at) => Ok(Begun::Claimed({
                 trace.claimed(fence);
                 Claim {
+                    unstarted: Some(self.clone()),
                     lease_clock: Arc::new(LeaseClock::new(later(claimed_at, lease))),
                     key,
                     fingerprint,
@@ -650,10 +651,14 @@ impl Idempotency {
         let mut waited = false;
         loop {
             let sent = Instant::now();
-            match self
-                .retrying("claim", None, || store.claim(request))
-                .await?
-            {
+            let in_flight = ClaimInFlight {
+                runtime: self,
+                request,
+                armed: true,
+            };
+            let claimed = self.retrying("claim", None, || store.claim(request)).await;
+            in_flight.disarm();
+            match claimed? {
                 ClaimOutcome::Acquired { fence, .. } => return Ok(Acquired::Fence(fence, sent)),
                 ClaimOutcome::Completed { record } => {
                     return Ok(Acquired::Replay { record, waited })
@@ -896,6 +901,63 @@ impl Idempotency {
     }
 }
 
+/// A claim request whose reply has not come: dropped so (the call was cancelled), the claim may
+/// have been granted all the same, with nobody to run its body. Its attempt claims again, which
+/// the store answers with that claim if it was granted (claims are re-entrant per attempt), and
+/// releases what it gets.
+struct ClaimInFlight<'a> {
+    runtime: &'a Idempotency,
+    request: ClaimRequest<'a>,
+    armed: bool,
+}
+
+impl ClaimInFlight<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ClaimInFlight<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let request = self.request;
+        let (attempt, lease) = (request.attempt, request.lease);
+        let fingerprint = request.fingerprint.to_vec();
+        self.runtime
+            .release_in_background(request.key.to_owned(), move |store, key| async move {
+                let again = ClaimRequest::new(&key, attempt, &fingerprint, lease);
+                match store.claim(again).await? {
+                    ClaimOutcome::Acquired { fence, .. } => store.release(&key, fence).await,
+                    _ => Ok(()),
+                }
+            });
+    }
+}
+
+impl Idempotency {
+    /// Runs `release` on a task of its own, for a claim dropped before its body started; with
+    /// no runtime to run it on, the claim lapses with its lease.
+    fn release_in_background<R, Fut>(&self, key: String, release: R)
+    where
+        R: FnOnce(Arc<dyn Store>, String) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.inner.store.clone();
+        runtime.spawn(async move {
+            match release(store, key).await {
+                // Lapsed and taken over meanwhile: not this claim's to release.
+                Ok(()) | Err(Error::LeaseLost { .. }) => {}
+                Err(err) => observe::release_failed(&err),
+            }
+        });
+    }
+}
+
 /// A task aborted when this is dropped: the lease keeper of a call, which must not outlive it
 /// (a cancelled call's keeper would renew a claim nobody runs).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -941,6 +1003,28 @@ pub(crate) struct Claim {
     lease: Duration,
     retention: Duration,
     lease_clock: Arc<LeaseClock>,
+    /// Until the body may start, the runtime that releases the claim if it is dropped first (a
+    /// cancelled call, a [`Claimed`] never run): a body that never started has no effect to
+    /// guard, and its key must not stay held for a lease.
+    unstarted: Option<Idempotency>,
+}
+
+impl Claim {
+    /// The body may start: from now on, dropping the claim keeps it until its lease lapses.
+    pub(crate) fn started(&mut self) {
+        self.unstarted = None;
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.unstarted.take() {
+            let (key, fence) = (std::mem::take(&mut self.key), self.fence);
+            runtime.release_in_background(key, move |store, key| async move {
+                store.release(&key, fence).await
+            });
+        }
+    }
 }
 
 /// Until when the current claim is known to be valid: the send time of the claim or of the last
@@ -1044,11 +1128,12 @@ pub enum Started<T> {
     Claimed(Claimed),
 }
 
-/// A claim taken by [`Idempotency::start`]. Dropping it without running the body keeps the key
-/// claimed until its lease lapses, as for any call whose outcome is unknown. Its lease is not
-/// renewed until [`run_with`](Claimed::run_with) starts: run it soon. A claim found lapsed then
-/// does not run its body and gives [`Error::Store`] (nothing ran: retry the call).
-#[must_use = "a claim blocks its key until its lease lapses unless its body is run"]
+/// A claim taken by [`Idempotency::start`]. Dropping it without running the body releases the
+/// key (in the background, on the current tokio runtime): no body ran, so a retry may run at
+/// once. Its lease is not renewed until [`run_with`](Claimed::run_with) starts: run it soon. A
+/// claim found lapsed then does not run its body and gives [`Error::ClaimLapsed`] (nothing ran:
+/// retry the call).
+#[must_use = "a claim is released, unused, unless its body is run"]
 pub struct Claimed(Box<ClaimedParts>);
 
 /// What a [`Claimed`] holds (boxed: a claim and its trace are large next to a replayed value).

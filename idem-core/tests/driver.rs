@@ -289,3 +289,51 @@ async fn a_body_that_blocks_its_thread_keeps_its_lease() {
     assert_eq!(replayed.unwrap(), 1);
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the body ran twice");
 }
+
+/// Issue 20 (defect 6): a call cancelled while its claim's reply was on the way (a client that
+/// gave up on a slow store) left the key claimed for a whole lease, though its body never
+/// started: every retry got `InProgress`. A claim whose body never started is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_cancelled_before_its_body_started_frees_the_key() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let idem = Idempotency::from_arc(store.clone());
+    let runs = Arc::new(AtomicU32::new(0));
+    let call = || {
+        Call::new("cancelled", "k")
+            .lease(Duration::from_secs(30))
+            .on_in_progress(idem_core::OnInProgress::Reject)
+    };
+    let body = |runs: Arc<AtomicU32>| async move {
+        runs.fetch_add(1, Ordering::SeqCst);
+        Ok::<u32, Error>(1)
+    };
+    // Cancelled while the claim's reply is late, and once while waiting to run (`start`).
+    store.next_claim_reply_late_ms.store(500, Ordering::SeqCst);
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(100),
+        idem.run(call(), body(runs.clone())),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the call was not cancelled");
+    let started = idem
+        .start::<u32>(Call::new("cancelled", "k2"))
+        .await
+        .unwrap();
+    assert!(matches!(started, idem_core::Started::Claimed(_)));
+    drop(started);
+    // The release runs in the background: the key is free well inside its 30 s lease.
+    for key in ["k", "k2"] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let call = Call::new("cancelled", key).on_in_progress(idem_core::OnInProgress::Reject);
+            match idem.run(call, body(runs.clone())).await {
+                Ok(_) => break,
+                Err(Error::InProgress { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(err) => panic!("{key} was not freed: {err}"),
+            }
+        }
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "each key's body ran once");
+}
