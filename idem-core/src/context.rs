@@ -149,7 +149,16 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             let mut body = this.body;
-            poll_in(this.context.clone(), || body.set(None));
+            let context = this.context.clone();
+            if std::thread::panicking() {
+                // Already unwinding, a second panic out of this drop would abort the process:
+                // the body's ends here, and the caller's goes on (as `run` does).
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    poll_in(context, || body.set(None))
+                }));
+            } else {
+                poll_in(context, || body.set(None));
+            }
         }
     }
 }

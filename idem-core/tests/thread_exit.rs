@@ -92,3 +92,44 @@ fn a_body_whose_drop_panics_while_its_caller_unwinds_does_not_abort() {
     let joined = caller.join();
     assert!(joined.is_err());
 }
+
+/// Issue 20 (defect 7): the same under `with_context` (what `transaction = conn` expands to)
+/// still aborted the process.
+#[test]
+fn a_body_in_with_context_whose_drop_panics_while_its_caller_unwinds_does_not_abort() {
+    struct PanicsOnDrop;
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            panic!("a body's drop panicked");
+        }
+    }
+    let caller = std::thread::spawn(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // A claim's context, as a transactional call hands it to its body.
+            let idem = Idempotency::new(MemoryStore::new());
+            let mut context = None;
+            idem.run(Call::new("context", "k"), async {
+                context = idem_core::context();
+                Ok::<u32, Error>(1)
+            })
+            .await
+            .unwrap();
+            let context = context.unwrap();
+            let body = idem_core::with_context(context, async {
+                let _probe = PanicsOnDrop;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok::<u32, Error>(1)
+            });
+            let mut body = std::pin::pin!(body);
+            let pending = tokio::time::timeout(Duration::from_millis(10), body.as_mut()).await;
+            assert!(pending.is_err(), "the body is still running");
+            panic!("the caller panics, the body still held");
+        })
+    });
+    let joined = caller.join();
+    assert!(joined.is_err());
+}
