@@ -91,6 +91,16 @@ pub trait TransactionalStore: Store {
         lease: Duration,
     ) -> Result<(), Error>;
 
+    /// The claim `fence` on `key`, granted by [`claim_in`](Self::claim_in), ended. `abandoned`
+    /// is `Some(lease)` when it was dropped unfinished: its transaction rolls back only when its
+    /// connection is used again, which a caller that keeps the connection may never do. A store
+    /// ends such a transaction once it has sat idle in it for `lease`, so that its key is free
+    /// within a lease whatever the caller does with its connection. Must not block; by default
+    /// does nothing.
+    fn claim_ended(&self, key: &str, fence: Fence, abandoned: Option<Duration>) {
+        let _ = (key, fence, abandoned);
+    }
+
     /// [`Store::complete`] inside the transaction.
     async fn complete_in(
         &self,
@@ -145,6 +155,9 @@ pub struct DetachedClaim<S: TransactionalStore, T, E, F> {
     trace: Option<Box<CallTrace>>,
     /// The key's place among the keys claimed in open transactions, while the claim lives.
     _registered: Registered,
+    /// Whether `finish` ended it; dropped otherwise, it was abandoned
+    /// ([`TransactionalStore::claim_ended`]).
+    finished: bool,
     _result: PhantomData<fn() -> T>,
 }
 
@@ -191,6 +204,9 @@ impl<S: TransactionalStore, T, E, F> Drop for DetachedClaim<S, T, E, F> {
         if let Some(mut trace) = self.trace.take() {
             trace.finish(CallOutcome::Released);
         }
+        let abandoned = (!self.finished).then_some(self.call.lease);
+        self.store
+            .claim_ended(&self.call.key, self.fence, abandoned);
     }
 }
 
@@ -483,6 +499,7 @@ impl Idempotency {
         if policy.marks() {
             if let Err(err) = store.mark(&mut transaction, &mark_name(attempt)).await {
                 let _ = store.rollback(transaction).await;
+                store.claim_ended(&call.key, fence, None);
                 return fail(err);
             }
         }
@@ -496,6 +513,7 @@ impl Idempotency {
                 policy,
                 trace: None,
                 _registered: registered,
+                finished: false,
                 _result: PhantomData,
             },
         };
@@ -573,6 +591,7 @@ where
             .as_ref()
             .map_or_else(tracing::Span::none, |t| t.span.clone());
         let (result, how) = observe::in_span(&span, self.end(transaction, result)).await;
+        self.finished = true;
         if let Some(mut trace) = trace {
             trace.finish(how);
         }

@@ -249,6 +249,8 @@ impl Statements {
         // when the duplicate has no fingerprint) knows that the holder is neither its request
         // nor a call without a fingerprint (`other` is the second column). Locks a duplicate
         // takes so are its own until its transaction ends, and block nobody's claim.
+        // The last two columns name this transaction (its backend, and its start in µs), for
+        // ending it should its claim be abandoned on a connection its caller keeps.
         // The locks are the table's own: each hash (of the key, or of the request) is mixed with
         // the table's oid, so that one table named two ways (`t`, `public.t`) shares them, and
         // two tables of one name in two schemas do not.
@@ -264,8 +266,9 @@ impl Statements {
              claimed AS (INSERT INTO {t} AS r (key, state, fence, attempt, fingerprint, record, \
                lease_until, expires_at) SELECT {new_row} FROM lock WHERE lock.held \
                ON CONFLICT (key) DO NOTHING RETURNING r.fence) \
-             SELECT lock.held, probe.other, found.* FROM lock CROSS JOIN probe \
-               LEFT JOIN ({claimed_or_found}) found ON true"
+             SELECT lock.held, probe.other, found.*, pg_backend_pid() AS pid, \
+               (extract(epoch FROM now()) * 1000000)::bigint AS xact_us \
+             FROM lock CROSS JOIN probe LEFT JOIN ({claimed_or_found}) found ON true"
         );
         // $1 key, $2 attempt, $3 fingerprint, $4 lease (ms), $5 the fence read: takes over the
         // lapsed claim or expired record that a claim in a transaction read, if it still is.

@@ -1,5 +1,6 @@
 //! `PostgresStore`: the `Store` in autocommit, the schema, the reaper.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,6 +106,16 @@ const CLAIM_LOOKS: u32 = 3;
 pub struct PostgresStore {
     pool: PgPool,
     sql: Arc<Statements>,
+    /// The transaction of each claim granted in one and not yet ended, by key and fence.
+    pub(crate) sessions: Arc<std::sync::Mutex<HashMap<(String, u64), Session>>>,
+}
+
+/// A transaction on some connection: its backend and its start (µs since the epoch), which
+/// together tell it from any later transaction on the same backend.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Session {
+    pub(crate) pid: i32,
+    pub(crate) started_us: i64,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -158,6 +169,7 @@ impl PostgresStore {
         PostgresStore {
             pool,
             sql: Arc::new(Statements::default_table()),
+            sessions: Arc::default(),
         }
     }
 
@@ -166,6 +178,8 @@ impl PostgresStore {
     /// [`Error::InvalidOption`].
     pub fn with_table(mut self, table: &str) -> Result<Self, Error> {
         self.sql = Arc::new(Statements::for_table(table)?);
+        // Fences are the table's: another table's claims are tracked apart.
+        self.sessions = Arc::default();
         Ok(self)
     }
 
@@ -227,6 +241,28 @@ impl PostgresStore {
         in_transaction: bool,
     ) -> Result<ClaimOutcome, Error> {
         let lease_ms = millis(request.lease);
+        let mut session = None;
+        let outcome = self
+            .claim_looking(connection, request, in_transaction, lease_ms, &mut session)
+            .await?;
+        if let (ClaimOutcome::Acquired { fence, .. }, Some(session)) = (&outcome, session) {
+            self.sessions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert((request.key.to_owned(), fence.0), session);
+        }
+        Ok(outcome)
+    }
+
+    /// [`claim_on`](Self::claim_on)'s looks; in a transaction, `session` is set to it.
+    async fn claim_looking(
+        &self,
+        connection: &mut PgConnection,
+        request: ClaimRequest<'_>,
+        in_transaction: bool,
+        lease_ms: i64,
+        session: &mut Option<Session>,
+    ) -> Result<ClaimOutcome, Error> {
         for _ in 0..CLAIM_LOOKS {
             let row = if in_transaction {
                 sqlx::query(self.sql.claim_in_transaction.clone())
@@ -249,6 +285,12 @@ impl PostgresStore {
                     .await
             }
             .map_err(|err| store_error("claim", &err, !in_transaction))?;
+            if let (true, Some(row)) = (in_transaction, row.as_ref()) {
+                *session = Some(Session {
+                    pid: column(request.key, row, 9)?,
+                    started_us: column(request.key, row, 10)?,
+                });
+            }
             match claim_outcome(request, row.as_ref(), in_transaction)? {
                 Look::Found(outcome) => return Ok(outcome),
                 Look::Again => {}

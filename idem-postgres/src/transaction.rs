@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::{Connection, PgConnection, Postgres, Transaction};
 
-use crate::store::store_error;
+use crate::store::{store_error, Session};
 use crate::PostgresStore;
 
 #[async_trait::async_trait]
@@ -88,6 +88,22 @@ impl TransactionalStore for PostgresStore {
         self.extend_on(connection, key, fence, lease).await
     }
 
+    fn claim_ended(&self, key: &str, fence: Fence, abandoned: Option<Duration>) {
+        let session = self
+            .sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(key.to_owned(), fence.0));
+        let (Some(session), Some(lease)) = (session, abandoned) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let pool = self.pool().clone();
+        runtime.spawn(end_if_abandoned(pool, session, lease));
+    }
+
     async fn complete_in(
         &self,
         connection: &mut PgConnection,
@@ -98,6 +114,33 @@ impl TransactionalStore for PostgresStore {
     ) -> Result<(), Error> {
         self.complete_on(connection, key, fence, record, retention, true)
             .await
+    }
+}
+
+/// Ends `session`'s transaction if, a lease after its claim was abandoned, it is still open
+/// and has been idle all that time: its caller kept the connection and never used it again (any
+/// use would have run the rollback sqlx queued). A transaction used since, or a later one on
+/// the same backend, is left alone.
+async fn end_if_abandoned(pool: sqlx::PgPool, session: Session, lease: Duration) {
+    tokio::time::sleep(lease).await;
+    let ended = sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 \
+           AND state LIKE 'idle in transaction%' \
+           AND (extract(epoch FROM xact_start) * 1000000)::bigint = $2 \
+           AND state_change <= statement_timestamp() - $3::bigint * interval '1 millisecond'",
+    )
+    .bind(session.pid)
+    .bind(session.started_us)
+    .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+    .execute(&pool)
+    .await;
+    if let Err(err) = ended {
+        tracing::warn!(
+            error = %err,
+            pid = session.pid,
+            "idem could not end a transaction whose claim was abandoned on a connection still \
+             open and idle: its key stays held until that connection is used again or closed"
+        );
     }
 }
 

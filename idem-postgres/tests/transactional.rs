@@ -1281,3 +1281,43 @@ async fn a_duplicate_in_a_repeatable_read_transaction_is_told_about_its_isolatio
     assert!(err.to_string().contains("REPEATABLE READ"), "{err}");
     assert_eq!(db.rows("k").await, 1);
 }
+
+/// Issue 20 (defect 4): a claim dropped mid-body on a connection its caller keeps (a worker's
+/// long-lived connection, the call wrapped in a timeout) held its key until that connection ran
+/// another statement: a redelivery long after the lease still got `InProgress`. A transaction
+/// holding a claim that sits idle for a lease is ended by the server, and the key is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_dropped_on_a_kept_connection_frees_its_key_within_a_lease() {
+    use sqlx::ConnectOptions;
+    let db = db().await;
+    let lease = Duration::from_secs(1);
+    let idem = db.idem.clone().with_lease(lease);
+    let mut kept = db.pool.connect_options().connect().await.unwrap();
+    let ledger = db.ledger.clone();
+    let timed_out = tokio::time::timeout(
+        Duration::from_millis(200),
+        run_in_transaction!(&idem, call("k"), &mut kept, async move |connection| {
+            insert(connection, &ledger, "k").await?;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<i64, AppError>(1)
+        }),
+    )
+    .await;
+    assert!(timed_out.is_err(), "the call was not cancelled");
+    // The worker keeps its connection, and does not use it.
+    tokio::time::sleep(lease + Duration::from_millis(500)).await;
+    let ledger = db.ledger.clone();
+    let mut connection = db.connection().await;
+    let redelivered = run_in_transaction!(
+        &idem,
+        call("k").on_in_progress(OnInProgress::Reject),
+        &mut connection,
+        async move |connection| insert(connection, &ledger, "k").await,
+    )
+    .await;
+    assert!(redelivered.is_ok(), "{redelivered:?}");
+    assert_eq!(db.rows("k").await, 1);
+    // The kept connection's transaction was ended by the server: its next use says so.
+    let after = sqlx::query("SELECT 1").execute(&mut kept).await;
+    assert!(after.is_err(), "the abandoned transaction is still open");
+}
