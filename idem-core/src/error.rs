@@ -13,7 +13,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// | variant | did the body run in this call? |
 /// | --- | --- |
-/// | [`InvalidKey`](Error::InvalidKey), [`InvalidOption`](Error::InvalidOption), [`InProgress`](Error::InProgress), [`KeyReused`](Error::KeyReused), [`ClaimLapsed`](Error::ClaimLapsed), [`Store`](Error::Store), [`Corrupt`](Error::Corrupt), [`Encode`](Error::Encode) | no |
+/// | [`InvalidKey`](Error::InvalidKey), [`InvalidOption`](Error::InvalidOption), [`InProgress`](Error::InProgress), [`KeyReused`](Error::KeyReused), [`ClaimLapsed`](Error::ClaimLapsed), [`Deadlock`](Error::Deadlock), [`Store`](Error::Store), [`Corrupt`](Error::Corrupt), [`Encode`](Error::Encode) | no |
 /// | [`LeaseLost`](Error::LeaseLost), [`NotRecorded`](Error::NotRecorded) | yes: its effect happened, its result was not recorded |
 /// | [`TransactionAborted`](Error::TransactionAborted), [`RolledBack`](Error::RolledBack) | yes, and its database writes were rolled back; the key is free |
 /// | [`CommitUnknown`](Error::CommitUnknown) | yes, and its writes and record committed together or not at all: a retry finds out |
@@ -67,6 +67,16 @@ pub enum Error {
     #[non_exhaustive]
     ClaimLapsed {
         /// The store key.
+        key: String,
+    },
+    /// In a database transaction, waiting for the key would never end: the transaction that
+    /// holds it waits, directly or through others, for a key this call's transaction holds
+    /// (two transactions claiming two keys in opposite orders). The database broke the cycle
+    /// here; the body did not run. Roll this transaction back, which frees its keys for the
+    /// other, and retry it.
+    #[non_exhaustive]
+    Deadlock {
+        /// The store key this call waited for.
         key: String,
     },
     /// The store failed before the body ran; the body did not run (idem fails closed).
@@ -185,6 +195,20 @@ impl Error {
         }
     }
 
+    /// A wait for `key` that closed a cycle of waiting transactions, for transactional stores
+    /// (see [`Error::Deadlock`]).
+    pub fn deadlock(key: impl Into<String>) -> Self {
+        Error::Deadlock { key: key.into() }
+    }
+
+    /// Another call holds `key`, for stores that find so outside a claim (a wait that ran out).
+    pub fn in_progress(key: impl Into<String>, lease_remaining: Option<Duration>) -> Self {
+        Error::InProgress {
+            key: key.into(),
+            lease_remaining,
+        }
+    }
+
     /// A refusal because the fencing token is no longer current, for store implementations.
     pub fn lease_lost(key: impl Into<String>) -> Self {
         Error::LeaseLost { key: key.into() }
@@ -297,6 +321,13 @@ impl fmt::Display for Error {
                 "the claim on `{key}` lapsed before the body could start (its reply came after \
                  the lease ran out, or the call waited longer than a lease to run); the body did \
                  not run, and another call may hold the key now: retry the call"
+            ),
+            Error::Deadlock { key } => write!(
+                f,
+                "waiting for idempotency key `{key}` would deadlock: the transaction holding it \
+                 waits for a key this call's transaction holds, so the database broke the cycle \
+                 here and the body did not run; roll this transaction back (freeing its keys) and \
+                 retry it"
             ),
             Error::RolledBack { key, source } => {
                 write!(f, "the body for `{key}` ran in a database transaction, but its result ")?;
@@ -432,6 +463,7 @@ mod tests {
                 Error::ClaimLapsed { key: "k".into() },
                 "the body did not run",
             ),
+            (Error::Deadlock { key: "k".into() }, "the body did not run"),
             (
                 Error::RolledBack {
                     key: "k".into(),

@@ -77,7 +77,9 @@ impl CallOutcome {
         use crate::Error;
         match err {
             // The body did not run, and another call may hold the key.
-            Error::InProgress { .. } | Error::ClaimLapsed { .. } => CallOutcome::InProgress,
+            Error::InProgress { .. } | Error::ClaimLapsed { .. } | Error::Deadlock { .. } => {
+                CallOutcome::InProgress
+            }
             Error::KeyReused { .. } => CallOutcome::KeyReused,
             Error::LeaseLost { .. } => CallOutcome::LeaseLost,
             Error::NotRecorded { .. } => CallOutcome::NotRecorded,

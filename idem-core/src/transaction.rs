@@ -101,6 +101,23 @@ pub trait TransactionalStore: Store {
         let _ = (key, fence, abandoned);
     }
 
+    /// Waits, up to `timeout`, for the open transaction that holds `key` to end: `claim_in`
+    /// reported the key [`InProgress`](ClaimOutcome::InProgress) with fence 0 (its claim is not
+    /// committed). A store should wait where the database's deadlock detection sees it, and
+    /// report a cycle (two transactions claiming two keys in opposite orders) as
+    /// [`Error::Deadlock`]; returning early is fine (the runtime claims again). By default,
+    /// sleeps `timeout`.
+    async fn wait_in(
+        &self,
+        connection: &mut Self::Connection,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let _ = (connection, key);
+        tokio::time::sleep(timeout).await;
+        Ok(())
+    }
+
     /// [`Store::complete`] inside the transaction.
     async fn complete_in(
         &self,
@@ -745,7 +762,8 @@ async fn claim<'c, S: TransactionalStore>(
     let mut pause = POLL_FIRST;
     let mut waited = false;
     loop {
-        let (holder, lease_remaining) = match store.claim_in(&mut transaction, request).await {
+        let (holder, lease_remaining, open) = match store.claim_in(&mut transaction, request).await
+        {
             Ok(ClaimOutcome::Acquired { fence, .. }) => {
                 return Ok(Claimed::Fence(transaction, fence));
             }
@@ -756,8 +774,8 @@ async fn claim<'c, S: TransactionalStore>(
             Ok(ClaimOutcome::InProgress {
                 fingerprint,
                 lease_remaining,
-                ..
-            }) => (fingerprint, lease_remaining),
+                fence,
+            }) => (fingerprint, lease_remaining, fence == Fence(0)),
             Err(err) => return Err(rolled_back(store, transaction, err).await),
         };
         let refusal = if !same_request(&holder, &call.fingerprint) {
@@ -776,7 +794,18 @@ async fn claim<'c, S: TransactionalStore>(
             return Err(rolled_back(store, transaction, err).await);
         }
         waited = true;
-        tokio::time::sleep(pause.min(give_up_at.saturating_duration_since(Instant::now()))).await;
-        pause = (pause * 2).min(POLL_MAX);
+        let patience = give_up_at.saturating_duration_since(Instant::now());
+        if open {
+            // Another open transaction holds the key: wait for it to end where the database
+            // sees the wait, so that a cycle of waits is found (and broken) within a second.
+            if let Err(err) = store.wait_in(&mut transaction, &call.key, patience).await {
+                return Err(rolled_back(store, transaction, err).await);
+            }
+        } else {
+            // A committed claim (outside a transaction, or an unknown outcome held): look
+            // again as it renews or lapses.
+            tokio::time::sleep(pause.min(patience)).await;
+            pause = (pause * 2).min(POLL_MAX);
+        }
     }
 }

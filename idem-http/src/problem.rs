@@ -216,6 +216,13 @@ pub(crate) fn for_error(
             "the idempotency store failed; the handler did not run, retry later".to_owned(),
             soon,
         ),
+        Error::Deadlock { .. } => (
+            Rejection::InFlight,
+            "the request's transaction waited for a key held by a transaction that waits for it \
+             in turn; the handler did not run: retry after the Retry-After delay"
+                .to_owned(),
+            soon,
+        ),
         Error::ClaimLapsed { .. } => (
             Rejection::InFlight,
             "the claim on this key lapsed before the handler could start (the idempotency store \

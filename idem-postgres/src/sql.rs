@@ -22,6 +22,7 @@ pub(crate) struct Statements {
     pub(crate) claim: SqlStr,
     pub(crate) claim_in_transaction: SqlStr,
     pub(crate) take_over: SqlStr,
+    pub(crate) wait_in_transaction: SqlStr,
     pub(crate) extend_in_transaction: SqlStr,
     pub(crate) complete: SqlStr,
     pub(crate) complete_in_transaction: SqlStr,
@@ -290,6 +291,9 @@ impl Statements {
             claim: sql(claim),
             claim_in_transaction: sql(claim_in_transaction),
             take_over: sql(take_over),
+            // $1 the key's advisory lock: waits (where the deadlock detector sees it) for the
+            // open transaction that holds it to end, and then holds it, as a claim would.
+            wait_in_transaction: sql(format!("SELECT pg_advisory_xact_lock($1 # {table_id})")),
             // $1 key, $2 fence, $3 lease (ms). In the transaction that holds the claim, nobody
             // else can have taken it over, whatever its lease says.
             extend_in_transaction: sql(format!(

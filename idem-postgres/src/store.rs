@@ -312,6 +312,47 @@ impl PostgresStore {
         ))
     }
 
+    /// Waits up to `timeout`, inside a transaction, for the open transaction that holds
+    /// `key`'s lock to end: blocked on the lock, so that PostgreSQL's deadlock detector sees
+    /// the wait. The caller's `lock_timeout` is put back after.
+    pub(crate) async fn wait_on(
+        &self,
+        connection: &mut PgConnection,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let limit = format!("{}ms", millis(timeout).clamp(1, i64::from(i32::MAX)));
+        let failed = |err: sqlx::Error| match &err {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01") => {
+                Error::deadlock(key)
+            }
+            // Waited as long as the call may: the holder is still at it.
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
+                Error::in_progress(key, None)
+            }
+            _ => store_error("claim", &err, false),
+        };
+        let saved: String = sqlx::query_scalar(
+            "WITH saved AS MATERIALIZED (SELECT current_setting('lock_timeout') AS value) \
+             SELECT saved.value FROM saved, set_config('lock_timeout', $1, true)",
+        )
+        .bind(&limit)
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(failed)?;
+        sqlx::query(self.sql.wait_in_transaction.clone())
+            .bind(advisory_lock(key))
+            .execute(&mut *connection)
+            .await
+            .map_err(failed)?;
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(saved)
+            .execute(&mut *connection)
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
     /// Extends, inside the transaction that holds it, the lease of the claim `fence`.
     pub(crate) async fn extend_on(
         &self,

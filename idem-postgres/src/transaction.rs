@@ -88,6 +88,15 @@ impl TransactionalStore for PostgresStore {
         self.extend_on(connection, key, fence, lease).await
     }
 
+    async fn wait_in(
+        &self,
+        connection: &mut PgConnection,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        self.wait_on(connection, key, timeout).await
+    }
+
     fn claim_ended(&self, key: &str, fence: Fence, abandoned: Option<Duration>) {
         let session = self
             .sessions

@@ -1321,3 +1321,57 @@ async fn a_claim_dropped_on_a_kept_connection_frees_its_key_within_a_lease() {
     let after = sqlx::query("SELECT 1").execute(&mut kept).await;
     assert!(after.is_err(), "the abandoned transaction is still open");
 }
+
+/// Issue 20 (defect 5): two transactions, each holding one key and claiming the other's, both
+/// waited a whole lease (30 s by default) and then both failed `InProgress`: PostgreSQL's
+/// deadlock detector could not see idem's polling. Now one of them is told of the deadlock
+/// within about a second, and the other proceeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_transactions_claiming_two_keys_in_opposite_orders_do_not_stall() {
+    let db = db().await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(2));
+    let side = |first: &'static str, second: &'static str| {
+        let (idem, pool, ledger, barrier) = (
+            db.idem.clone(),
+            db.pool.clone(),
+            db.ledger.clone(),
+            barrier.clone(),
+        );
+        tokio::spawn(async move {
+            let mut connection = pool.acquire().await.unwrap();
+            let inner = idem.clone();
+            run_in_transaction!(&idem, call(first), &mut connection, async move |outer| {
+                insert(outer, &ledger, first).await?;
+                barrier.wait().await;
+                run_in_transaction!(&inner, call(second), &mut *outer, async move |c| {
+                    insert(c, &ledger, second).await
+                })
+                .await
+            })
+            .await
+        })
+    };
+    let started = tokio::time::Instant::now();
+    let (a, b) = (side("a", "b"), side("b", "a"));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let elapsed = started.elapsed();
+    let deadlocked = |result: &Result<i64, AppError>| {
+        matches!(result, Err(AppError::Idem(Error::Deadlock { .. })))
+    };
+    assert!(
+        (deadlocked(&a) && b.is_ok()) || (deadlocked(&b) && a.is_ok()),
+        "one side is told of the deadlock, the other proceeds: {a:?} {b:?}"
+    );
+    // Far inside the 60 s lease: the database found the deadlock, nobody waited a lease out.
+    assert!(elapsed < Duration::from_secs(20), "{elapsed:?}");
+    let message = [a, b]
+        .into_iter()
+        .find_map(|r| match r {
+            Err(AppError::Idem(err)) => Some(err.to_string()),
+            _ => None,
+        })
+        .unwrap();
+    assert!(message.contains("deadlock"), "{message}");
+    // The side that proceeded booked both keys; the other booked nothing.
+    assert_eq!((db.rows("a").await, db.rows("b").await), (1, 1));
+}
