@@ -274,6 +274,22 @@ where
         .await
 }
 
+/// `transaction = conn, record_errors` without `on_error`: every `Err` recorded.
+pub async fn begin_in_transaction_recording_every_error<'c, C, T, E>(
+    runtime: &'c Idempotency,
+    call: Call,
+    connection: &'c mut C,
+) -> TransactionBegun<'c, C::Store, T, E, impl Fn(&E) -> OnError>
+where
+    C: TransactionConnection + ?Sized,
+    T: Recordable,
+    E: Recordable + FromIdemError,
+{
+    runtime
+        .begin_transaction_recording_every_error::<C::Store, T, E>(call, connection)
+        .await
+}
+
 /// What `transaction = conn` found on a function whose return type reads as a handler's: the
 /// result to return at once, or the claim to run the body under (its `connection()`,
 /// `context()` and `finish(result)` are those of [`TransactionClaim`](idem_core::TransactionClaim)).

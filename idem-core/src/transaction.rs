@@ -48,6 +48,13 @@ pub trait TransactionalStore: Store {
         connection: &'c mut Self::Connection,
     ) -> Result<Self::Transaction<'c>, Error>;
 
+    /// Whether `connection` is already inside a transaction, so that [`begin`](Self::begin)
+    /// would open a savepoint in the caller's transaction. By default, `false`.
+    fn in_transaction(&self, connection: &Self::Connection) -> bool {
+        let _ = connection;
+        false
+    }
+
     /// Opens a transaction on a connection of the store's own (from its pool), for a caller that
     /// holds none: the HTTP layer's transactional mode begins each request's transaction so.
     async fn begin_pooled(&self) -> Result<Self::Transaction<'static>, Error>;
@@ -304,7 +311,9 @@ impl Idempotency {
     /// undoes the body's writes to a savepoint made before the body and commits the claim, so
     /// the key is held until its lease lapses, as outside a transaction. (That savepoint is one
     /// more statement; [`begin_transaction_releasing`](Self::begin_transaction_releasing) has
-    /// none.)
+    /// none.) Because that hold must outlive the call, a `connection` already inside the
+    /// caller's own transaction is refused with [`Error::InvalidOption`] before the body runs:
+    /// there the hold would commit with the caller's transaction, and vanish with its rollback.
     pub async fn begin_transaction<'c, S, T, E, F>(
         &self,
         call: Call,
@@ -320,7 +329,7 @@ impl Idempotency {
         let policy = Policy::classifying(on_error);
         self.begin_with(
             call,
-            |store: Arc<S>| async move { store.begin(connection).await },
+            |store: Arc<S>| begin_own(store, connection, true),
             policy,
         )
         .await
@@ -345,7 +354,7 @@ impl Idempotency {
         };
         self.begin_with(
             call,
-            |store: Arc<S>| async move { store.begin(connection).await },
+            |store: Arc<S>| begin_own(store, connection, false),
             policy,
         )
         .await
@@ -353,7 +362,9 @@ impl Idempotency {
 
     /// Like [`begin_transaction`](Self::begin_transaction), but errors that `on_error` calls
     /// [`OnError::Record`] are recorded and replayed: the body's writes are undone (to a
-    /// savepoint made before the body) and the error's record commits instead.
+    /// savepoint made before the body) and the error's record commits instead. As there, a
+    /// connection inside the caller's own transaction is refused (`on_error` may say
+    /// `OutcomeUnknown`, whose hold cannot outlive that transaction).
     pub async fn begin_transaction_recording_errors<'c, S, T, E, F>(
         &self,
         call: Call,
@@ -377,7 +388,38 @@ impl Idempotency {
         };
         self.begin_with(
             call,
-            |store: Arc<S>| async move { store.begin(connection).await },
+            |store: Arc<S>| begin_own(store, connection, true),
+            policy,
+        )
+        .await
+    }
+
+    /// [`begin_transaction_recording_errors`](Self::begin_transaction_recording_errors) with
+    /// every `Err` recorded: no error can be an unknown outcome, so it may run in the caller's
+    /// own transaction too. For `idem-postgres` and the macro.
+    #[doc(hidden)]
+    pub async fn begin_transaction_recording_every_error<'c, S, T, E>(
+        &self,
+        call: Call,
+        connection: &'c mut S::Connection,
+    ) -> TransactionBegun<'c, S, T, E, impl Fn(&E) -> OnError>
+    where
+        S: TransactionalStore,
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned + From<Error>,
+    {
+        let codec = Codec {
+            encode: encode_exactly::<E>,
+            decode: |json| serde_json::from_slice(json),
+        };
+        let policy = Policy {
+            on_error: |_: &E| OnError::Record,
+            codec: Some(codec),
+            classifies: false,
+        };
+        self.begin_with(
+            call,
+            |store: Arc<S>| begin_own(store, connection, false),
             policy,
         )
         .await
@@ -722,6 +764,28 @@ fn after_the_body(key: &str, err: Error) -> Error {
             source: Box::new(err),
         },
     }
+}
+
+/// Opens the call's transaction on the caller's `connection`. Where the body's errors are
+/// classified (`may_hold`: one may be an unknown outcome, whose claim must hold the key for a
+/// lease), a connection already in the caller's own transaction is refused: the hold would
+/// commit with that transaction, and the caller's rollback (what `?` does) would free the key
+/// for a retry that repeats the effect.
+async fn begin_own<S: TransactionalStore>(
+    store: Arc<S>,
+    connection: &mut S::Connection,
+    may_hold: bool,
+) -> Result<S::Transaction<'_>, Error> {
+    if may_hold && store.in_transaction(connection) {
+        return Err(Error::invalid_option(
+            "errors classified by `on_error` may be unknown outcomes, whose claim must hold the \
+             key for a lease, and inside your own transaction that hold would vanish if you roll \
+             back; pass a connection that is not in a transaction (idem then commits the hold), \
+             or classify no errors here (errors released: `begin`; recorded: \
+             `begin_recording_errors`)",
+        ));
+    }
+    store.begin(connection).await
 }
 
 /// The savepoint before a call's body: unique to the call, so that a body's own savepoints

@@ -214,12 +214,14 @@ fn in_transaction(
         quote_spanned!(span=> &mut *#connection)
     };
     let (begin, on_error) = match (&args.on_error, args.record_errors) {
-        (on_error, true) => (
+        (Some(on_error), true) => (
             quote!(#private::begin_in_transaction_recording_errors),
-            match on_error {
-                Some(on_error) => quote!(, #on_error),
-                None => respanned(quote!(, |_| #private::OnError::Record), span),
-            },
+            quote!(, #on_error),
+        ),
+        // Every error recorded: none can hold its key, so the caller's own transaction is fine.
+        (None, true) => (
+            quote!(#private::begin_in_transaction_recording_every_error),
+            quote!(),
         ),
         (Some(on_error), false) => (quote!(#private::begin_in_transaction), quote!(, #on_error)),
         // Every error rolls back: no savepoint before the body.

@@ -28,6 +28,10 @@ impl TransactionalStore for PostgresStore {
             .map_err(|err| store_error("begin", &err, false))
     }
 
+    fn in_transaction(&self, connection: &PgConnection) -> bool {
+        connection.is_in_transaction()
+    }
+
     async fn begin_pooled(&self) -> Result<Transaction<'static, Postgres>, Error> {
         self.pool()
             .begin()
@@ -225,7 +229,9 @@ where
 
 /// Like [`begin`], with `on_error` deciding what each `Err` means: the body's writes are rolled
 /// back either way, and [`OnError::OutcomeUnknown`] then holds the key for one lease (for
-/// effects the body may have started outside the database).
+/// effects the body may have started outside the database). `connection` must not be inside
+/// a transaction of yours (`&mut *tx`): the hold would vanish if you rolled back, so that is
+/// refused with `Error::InvalidOption` before the body runs.
 pub async fn begin_with<'c, T, E, F>(
     idem: &'c Idempotency,
     call: Call,
@@ -252,13 +258,12 @@ where
     T: Serialize + DeserializeOwned,
     E: Serialize + DeserializeOwned + From<Error>,
 {
-    idem.begin_transaction_recording_errors::<PostgresStore, T, E, _>(call, connection, |_: &E| {
-        OnError::Record
-    })
-    .await
+    idem.begin_transaction_recording_every_error::<PostgresStore, T, E>(call, connection)
+        .await
 }
 
-/// Like [`begin_recording_errors`], with `on_error` deciding which errors are recorded.
+/// Like [`begin_recording_errors`], with `on_error` deciding which errors are recorded. As
+/// for [`begin_with`], `connection` must not be inside a transaction of yours.
 pub async fn begin_recording_errors_with<'c, T, E, F>(
     idem: &'c Idempotency,
     call: Call,

@@ -1375,3 +1375,56 @@ async fn two_transactions_claiming_two_keys_in_opposite_orders_do_not_stall() {
     // The side that proceeded booked both keys; the other booked nothing.
     assert_eq!((db.rows("a").await, db.rows("b").await), (1, 1));
 }
+
+/// Issue 20 (defect 2): `begin_with` inside the caller's own transaction, a body whose provider
+/// call timed out (classified `OutcomeUnknown`), then the caller rolled back as `?` does: the
+/// hold vanished with the rollback and the retry called the provider again (`calls=2`). An
+/// unknown outcome cannot hold its key inside the caller's transaction, so classifying calls
+/// are refused there before the body runs; recording every error still works there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classified_errors_are_refused_inside_the_caller_s_own_transaction() {
+    use idem_core::OnError;
+    let db = db().await;
+    let provider_calls = AtomicU32::new(0);
+    let classify = |_: &AppError| OnError::OutcomeUnknown;
+    for _ in 0..2 {
+        let mut outer = db.pool.begin().await.unwrap();
+        let result = run_in_transaction!(
+            idem_postgres::begin_with,
+            &db.idem,
+            call("k"),
+            &mut *outer,
+            classify,
+            async move |_connection| {
+                provider_calls.fetch_add(1, Ordering::SeqCst);
+                Err::<i64, _>(AppError::Declined) // the provider timed out
+            },
+        )
+        .await;
+        let err = match result {
+            Err(AppError::Idem(err @ Error::InvalidOption { .. })) => err,
+            other => panic!("{other:?}"),
+        };
+        assert!(err.to_string().contains("your own transaction"), "{err}");
+        outer.rollback().await.unwrap();
+    }
+    assert_eq!(provider_calls.load(Ordering::SeqCst), 0);
+
+    // Recording every error is no hold: it runs in the caller's transaction.
+    let mut outer = db.pool.begin().await.unwrap();
+    let recorded = run_in_transaction!(
+        idem_postgres::begin_recording_errors,
+        &db.idem,
+        call("r"),
+        &mut *outer,
+        async move |_connection| Err::<i64, _>(Refusal::Declined),
+    )
+    .await;
+    assert_eq!(recorded, Err(Refusal::Declined));
+    outer.commit().await.unwrap();
+    // On a connection of its own, the same classified call holds its key.
+    let mut connection = db.connection().await;
+    let unknown = unknown_outcome(&db.idem, &mut connection, &db.ledger, "k", Duration::ZERO).await;
+    assert!(matches!(unknown, Err(AppError::Declined)), "{unknown:?}");
+    is_held(&db.idem, &mut connection, &db.ledger, "k").await;
+}
