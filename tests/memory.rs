@@ -200,7 +200,7 @@ async fn record_write_failures_within_the_lease_do_not_duplicate() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn failed_renewals_surface_as_lease_lost_and_nothing_is_recorded() {
+async fn a_holder_whose_renewals_failed_gets_the_result_of_the_call_that_took_over() {
     let (store, idem) = failing();
     store.fail_renews.store(u32::MAX, Ordering::SeqCst);
     let runs = Arc::new(AtomicU32::new(0));
@@ -218,9 +218,9 @@ async fn failed_renewals_surface_as_lease_lost_and_nothing_is_recorded() {
             .unwrap(),
         2
     );
-    let err = first.await.unwrap().unwrap_err();
-    assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
-    // The stale holder's result was not recorded over the new one.
+    // The stale holder's own result (1) is not recorded over the new one, and its caller gets
+    // the key's recorded result: one key, one result (it got `LeaseLost` before issue 20).
+    assert_eq!(first.await.unwrap().unwrap(), 2);
     assert_eq!(
         slow_with_short_lease(&idem, "lapsing", &runs, Duration::ZERO)
             .await

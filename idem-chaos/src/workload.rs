@@ -71,6 +71,10 @@ pub enum CallOutcome {
     /// The body ran but its claim lapsed (`LeaseLost`) or its record could not be written
     /// (`NotRecorded`): the caller was told the effect may run again.
     Unrecorded(String),
+    /// The body ran, its claim lapsed, and another call's record answered this one (the value,
+    /// `served` saying `Replayed` though the body ran): its effect happened twice, and the
+    /// caller can tell.
+    Superseded(String),
 }
 
 /// Everything that happened, as seen from outside the store.
@@ -178,17 +182,26 @@ impl History {
         let call_id = self.next_call.fetch_add(1, Ordering::SeqCst);
         let history = self.clone();
         let body_key = key.to_owned();
-        let result = idem
-            .run(Call::new("chaos", key).lease(lease), async move {
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ran_here = ran.clone();
+        let (result, served) =
+            idem_core::served(idem.run(Call::new("chaos", key).lease(lease), async move {
+                ran_here.store(true, Ordering::SeqCst);
                 lock(&history.executions)
                     .entry(body_key.clone())
                     .or_default()
                     .push(call_id);
                 tokio::time::sleep(body_time).await;
                 Ok::<_, Error>(format!("{body_key}#{call_id}"))
-            })
+            }))
             .await;
         let outcome = match result {
+            Ok(value)
+                if ran.load(Ordering::SeqCst) && served == Some(idem_core::Served::Replayed) =>
+            {
+                self.lease_lost.fetch_add(1, Ordering::Relaxed);
+                CallOutcome::Superseded(value)
+            }
             Ok(value) => CallOutcome::Ok(value),
             Err(err) => {
                 if matches!(err, Error::LeaseLost { .. }) {
@@ -203,7 +216,7 @@ impl History {
                 }
             }
         };
-        let ok = matches!(outcome, CallOutcome::Ok(_));
+        let ok = matches!(outcome, CallOutcome::Ok(_) | CallOutcome::Superseded(_));
         lock(&self.calls).push((call_id, key.to_owned(), outcome));
         ok
     }
@@ -214,7 +227,12 @@ impl History {
         let calls = lock(&self.calls);
         let warned: std::collections::HashSet<&str> = calls
             .iter()
-            .filter(|(_, _, outcome)| matches!(outcome, CallOutcome::Unrecorded(_)))
+            .filter(|(_, _, outcome)| {
+                matches!(
+                    outcome,
+                    CallOutcome::Unrecorded(_) | CallOutcome::Superseded(_)
+                )
+            })
             .map(|(_, key, _)| key.as_str())
             .collect();
         let mut report = Report {
@@ -227,7 +245,7 @@ impl History {
         let mut values: HashMap<&str, Vec<&str>> = HashMap::new();
         for (call_id, key, outcome) in calls.iter() {
             match outcome {
-                CallOutcome::Ok(value) => {
+                CallOutcome::Ok(value) | CallOutcome::Superseded(value) => {
                     report.ok += 1;
                     values.entry(key).or_default().push(value);
                 }

@@ -25,7 +25,7 @@ use crate::exact::encode_exactly;
 use crate::observe::{self, CallOutcome, CallTrace};
 use crate::outcome::{self, OnError, Served};
 use crate::record::Outcome;
-use crate::runtime::{replayed, Begun, Call, Claim, ErrorPolicy, Idempotency};
+use crate::runtime::{replayed, Begun, Call, Claim, ErrorPolicy, Idempotency, Settled};
 use crate::Error;
 
 /// Where a call starts.
@@ -46,6 +46,14 @@ pub(crate) enum Driven {
         fingerprint: Vec<u8>,
         record: Vec<u8>,
         waited: bool,
+        trace: CallTrace,
+    },
+    /// The body ran, but its claim lapsed and another call recorded its result meanwhile: that
+    /// record is this call's result too. The generic part decodes it and finishes the trace.
+    Superseded {
+        key: String,
+        fingerprint: Vec<u8>,
+        record: Vec<u8>,
         trace: CallTrace,
     },
     /// The body did not run.
@@ -190,24 +198,36 @@ impl Idempotency {
             Some(end) => Poll::Ready(end),
             None => Poll::Pending,
         });
-        let (end, lease_lost) = self
+        // A lost lease shows when the end is made durable: the store refuses the stale fence,
+        // and a record is then written under a fresh claim if the key is free.
+        let (end, _lease_lost) = self
             .keeping_lease_apart(&claim, body_ended, || slot.waited())
             .await;
-        let result = if lease_lost {
-            trace.finish(CallOutcome::LeaseLost);
-            Err(Error::lease_lost(claim.key.clone()))
-        } else {
-            let how = match &end {
-                End::Record(..) => CallOutcome::Executed,
-                End::Release => CallOutcome::Released,
-                End::KeepClaim => CallOutcome::OutcomeUnknown,
-            };
-            let finished = self.finish(&claim, end).await;
-            trace.finish(match &finished {
-                Ok(()) => how,
-                Err(err) => CallOutcome::of_error(err),
-            });
-            finished
+        let how = match &end {
+            End::Record(..) => CallOutcome::Executed,
+            End::Release => CallOutcome::Released,
+            End::KeepClaim => CallOutcome::OutcomeUnknown,
+        };
+        let result = match self.finish(&claim, end).await {
+            Ok(Settled::Mine) => {
+                trace.finish(how);
+                Ok(())
+            }
+            // Another call's record answers this call too (the body's own output is dropped):
+            // one key, one result. Its effect happened as well, which the trace tells
+            // (`lease_lost`, a warning) and `served` shows (`Replayed`, though the body ran).
+            Ok(Settled::Winner(record)) => {
+                return Driven::Superseded {
+                    key: claim.key.clone(),
+                    fingerprint: claim.fingerprint().to_vec(),
+                    record,
+                    trace,
+                };
+            }
+            Err(err) => {
+                trace.finish(CallOutcome::of_error(&err));
+                Err(err)
+            }
         };
         outcome::report(Served::Executed);
         Driven::Ran(result)
@@ -391,6 +411,17 @@ where
         } => {
             let (result, served, how) = replayed(&key, &fingerprint, &record, waited, errors);
             trace.finish(how);
+            outcome::report(served);
+            result
+        }
+        Driven::Superseded {
+            key,
+            fingerprint,
+            record,
+            mut trace,
+        } => {
+            let (result, served, _) = replayed(&key, &fingerprint, &record, false, errors);
+            trace.finish(CallOutcome::LeaseLost);
             outcome::report(served);
             result
         }

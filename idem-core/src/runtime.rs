@@ -588,7 +588,7 @@ impl Idempotency {
 
     /// Everything after the body, the same for every function: record, release or keep the
     /// claim.
-    pub(crate) async fn finish(&self, claim: &Claim, end: End) -> Result<(), Error> {
+    pub(crate) async fn finish(&self, claim: &Claim, end: End) -> Result<Settled, Error> {
         let store = &self.inner.store;
         let (outcome, json) = match end {
             End::Record(outcome, json) => (outcome, json),
@@ -598,13 +598,15 @@ impl Idempotency {
                 let released = self
                     .retrying("release", None, || store.release(&claim.key, claim.fence))
                     .await;
-                if let Err(err) = released {
-                    observe::release_failed(&err);
+                match released {
+                    // Lapsed (and maybe taken over): nothing of this call's left to release.
+                    Ok(()) | Err(Error::LeaseLost { .. }) => {}
+                    Err(err) => observe::release_failed(&err),
                 }
-                return Ok(());
+                return Ok(Settled::Mine);
             }
             // An unknown outcome: the claim lapses with its lease.
-            End::KeepClaim => return Ok(()),
+            End::KeepClaim => return Ok(Settled::Mine),
         };
         let record = match json {
             Ok(json) => Record::encode(outcome, &claim.fingerprint, &json),
@@ -628,9 +630,45 @@ impl Idempotency {
         // Lease lost: the write stops by itself once the claim's validity ran out.
         let (written, _) = self.keeping_lease(claim, write, || true).await;
         match written {
-            Ok(()) => Ok(()),
-            Err(err @ Error::LeaseLost { .. }) => Err(err),
+            Ok(()) => Ok(Settled::Mine),
+            Err(Error::LeaseLost { .. }) => self.record_after_lapse(claim, &record).await,
             Err(err) => Err(not_recorded(claim.key.clone(), err)),
+        }
+    }
+
+    /// The body's `record`, whose claim lapsed before it could be written. If the key is free
+    /// (nobody took it over, or whoever did let it go), it is claimed afresh and the record
+    /// written under that claim: the effect happened once, and is recorded. If another call
+    /// recorded its result meanwhile, that record is the key's answer, for this caller too, so
+    /// that two callers of one key never see two results. Otherwise (another call holds the key
+    /// now) the lease is lost.
+    async fn record_after_lapse(&self, claim: &Claim, record: &[u8]) -> Result<Settled, Error> {
+        let store = &self.inner.store;
+        let request = ClaimRequest::new(
+            &claim.key,
+            AttemptId::random(),
+            &claim.fingerprint,
+            claim.lease,
+        );
+        let lost = || Error::lease_lost(claim.key.clone());
+        match self.retrying("claim", None, || store.claim(request)).await {
+            Ok(ClaimOutcome::Acquired { fence, .. }) => {
+                let written = self
+                    .retrying("complete", None, || {
+                        store.complete(&claim.key, fence, record, claim.retention)
+                    })
+                    .await;
+                match written {
+                    Ok(()) => Ok(Settled::Mine),
+                    Err(_) => {
+                        // Unrecorded again: no body runs under this claim, so let it go.
+                        let _ = store.release(&claim.key, fence).await;
+                        Err(lost())
+                    }
+                }
+            }
+            Ok(ClaimOutcome::Completed { record }) => Ok(Settled::Winner(record)),
+            _ => Err(lost()),
         }
     }
 
@@ -968,6 +1006,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Whose result a call that ran its body ends with.
+pub(crate) enum Settled {
+    /// The body's own (recorded, released or held, as its end said).
+    Mine,
+    /// Another call's record, written while this call's claim had lapsed: the key's answer.
+    Winner(Vec<u8>),
+}
+
 /// A call's options, resolved and checked.
 pub(crate) struct Prepared {
     pub(crate) key: String,
@@ -1013,6 +1059,11 @@ impl Claim {
     /// The body may start: from now on, dropping the claim keeps it until its lease lapses.
     pub(crate) fn started(&mut self) {
         self.unstarted = None;
+    }
+
+    /// The fingerprint of the call's request.
+    pub(crate) fn fingerprint(&self) -> &[u8] {
+        &self.fingerprint
     }
 }
 

@@ -337,3 +337,89 @@ async fn a_claim_cancelled_before_its_body_started_frees_the_key() {
     }
     assert_eq!(runs.load(Ordering::SeqCst), 2, "each key's body ran once");
 }
+
+/// Issue 20 (what peers do): a body whose claim lapsed (its renewals failed) while nobody took
+/// the key over got `LeaseLost` and left no record, so the next delivery ran it again. Its
+/// result is recorded under a fresh claim when the key is still free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_claim_records_its_result_when_the_key_is_still_free() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    store.renewals_fail.store(true, Ordering::SeqCst);
+    let idem = Idempotency::from_arc(store.clone());
+    let runs = Arc::new(AtomicU32::new(0));
+    let call = || Call::new("lapsed", "k").lease(Duration::from_millis(300));
+    let counted = runs.clone();
+    let first = idem
+        .run(call(), async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            Ok::<u32, Error>(1)
+        })
+        .await;
+    assert_eq!(first.unwrap(), 1);
+    store.renewals_fail.store(false, Ordering::SeqCst);
+    let counted = runs.clone();
+    let (again, how) = idem_core::served(idem.run(call(), async move {
+        counted.fetch_add(1, Ordering::SeqCst);
+        Ok::<u32, Error>(2)
+    }))
+    .await;
+    assert_eq!(
+        (again.unwrap(), how),
+        (1, Some(idem_core::Served::Replayed))
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// Issue 20 (what peers do): a body whose claim lapsed and was taken over by a duplicate that
+/// recorded its own result got `LeaseLost`, so its caller and the duplicate's saw two
+/// different outcomes of one key. It gets the recorded result, as any later delivery does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_claim_gets_the_result_of_the_call_that_took_over() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    store.leases_lost.store(true, Ordering::SeqCst);
+    let idem = Idempotency::from_arc(store.clone());
+    let call = || Call::new("taken-over", "k").lease(Duration::from_millis(300));
+    let first = tokio::spawn({
+        let idem = idem.clone();
+        async move {
+            idem.run(call(), async {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                Ok::<u32, Error>(1)
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let takeover = idem.run(call(), async { Ok::<u32, Error>(2) }).await;
+    assert_eq!(takeover.unwrap(), 2);
+    assert_eq!(first.await.unwrap().unwrap(), 2, "one key, one result");
+
+    // While the call that took over is still running, the lapsed one's lease is lost.
+    let call = || Call::new("taken-over", "k2").lease(Duration::from_millis(300));
+    let first = tokio::spawn({
+        let idem = idem.clone();
+        async move {
+            idem.run(call(), async {
+                tokio::time::sleep(Duration::from_millis(700)).await;
+                Ok::<u32, Error>(1)
+            })
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let takeover = tokio::spawn({
+        let idem = idem.clone();
+        async move {
+            idem.run(call(), async {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                Ok::<u32, Error>(2)
+            })
+            .await
+        }
+    });
+    let first = first.await.unwrap();
+    assert!(matches!(first, Err(Error::LeaseLost { .. })), "{first:?}");
+    store.leases_lost.store(false, Ordering::SeqCst);
+    drop(takeover);
+}

@@ -148,17 +148,25 @@ async fn every_path_reports_its_outcome() {
     assert_eq!(reports.last().0, CallOutcome::StoreError);
     store.claims_fail.store(false, Ordering::SeqCst);
 
-    // The lease is lost while the body runs.
+    // The lease is lost while the body runs, and another call holds the key when it ends (a
+    // key still free would take the record under a fresh claim).
     store.leases_lost.store(true, Ordering::SeqCst);
+    let took_over = std::sync::Mutex::new(None);
     let lost = idem
         .run(call("h").lease(Duration::from_millis(300)), async {
             tokio::time::sleep(Duration::from_millis(400)).await;
+            let taken = idem.start::<u32>(call("h")).await;
+            *took_over.lock().unwrap() = Some(taken);
             ok(10)
         })
         .await;
-    assert!(matches!(lost, Err(Error::LeaseLost { .. })));
+    assert!(matches!(lost, Err(Error::LeaseLost { .. })), "{lost:?}");
     assert_eq!(reports.last().0, CallOutcome::LeaseLost);
     store.leases_lost.store(false, Ordering::SeqCst);
+    assert!(matches!(
+        took_over.lock().unwrap().take(),
+        Some(Ok(Started::Claimed(_)))
+    ));
 
     // A record that does not decode as the function's type.
     idem.run(call("i"), async { Ok::<_, Error>("text".to_owned()) })

@@ -110,6 +110,7 @@ fn spans_carry_the_outcome_and_a_hash_of_the_key_never_the_key() {
                     Call::new("traced", "lost").lease(Duration::from_millis(300)),
                     async {
                         tokio::time::sleep(Duration::from_millis(400)).await;
+                        take_over(&*store, "idem:traced:lost").await;
                         ok(2)
                     },
                 )
@@ -163,5 +164,21 @@ fn spans_carry_the_outcome_and_a_hash_of_the_key_never_the_key() {
                 .get("message")
                 .is_some_and(|m| m.contains("lease_lost"))),
         "a lost lease is a warning: {captured:?}"
+    );
+}
+
+/// Another caller takes `key` over, its lease having lapsed, and keeps it: the lapsed call's
+/// lease is lost (a key still free would take its record under a fresh claim).
+async fn take_over(store: &dyn idem_core::Store, key: &str) {
+    let request = idem_core::ClaimRequest::new(
+        key,
+        idem_core::AttemptId::random(),
+        b"",
+        Duration::from_secs(30),
+    );
+    let taken = store.claim(request).await.unwrap();
+    assert!(
+        matches!(taken, idem_core::ClaimOutcome::Acquired { .. }),
+        "{taken:?}"
     );
 }

@@ -45,14 +45,22 @@ fn lease_lost_warning_has_call_context_at_warn_level() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let store = FaultyStore::new(MemoryStore::new());
+        let store = std::sync::Arc::new(FaultyStore::new(MemoryStore::new()));
         store.leases_lost.store(true, Ordering::SeqCst);
-        let idem = Idempotency::new(store);
+        let idem = Idempotency::from_arc(store.clone());
         let lost = idem
             .run(
                 Call::new("pay", "order-6").lease(Duration::from_millis(300)),
                 async {
                     tokio::time::sleep(Duration::from_millis(400)).await;
+                    // Another caller takes the lapsed key over and keeps it.
+                    let request = idem_core::ClaimRequest::new(
+                        "idem:pay:order-6",
+                        idem_core::AttemptId::random(),
+                        b"",
+                        Duration::from_secs(30),
+                    );
+                    idem_core::Store::claim(&*store, request).await.unwrap();
                     Ok::<u32, Error>(1)
                 },
             )

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use http_body::Body;
-use idem_core::{BoxError, Call, Claimed, Error, OnError, Started};
+use idem_core::{BoxError, Call, Claimed, Error, OnError, Served, Started};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tower_service::Service;
@@ -285,46 +285,67 @@ where
         Failure::Unrecorded(disposition) => *disposition,
         Failure::Service(_) | Failure::Idem(_) => OnError::Release,
     };
-    let outcome = claimed
-        .run_with(classify, async {
-            let response = call_inner(inner, request).await.map_err(Failure::Service)?;
-            let (parts, body) = response.into_parts();
-            let disposition = match (config.on_status)(parts.status) {
-                OnError::Record if is_event_stream(&parts) => config.on_unrecordable,
-                disposition => disposition,
+    let (outcome, served) = idem_core::served(claimed.run_with(classify, async {
+        let response = call_inner(inner, request).await.map_err(Failure::Service)?;
+        let (parts, body) = response.into_parts();
+        let disposition = match (config.on_status)(parts.status) {
+            OnError::Record if is_event_stream(&parts) => config.on_unrecordable,
+            disposition => disposition,
+        };
+        if disposition != OnError::Record {
+            first = Some(Response::from_parts(parts, BufferedBody::new(body)));
+            return Err(Failure::Unrecorded(disposition));
+        }
+        match read_response(body, config.max_response_body).await {
+            ResponseRead::Whole(bytes) => {
+                let replayed = |name: &http::HeaderName| config.replayed_headers.contains(name);
+                let recorded = RecordedResponse::capture(&parts, bytes.clone(), replayed);
+                first = Some(Response::from_parts(parts, BufferedBody::full(bytes)));
+                Ok::<_, Failure<_>>(recorded)
+            }
+            ResponseRead::Unrecordable(body) => {
+                first = Some(Response::from_parts(parts, body));
+                Err(Failure::Unrecorded(config.on_unrecordable))
+            }
+        }
+    }))
+    .await;
+    match (outcome, first) {
+        // The claim lapsed while the handler ran and another request with the key recorded
+        // its response meanwhile: that is the key's answer, for this client too (both clients
+        // see one response; the handler's effect happened twice, as the trace warns).
+        (Ok(recorded), Some(_)) if served == Some(Served::Replayed) => {
+            return Ok(recorded.replay());
+        }
+        // The claim lapsed and another request holds the key now: this response was never
+        // recorded and may differ from the one that will be, so it is not sent.
+        (Err(Failure::Idem(Error::LeaseLost { .. })), Some(_)) => {
+            let detail = "the handler ran, but its claim on this key lapsed and another request \
+                          with the key is being processed; retry after the Retry-After delay to \
+                          get the key's response";
+            return Ok(Rejection::InFlight.to_response(
+                &config.problem_base,
+                detail,
+                Some(Duration::from_secs(1)),
+            ));
+        }
+        // The handler answered: the client gets its answer, recorded or not (a failed record
+        // is the next delivery's concern).
+        (_, Some(response)) => Ok(response),
+        (outcome, None) => {
+            let err = match outcome {
+                Ok(recorded) => return Ok(recorded.replay()),
+                Err(Failure::Service(err)) => return Err(err),
+                Err(Failure::Idem(err)) => err,
+                // Only the handler returns this, and it left its response in `first`.
+                Err(Failure::Unrecorded(_)) => {
+                    Error::invalid_option("the handler's response was lost")
+                }
             };
-            if disposition != OnError::Record {
-                first = Some(Response::from_parts(parts, BufferedBody::new(body)));
-                return Err(Failure::Unrecorded(disposition));
-            }
-            match read_response(body, config.max_response_body).await {
-                ResponseRead::Whole(bytes) => {
-                    let replayed = |name: &http::HeaderName| config.replayed_headers.contains(name);
-                    let recorded = RecordedResponse::capture(&parts, bytes.clone(), replayed);
-                    first = Some(Response::from_parts(parts, BufferedBody::full(bytes)));
-                    Ok::<_, Failure<_>>(recorded)
-                }
-                ResponseRead::Unrecordable(body) => {
-                    first = Some(Response::from_parts(parts, body));
-                    Err(Failure::Unrecorded(config.on_unrecordable))
-                }
-            }
-        })
-        .await;
-    // The handler answered: the client gets its answer, recorded or not (a lost lease or a
-    // failed record is the next delivery's concern).
-    if let Some(response) = first {
-        return Ok(response);
+            let (rejection, detail, retry_after) = for_error(&err, config.max_retry_after);
+            Ok(rejection.to_response(&config.problem_base, &detail, retry_after))
+        }
     }
-    let err = match outcome {
-        Ok(recorded) => return Ok(recorded.replay()),
-        Err(Failure::Service(err)) => return Err(err),
-        Err(Failure::Idem(err)) => err,
-        // Only the handler returns this, and it left its response in `first`.
-        Err(Failure::Unrecorded(_)) => Error::invalid_option("the handler's response was lost"),
-    };
-    let (rejection, detail, retry_after) = for_error(&err, config.max_retry_after);
-    Ok(rejection.to_response(&config.problem_base, &detail, retry_after))
 }
 
 fn is_event_stream(parts: &http::response::Parts) -> bool {

@@ -312,3 +312,63 @@ async fn a_claim_that_lapsed_before_the_handler_is_in_flight_not_a_store_failure
     let (status, _, body) = call(&app, post_req("/charge", "k", "{}")).await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"charge 1"[..]));
 }
+
+/// A handler whose `n`th run sleeps `pauses[n - 1]` and answers `charge n`.
+fn charging(runs: Arc<AtomicU32>, pauses: &'static [u64]) -> Router {
+    let store = Arc::new(idem_core::testing::FaultyStore::new(MemoryStore::new()));
+    // Every renewal is refused: each claim lapses after its lease.
+    store.leases_lost.store(true, Ordering::SeqCst);
+    let layer =
+        IdempotencyLayer::new(Idempotency::from_arc(store)).lease(Duration::from_millis(300));
+    Router::new()
+        .route(
+            "/charge",
+            post(move || {
+                let runs = runs.clone();
+                async move {
+                    let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                    let pause = pauses.get(n as usize - 1).copied().unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    format!("charge {n}")
+                }
+            }),
+        )
+        .layer(layer)
+}
+
+/// Issue 20 (what peers do): a handler whose claim lapsed while it ran, the key taken over by
+/// a retry that recorded its own response, sent its unrecorded response anyway: two clients of
+/// one key saw two answers (`charge 1` and `charge 2`). It sends the recorded one; and while
+/// the retry still runs, 409 rather than a response that will never be the key's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_whose_claim_lapsed_never_sends_an_unrecorded_response() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let app = charging(runs.clone(), &[700, 0]);
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { call(&app, post_req("/charge", "k", "{}")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let retry = call(&app, post_req("/charge", "k", "{}")).await;
+    assert_eq!((retry.0, &retry.2[..]), (StatusCode::OK, &b"charge 2"[..]));
+    let first = first.await.unwrap();
+    assert_eq!((first.0, &first.2[..]), (StatusCode::OK, &b"charge 2"[..]));
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+
+    let runs = Arc::new(AtomicU32::new(0));
+    let app = charging(runs.clone(), &[700, 800]);
+    let first = tokio::spawn({
+        let app = app.clone();
+        async move { call(&app, post_req("/charge", "k", "{}")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let retry = tokio::spawn({
+        let app = app.clone();
+        async move { call(&app, post_req("/charge", "k", "{}")).await }
+    });
+    let first = first.await.unwrap();
+    assert_eq!(first.0, StatusCode::CONFLICT, "{:?}", first.2);
+    assert_eq!(first.1.get("idempotency-rejection").unwrap(), "in-flight");
+    let retry = retry.await.unwrap();
+    assert_eq!((retry.0, &retry.2[..]), (StatusCode::OK, &b"charge 2"[..]));
+}
