@@ -98,6 +98,7 @@ struct Settings {
     concrete: Option<Arc<dyn std::any::Any + Send + Sync>>,
     retention: Duration,
     lease: Duration,
+    max_hold: Option<Duration>,
     key_prefix: String,
     store_attempts: u32,
     observer: Option<Arc<dyn Observer>>,
@@ -131,6 +132,7 @@ pub struct Call {
     fingerprint: Result<Option<Fingerprint>, Error>,
     retention: Option<Duration>,
     lease: Option<Duration>,
+    max_hold: Option<Duration>,
     on_in_progress: OnInProgress,
 }
 
@@ -155,6 +157,7 @@ impl Call {
             fingerprint: Ok(None),
             retention: None,
             lease: None,
+            max_hold: None,
             on_in_progress: OnInProgress::Wait,
         }
     }
@@ -209,6 +212,13 @@ impl Call {
     /// How long the claim lasts between renewals (overrides the runtime's lease).
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = Some(lease);
+        self
+    }
+
+    /// The longest this call holds its key while its body runs (overrides the runtime's
+    /// [`with_max_hold`](Idempotency::with_max_hold)).
+    pub fn max_hold(mut self, max_hold: Duration) -> Self {
+        self.max_hold = Some(max_hold);
         self
     }
 
@@ -297,6 +307,7 @@ impl Idempotency {
                 concrete: None,
                 retention: DEFAULT_RETENTION,
                 lease: DEFAULT_LEASE,
+                max_hold: None,
                 key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
                 store_attempts: 3,
                 observer: None,
@@ -316,6 +327,16 @@ impl Idempotency {
     /// in `block_in_place` keeps its claim).
     pub fn with_lease(mut self, lease: Duration) -> Self {
         Arc::make_mut(&mut self.inner).lease = lease;
+        self
+    }
+
+    /// The longest a call holds its key while its body runs: renewals stop once the claim is
+    /// this old, so a hung body's key passes to the next delivery a lease later (by default
+    /// there is no ceiling: a body that runs keeps its key). The body is not stopped; its late
+    /// result is recorded only if nobody took the key over meanwhile, and otherwise its caller
+    /// gets the result that was recorded (see `docs/reference.md`).
+    pub fn with_max_hold(mut self, max_hold: Duration) -> Self {
+        Arc::make_mut(&mut self.inner).max_hold = Some(max_hold);
         self
     }
 
@@ -537,6 +558,7 @@ impl Idempotency {
             lease,
             retention,
             on_in_progress,
+            max_hold,
         } = self.prepare(call)?;
         trace.keyed(&key);
         match self
@@ -548,6 +570,7 @@ impl Idempotency {
                 Claim {
                     unstarted: Some(self.clone()),
                     lease_clock: Arc::new(LeaseClock::new(later(claimed_at, lease))),
+                    hold_until: max_hold.map(|max_hold| later(claimed_at, max_hold)),
                     key,
                     fingerprint,
                     fence,
@@ -577,12 +600,22 @@ impl Idempotency {
         let lease = call.lease.unwrap_or(settings.lease);
         let retention = call.retention.unwrap_or(settings.retention);
         check_durations(lease, retention)?;
+        let max_hold = call.max_hold.or(settings.max_hold);
+        if let Some(max_hold) = max_hold.filter(|m| m.is_zero() || *m > MAX_DURATION) {
+            return Err(Error::InvalidOption {
+                reason: format!(
+                    "the max hold is {max_hold:?}, but it must be above zero and at most {} days",
+                    MAX_DURATION.as_secs() / 86_400
+                ),
+            });
+        }
         Ok(Prepared {
             key,
             fingerprint,
             lease,
             retention,
             on_in_progress: call.on_in_progress,
+            max_hold,
         })
     }
 
@@ -790,12 +823,25 @@ impl Idempotency {
     /// Renews the lease every third of it; returns only when the lease is lost (the store
     /// refused the fence, or no renewal succeeded for a whole lease).
     pub(crate) async fn keep_lease(&self, claim: &Claim) {
-        self.keep_lease_of(&claim.key, claim.fence, claim.lease, &claim.lease_clock)
-            .await;
+        self.keep_lease_of(
+            &claim.key,
+            claim.fence,
+            claim.lease,
+            &claim.lease_clock,
+            claim.hold_until,
+        )
+        .await;
     }
 
     /// [`keep_lease`](Self::keep_lease), from the claim's parts.
-    async fn keep_lease_of(&self, key: &str, fence: Fence, lease: Duration, clock: &LeaseClock) {
+    async fn keep_lease_of(
+        &self,
+        key: &str,
+        fence: Fence,
+        lease: Duration,
+        clock: &LeaseClock,
+        hold_until: Option<Instant>,
+    ) {
         let store = &self.inner.store;
         let mut next = clock
             .valid_until()
@@ -804,6 +850,12 @@ impl Idempotency {
         loop {
             tokio::time::sleep_until(next).await;
             let sent = Instant::now();
+            if hold_until.is_some_and(|until| sent >= until) {
+                // Held as long as allowed: the claim lapses with its lease, and the key passes
+                // to the next delivery.
+                tokio::time::sleep_until(clock.valid_until()).await;
+                return;
+            }
             let renew = store.renew(key, fence, lease);
             let renewed = observe::in_span(&observe::store_span("renew"), renew).await;
             match renewed {
@@ -894,18 +946,20 @@ impl Idempotency {
             return self.keeping_lease(claim, work, may_keep).await;
         };
         let keeper = {
-            let (idem, key, fence, lease, clock) = (
+            let (idem, key, fence, lease, clock, hold_until) = (
                 self.clone(),
                 claim.key.clone(),
                 claim.fence,
                 claim.lease,
                 claim.lease_clock.clone(),
+                claim.hold_until,
             );
             let span = tracing::Span::current();
             // Its first renewal is a third of a lease away: a body that ends sooner costs a
             // spawn and an abort, and no store command.
             runtime.spawn(observe::in_span(&span, async move {
-                idem.keep_lease_of(&key, fence, lease, &clock).await;
+                idem.keep_lease_of(&key, fence, lease, &clock, hold_until)
+                    .await;
             }))
         };
         let keeper = AbortOnDrop(keeper);
@@ -1021,6 +1075,8 @@ pub(crate) struct Prepared {
     pub(crate) lease: Duration,
     pub(crate) retention: Duration,
     pub(crate) on_in_progress: OnInProgress,
+    /// When set, renewals stop once a claim is this old.
+    pub(crate) max_hold: Option<Duration>,
 }
 
 enum Acquired {
@@ -1049,6 +1105,8 @@ pub(crate) struct Claim {
     lease: Duration,
     retention: Duration,
     lease_clock: Arc<LeaseClock>,
+    /// From when the lease is no longer renewed (`max_hold` after the claim), if ever.
+    hold_until: Option<Instant>,
     /// Until the body may start, the runtime that releases the claim if it is dropped first (a
     /// cancelled call, a [`Claimed`] never run): a body that never started has no effect to
     /// guard, and its key must not stay held for a lease.

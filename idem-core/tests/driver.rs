@@ -423,3 +423,42 @@ async fn a_lapsed_claim_gets_the_result_of_the_call_that_took_over() {
     store.leases_lost.store(false, Ordering::SeqCst);
     drop(takeover);
 }
+
+/// Issue 20 (what peers do): a hung body kept its key for as long as it hung, renewing its
+/// lease, so every redelivery got `InProgress`. With `max_hold`, renewals stop once the claim
+/// is that old: the key passes to the next delivery a lease later, and the hung body's late
+/// result gives way to the one recorded meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_body_gives_its_key_up_after_max_hold() {
+    let idem = Idempotency::new(MemoryStore::new()).with_max_hold(Duration::from_millis(500));
+    let call = || {
+        Call::new("hung", "k")
+            .lease(Duration::from_millis(300))
+            .on_in_progress(idem_core::OnInProgress::Reject)
+    };
+    let hung = tokio::spawn({
+        let idem = idem.clone();
+        async move {
+            idem.run(call(), async {
+                tokio::time::sleep(Duration::from_millis(2000)).await;
+                Ok::<u32, Error>(1)
+            })
+            .await
+        }
+    });
+    // Renewed until 500 ms, then the lease (300 ms) runs out: free by about 800 ms.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let early = idem.run(call(), async { Ok::<u32, Error>(2) }).await;
+    assert!(matches!(early, Err(Error::InProgress { .. })), "{early:?}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let next = idem.run(call(), async { Ok::<u32, Error>(2) }).await;
+    assert_eq!(next.unwrap(), 2, "the hung body's key passed on");
+    assert_eq!(hung.await.unwrap().unwrap(), 2, "one key, one result");
+    // A ceiling of zero is refused.
+    let zero = idem
+        .run(call().max_hold(Duration::ZERO), async {
+            Ok::<u32, Error>(3)
+        })
+        .await;
+    assert!(matches!(zero, Err(Error::InvalidOption { .. })), "{zero:?}");
+}

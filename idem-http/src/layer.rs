@@ -77,6 +77,7 @@ pub(crate) struct Config {
     pub(crate) max_request_body: usize,
     pub(crate) max_response_body: usize,
     pub(crate) lease: Option<Duration>,
+    pub(crate) max_hold: Option<Duration>,
     pub(crate) in_flight: OnInProgress,
     pub(crate) max_retry_after: Duration,
     pub(crate) problem_base: String,
@@ -119,6 +120,7 @@ impl IdempotencyLayer {
                 max_request_body: DEFAULT_MAX_REQUEST_BODY,
                 max_response_body: DEFAULT_MAX_RESPONSE_BODY,
                 lease: None,
+                max_hold: None,
                 in_flight: OnInProgress::Reject,
                 max_retry_after: DEFAULT_MAX_RETRY_AFTER,
                 problem_base: DEFAULT_PROBLEM_BASE.to_owned(),
@@ -211,6 +213,15 @@ impl IdempotencyLayer {
     /// blocked after a crash or a panic, and so the 409s a client sees before its retry runs.
     pub fn lease(self, lease: Duration) -> Self {
         self.with(|config| config.lease = Some(lease))
+    }
+
+    /// The longest a request holds its key while its handler runs (default: the runtime's,
+    /// which has no ceiling): a hung handler's key passes to the next request a lease after
+    /// this. The handler is not stopped; its late response is recorded only if nobody took the
+    /// key over, and is otherwise replaced by the recorded one (or a 409). Not for the
+    /// transactional mode, whose claim is uncommitted while the handler runs.
+    pub fn max_hold(self, max_hold: Duration) -> Self {
+        self.with(|config| config.max_hold = Some(max_hold))
     }
 
     /// A duplicate that arrives while the first request runs waits up to `limit` for its

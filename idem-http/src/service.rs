@@ -168,6 +168,9 @@ where
     if let Some(lease) = config.lease {
         call = call.lease(lease);
     }
+    if let Some(max_hold) = config.max_hold {
+        call = call.max_hold(max_hold);
+    }
     // Claimed (or replayed, or refused) here, on the connection's task.
     let request = Request::from_parts(parts, BufferedBody::full(body));
     if let Some(mode) = &config.transaction {

@@ -372,3 +372,38 @@ async fn a_handler_whose_claim_lapsed_never_sends_an_unrecorded_response() {
     let retry = retry.await.unwrap();
     assert_eq!((retry.0, &retry.2[..]), (StatusCode::OK, &b"charge 2"[..]));
 }
+
+/// `max_hold`: a hung handler's key passes to the next request once the ceiling and a lease
+/// are past, and the hung handler's late response gives way to the recorded one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_handler_gives_its_key_up_after_max_hold() {
+    let runs = Arc::new(AtomicU32::new(0));
+    let counter = runs.clone();
+    let layer = IdempotencyLayer::new(Idempotency::new(MemoryStore::new()))
+        .lease(Duration::from_millis(300))
+        .max_hold(Duration::from_millis(500));
+    let app = Router::new()
+        .route(
+            "/charge",
+            post(move || {
+                let counter = counter.clone();
+                async move {
+                    let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+                    if n == 1 {
+                        tokio::time::sleep(Duration::from_millis(2000)).await;
+                    }
+                    format!("charge {n}")
+                }
+            }),
+        )
+        .layer(layer);
+    let hung = tokio::spawn({
+        let app = app.clone();
+        async move { call(&app, post_req("/charge", "k", "{}")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let next = call(&app, post_req("/charge", "k", "{}")).await;
+    assert_eq!((next.0, &next.2[..]), (StatusCode::OK, &b"charge 2"[..]));
+    let hung = hung.await.unwrap();
+    assert_eq!((hung.0, &hung.2[..]), (StatusCode::OK, &b"charge 2"[..]));
+}
