@@ -22,10 +22,30 @@ impl TransactionalStore for PostgresStore {
         &self,
         connection: &'c mut PgConnection,
     ) -> Result<Transaction<'c, Postgres>, Error> {
-        connection
-            .begin()
-            .await
-            .map_err(|err| store_error("begin", &err, false))
+        if connection.is_in_transaction() {
+            // The caller's transaction (that sqlx knows of): a savepoint.
+            return connection
+                .begin()
+                .await
+                .map_err(|err| store_error("begin", &err, false));
+        }
+        // A transaction of idem's own, in the same round trip as a check that the connection
+        // really was outside one: a raw `BEGIN` (which sqlx does not count) would have idem's
+        // `COMMIT` commit the caller's earlier writes. Both statements of one message share its
+        // `statement_timestamp()`, which is also the start of a transaction begun there.
+        let begin = "BEGIN; SELECT 1 / (now() = statement_timestamp())::int";
+        match connection.begin_with(begin).await {
+            Ok(transaction) => Ok(transaction),
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("22012") => {
+                Err(Error::invalid_option(
+                    "the connection is inside a transaction sqlx does not know of (begun with a \
+                     raw `BEGIN`), which idem's `COMMIT` would commit, caller's writes and all; \
+                     that transaction is now aborted: roll it back, and begin transactions with \
+                     sqlx's `begin()`",
+                ))
+            }
+            Err(err) => Err(store_error("begin", &err, false)),
+        }
     }
 
     fn in_transaction(&self, connection: &PgConnection) -> bool {

@@ -1428,3 +1428,30 @@ async fn classified_errors_are_refused_inside_the_caller_s_own_transaction() {
     assert!(matches!(unknown, Err(AppError::Declined)), "{unknown:?}");
     is_held(&db.idem, &mut connection, &db.ledger, "k").await;
 }
+
+/// Issue 20 (a suspicion, confirmed): a caller that began its transaction with a raw `BEGIN`
+/// (which sqlx does not count) had its earlier writes committed by idem's `COMMIT`, and then
+/// ran on outside any transaction. Such a connection is refused before the body runs, and the
+/// caller's writes are left to its own rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_begun_with_a_raw_begin_is_refused_not_committed() {
+    let db = db().await;
+    let mut connection = db.connection().await;
+    sqlx::raw_sql("BEGIN").execute(&mut *connection).await.unwrap();
+    insert(&mut connection, &db.ledger, "earlier").await.unwrap();
+    let ledger = db.ledger.clone();
+    let result = run_in_transaction!(&db.idem, call("k"), &mut *connection, async move |c| {
+        insert(c, &ledger, "k").await
+    })
+    .await;
+    let err = match result {
+        Err(AppError::Idem(err @ Error::InvalidOption { .. })) => err,
+        other => panic!("{other:?}"),
+    };
+    assert!(err.to_string().contains("raw `BEGIN`"), "{err}");
+    sqlx::raw_sql("ROLLBACK").execute(&mut *connection).await.unwrap();
+    assert_eq!(db.rows("earlier").await, 0, "idem committed the caller's write");
+    assert_eq!(db.rows("k").await, 0);
+    // The connection is usable again, and a call on it runs.
+    runs_at_once(&db, "k").await;
+}
