@@ -1455,3 +1455,50 @@ async fn a_transaction_begun_with_a_raw_begin_is_refused_not_committed() {
     // The connection is usable again, and a call on it runs.
     runs_at_once(&db, "k").await;
 }
+
+/// Issue 20 (a suspicion, refuted): SERIALIZABLE callers, each claiming its own key among
+/// other keys' records, interleaved, both commit: idem's claim reads its key's row only when
+/// its insert found one, so unrelated keys take no predicate locks on each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serializable_callers_with_unrelated_keys() {
+    let db = db().await;
+    // Other keys' records beside them, on the same index pages.
+    let mut connection = db.connection().await;
+    for i in 0..200 {
+        let key = format!("other-{i}");
+        let ledger = db.ledger.clone();
+        run_in_transaction!(&db.idem, call(&key), &mut connection, async move |c| {
+            insert(c, &ledger, "other").await
+        })
+        .await
+        .unwrap();
+    }
+    let mut one = db.pool.begin().await.unwrap();
+    let mut two = db.pool.begin().await.unwrap();
+    for tx in [&mut one, &mut two] {
+        sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+            .execute(&mut **tx)
+            .await
+            .unwrap();
+    }
+    for (tx, key) in [(&mut one, "a"), (&mut two, "b")] {
+        let ledger = db.ledger.clone();
+        let claimed = run_in_transaction!(&db.idem, call(key), &mut **tx, async move |c| {
+            insert(c, &ledger, key).await
+        })
+        .await;
+        assert!(claimed.is_ok(), "{key}: {claimed:?}");
+    }
+    let first = one.commit().await;
+    let second = two.commit().await;
+    let failures: Vec<_> = [&first, &second]
+        .into_iter()
+        .filter_map(|r| match r {
+            Err(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+            Err(other) => panic!("{other:?}"),
+            Ok(()) => None,
+        })
+        .collect();
+    println!("serializable, unrelated keys: commits {first:?} / {second:?}");
+    assert_eq!(failures, Vec::<String>::new(), "false serialization failures");
+}
