@@ -380,3 +380,39 @@ async fn scoped_keys_of_two_callers_never_meet() {
         "{refused:?}"
     );
 }
+
+#[idempotent(key = order, using = idem)]
+async fn charge_without_fingerprint(
+    idem: &Idempotency,
+    order: u32,
+    cents: u32,
+    runs: &AtomicU32,
+) -> Result<u32, Error> {
+    runs.fetch_add(1, Ordering::SeqCst);
+    Ok(cents)
+}
+
+/// Issue 20 (a suspicion, decided as a documented rule): without `fingerprint`, the key alone
+/// is the request, so another request under a used key gets the first one's result. A default
+/// fingerprint of the arguments is not possible (they need not be `Serialize`, and often hold
+/// `&self` or a connection), and a warning would fire on every function whose key is derived
+/// from the request itself (a message id, an order id), where none is needed. The rule is in
+/// `docs/reference.md` (`fingerprint` row): use one whenever a client chooses the key.
+#[tokio::test(start_paused = true)]
+async fn without_a_fingerprint_the_key_alone_is_the_request() {
+    let idem = Idempotency::new(MemoryStore::with_tokio_clock());
+    let runs = AtomicU32::new(0);
+    assert_eq!(
+        charge_without_fingerprint(&idem, 1, 500, &runs)
+            .await
+            .unwrap(),
+        500
+    );
+    assert_eq!(
+        charge_without_fingerprint(&idem, 1, 999, &runs)
+            .await
+            .unwrap(),
+        500
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
