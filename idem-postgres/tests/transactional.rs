@@ -1437,8 +1437,13 @@ async fn classified_errors_are_refused_inside_the_caller_s_own_transaction() {
 async fn a_transaction_begun_with_a_raw_begin_is_refused_not_committed() {
     let db = db().await;
     let mut connection = db.connection().await;
-    sqlx::raw_sql("BEGIN").execute(&mut *connection).await.unwrap();
-    insert(&mut connection, &db.ledger, "earlier").await.unwrap();
+    sqlx::raw_sql("BEGIN")
+        .execute(&mut *connection)
+        .await
+        .unwrap();
+    insert(&mut connection, &db.ledger, "earlier")
+        .await
+        .unwrap();
     let ledger = db.ledger.clone();
     let result = run_in_transaction!(&db.idem, call("k"), &mut *connection, async move |c| {
         insert(c, &ledger, "k").await
@@ -1449,8 +1454,15 @@ async fn a_transaction_begun_with_a_raw_begin_is_refused_not_committed() {
         other => panic!("{other:?}"),
     };
     assert!(err.to_string().contains("raw `BEGIN`"), "{err}");
-    sqlx::raw_sql("ROLLBACK").execute(&mut *connection).await.unwrap();
-    assert_eq!(db.rows("earlier").await, 0, "idem committed the caller's write");
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut *connection)
+        .await
+        .unwrap();
+    assert_eq!(
+        db.rows("earlier").await,
+        0,
+        "idem committed the caller's write"
+    );
     assert_eq!(db.rows("k").await, 0);
     // The connection is usable again, and a call on it runs.
     runs_at_once(&db, "k").await;
@@ -1500,5 +1512,9 @@ async fn serializable_callers_with_unrelated_keys() {
         })
         .collect();
     println!("serializable, unrelated keys: commits {first:?} / {second:?}");
-    assert_eq!(failures, Vec::<String>::new(), "false serialization failures");
+    assert_eq!(
+        failures,
+        Vec::<String>::new(),
+        "false serialization failures"
+    );
 }
