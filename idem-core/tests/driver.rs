@@ -407,7 +407,10 @@ async fn a_lapsed_claim_gets_the_result_of_the_call_that_took_over() {
             .await
         }
     });
+    // The first claim has lapsed; the takeover's is renewed, and holds the key when the first
+    // body ends.
     tokio::time::sleep(Duration::from_millis(400)).await;
+    store.leases_lost.store(false, Ordering::SeqCst);
     let takeover = tokio::spawn({
         let idem = idem.clone();
         async move {
@@ -420,8 +423,7 @@ async fn a_lapsed_claim_gets_the_result_of_the_call_that_took_over() {
     });
     let first = first.await.unwrap();
     assert!(matches!(first, Err(Error::LeaseLost { .. })), "{first:?}");
-    store.leases_lost.store(false, Ordering::SeqCst);
-    drop(takeover);
+    assert_eq!(takeover.await.unwrap().unwrap(), 2);
 }
 
 /// Issue 20 (what peers do): a hung body kept its key for as long as it hung, renewing its

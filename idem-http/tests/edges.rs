@@ -314,13 +314,16 @@ async fn a_claim_that_lapsed_before_the_handler_is_in_flight_not_a_store_failure
 }
 
 /// A handler whose `n`th run sleeps `pauses[n - 1]` and answers `charge n`.
-fn charging(runs: Arc<AtomicU32>, pauses: &'static [u64]) -> Router {
+fn charging(
+    runs: Arc<AtomicU32>,
+    pauses: &'static [u64],
+) -> (Router, Arc<idem_core::testing::FaultyStore>) {
     let store = Arc::new(idem_core::testing::FaultyStore::new(MemoryStore::new()));
-    // Every renewal is refused: each claim lapses after its lease.
+    // Every renewal is refused (until the test says otherwise): claims lapse after their lease.
     store.leases_lost.store(true, Ordering::SeqCst);
-    let layer =
-        IdempotencyLayer::new(Idempotency::from_arc(store)).lease(Duration::from_millis(300));
-    Router::new()
+    let layer = IdempotencyLayer::new(Idempotency::from_arc(store.clone()))
+        .lease(Duration::from_millis(300));
+    let router = Router::new()
         .route(
             "/charge",
             post(move || {
@@ -333,7 +336,8 @@ fn charging(runs: Arc<AtomicU32>, pauses: &'static [u64]) -> Router {
                 }
             }),
         )
-        .layer(layer)
+        .layer(layer);
+    (router, store)
 }
 
 /// Issue 20 (what peers do): a handler whose claim lapsed while it ran, the key taken over by
@@ -343,7 +347,7 @@ fn charging(runs: Arc<AtomicU32>, pauses: &'static [u64]) -> Router {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_whose_claim_lapsed_never_sends_an_unrecorded_response() {
     let runs = Arc::new(AtomicU32::new(0));
-    let app = charging(runs.clone(), &[700, 0]);
+    let (app, _) = charging(runs.clone(), &[700, 0]);
     let first = tokio::spawn({
         let app = app.clone();
         async move { call(&app, post_req("/charge", "k", "{}")).await }
@@ -356,12 +360,15 @@ async fn a_handler_whose_claim_lapsed_never_sends_an_unrecorded_response() {
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 
     let runs = Arc::new(AtomicU32::new(0));
-    let app = charging(runs.clone(), &[700, 800]);
+    let (app, store) = charging(runs.clone(), &[700, 800]);
     let first = tokio::spawn({
         let app = app.clone();
         async move { call(&app, post_req("/charge", "k", "{}")).await }
     });
+    // The first claim has lapsed; the retry's is renewed, and holds the key when the first
+    // handler ends.
     tokio::time::sleep(Duration::from_millis(400)).await;
+    store.leases_lost.store(false, Ordering::SeqCst);
     let retry = tokio::spawn({
         let app = app.clone();
         async move { call(&app, post_req("/charge", "k", "{}")).await }

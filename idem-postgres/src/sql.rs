@@ -229,9 +229,13 @@ impl Statements {
                r.expires_at > statement_timestamp() \
              FROM {t} r WHERE r.key = $1 AND NOT EXISTS (SELECT 1 FROM claimed)"
         );
+        // $5 (ms, as text): how long this statement waits on a row lock, that of a claim an
+        // open transaction holds, before it answers (the runtime then waits as for any claim
+        // in progress, up to its patience). Set first: the insert reads its row from `bound`.
         let claim = format!(
-            "WITH claimed AS (INSERT INTO {t} AS r (key, state, fence, attempt, fingerprint, \
-               record, lease_until, expires_at) VALUES ({new_row}) \
+            "WITH bound AS MATERIALIZED (SELECT set_config('lock_timeout', $5::text, true)), \
+             claimed AS (INSERT INTO {t} AS r (key, state, fence, attempt, fingerprint, \
+               record, lease_until, expires_at) SELECT {new_row} FROM bound \
                ON CONFLICT (key) DO UPDATE SET state = 0, fence = EXCLUDED.fence, \
                  attempt = EXCLUDED.attempt, fingerprint = EXCLUDED.fingerprint, record = NULL, \
                  lease_until = EXCLUDED.lease_until, expires_at = EXCLUDED.expires_at \

@@ -281,8 +281,23 @@ impl PostgresStore {
                     .bind(&request.attempt.0.to_be_bytes()[..])
                     .bind(request.fingerprint)
                     .bind(lease_ms)
+                    .bind(ROW_LOCK_WAIT_MS)
                     .fetch_optional(&mut *connection)
                     .await
+            };
+            let row = match row {
+                // Another open transaction's uncommitted claim of the key: in progress, its
+                // request unknown (its row cannot be read).
+                Err(sqlx::Error::Database(db))
+                    if !in_transaction && db.code().as_deref() == Some("55P03") =>
+                {
+                    return Ok(ClaimOutcome::InProgress {
+                        fence: Fence(0),
+                        fingerprint: Vec::new(),
+                        lease_remaining: request.lease,
+                    });
+                }
+                row => row,
             }
             .map_err(|err| store_error("claim", &err, !in_transaction))?;
             if let (true, Some(row)) = (in_transaction, row.as_ref()) {
@@ -647,6 +662,12 @@ fn in_progress_elsewhere(request: ClaimRequest<'_>, other: bool) -> ClaimOutcome
 fn request_lock(key: &str, fingerprint: &[u8]) -> i64 {
     lock_hash(&[b"idem request lock", key.as_bytes(), fingerprint])
 }
+
+/// How long a claim outside a transaction waits on the row lock of a claim that an open
+/// transaction holds before it reports the key in progress (the runtime then waits, or
+/// refuses, as for any claim in progress). Redis answers such a claim at once; a second keeps
+/// the rare wait short without a busy loop.
+const ROW_LOCK_WAIT_MS: &str = "1000";
 
 /// The advisory lock of `key`; the claim statement mixes in the table's identity.
 fn advisory_lock(key: &str) -> i64 {

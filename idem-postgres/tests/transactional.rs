@@ -1518,3 +1518,31 @@ async fn serializable_callers_with_unrelated_keys() {
         "false serialization failures"
     );
 }
+
+/// Issue 20 (a suspicion, confirmed): a call outside a transaction whose key an open
+/// transaction claimed waited on that row for as long as the transaction stayed open (forever,
+/// for one that never ends), whatever its own patience. It now waits on the row a second at a
+/// time and then as any duplicate does: a rejecting one gets `InProgress` within about a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autocommit_call_meeting_an_open_transaction_s_claim_does_not_wait_forever() {
+    let db = db().await;
+    let holder = hold(&db, "k", false).await;
+    let runs = AtomicU32::new(0);
+    let duplicate = db
+        .idem
+        .run(call("k").on_in_progress(OnInProgress::Reject), async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<i64, Error>(0)
+        });
+    let answered = tokio::time::timeout(Duration::from_secs(10), duplicate).await;
+    let Ok(answer) = answered else {
+        panic!("the autocommit call still waits on the open transaction's row after 10 s");
+    };
+    assert!(
+        matches!(answer, Err(Error::InProgress { .. })),
+        "{answer:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    holder.finish.notify_one();
+    holder.task.await.unwrap().unwrap();
+}
