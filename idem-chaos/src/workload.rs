@@ -197,7 +197,7 @@ impl History {
             .await;
         let outcome = match result {
             Ok(value)
-                if ran.load(Ordering::SeqCst) && served == Some(idem_core::Served::Replayed) =>
+                if ran.load(Ordering::SeqCst) && served == Some(idem_core::Served::Superseded) =>
             {
                 self.lease_lost.fetch_add(1, Ordering::Relaxed);
                 CallOutcome::Superseded(value)

@@ -420,10 +420,20 @@ where
             record,
             mut trace,
         } => {
-            let (result, served, _) = replayed(&key, &fingerprint, &record, false, errors);
             trace.finish(CallOutcome::LeaseLost);
-            outcome::report(served);
-            result
+            match replayed(&key, &fingerprint, &record, false, errors) {
+                // The other call's result (its value or its recorded error).
+                (result, Served::Replayed, _) => {
+                    outcome::report(Served::Superseded);
+                    result
+                }
+                // Not this call's to return (another request's record, or one this function
+                // cannot read): the body ran, its result is not recorded.
+                _ => {
+                    outcome::report(Served::Executed);
+                    Err(Error::lease_lost(key).into())
+                }
+            }
         }
         Driven::NotRun(err) => Err(err.into()),
         Driven::Ran(Ok(())) => output.unwrap_or_else(|| Err(body_lost().into())),

@@ -49,6 +49,11 @@ pub enum Served {
     /// The body did not run and nothing was replayed: the call failed before (an invalid key,
     /// a store error, `InProgress`, `KeyReused`, a corrupt record).
     NotRun,
+    /// This call ran the body, but its claim lapsed meanwhile and another call took the key
+    /// over and recorded its result, which is this call's result too (one key, one result).
+    /// **The effect happened twice**: this body's and the other's. Reconcile it (the fencing
+    /// token tells the two apart downstream), or make the effect idempotent downstream.
+    Superseded,
 }
 
 tokio::task_local! {

@@ -383,17 +383,23 @@ async fn a_lapsed_claim_gets_the_result_of_the_call_that_took_over() {
     let first = tokio::spawn({
         let idem = idem.clone();
         async move {
-            idem.run(call(), async {
+            idem_core::served(idem.run(call(), async {
                 tokio::time::sleep(Duration::from_millis(700)).await;
                 Ok::<u32, Error>(1)
-            })
+            }))
             .await
         }
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
     let takeover = idem.run(call(), async { Ok::<u32, Error>(2) }).await;
     assert_eq!(takeover.unwrap(), 2);
-    assert_eq!(first.await.unwrap().unwrap(), 2, "one key, one result");
+    let (first, how) = first.await.unwrap();
+    assert_eq!(first.unwrap(), 2, "one key, one result");
+    assert_eq!(
+        how,
+        Some(idem_core::Served::Superseded),
+        "its effect happened too"
+    );
 
     // While the call that took over is still running, the lapsed one's lease is lost.
     let call = || Call::new("taken-over", "k2").lease(Duration::from_millis(300));
@@ -463,4 +469,52 @@ async fn a_hung_body_gives_its_key_up_after_max_hold() {
         })
         .await;
     assert!(matches!(zero, Err(Error::InvalidOption { .. })), "{zero:?}");
+}
+
+/// Regression (issue 20 review): a lapsed claim whose key another request (another
+/// fingerprint) took over and recorded was told `KeyReused`, "the body did not run; use a new
+/// key", though its body ran: a payment caller would charge again. Such a record is not this
+/// call's to return: it gets `LeaseLost`, which says the body ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_claim_superseded_by_another_request_says_its_body_ran() {
+    let idem = Idempotency::new(MemoryStore::new());
+    let runs = Arc::new(AtomicU32::new(0));
+    let lease = Duration::from_millis(250);
+    let a = {
+        let (idem, runs) = (idem.clone(), runs.clone());
+        tokio::spawn(async move {
+            idem_core::served(
+                idem.run(
+                    Call::new("pay", "k")
+                        .fingerprint(&"request A")
+                        .lease(lease)
+                        .max_hold(Duration::from_millis(1)),
+                    async move {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(700)).await;
+                        Ok::<u32, Error>(1)
+                    },
+                ),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let counted = runs.clone();
+    let b = idem
+        .run(
+            Call::new("pay", "k").fingerprint(&"request B").lease(lease),
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Ok::<u32, Error>(2)
+            },
+        )
+        .await;
+    assert_eq!(b.unwrap(), 2);
+    let (a, how) = a.await.unwrap();
+    let err = a.unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err:?}");
+    assert!(err.body_may_have_run(), "{err}");
+    assert_eq!(how, Some(idem_core::Served::Executed));
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
 }

@@ -317,7 +317,7 @@ where
         // The claim lapsed while the handler ran and another request with the key recorded
         // its response meanwhile: that is the key's answer, for this client too (both clients
         // see one response; the handler's effect happened twice, as the trace warns).
-        (Ok(recorded), Some(_)) if served == Some(Served::Replayed) => {
+        (Ok(recorded), Some(_)) if served == Some(Served::Superseded) => {
             return Ok(recorded.replay());
         }
         // The claim lapsed and another request holds the key now: this response was never
