@@ -182,6 +182,9 @@ pub struct DetachedClaim<S: TransactionalStore, T, E, F> {
     /// Whether `finish` ended it; dropped otherwise, it was abandoned
     /// ([`TransactionalStore::claim_ended`]).
     finished: bool,
+    /// Whether it was claimed in a savepoint of the caller's own transaction, which is the
+    /// caller's to end, abandoned or not.
+    in_callers_transaction: bool,
     _result: PhantomData<fn() -> T>,
 }
 
@@ -228,7 +231,7 @@ impl<S: TransactionalStore, T, E, F> Drop for DetachedClaim<S, T, E, F> {
         if let Some(mut trace) = self.trace.take() {
             trace.finish(CallOutcome::Released);
         }
-        let abandoned = (!self.finished).then_some(self.call.lease);
+        let abandoned = (!self.finished && !self.in_callers_transaction).then_some(self.call.lease);
         self.store
             .claim_ended(&self.call.key, self.fence, abandoned);
     }
@@ -443,7 +446,7 @@ impl Idempotency {
         let policy = Policy::classifying(on_error);
         self.begin_with(
             call,
-            |store: Arc<S>| async move { store.begin_pooled().await },
+            |store: Arc<S>| async move { Ok((store.begin_pooled().await?, false)) },
             policy,
         )
         .await
@@ -461,7 +464,7 @@ impl Idempotency {
         E: From<Error>,
         F: Fn(&E) -> OnError,
         O: FnOnce(Arc<S>) -> Fut,
-        Fut: Future<Output = Result<S::Transaction<'c>, Error>>,
+        Fut: Future<Output = Result<(S::Transaction<'c>, bool), Error>>,
     {
         let mut trace = self.trace(&call);
         let span = trace.span.clone();
@@ -494,7 +497,7 @@ impl Idempotency {
         E: From<Error>,
         F: Fn(&E) -> OnError,
         O: FnOnce(Arc<S>) -> Fut,
-        Fut: Future<Output = Result<S::Transaction<'c>, Error>>,
+        Fut: Future<Output = Result<(S::Transaction<'c>, bool), Error>>,
     {
         let fail = |err: Error| {
             let how = CallOutcome::of_error(&err);
@@ -516,8 +519,8 @@ impl Idempotency {
         };
         trace.keyed(&call.key);
         let attempt = AttemptId::random();
-        let transaction = match open(store.clone()).await {
-            Ok(transaction) => transaction,
+        let (transaction, in_callers_transaction) = match open(store.clone()).await {
+            Ok(opened) => opened,
             Err(err) => return fail(err),
         };
         // Where the connection is, while the transaction borrows it, tells a nested call on the
@@ -573,6 +576,7 @@ impl Idempotency {
                 trace: None,
                 _registered: registered,
                 finished: false,
+                in_callers_transaction,
                 _result: PhantomData,
             },
         };
@@ -775,8 +779,9 @@ async fn begin_own<S: TransactionalStore>(
     store: Arc<S>,
     connection: &mut S::Connection,
     may_hold: bool,
-) -> Result<S::Transaction<'_>, Error> {
-    if may_hold && store.in_transaction(connection) {
+) -> Result<(S::Transaction<'_>, bool), Error> {
+    let in_callers_transaction = store.in_transaction(connection);
+    if may_hold && in_callers_transaction {
         return Err(Error::invalid_option(
             "errors classified by `on_error` may be unknown outcomes, whose claim must hold the \
              key for a lease, and inside your own transaction that hold would vanish if you roll \
@@ -785,7 +790,7 @@ async fn begin_own<S: TransactionalStore>(
              `begin_recording_errors`)",
         ));
     }
-    store.begin(connection).await
+    Ok((store.begin(connection).await?, in_callers_transaction))
 }
 
 /// The savepoint before a call's body: unique to the call, so that a body's own savepoints

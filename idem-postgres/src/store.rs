@@ -299,7 +299,7 @@ impl PostgresStore {
                 }
                 row => row,
             }
-            .map_err(|err| store_error("claim", &err, !in_transaction))?;
+            .map_err(|err| claim_error(&err, in_transaction))?;
             if let (true, Some(row)) = (in_transaction, row.as_ref()) {
                 *session = Some(Session {
                     pid: column(request.key, row, 9)?,
@@ -405,7 +405,7 @@ impl PostgresStore {
             .bind(fence_value(request.key, fence)?)
             .fetch_optional(&mut *connection)
             .await
-            .map_err(|err| store_error("claim", &err, false))?;
+            .map_err(|err| claim_error(&err, true))?;
         match taken.map(u64::try_from) {
             Some(Ok(fence)) if fence > 0 => Ok(Some(Fence(fence))),
             Some(_) => Err(Error::corrupt(
@@ -710,6 +710,25 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// A claim's error. In a transaction, a serialization failure means the caller's REPEATABLE
+/// READ or SERIALIZABLE snapshot hides another call that committed after it began, which
+/// looking again in this transaction can never see: only a new transaction can. Outside one
+/// (a database whose default isolation is higher), it is a race a retry settles.
+fn claim_error(err: &sqlx::Error, in_transaction: bool) -> Error {
+    match err {
+        sqlx::Error::Database(db) if in_transaction && db.code().as_deref() == Some("40001") => {
+            Error::invalid_option(
+                "this transaction's isolation level (REPEATABLE READ or SERIALIZABLE) hides \
+                 another call on the key that committed after the transaction began, so it can \
+                 neither claim the key nor read its record: roll back and retry in a new \
+                 transaction (which replays the result), or run idem's calls under READ \
+                 COMMITTED",
+            )
+        }
+        _ => store_error("claim", err, !in_transaction),
+    }
+}
+
 /// A store error from sqlx. `sent_write`: the statement writes outside a transaction, so a
 /// connection lost after sending it leaves its outcome unknown.
 pub(crate) fn store_error(operation: &'static str, err: &sqlx::Error, sent_write: bool) -> Error {
@@ -721,20 +740,6 @@ pub(crate) fn store_error(operation: &'static str, err: &sqlx::Error, sent_write
                  or the statements of `PostgresStore::schema_sql()`"
             ),
         ),
-        // A serialization failure as a claim looks again in the caller's REPEATABLE READ or
-        // SERIALIZABLE transaction: the other call committed after its snapshot, which looking
-        // again in this transaction can never see. Only a new transaction can.
-        sqlx::Error::Database(db)
-            if operation == "claim" && db.code().as_deref() == Some("40001") =>
-        {
-            Error::invalid_option(
-                "this transaction's isolation level (REPEATABLE READ or SERIALIZABLE) hides \
-                 another call on the key that committed after the transaction began, so it can \
-                 neither claim the key nor read its record: roll back and retry in a new \
-                 transaction (which replays the result), or run idem's calls under READ \
-                 COMMITTED",
-            )
-        }
         // A statement of the body failed and aborted the transaction (25P02), or a deferred
         // constraint of its writes failed at COMMIT (class 23): the body's doing, not the
         // store's, and a retry of the same body will fail alike.

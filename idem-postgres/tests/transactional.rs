@@ -1546,3 +1546,78 @@ async fn an_autocommit_call_meeting_an_open_transaction_s_claim_does_not_wait_fo
     holder.finish.notify_one();
     holder.task.await.unwrap().unwrap();
 }
+
+/// Regression (issue 20 review): a claim dropped inside the caller's own transaction (`&mut
+/// *tx`, the call in a timeout) armed the end of an abandoned transaction, and the caller's own
+/// live transaction, idle a lease while it awaited something else, was terminated and its
+/// writes lost. The caller's transaction is the caller's to end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_dropped_in_the_caller_s_transaction_leaves_that_transaction_alone() {
+    let db = db().await;
+    let lease = Duration::from_secs(1);
+    let idem = db.idem.clone().with_lease(lease);
+    let mut tx = db.pool.begin().await.unwrap();
+    insert(&mut tx, &db.ledger, "own").await.unwrap();
+    let ledger = db.ledger.clone();
+    let timed_out = tokio::time::timeout(
+        Duration::from_millis(200),
+        run_in_transaction!(&idem, call("k"), &mut *tx, async move |c| {
+            insert(c, &ledger, "k").await?;
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Ok::<i64, AppError>(1)
+        }),
+    )
+    .await;
+    assert!(timed_out.is_err());
+    // The caller awaits something else for more than a lease, then goes on and commits.
+    tokio::time::sleep(lease + Duration::from_millis(700)).await;
+    sqlx::query("SELECT 1").execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!((db.rows("own").await, db.rows("k").await), (1, 0));
+}
+
+/// Regression (issue 20 review): on a database whose default isolation is REPEATABLE READ, two
+/// claims of one fresh key at once outside any transaction: the loser's serialization failure
+/// was reported as the caller's isolation level (`InvalidOption`), unretried, though a retry
+/// settles it. Only a claim inside a transaction is told about its isolation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autocommit_claims_under_a_repeatable_read_default_are_retried() {
+    let db = db().await;
+    let options = db
+        .pool
+        .connect_options()
+        .as_ref()
+        .clone()
+        .options([("default_transaction_isolation", "repeatable read")]);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let idem = Idempotency::new(
+        PostgresStore::from_pool(pool)
+            .with_table(&db.table)
+            .unwrap(),
+    );
+    let runs = Arc::new(AtomicU32::new(0));
+    for i in 0..50 {
+        let key = format!("fresh-{i}");
+        let calls = (0..2).map(|_| {
+            let (idem, key, runs) = (idem.clone(), key.clone(), runs.clone());
+            tokio::spawn(async move {
+                idem.run(call(&key), async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Ok::<u32, Error>(1)
+                })
+                .await
+            })
+        });
+        for call in calls.collect::<Vec<_>>() {
+            match call.await.unwrap() {
+                Ok(1) | Err(Error::InProgress { .. }) => {}
+                other => panic!("{key}: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 50, "each key ran once");
+}
