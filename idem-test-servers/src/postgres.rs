@@ -97,21 +97,34 @@ fn server_owned_dir(dir: &Path) {
     }
 }
 
-/// One `initdb` per test process, copied for every server: `initdb` takes seconds, a copy a
-/// fraction of one.
+/// One `initdb` per machine and PostgreSQL installation, copied for every server: `initdb`
+/// takes seconds, a copy a fraction of one. It was one per test process, left behind by each
+/// (39 MB a process, one process a test under nextest: a session filled its disk). Made in a
+/// directory of its own and renamed into place, so that processes racing to make it never see
+/// half of one; the loser removes its own.
 fn template() -> &'static Path {
     static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
     TEMPLATE.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("idem-pg-template-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        server_owned_dir(&dir);
+        use std::hash::{Hash, Hasher};
+        let mut installation = std::collections::hash_map::DefaultHasher::new();
+        tool("initdb").hash(&mut installation);
+        let name = format!("idem-pg-template-v1-{:016x}", installation.finish());
+        let dir = std::env::temp_dir().join(name);
         let data = dir.join("data");
-        let data_arg = data.to_string_lossy().into_owned();
+        if data.join("PG_VERSION").exists() {
+            return data;
+        }
+        let making =
+            std::env::temp_dir().join(format!("idem-pg-template-making-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&making);
+        server_owned_dir(&making);
+        let made = making.join("data");
+        let made_arg = made.to_string_lossy().into_owned();
         run(
             "initdb",
             &[
                 "-D",
-                &data_arg,
+                &made_arg,
                 "-A",
                 "trust",
                 "-U",
@@ -120,6 +133,15 @@ fn template() -> &'static Path {
                 "UTF8",
                 "--no-sync",
             ],
+        );
+        if std::fs::rename(&making, &dir).is_err() {
+            // Another process put its template in place first.
+            let _ = std::fs::remove_dir_all(&making);
+        }
+        assert!(
+            data.join("PG_VERSION").exists(),
+            "no template cluster at {}",
+            data.display()
         );
         data
     })
