@@ -23,7 +23,7 @@ use crate::observe::{self, CallOutcome, CallTrace};
 use crate::outcome::{self, OnError, Served};
 use crate::record::{Outcome, Record};
 use crate::runtime::{
-    decode_replay, later, same_request, ErrorPolicy, Prepared, TransactionClaims,
+    decode_replay, later, not_recorded, same_request, ErrorPolicy, Prepared, TransactionClaims,
 };
 use crate::store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
 use crate::{Call, Error, Idempotency};
@@ -712,6 +712,15 @@ where
                     };
                     return match held {
                         Ok(()) => (result, CallOutcome::OutcomeUnknown),
+                        // The hold's COMMIT got no reply: the key is held for a lease, or free.
+                        // Not `CommitUnknown` (there is no record to replay): the body ran and
+                        // its result is not recorded.
+                        Err(
+                            err @ Error::Store {
+                                indeterminate: true,
+                                ..
+                            },
+                        ) => failed(not_recorded(call.key.clone(), err)),
                         // The key could not be held: say so rather than return the body's
                         // error as if a retry had to wait.
                         Err(err) => failed(err),
@@ -754,7 +763,8 @@ fn after_the_body(key: &str, err: Error) -> Error {
     match err {
         Error::TransactionAborted { .. }
         | Error::RolledBack { .. }
-        | Error::CommitUnknown { .. } => err,
+        | Error::CommitUnknown { .. }
+        | Error::NotRecorded { .. } => err,
         Error::Store {
             indeterminate: true,
             operation: "commit",

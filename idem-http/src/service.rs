@@ -405,6 +405,12 @@ where
                      effects may have started, so this key stays claimed until its lease \
                      lapses, then a retry runs the handler again"
                 }
+                Err(Unrecorded::Idem(Error::NotRecorded { .. })) => {
+                    "the handler panicked; its database writes were rolled back, but other \
+                     effects may have started, and the reply to the commit that holds this key \
+                     for a lease was lost: wait a lease before retrying, which may run the \
+                     handler again"
+                }
                 _ => {
                     "the handler panicked; its database writes were rolled back and the key is \
                      free, so a retry runs the handler again"
@@ -525,6 +531,15 @@ fn for_commit_error(err: &Error) -> (Rejection, String, Option<Duration>) {
              to find out (a replay if they committed, a new run if not)"
                 .to_owned(),
             soon,
+        ),
+        Error::NotRecorded { .. } => (
+            Rejection::NotRecorded,
+            "the handler ran and its outcome is unknown, so its database writes were rolled \
+             back and its key was to be held for a lease, but the reply to that commit was \
+             lost: the key may be held or free; wait a lease before retrying with this key, \
+             which may run the handler again"
+                .to_owned(),
+            None,
         ),
         Error::RolledBack { source, .. } if matches!(**source, Error::Store { .. }) => (
             Rejection::StoreUnavailable,

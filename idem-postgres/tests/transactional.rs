@@ -1621,3 +1621,41 @@ async fn autocommit_claims_under_a_repeatable_read_default_are_retried() {
     }
     assert_eq!(runs.load(Ordering::SeqCst), 50, "each key ran once");
 }
+
+/// Regression (issue 20 review): the COMMIT of an unknown outcome's hold (no record, the
+/// body's writes undone) whose reply was lost was `CommitUnknown`, "its writes and its record
+/// committed together; retry the call": there is no record, and a retry may run the body at
+/// once. It is `NotRecorded` (the body ran, nothing recorded, the key held or free).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_to_an_unknown_outcome_s_hold_is_not_recorded() {
+    use sqlx::ConnectOptions;
+    let db = db().await;
+    let options = db.pool.connect_options();
+    let upstream = format!("{}:{}", options.get_host(), options.get_port());
+    let upstream = tokio::net::lookup_host(upstream)
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    for (key, committed) in [("held", true), ("free", false)] {
+        let port = idem_test_servers::commit_cutting_proxy(upstream, committed).await;
+        let mut cut = options.as_ref().clone().port(port).connect().await.unwrap();
+        let lost = unknown_outcome(&db.idem, &mut cut, &db.ledger, key, Duration::ZERO).await;
+        let err = match lost {
+            Err(AppError::Idem(err @ Error::NotRecorded { .. })) => err,
+            other => panic!("{key}: {other:?}"),
+        };
+        assert!(
+            err.body_may_have_run() && err.is_indeterminate(),
+            "{key}: {err}"
+        );
+        assert!(!err.to_string().contains("committed together"), "{err}");
+        assert_eq!(db.rows(key).await, 0, "{key}: the body's write was undone");
+        let mut connection = db.connection().await;
+        if committed {
+            is_held(&db.idem, &mut connection, &db.ledger, key).await;
+        } else {
+            runs_at_once(&db, key).await;
+        }
+    }
+}
