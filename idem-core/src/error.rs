@@ -82,8 +82,9 @@ pub enum Error {
     /// The store failed before the body ran; the body did not run (idem fails closed).
     ///
     /// `indeterminate` is true when the failing command may still have been applied (its reply
-    /// was lost or timed out): a claim may then be held until its lease lapses, and a retry of
-    /// the same call finds it.
+    /// was lost or timed out). A claim it may have made is released in the background (its
+    /// attempt claims again, which the store answers with that claim, and releases it); with no
+    /// tokio runtime to do so, it is held until its lease lapses.
     #[non_exhaustive]
     Store {
         /// The store operation that failed (`claim`, `complete`, ...).
@@ -297,8 +298,8 @@ impl fmt::Display for Error {
                 if *indeterminate {
                     write!(
                         f,
-                        " and the command may have been applied (its reply was lost); a retry of \
-                         this call finds its own claim"
+                        " and the command may have been applied (its reply was lost; a claim it \
+                         may have made is released in the background)"
                     )?;
                 }
                 write!(

@@ -25,6 +25,9 @@ pub struct FaultyStore {
     /// The next claim's reply comes this many milliseconds after the claim was applied (a slow
     /// network or a paused process), then replies are on time again.
     pub next_claim_reply_late_ms: AtomicU64,
+    /// The next claim is applied, and its reply lost (an indeterminate store error); then
+    /// replies come again.
+    pub next_claim_reply_lost: AtomicBool,
 }
 
 impl FaultyStore {
@@ -44,6 +47,12 @@ impl Store for FaultyStore {
             return Err(Error::store("claim", "injected: connection refused"));
         }
         let outcome = self.inner.claim(request).await;
+        if self.next_claim_reply_lost.swap(false, Ordering::SeqCst) {
+            return Err(Error::store_indeterminate(
+                "claim",
+                "injected: the reply was lost",
+            ));
+        }
         let late = self.next_claim_reply_late_ms.swap(0, Ordering::SeqCst);
         if late > 0 {
             tokio::time::sleep(Duration::from_millis(late)).await;

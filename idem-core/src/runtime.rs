@@ -728,7 +728,11 @@ impl Idempotency {
                 armed: true,
             };
             let claimed = self.retrying("claim", None, || store.claim(request)).await;
-            in_flight.disarm();
+            // A claim whose reply was lost may have been granted: it stays armed, and is
+            // released as a cancelled one would be.
+            if !matches!(&claimed, Err(err) if err.is_indeterminate()) {
+                in_flight.disarm();
+            }
             match claimed? {
                 ClaimOutcome::Acquired { fence, .. } => return Ok(Acquired::Fence(fence, sent)),
                 ClaimOutcome::Completed { record } => {
@@ -1021,7 +1025,19 @@ impl Drop for ClaimInFlight<'_> {
             .release_in_background(request.key.to_owned(), move |store, key| async move {
                 let again = ClaimRequest::new(&key, attempt, &fingerprint, lease);
                 match store.claim(again).await? {
-                    ClaimOutcome::Acquired { fence, .. } => store.release(&key, fence).await,
+                    // Granted now if it was not before: either way nobody runs a body under
+                    // it. The release is tried a few times, or the key waits out a lease.
+                    ClaimOutcome::Acquired { fence, .. } => {
+                        let mut released = store.release(&key, fence).await;
+                        for pause in [10, 100, 1_000] {
+                            if !matches!(&released, Err(err) if err.is_transient()) {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(pause)).await;
+                            released = store.release(&key, fence).await;
+                        }
+                        released
+                    }
                     _ => Ok(()),
                 }
             });

@@ -539,7 +539,7 @@ impl Idempotency {
                 call.key
             )));
         }
-        let (mut transaction, fence) = match claim(&*store, transaction, &call, attempt).await {
+        let (transaction, fence) = match claim(&*store, transaction, &call, attempt).await {
             Ok(Claimed::Fence(transaction, fence)) => (transaction, fence),
             Ok(Claimed::Replay { record, waited }) => {
                 return match decode_replay(&call.key, &call.fingerprint, &record, &policy) {
@@ -558,14 +558,10 @@ impl Idempotency {
         };
         trace.claimed(fence);
         let registered = Registered::new(self.transaction_claims().clone(), held_on);
-        if policy.marks() {
-            if let Err(err) = store.mark(&mut transaction, &mark_name(attempt)).await {
-                let _ = store.rollback(transaction).await;
-                store.claim_ended(&call.key, fence, None);
-                return fail(err);
-            }
-        }
-        let claim = TransactionClaim {
+        let marks = policy.marks();
+        // The claim exists from here: a call cancelled while the mark is made drops it as an
+        // abandoned claim (`TransactionalStore::claim_ended`), as it would mid-body.
+        let mut claim = TransactionClaim {
             transaction,
             claim: DetachedClaim {
                 store,
@@ -580,6 +576,19 @@ impl Idempotency {
                 _result: PhantomData,
             },
         };
+        if marks {
+            let (store, mark) = (claim.claim.store.clone(), mark_name(attempt));
+            if let Err(err) = store.mark(&mut claim.transaction, &mark).await {
+                let TransactionClaim {
+                    transaction,
+                    claim: mut detached,
+                } = claim;
+                let _ = store.rollback(transaction).await;
+                // Rolled back, not abandoned.
+                detached.finished = true;
+                return fail(err);
+            }
+        }
         // `Executed` is reported when the claim is finished; the outcome is a placeholder.
         (
             TransactionBegun::Claimed(claim),

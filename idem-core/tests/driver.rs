@@ -518,3 +518,32 @@ async fn a_lapsed_claim_superseded_by_another_request_says_its_body_ran() {
     assert_eq!(how, Some(idem_core::Served::Executed));
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
+
+/// Regression (issue 20 review): a claim whose reply was lost (an indeterminate store error,
+/// after the runtime's retries) may have been granted, with nobody to run its body: the key
+/// stayed held for a whole lease, though the error said a retry would find its own claim (a
+/// retry is another attempt, and got `InProgress`). It is released in the background.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_reply_was_lost_is_released() {
+    let store = Arc::new(FaultyStore::new(MemoryStore::new()));
+    let idem = Idempotency::from_arc(store.clone()).with_store_attempts(1);
+    let call = || {
+        Call::new("lost-reply", "k")
+            .lease(Duration::from_secs(30))
+            .on_in_progress(idem_core::OnInProgress::Reject)
+    };
+    store.next_claim_reply_lost.store(true, Ordering::SeqCst);
+    let lost = idem.run(call(), async { Ok::<u32, Error>(1) }).await;
+    let err = lost.unwrap_err();
+    assert!(err.is_indeterminate() && !err.body_may_have_run(), "{err}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match idem.run(call(), async { Ok::<u32, Error>(2) }).await {
+            Ok(value) => break assert_eq!(value, 2),
+            Err(Error::InProgress { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(err) => panic!("the key stayed held: {err}"),
+        }
+    }
+}
