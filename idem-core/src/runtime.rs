@@ -332,9 +332,11 @@ impl Idempotency {
 
     /// The longest a call holds its key while its body runs: renewals stop once the claim is
     /// this old, so a hung body's key passes to the next delivery a lease later (by default
-    /// there is no ceiling: a body that runs keeps its key). The body is not stopped; its late
-    /// result is recorded only if nobody took the key over meanwhile, and otherwise its caller
-    /// gets the result that was recorded (see `docs/reference.md`).
+    /// there is no ceiling: a body that runs keeps its key). The body is not stopped. Its late
+    /// result is recorded if the key is free when it ends (nobody took it over, or whoever did
+    /// let it go); if another call recorded meanwhile, its caller gets that result
+    /// ([`Served::Superseded`](crate::Served::Superseded)); while another call still holds the
+    /// key, [`Error::LeaseLost`].
     pub fn with_max_hold(mut self, max_hold: Duration) -> Self {
         Arc::make_mut(&mut self.inner).max_hold = Some(max_hold);
         self

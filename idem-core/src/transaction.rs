@@ -154,7 +154,11 @@ pub enum TransactionBegun<'c, S: TransactionalStore, T, E, F> {
 }
 
 /// A key claimed inside a transaction on the caller's connection. Dropping it without
-/// [`finish`](Self::finish) rolls the transaction back (the key is free at once).
+/// [`finish`](Self::finish) rolls the transaction back: the key is free once the rollback
+/// reaches the database, which the driver sends with the connection's next use (or its return
+/// to a pool). A transaction of idem's own left idle on a connection its caller keeps is ended
+/// by the store a lease later ([`TransactionalStore::claim_ended`]); a savepoint in the caller's
+/// own transaction is left to the caller. The rules side by side: `docs/guarantees.md`.
 #[must_use = "finish the claim with the body's result, or its transaction is rolled back"]
 pub struct TransactionClaim<'c, S: TransactionalStore, T, E, F> {
     transaction: S::Transaction<'c>,

@@ -217,9 +217,10 @@ impl IdempotencyLayer {
 
     /// The longest a request holds its key while its handler runs (default: the runtime's,
     /// which has no ceiling): a hung handler's key passes to the next request a lease after
-    /// this. The handler is not stopped; its late response is recorded only if nobody took the
-    /// key over, and is otherwise replaced by the recorded one (or a 409). Not for the
-    /// transactional mode, whose claim is uncommitted while the handler runs.
+    /// this. The handler is not stopped; its late response is recorded if the key is free when
+    /// it ends, and is otherwise replaced by the recorded one (or a 409 while another request
+    /// still holds the key). Not for the transactional mode, whose claim is uncommitted while
+    /// the handler runs.
     pub fn max_hold(self, max_hold: Duration) -> Self {
         self.with(|config| config.max_hold = Some(max_hold))
     }
