@@ -174,7 +174,8 @@ pub struct TransactionClaim<'c, S: TransactionalStore, T, E, F> {
 #[must_use = "finish the claim with its transaction and the body's result"]
 pub struct DetachedClaim<S: TransactionalStore, T, E, F> {
     store: Arc<S>,
-    call: Prepared,
+    /// Boxed: it keeps `TransactionBegun::Claimed` near the size of a replayed result.
+    call: Box<Prepared>,
     attempt: AttemptId,
     fence: Fence,
     policy: Policy<E, F>,
@@ -569,7 +570,7 @@ impl Idempotency {
             transaction,
             claim: DetachedClaim {
                 store,
-                call,
+                call: Box::new(call),
                 attempt,
                 fence,
                 policy,

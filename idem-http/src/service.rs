@@ -317,20 +317,18 @@ where
         // The claim lapsed while the handler ran and another request with the key recorded
         // its response meanwhile: that is the key's answer, for this client too (both clients
         // see one response; the handler's effect happened twice, as the trace warns).
-        (Ok(recorded), Some(_)) if served == Some(Served::Superseded) => {
-            return Ok(recorded.replay());
-        }
+        (Ok(recorded), Some(_)) if served == Some(Served::Superseded) => Ok(recorded.replay()),
         // The claim lapsed and another request holds the key now: this response was never
         // recorded and may differ from the one that will be, so it is not sent.
         (Err(Failure::Idem(Error::LeaseLost { .. })), Some(_)) => {
             let detail = "the handler ran, but its claim on this key lapsed and another request \
                           with the key is being processed; retry after the Retry-After delay to \
                           get the key's response";
-            return Ok(Rejection::InFlight.to_response(
+            Ok(Rejection::InFlight.to_response(
                 &config.problem_base,
                 detail,
                 Some(Duration::from_secs(1)),
-            ));
+            ))
         }
         // The handler answered: the client gets its answer, recorded or not (a failed record
         // is the next delivery's concern).
