@@ -283,6 +283,16 @@ struct Codec<E> {
     decode: fn(&[u8]) -> Result<E, serde_json::Error>,
 }
 
+impl<E: Serialize + DeserializeOwned> Codec<E> {
+    /// Errors recorded as JSON, refused if they would not replay as written.
+    fn json() -> Self {
+        Codec {
+            encode: encode_exactly::<E>,
+            decode: |json| serde_json::from_slice(json),
+        }
+    }
+}
+
 impl<E, F: Fn(&E) -> OnError> ErrorPolicy<E> for Policy<E, F> {
     fn classify(&self, err: &E) -> OnError {
         match ((self.on_error)(err), &self.codec) {
@@ -305,7 +315,8 @@ impl Idempotency {
     /// [`connection`](TransactionClaim::connection), then
     /// [`finish`](TransactionClaim::finish) it with the body's result: the body's writes and the
     /// record commit together. An `Err` (as `on_error` classifies it), a panic or a dropped claim
-    /// rolls everything back, and the key is free at once. In a savepoint, the record becomes
+    /// rolls everything back, and the key is free as soon as the rollback reaches the database
+    /// (for a dropped claim, see [`TransactionClaim`]). In a savepoint, the record becomes
     /// durable (and visible to duplicates) when the caller commits, and vanishes with the body's
     /// writes if the caller rolls back.
     ///
@@ -385,13 +396,9 @@ impl Idempotency {
         E: Serialize + DeserializeOwned + From<Error>,
         F: Fn(&E) -> OnError,
     {
-        let codec = Codec {
-            encode: encode_exactly::<E>,
-            decode: |json| serde_json::from_slice(json),
-        };
         let policy = Policy {
             on_error,
-            codec: Some(codec),
+            codec: Some(Codec::json()),
             classifies: true,
         };
         self.begin_with(
@@ -416,13 +423,9 @@ impl Idempotency {
         T: Serialize + DeserializeOwned,
         E: Serialize + DeserializeOwned + From<Error>,
     {
-        let codec = Codec {
-            encode: encode_exactly::<E>,
-            decode: |json| serde_json::from_slice(json),
-        };
         let policy = Policy {
             on_error: |_: &E| OnError::Record,
-            codec: Some(codec),
+            codec: Some(Codec::json()),
             classifies: false,
         };
         self.begin_with(

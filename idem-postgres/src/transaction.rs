@@ -209,9 +209,13 @@ pub type Claim<'c, T, E, F> = TransactionClaim<'c, PostgresStore, T, E, F>;
 /// Then either return the [`Begun::Done`] result (a replay, or why the call failed before the
 /// body), or run the body on [`Claim::connection`] and hand its result to [`Claim::finish`]. An
 /// `Err`, a panic, a dropped claim or a crash before the commit rolls everything back and frees
-/// the key at once. A duplicate arriving while another transaction holds the key waits for it to
-/// end (up to one lease), or with `OnInProgress::Reject` gets `Error::InProgress` at once; it
-/// never waits on row locks. Use READ COMMITTED (PostgreSQL's default). `#[idempotent(transaction
+/// the key as soon as the rollback reaches the server (a dropped claim's with the connection's
+/// next use; one left idle on a connection you keep is ended a lease later). A duplicate
+/// arriving while another transaction holds the key waits for it to end (up to one lease) on
+/// the key's advisory lock, where PostgreSQL's deadlock detection sees it (`Error::Deadlock`),
+/// or with `OnInProgress::Reject` gets `Error::InProgress` at once; it never waits on row
+/// locks. Use READ COMMITTED (PostgreSQL's default). The rules side by side with the other
+/// modes: `docs/guarantees.md`. `#[idempotent(transaction
 /// = conn)]` in the `idem` crate writes this for you.
 ///
 /// `idem` must have been made with `Idempotency::new` over a [`PostgresStore`]; otherwise the

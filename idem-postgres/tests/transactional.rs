@@ -74,6 +74,21 @@ impl Db {
     async fn connection(&self) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
         self.pool.acquire().await.unwrap()
     }
+
+    /// A connection through a proxy that loses the reply to `COMMIT`, after the server
+    /// `committed` it or before it reached the server.
+    async fn cut_connection(&self, committed: bool) -> PgConnection {
+        use sqlx::ConnectOptions;
+        let options = self.pool.connect_options();
+        let upstream = format!("{}:{}", options.get_host(), options.get_port());
+        let upstream = tokio::net::lookup_host(upstream)
+            .await
+            .unwrap()
+            .next()
+            .unwrap();
+        let port = idem_test_servers::commit_cutting_proxy(upstream, committed).await;
+        options.as_ref().clone().port(port).connect().await.unwrap()
+    }
 }
 
 #[derive(Debug)]
@@ -875,18 +890,9 @@ async fn a_body_s_own_savepoint_does_not_keep_its_writes() {
 /// replays if the commit happened and runs if it did not, never both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_whose_reply_is_lost_is_indeterminate_and_the_retry_settles_it() {
-    use sqlx::ConnectOptions;
     let db = db().await;
-    let options = db.pool.connect_options();
-    let upstream = format!("{}:{}", options.get_host(), options.get_port());
-    let upstream = tokio::net::lookup_host(upstream)
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
     for (key, committed) in [("committed", true), ("not-committed", false)] {
-        let port = idem_test_servers::commit_cutting_proxy(upstream, committed).await;
-        let mut cut = options.as_ref().clone().port(port).connect().await.unwrap();
+        let mut cut = db.cut_connection(committed).await;
         let ledger = db.ledger.clone();
         let (lost, how) = served(run_in_transaction!(
             &db.idem,
@@ -1628,18 +1634,9 @@ async fn autocommit_claims_under_a_repeatable_read_default_are_retried() {
 /// once. It is `NotRecorded` (the body ran, nothing recorded, the key held or free).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_reply_to_an_unknown_outcome_s_hold_is_not_recorded() {
-    use sqlx::ConnectOptions;
     let db = db().await;
-    let options = db.pool.connect_options();
-    let upstream = format!("{}:{}", options.get_host(), options.get_port());
-    let upstream = tokio::net::lookup_host(upstream)
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
     for (key, committed) in [("held", true), ("free", false)] {
-        let port = idem_test_servers::commit_cutting_proxy(upstream, committed).await;
-        let mut cut = options.as_ref().clone().port(port).connect().await.unwrap();
+        let mut cut = db.cut_connection(committed).await;
         let lost = unknown_outcome(&db.idem, &mut cut, &db.ledger, key, Duration::ZERO).await;
         let err = match lost {
             Err(AppError::Idem(err @ Error::NotRecorded { .. })) => err,
