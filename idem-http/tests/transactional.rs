@@ -641,7 +641,16 @@ async fn a_lost_commit_reply_is_503_and_the_retry_settles_it() {
             "{key}: {}",
             lost.text()
         );
-        let retried = direct.post("/charges", key, ORDER).send().await;
+        // Until the server has seen the cut connection and ended its transaction, the key is
+        // still held: 409, as a client retrying after `Retry-After` would be told.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let retried = loop {
+            let retried = direct.post("/charges", key, ORDER).send().await;
+            if retried.status != 409 || tokio::time::Instant::now() >= deadline {
+                break retried;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert_eq!(retried.status, 201, "{key}: {retried:?}");
         assert_eq!(retried.replayed(), committed, "{key}: {retried:?}");
     }
