@@ -121,7 +121,8 @@ pub struct CallReport<'a> {
 /// (to count absorbed duplicates, or to tell a replayed response from a fresh one).
 ///
 /// ```
-/// use idem_core::{Call, CallOutcome, CallReport, Idempotency, MemoryStore, Observer};
+/// # use idem_core as idem; // what users of the `idem` crate write
+/// use idem::{Call, CallOutcome, CallReport, Idempotency, MemoryStore, Observer};
 /// use std::sync::atomic::{AtomicU32, Ordering};
 /// use std::sync::Arc;
 ///
@@ -136,11 +137,11 @@ pub struct CallReport<'a> {
 ///     }
 /// }
 ///
-/// # async fn demo() -> Result<(), idem_core::Error> {
+/// # async fn demo() -> Result<(), idem::Error> {
 /// let duplicates = Arc::new(Duplicates::default());
 /// let idem = Idempotency::new(MemoryStore::new()).with_observer(duplicates.clone());
 /// for _ in 0..3 {
-///     idem.run(Call::new("charge", "order-1"), async { Ok::<_, idem_core::Error>(1) }).await?;
+///     idem.run(Call::new("charge", "order-1"), async { Ok::<_, idem::Error>(1) }).await?;
 /// }
 /// assert_eq!(duplicates.0.load(Ordering::Relaxed), 2);
 /// # Ok(()) }

@@ -66,7 +66,8 @@ tokio::task_local! {
 /// idempotent calls inside, it tells of the one that finished last, so wrap one call.
 ///
 /// ```
-/// use idem_core::{served, Call, Error, Idempotency, MemoryStore, Served};
+/// # use idem_core as idem; // what users of the `idem` crate write
+/// use idem::{served, Call, Error, Idempotency, MemoryStore, Served};
 ///
 /// # async fn demo() -> Result<(), Error> {
 /// let idem = Idempotency::new(MemoryStore::new());

@@ -67,16 +67,17 @@ impl OnInProgress {
 /// The runtime handle: a store plus defaults. Cheap to clone (one `Arc`).
 ///
 /// ```
-/// use idem_core::{Call, Idempotency, MemoryStore};
+/// # use idem_core as idem; // what users of the `idem` crate write
+/// use idem::{Call, Idempotency, MemoryStore};
 /// use std::time::Duration;
 ///
-/// # async fn demo() -> Result<(), idem_core::Error> {
+/// # async fn demo() -> Result<(), idem::Error> {
 /// let idem = Idempotency::new(MemoryStore::new())
 ///     .with_retention(Duration::from_secs(3600))
 ///     .with_lease(Duration::from_secs(10))
 ///     .with_key_prefix("payments:");
 /// let receipt: u64 = idem
-///     .run(Call::new("charge", "order-17"), async { Ok::<_, idem_core::Error>(17) })
+///     .run(Call::new("charge", "order-17"), async { Ok::<_, idem::Error>(17) })
 ///     .await?;
 /// // A duplicate replays the record: the body does not run again.
 /// let replay: u64 = idem

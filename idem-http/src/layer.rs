@@ -53,8 +53,9 @@ type StatusFn = dyn Fn(StatusCode) -> OnError + Send + Sync;
 ///
 /// ```
 /// use axum::{routing::post, Router};
-/// use idem_core::{Idempotency, MemoryStore};
-/// use idem_http::IdempotencyLayer;
+/// # mod idem { pub use idem_core::*; pub mod http { pub use idem_http::*; } } // the `idem` crate's re-exports
+/// use idem::http::IdempotencyLayer;
+/// use idem::{Idempotency, MemoryStore};
 ///
 /// let idempotency = IdempotencyLayer::new(Idempotency::new(MemoryStore::new()));
 /// let app: Router = Router::new()

@@ -170,10 +170,11 @@ impl Rejection {
 /// `IntoResponse`:
 ///
 /// ```
-/// use idem_http::problem_response;
+/// # mod idem { pub use idem_core::*; pub mod http { pub use idem_http::*; } } // the `idem` crate's re-exports
+/// use idem::http::problem_response;
 ///
 /// let response: http::Response<bytes::Bytes> =
-///     problem_response(&idem_core::Error::invalid_key("empty"));
+///     problem_response(&idem::Error::invalid_key("empty"));
 /// assert_eq!(response.status(), 500);
 /// ```
 pub fn problem_response<B: From<Bytes>>(err: &Error) -> Response<B> {
