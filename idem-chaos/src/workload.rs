@@ -182,11 +182,8 @@ impl History {
         let call_id = self.next_call.fetch_add(1, Ordering::SeqCst);
         let history = self.clone();
         let body_key = key.to_owned();
-        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let ran_here = ran.clone();
         let (result, served) =
             idem_core::served(idem.run(Call::new("chaos", key).lease(lease), async move {
-                ran_here.store(true, Ordering::SeqCst);
                 lock(&history.executions)
                     .entry(body_key.clone())
                     .or_default()
@@ -196,9 +193,8 @@ impl History {
             }))
             .await;
         let outcome = match result {
-            Ok(value)
-                if ran.load(Ordering::SeqCst) && served == Some(idem_core::Served::Superseded) =>
-            {
+            // `Superseded`: this call's body ran, and another's record answered it.
+            Ok(value) if served == Some(idem_core::Served::Superseded) => {
                 self.lease_lost.fetch_add(1, Ordering::Relaxed);
                 CallOutcome::Superseded(value)
             }

@@ -200,7 +200,7 @@ impl Idempotency {
         });
         // A lost lease shows when the end is made durable: the store refuses the stale fence,
         // and a record is then written under a fresh claim if the key is free.
-        let (end, _lease_lost) = self
+        let end = self
             .keeping_lease_apart(&claim, body_ended, || slot.waited())
             .await;
         let how = match &end {

@@ -664,7 +664,7 @@ impl Idempotency {
             store.complete(&claim.key, claim.fence, &record, claim.retention)
         });
         // Lease lost: the write stops by itself once the claim's validity ran out.
-        let (written, _) = self.keeping_lease(claim, write, || true).await;
+        let written = self.keeping_lease(claim, write, || true).await;
         match written {
             Ok(()) => Ok(Settled::Mine),
             Err(Error::LeaseLost { .. }) => self.record_after_lapse(claim, &record).await,
@@ -932,20 +932,18 @@ impl Idempotency {
         }
     }
 
-    /// Runs `work` to its end while keeping `claim`'s lease, from the time it first waits;
-    /// returns its output and whether the lease was lost meanwhile (then `work` still runs to its
-    /// end, no longer kept).
-    /// Runs a body's `work` while the lease of `claim` is kept; returns its output and whether
-    /// the lease was lost meanwhile. Where the runtime has threads to spare, the lease is kept
-    /// from a task of its own, so that a body that blocks its thread (in `block_in_place`, say)
-    /// does not stop the renewals; on a runtime of one thread, a blocked body blocks any keeper,
-    /// and the body's own task keeps it ([`keeping_lease`](Self::keeping_lease)).
+    /// Runs a body's `work` to its end while the lease of `claim` is kept. Where the runtime has
+    /// threads to spare, the lease is kept from a task of its own, so that a body that blocks its
+    /// thread (in `block_in_place`, say) does not stop the renewals; on a runtime of one thread,
+    /// a blocked body blocks any keeper, and the body's own task keeps it
+    /// ([`keeping_lease`](Self::keeping_lease)). A lease lost meanwhile shows when the end is
+    /// made durable: the store refuses the stale fence.
     pub(crate) async fn keeping_lease_apart<F: Future>(
         &self,
         claim: &Claim,
         work: F,
         may_keep: impl Fn() -> bool,
-    ) -> (F::Output, bool) {
+    ) -> F::Output {
         let apart = tokio::runtime::Handle::try_current()
             .ok()
             .filter(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread);
@@ -969,26 +967,26 @@ impl Idempotency {
                     .await;
             }))
         };
-        let keeper = AbortOnDrop(keeper);
-        let output = work.await;
-        // The keeper returns only once the lease is lost.
-        let lost = keeper.0.is_finished();
-        (output, lost)
+        let _keeper = AbortOnDrop(keeper);
+        work.await
     }
 
+    /// Runs `work` to its end while keeping `claim`'s lease from its own task, from the time
+    /// `may_keep` says so (once it first waits); a lease lost meanwhile is no longer kept, and
+    /// `work` still runs to its end.
     pub(crate) async fn keeping_lease<F: Future>(
         &self,
         claim: &Claim,
         work: F,
         may_keep: impl Fn() -> bool,
-    ) -> (F::Output, bool) {
+    ) -> F::Output {
         let mut work = std::pin::pin!(work);
         // On the heap, and only once `work` waits: most work ends at its first poll.
         let mut keeper: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
         let mut lost = false;
         std::future::poll_fn(|cx| {
             if let std::task::Poll::Ready(output) = work.as_mut().poll(cx) {
-                return std::task::Poll::Ready((output, lost));
+                return std::task::Poll::Ready(output);
             }
             if !lost && may_keep() {
                 let keeper = keeper.get_or_insert_with(|| Box::pin(self.keep_lease(claim)));
