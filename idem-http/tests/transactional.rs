@@ -616,15 +616,14 @@ async fn a_different_request_under_a_key_in_flight_is_422() {
 async fn a_lost_commit_reply_is_503_and_the_retry_settles_it() {
     let db = Database::start().await;
     let options = db.pool.connect_options();
-    let upstream = format!("{}:{}", options.get_host(), options.get_port());
-    let upstream = tokio::net::lookup_host(upstream)
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
     let direct = db.serve(defaults).await;
     for (key, committed) in [("lost-committed", true), ("lost-rolled-back", false)] {
-        let port = idem_test_servers::commit_cutting_proxy(upstream, committed).await;
+        let port = idem_test_servers::commit_cutting_proxy(
+            options.get_host(),
+            options.get_port(),
+            committed,
+        )
+        .await;
         let cut_pool = sqlx::postgres::PgPoolOptions::new()
             .connect_with(options.as_ref().clone().port(port))
             .await

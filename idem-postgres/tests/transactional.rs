@@ -80,13 +80,12 @@ impl Db {
     async fn cut_connection(&self, committed: bool) -> PgConnection {
         use sqlx::ConnectOptions;
         let options = self.pool.connect_options();
-        let upstream = format!("{}:{}", options.get_host(), options.get_port());
-        let upstream = tokio::net::lookup_host(upstream)
-            .await
-            .unwrap()
-            .next()
-            .unwrap();
-        let port = idem_test_servers::commit_cutting_proxy(upstream, committed).await;
+        let port = idem_test_servers::commit_cutting_proxy(
+            options.get_host(),
+            options.get_port(),
+            committed,
+        )
+        .await;
         options.as_ref().clone().port(port).connect().await.unwrap()
     }
 }

@@ -1,11 +1,17 @@
 //! A TCP proxy in front of PostgreSQL that loses the reply to a `COMMIT`: the outcome a client
 //! cannot know.
 
-/// A proxy to `upstream` that passes everything until the client sends `COMMIT`, then cuts the
-/// connection: after forwarding the `COMMIT` (it commits, the reply is lost) or before (it
-/// does not). Either way the caller cannot know which.
-pub async fn commit_cutting_proxy(upstream: std::net::SocketAddr, forward_commit: bool) -> u16 {
+/// A proxy to the server at `host:port` that passes everything until the client sends
+/// `COMMIT`, then cuts the connection: after forwarding the `COMMIT` (it commits, the reply is
+/// lost) or before (it does not). Either way the caller cannot know which. Returns the proxy's
+/// port on 127.0.0.1.
+pub async fn commit_cutting_proxy(host: &str, port: u16, forward_commit: bool) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = tokio::net::lookup_host((host, port))
+        .await
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+        .unwrap_or_else(|| panic!("{host}:{port} does not resolve"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
