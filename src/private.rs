@@ -7,9 +7,8 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use idem_core::{
-    default_runtime, inventory, marker_of, Call, FunctionNamespace, Marker, OnError, OnInProgress,
-};
+pub use idem_core::__macro_support::{inventory, marker_of, FunctionNamespace, Marker};
+pub use idem_core::{default_runtime, Call, OnError, OnInProgress};
 
 use crate::{Error, Idempotency};
 
@@ -565,7 +564,7 @@ impl<R> AsJson<R> {
         self,
         body: F,
     ) -> Result<F::Output, Box<dyn std::any::Any + Send>> {
-        idem_core::catch_unwind(body).await
+        idem_core::__macro_support::catch_unwind(body).await
     }
 }
 
@@ -587,7 +586,7 @@ impl<T, E> AsJson<Result<T, E>> {
         match tokio::spawn(idem_core::served(call).in_current_span()).await {
             Ok((result, served)) => {
                 if let Some(served) = served {
-                    idem_core::report_served(served);
+                    idem_core::__macro_support::report_served(served);
                 }
                 result
             }

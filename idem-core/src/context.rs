@@ -3,7 +3,8 @@
 use std::cell::RefCell;
 use std::sync::Arc;
 
-use crate::Fence;
+use crate::encode::hex;
+use crate::store::Fence;
 
 /// What the running body holds: its store key and fencing token.
 ///
@@ -55,7 +56,7 @@ impl ClaimContext {
         bytes.copy_from_slice(&digest[..16]);
         bytes[6] = (bytes[6] & 0x0f) | 0x80; // version 8
         bytes[8] = (bytes[8] & 0x3f) | 0x80; // variant 10
-        let hex = crate::hex(&bytes);
+        let hex = hex(&bytes);
         format!(
             "{}-{}-{}-{}-{}",
             &hex[..8],

@@ -410,6 +410,14 @@ impl std::error::Error for Error {
     }
 }
 
+/// The body ran, but its result could not be recorded because of `source`.
+pub(crate) fn not_recorded(key: String, source: Error) -> Error {
+    Error::NotRecorded {
+        key,
+        source: Box::new(source),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

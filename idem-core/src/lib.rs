@@ -1,56 +1,69 @@
 //! The runtime of [idem](https://docs.rs/idem): exactly-once effects for async handlers.
 //!
 //! Most users depend on the `idem` crate, which re-exports everything here and adds the
-//! `#[idempotent]` attribute. This crate holds the logic as plain Rust:
+//! `#[idempotent]` attribute. This crate holds the logic as plain Rust.
 //!
-//! * [`Idempotency`] and [`Call`]: claim → execute → record, and replay for duplicates;
-//! * [`Store`]: the backend contract, a per-key state machine with fencing tokens and leases;
-//! * [`MemoryStore`]: the embedded, in-process store;
-//! * [`Record`]: the versioned record format;
-//! * [`Error`]: what can go wrong, and whether the body ran;
-//! * `testing` (feature `testing`): the contract suite every store must pass.
+//! # Crate map
+//!
+//! A call flows down this list: its options, the runtime that claims its key, runs its body and
+//! settles its result, the store that decides, and what is observed of it.
+//!
+//! * `call`: [`Call`], one call's namespace, key and options; [`OnInProgress`]; the defaults.
+//! * `runtime`: [`Idempotency`], the handle and its `run*` calls (claim → execute → record,
+//!   replay for duplicates); [`Idempotency::start`] and [`Claimed`], the same in two steps.
+//! * `transaction`: [`Idempotency::begin_transaction`] and [`TransactionClaim`], a call whose
+//!   record commits in the caller's database transaction; [`TransactionalStore`], the store's
+//!   side of it.
+//! * `policy`: [`OnError`], what a body's `Err` means.
+//! * `context`: [`ClaimContext`], what a running body can read of its claim ([`context`],
+//!   [`with_context`]).
+//! * `observe`: [`served`] and [`Served`] (how a result came to be), [`Observer`],
+//!   [`CallOutcome`] and [`CallReport`]; the `tracing` span and metrics (feature `metrics`).
+//! * `default`: the process-wide runtime of functions that name none ([`install`],
+//!   [`default_runtime`]).
+//! * `store`: [`Store`], the backend contract (a per-key state machine with fencing tokens and
+//!   leases); [`MemoryStore`], the embedded store; [`Record`], the versioned record format.
+//! * [`key`]: the store-key grammar ([`key::store_key`]).
+//! * [`encode`]: request [`Fingerprint`]s, exact JSON for records, hex.
+//! * `time`: [`MIN_LEASE`], [`MAX_DURATION`].
+//! * [`Error`]: what can go wrong, and whether the body ran.
+//! * [`testing`] (feature `testing`): the contract suite every store must pass, and a store that
+//!   fails on demand.
+//!
+//! Modules depend downwards only: `error`, `time`, `encode` and `key` are leaves; `store` uses
+//! them; `observe`, `context`, `call` and `policy` use the store; `runtime` uses all of those;
+//! `transaction` and `default` sit on the runtime.
 
+#[doc(hidden)]
+#[path = "macro_support.rs"]
+pub mod __macro_support;
+mod call;
 mod context;
-mod drive;
+mod default;
+pub mod encode;
 mod error;
-mod exact;
-#[cfg(feature = "testing")]
-mod faulty;
-mod fingerprint;
-mod global;
-mod key;
-mod memory;
+pub mod key;
 mod observe;
-mod outcome;
-mod random;
-mod record;
+mod policy;
 mod runtime;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod time;
 mod transaction;
 mod unwind;
 
+pub use call::{Call, OnInProgress, DEFAULT_KEY_PREFIX, DEFAULT_LEASE, DEFAULT_RETENTION};
 pub use context::{context, with_context, ClaimContext};
+pub use default::{default_runtime, install};
+pub use encode::Fingerprint;
 pub use error::{BoxError, Error};
-pub use fingerprint::Fingerprint;
-pub use global::{default_runtime, install};
-#[doc(hidden)]
-pub use inventory;
-pub use key::{
-    check_namespace, hex, marker_of, store_key, unhex, FunctionNamespace, Marker, MAX_PLAIN_KEY,
+pub use observe::{served, CallOutcome, CallReport, Observer, Served};
+pub use policy::OnError;
+pub use runtime::{Claimed, Idempotency, Started};
+pub use store::{
+    AttemptId, ClaimOutcome, ClaimRequest, Fence, MemoryStore, Outcome, Record, Store,
+    MAX_FINGERPRINT, RECORD_VERSION,
 };
-pub use memory::MemoryStore;
-pub use observe::{CallOutcome, CallReport, Observer};
-#[doc(hidden)]
-pub use outcome::report as report_served;
-pub use outcome::{served, OnError, Served};
-pub use record::{Outcome, Record, MAX_FINGERPRINT, RECORD_VERSION};
-pub use runtime::{
-    Call, Claimed, Idempotency, OnInProgress, Started, DEFAULT_KEY_PREFIX, DEFAULT_LEASE,
-    DEFAULT_RETENTION, MAX_DURATION, MIN_LEASE,
-};
-pub use store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
+pub use time::{MAX_DURATION, MIN_LEASE};
 pub use transaction::{DetachedClaim, TransactionBegun, TransactionClaim, TransactionalStore};
-#[doc(hidden)]
-pub use unwind::catch_unwind;

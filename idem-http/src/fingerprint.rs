@@ -44,7 +44,7 @@ pub fn default_fingerprint(parts: &Parts, body: &[u8]) -> Fingerprint {
         // bytes count.
         _ => Value::Array(vec![
             "bytes".into(),
-            idem_core::hex(&Sha256::digest(body)).into(),
+            idem_core::encode::hex(&Sha256::digest(body)).into(),
         ]),
     };
     let uri = request_uri(parts);
@@ -180,7 +180,7 @@ fn is_json(parts: &Parts) -> bool {
 /// reach another instance under another name (tenants told apart by host need a `scope`).
 pub(crate) fn composite_key(scope: Option<&str>, parts: &Parts, key: &str) -> String {
     let scope = match scope {
-        Some(scope) => idem_core::hex(&Sha256::digest(scope.as_bytes())[..16]),
+        Some(scope) => idem_core::encode::hex(&Sha256::digest(scope.as_bytes())[..16]),
         None => "-".to_owned(),
     };
     format!(

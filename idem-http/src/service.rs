@@ -386,7 +386,7 @@ where
     claimed.lend(request.extensions_mut());
     // Everything the handler's code runs in (its future, its response body, their drops) is
     // under the guard, and the claim outside it: a panic anywhere there holds the key.
-    let handled = idem_core::catch_unwind(respond(config, inner, request)).await;
+    let handled = idem_core::__macro_support::catch_unwind(respond(config, inner, request)).await;
     let reply = match handled {
         Ok(Ok(reply)) => reply,
         Ok(Err(err)) => {

@@ -202,7 +202,7 @@ fn duration_value(input: ParseStream) -> syn::Result<DurationArg> {
 }
 
 /// Namespaces become part of store keys, where `:` and `#` are separators (and `{`, `}` a Redis
-/// hash tag): the same grammar as `idem_core::check_namespace`, checked at compile time.
+/// hash tag): the same grammar as `idem_core::key::check_namespace`, checked at compile time.
 fn check_namespace(literal: &LitStr) -> syn::Result<()> {
     let value = literal.value();
     let bad = |c: char| ":#{}".contains(c) || c.is_control() || (c.is_whitespace() && c != ' ');

@@ -614,7 +614,7 @@ where
         let state = self.state_key(request.key);
         let lease = at_least_min_lease(request.lease);
         let attempt = format!("{:032x}", request.attempt.0);
-        let fingerprint = idem_core::hex(request.fingerprint);
+        let fingerprint = idem_core::encode::hex(request.fingerprint);
         let outcome = match self
             .plain_claim(&state, &attempt, &fingerprint, lease)
             .await?
@@ -759,7 +759,7 @@ fn parse_claim(key: &str, reply: &Value) -> Option<Result<ClaimOutcome, Error>> 
         },
         b"P" => ClaimOutcome::InProgress {
             fence: state::parse_fence(text(1)?)?,
-            fingerprint: idem_core::unhex(text(2)?)?,
+            fingerprint: idem_core::encode::unhex(text(2)?)?,
             lease_remaining: match items.get(3)? {
                 Value::Int(ms) => Duration::from_millis(u64::try_from(*ms).unwrap_or(0)),
                 _ => return None,

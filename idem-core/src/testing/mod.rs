@@ -15,7 +15,9 @@
 
 use std::time::Duration;
 
-pub use crate::faulty::FaultyStore;
+mod faulty;
+
+pub use faulty::FaultyStore;
 
 use crate::store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
 use crate::Error;
@@ -26,7 +28,10 @@ const LONG: Duration = Duration::from_secs(60);
 
 /// A key no other check (or test run) uses.
 pub fn unique_key(check: &str) -> String {
-    format!("contract:{check}:{:032x}", crate::random::u128())
+    format!(
+        "contract:{check}:{:032x}",
+        crate::store::AttemptId::random().0
+    )
 }
 
 async fn claim(store: &dyn Store, key: &str, attempt: AttemptId, lease: Duration) -> ClaimOutcome {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::store::{ClaimOutcome, ClaimRequest, Fence, Store};
-use crate::{Error, MemoryStore};
+use crate::store::{ClaimOutcome, ClaimRequest, Fence, MemoryStore, Store};
+use crate::Error;
 
 /// A [`MemoryStore`] that refuses claims, loses leases or fails releases while the matching
 /// switch is on, or answers a claim late.

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use crate::store::{ClaimOutcome, ClaimRequest, Fence, Store};
-use crate::{AttemptId, Error};
+use super::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
+use crate::time::later_std as later;
+use crate::Error;
 
 const SHARDS: usize = 64;
 const MIN_SWEEP_INTERVAL: usize = 16;
@@ -68,13 +69,6 @@ impl Clock {
             Clock::Tokio => tokio::time::Instant::now().into_std(),
         }
     }
-}
-
-/// `at + by`, saturating far in the future instead of overflowing.
-fn later(at: Instant, by: Duration) -> Instant {
-    at.checked_add(by)
-        .or_else(|| at.checked_add(crate::MAX_DURATION))
-        .unwrap_or(at)
 }
 
 #[derive(Default)]

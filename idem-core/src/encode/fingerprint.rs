@@ -147,7 +147,7 @@ mod tests {
             "c": 18446744073709551615u64,
         });
         assert_eq!(
-            crate::hex(&Fingerprint::of(&request).unwrap().0),
+            crate::encode::hex(&Fingerprint::of(&request).unwrap().0),
             "f53e89fbecfc7b327c9e8eb534a6672d30614c724afad653f6f4d4a198bec1a9"
         );
     }

@@ -6,6 +6,13 @@ use async_trait::async_trait;
 
 use crate::Error;
 
+mod attempt;
+mod memory;
+mod record;
+
+pub use memory::MemoryStore;
+pub use record::{Outcome, Record, MAX_FINGERPRINT, RECORD_VERSION};
+
 /// A fencing token: strictly increasing per key across claims. Pass it to downstream systems
 /// so they can refuse writes from a stale holder (see [`crate::context`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -26,7 +33,7 @@ pub struct AttemptId(pub u128);
 impl AttemptId {
     /// A new attempt id, unique within and (with overwhelming probability) across processes.
     pub fn random() -> Self {
-        AttemptId(crate::random::u128())
+        AttemptId(attempt::u128())
     }
 }
 

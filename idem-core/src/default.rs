@@ -2,7 +2,8 @@
 
 use std::sync::OnceLock;
 
-use crate::{Idempotency, MemoryStore};
+use crate::store::MemoryStore;
+use crate::Idempotency;
 
 static DEFAULT: OnceLock<Idempotency> = OnceLock::new();
 

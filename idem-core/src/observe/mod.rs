@@ -16,6 +16,10 @@ use tracing::Span;
 
 use crate::store::Fence;
 
+mod served;
+
+pub use served::{report, served, Served};
+
 /// How a call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

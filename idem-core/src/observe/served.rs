@@ -1,39 +1,7 @@
-//! What a call's `Err` means, and how a call's result came to be.
+//! How a call's result came to be ([`Served`]), read around a call with [`served`].
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-
-/// What an `Err` returned by the body means, decided per error by the function given to
-/// [`Idempotency::run_with`](crate::Idempotency::run_with) (or the macro's `on_error = ...`).
-///
-/// # Unknown outcomes
-///
-/// One rule covers every call whose outcome is unknown: a body that panics, a call that is
-/// cancelled (its future dropped, a timeout), a process that crashes mid-body, and an `Err` the
-/// function classifies as [`OutcomeUnknown`](OnError::OutcomeUnknown). Nothing is recorded and
-/// the claim is **kept** until its lease lapses (renewals stop when the body stops); then the
-/// next delivery takes over and runs the body again.
-///
-/// Why: the effect may have started, and may still be landing (a request to a payment provider
-/// that timed out on our side). Releasing at once would let a retry run concurrently with it;
-/// recording would replay a success or failure that may be false. Keeping the claim gives the
-/// effect one lease to land, and the body that takes over should make the effect idempotent
-/// downstream with [`downstream_key`](crate::ClaimContext::downstream_key), which is the same for
-/// every attempt of the call, so the downstream system recognises the repeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum OnError {
-    /// Nothing happened that a retry must not repeat (validation failed, the effect was
-    /// refused): the claim is released and the next call runs the body again. The default.
-    Release,
-    /// The error is the call's result: recorded and replayed to duplicates like an `Ok`
-    /// (needs `E: Serialize + DeserializeOwned`, the `record_errors` flavour; elsewhere it is
-    /// taken as [`OutcomeUnknown`](OnError::OutcomeUnknown)).
-    Record,
-    /// The effect may have started: the outcome is unknown. Nothing is recorded and the claim
-    /// is kept until its lease lapses, as after a panic or a crash (see above).
-    OutcomeUnknown,
-}
 
 /// How a call's result came to be, read with [`served`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,0 +1,155 @@
+//! One call's options: its namespace and key, and what overrides the runtime's defaults.
+
+use std::borrow::Cow;
+use std::fmt::Display;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::encode::Fingerprint;
+use crate::Error;
+
+/// How long records are kept by default.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// How long a claim lasts between renewals by default.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// The key prefix by default.
+pub const DEFAULT_KEY_PREFIX: &str = "idem:";
+
+/// What a duplicate does while the first call is still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnInProgress {
+    /// Wait for the first call's result and replay it. If the claim is still held after a
+    /// whole lease (the first call renews it while it runs), return [`Error::InProgress`]; if its
+    /// lease lapses meanwhile (it crashed), take over and run the body.
+    #[default]
+    Wait,
+    /// Return [`Error::InProgress`] at once.
+    Reject,
+    /// Like [`Wait`](OnInProgress::Wait), but return [`Error::InProgress`] after this long
+    /// (or after a lease, if that is shorter): for a caller that has a deadline of its own, such
+    /// as an HTTP client that will not wait for ever.
+    WaitAtMost(Duration),
+}
+
+impl OnInProgress {
+    /// How long a duplicate waits for a claim held by another call whose lease is `lease`.
+    pub(crate) fn patience(self, lease: Duration) -> Duration {
+        match self {
+            OnInProgress::Wait => lease,
+            OnInProgress::Reject => Duration::ZERO,
+            OnInProgress::WaitAtMost(limit) => limit.min(lease),
+        }
+    }
+}
+
+/// One idempotent call: its namespace and key, and options that override the runtime's.
+#[derive(Debug)]
+#[must_use = "a Call does nothing until passed to Idempotency::run"]
+pub struct Call {
+    pub(crate) namespace: Result<Cow<'static, str>, Error>,
+    pub(crate) key: String,
+    /// A hash of the caller the key belongs to, when keys are scoped per caller.
+    pub(crate) scope: Option<String>,
+    pub(crate) fingerprint: Result<Option<Fingerprint>, Error>,
+    pub(crate) retention: Option<Duration>,
+    pub(crate) lease: Option<Duration>,
+    pub(crate) max_hold: Option<Duration>,
+    pub(crate) on_in_progress: OnInProgress,
+}
+
+impl Call {
+    /// A call of `key` in `namespace` (by the macro: the function's name). The key is formatted
+    /// once, here.
+    pub fn new(namespace: impl Into<Cow<'static, str>>, key: impl Display) -> Self {
+        Self::in_namespace(Ok(namespace.into()), key)
+    }
+
+    /// A call in a function's default namespace, or with why it has none (for the macro).
+    #[doc(hidden)]
+    pub fn in_function(namespace: Result<&'static str, Error>, key: impl Display) -> Self {
+        Self::in_namespace(namespace.map(Cow::Borrowed), key)
+    }
+
+    fn in_namespace(namespace: Result<Cow<'static, str>, Error>, key: impl Display) -> Self {
+        Call {
+            namespace,
+            key: key.to_string(),
+            scope: None,
+            fingerprint: Ok(None),
+            retention: None,
+            lease: None,
+            max_hold: None,
+            on_in_progress: OnInProgress::Wait,
+        }
+    }
+
+    /// Scopes the key to `caller` (a user id, an account, an API key's id): two callers' equal
+    /// keys are two keys, so one caller can never be replayed another's result, nor learn
+    /// through a `KeyReused` that another used a key. Give it to every call where keys come
+    /// from clients, such as an HTTP request's `Idempotency-Key`. The store holds a hash of the
+    /// caller, never the caller itself.
+    ///
+    /// No unscoped key meets a scoped one (the scope is stored in a form no key can spell).
+    /// Adding a scope to calls that had none changes their store keys: a retry that spans that
+    /// deploy runs the body again.
+    ///
+    /// ```
+    /// # use idem_core as idem; // what users of the `idem` crate write
+    /// use idem::Call;
+    ///
+    /// let alice = Call::new("orders", "order-1").scope("alice");
+    /// let bob = Call::new("orders", "order-1").scope("bob");
+    /// ```
+    pub fn scope(mut self, caller: impl Display) -> Self {
+        use sha2::Digest;
+        let caller = caller.to_string();
+        self.scope = Some(crate::encode::hex(
+            &sha2::Sha256::digest(caller.as_bytes())[..16],
+        ));
+        self
+    }
+
+    /// Describes the request: a later call with the same key and a different fingerprint gets
+    /// [`Error::KeyReused`]. Map key order does not change the fingerprint.
+    pub fn fingerprint<T: Serialize + ?Sized>(mut self, request: &T) -> Self {
+        self.fingerprint = Fingerprint::of(request).map(Some);
+        self
+    }
+
+    /// Sets a fingerprint computed elsewhere (for requests that are bytes rather than a
+    /// `Serialize` value, such as an HTTP body): a later call with the same key and a different
+    /// fingerprint gets [`Error::KeyReused`].
+    pub fn with_fingerprint(mut self, fingerprint: Fingerprint) -> Self {
+        self.fingerprint = Ok(Some(fingerprint));
+        self
+    }
+
+    /// How long the record is kept (overrides the runtime's retention).
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = Some(retention);
+        self
+    }
+
+    /// How long the claim lasts between renewals (overrides the runtime's lease).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+
+    /// The longest this call holds its key while its body runs (overrides the runtime's
+    /// [`with_max_hold`](crate::Idempotency::with_max_hold)).
+    pub fn max_hold(mut self, max_hold: Duration) -> Self {
+        self.max_hold = Some(max_hold);
+        self
+    }
+
+    /// What a duplicate does while the first call runs.
+    pub fn on_in_progress(mut self, mode: OnInProgress) -> Self {
+        self.on_in_progress = mode;
+        self
+    }
+}

@@ -1,0 +1,264 @@
+//! The generic half of a call's future: one small `poll` per body type ([`Execute`]), which hands
+//! the body on as a `dyn Future` to [`ExecuteState::poll_with`], compiled once per result type
+//! and error policy. The driver it polls is in [`driver`](super::driver).
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::driver::{BodySlot, Driven, End, Start};
+use super::replay::replayed;
+use super::Idempotency;
+use crate::context;
+use crate::encode::encode_exactly;
+use crate::observe::{self, CallOutcome, Served};
+use crate::policy::{ErrorPolicy, OnError};
+use crate::store::Outcome;
+use crate::Error;
+
+/// Runs `body` at most once per key, started at `start` (the generic part of every `run`
+/// flavour): the driver does everything but poll the body and encode or decode its result.
+pub(crate) fn execute<T, E, Fut, P>(
+    runtime: Idempotency,
+    start: Start,
+    body: Fut,
+    errors: P,
+) -> Execute<Fut, T, E, P>
+where
+    Fut: Future<Output = Result<T, E>>,
+    T: Serialize + DeserializeOwned,
+    E: From<Error>,
+    P: ErrorPolicy<E>,
+{
+    let slot = Arc::new(BodySlot::default());
+    Execute {
+        state: ExecuteState {
+            driver: Some(Box::pin(runtime.drive(start, slot.clone()))),
+            slot,
+            output: None,
+            errors,
+        },
+        body: Some(body),
+    }
+}
+
+pin_project! {
+    /// The future of one call: its body and the rest of the call.
+    pub(crate) struct Execute<Fut, T, E, P> {
+        state: ExecuteState<T, E, P>,
+        // An `Option` only so that a body dropped mid-run (a cancelled call) is dropped first,
+        // inside its claim context and span, as it would be had it finished.
+        #[pin]
+        body: Option<Fut>,
+    }
+
+    impl<Fut, T, E, P> PinnedDrop for Execute<Fut, T, E, P> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some((context, span)) = this.state.slot.running() {
+                let _entered = observe::enter(&span);
+                let mut body = this.body;
+                let dropped = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    context::poll_in(context, || body.set(None))
+                }));
+                if let Err(panic) = dropped {
+                    // The call is reported before the panic goes on: an observer is never
+                    // called while unwinding.
+                    this.state.driver = None;
+                    // Already unwinding, a second panic out of a drop aborts the process: this
+                    // one ends here.
+                    if !std::thread::panicking() {
+                        std::panic::resume_unwind(panic);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The driver's future. On the heap: it is large (its store operations, timers and trace), and
+/// a call's future is moved several times before it runs.
+type Driver = Pin<Box<dyn Future<Output = Driven> + Send>>;
+
+/// Everything of a call's future but its body.
+pub(crate) struct ExecuteState<T, E, P> {
+    driver: Option<Driver>,
+    slot: Arc<BodySlot>,
+    output: Option<Result<T, E>>,
+    errors: P,
+}
+
+impl<Fut, T, E, P> Future for Execute<Fut, T, E, P>
+where
+    Fut: Future<Output = Result<T, E>>,
+    T: Serialize + DeserializeOwned,
+    E: From<Error>,
+    P: ErrorPolicy<E>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T, E>> {
+        let this = self.project();
+        match this.body.as_pin_mut() {
+            Some(body) => this.state.poll_with(body, cx),
+            // Only a dropped `Execute` lets go of its body.
+            None => Poll::Ready(Err(polled_after_completion().into())),
+        }
+    }
+}
+
+impl<T, E, P> ExecuteState<T, E, P>
+where
+    T: Serialize + DeserializeOwned,
+    E: From<Error>,
+    P: ErrorPolicy<E>,
+{
+    /// Polls the driver, and the body when the driver lets it run. Not inlined: one copy per
+    /// result type, not per function.
+    #[inline(never)]
+    fn poll_with(
+        &mut self,
+        mut body: Pin<&mut dyn Future<Output = Result<T, E>>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<T, E>> {
+        let this = self;
+        loop {
+            let Some(driver) = this.driver.as_mut() else {
+                // Polled after it returned: the driver is gone.
+                return Poll::Ready(Err(polled_after_completion().into()));
+            };
+            if let Poll::Ready(driven) = driver.as_mut().poll(cx) {
+                this.driver = None;
+                return Poll::Ready(self::result(driven, this.output.take(), &this.errors));
+            }
+            if this.output.is_some() {
+                return Poll::Pending;
+            }
+            let Some((context, span)) = this.slot.running() else {
+                return Poll::Pending;
+            };
+            let polled = {
+                let _entered = observe::enter(&span);
+                std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    context::poll_in(context, || body.as_mut().poll(cx))
+                }))
+            };
+            match polled {
+                Ok(Poll::Ready(result)) => {
+                    this.slot.ended(end_of(&result, &this.errors));
+                    this.output = Some(result);
+                }
+                Ok(Poll::Pending) => {
+                    // The body waits. The first time, the driver starts keeping the lease (it is
+                    // polled once more for that; the body is not, so that a body that yields
+                    // lets other tasks run).
+                    if this.slot.pending() {
+                        if let Poll::Ready(driven) = driver.as_mut().poll(cx) {
+                            this.driver = None;
+                            let output = this.output.take();
+                            return Poll::Ready(self::result(driven, output, &this.errors));
+                        }
+                    }
+                    return Poll::Pending;
+                }
+                Err(panic) => {
+                    // An unknown outcome: the claim is kept (see `OnError::OutcomeUnknown`).
+                    // The driver's trace tells so as it is dropped, before unwinding, where an
+                    // observer that panicked would abort the process.
+                    this.driver = None;
+                    std::panic::resume_unwind(panic)
+                }
+            }
+        }
+    }
+}
+
+/// The call's result, from how the driver ended and the body's output, if it ran.
+fn result<T, E>(
+    driven: Driven,
+    output: Option<Result<T, E>>,
+    errors: &impl ErrorPolicy<E>,
+) -> Result<T, E>
+where
+    T: DeserializeOwned,
+    E: From<Error>,
+{
+    match driven {
+        Driven::Replay {
+            key,
+            fingerprint,
+            record,
+            waited,
+            mut trace,
+        } => {
+            let (result, served, how) = replayed(&key, &fingerprint, &record, waited, errors);
+            trace.finish(how);
+            observe::report(served);
+            result
+        }
+        Driven::Superseded {
+            key,
+            fingerprint,
+            record,
+            mut trace,
+        } => {
+            trace.finish(CallOutcome::LeaseLost);
+            match replayed(&key, &fingerprint, &record, false, errors) {
+                // The other call's result (its value or its recorded error).
+                (result, Served::Replayed, _) => {
+                    observe::report(Served::Superseded);
+                    result
+                }
+                // Not this call's to return (another request's record, or one this function
+                // cannot read): the body ran, its result is not recorded.
+                _ => {
+                    observe::report(Served::Executed);
+                    Err(Error::lease_lost(key).into())
+                }
+            }
+        }
+        Driven::NotRun(err) => Err(err.into()),
+        Driven::Ran(Ok(())) => output.unwrap_or_else(|| Err(body_lost().into())),
+        Driven::Ran(Err(err)) => Err(err.into()),
+    }
+}
+
+/// The driver only goes on once the body's output is kept; this is the error should that ever
+/// not hold.
+#[cold]
+fn body_lost() -> Error {
+    Error::store(
+        "run",
+        "idem lost the body's result after recording it (a bug in idem: please report it)",
+    )
+}
+
+#[cold]
+fn polled_after_completion() -> Error {
+    Error::store(
+        "run",
+        "an idempotent call's future was polled after it completed (a bug in the caller)",
+    )
+}
+
+/// How a body's result ends its claim. Not inlined: one copy per result type, not per function.
+#[inline(never)]
+fn end_of<T, E>(result: &Result<T, E>, errors: &impl ErrorPolicy<E>) -> End
+where
+    T: Serialize + DeserializeOwned,
+{
+    match result {
+        Ok(value) => End::Record(Outcome::Ok, encode_exactly(value)),
+        Err(err) => match (errors.classify(err), errors.encode(err)) {
+            (OnError::Record, Some(json)) => End::Record(Outcome::Err, json),
+            (OnError::Release, _) => End::Release,
+            _ => End::KeepClaim,
+        },
+    }
+}

@@ -1,0 +1,227 @@
+//! A claim held while its body runs, and its lease: renewed every third of it, from a task of
+//! its own where the runtime has threads to spare; released in the background when the body
+//! never started.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::runtime::RuntimeFlavor;
+use tokio::time::Instant;
+
+use super::Idempotency;
+use crate::observe;
+use crate::store::{Fence, Store};
+use crate::time::later;
+use crate::Error;
+
+/// A claim held while the body runs.
+pub(crate) struct Claim {
+    pub(crate) key: String,
+    pub(super) fingerprint: Vec<u8>,
+    pub(crate) fence: Fence,
+    pub(super) lease: Duration,
+    pub(super) retention: Duration,
+    pub(super) lease_clock: Arc<LeaseClock>,
+    /// From when the lease is no longer renewed (`max_hold` after the claim), if ever.
+    pub(super) hold_until: Option<Instant>,
+    /// Until the body may start, the runtime that releases the claim if it is dropped first (a
+    /// cancelled call, a [`Claimed`] never run): a body that never started has no effect to
+    /// guard, and its key must not stay held for a lease.
+    pub(super) unstarted: Option<Idempotency>,
+}
+
+impl Claim {
+    /// The body may start: from now on, dropping the claim keeps it until its lease lapses.
+    pub(crate) fn started(&mut self) {
+        self.unstarted = None;
+    }
+
+    /// The fingerprint of the call's request.
+    pub(crate) fn fingerprint(&self) -> &[u8] {
+        &self.fingerprint
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.unstarted.take() {
+            let (key, fence) = (std::mem::take(&mut self.key), self.fence);
+            runtime.release_in_background(key, move |store, key| async move {
+                store.release(&key, fence).await
+            });
+        }
+    }
+}
+
+impl Idempotency {
+    /// Renews the lease every third of it; returns only when the lease is lost (the store
+    /// refused the fence, or no renewal succeeded for a whole lease).
+    pub(crate) async fn keep_lease(&self, claim: &Claim) {
+        self.keep_lease_of(
+            &claim.key,
+            claim.fence,
+            claim.lease,
+            &claim.lease_clock,
+            claim.hold_until,
+        )
+        .await;
+    }
+
+    /// [`keep_lease`](Self::keep_lease), from the claim's parts.
+    async fn keep_lease_of(
+        &self,
+        key: &str,
+        fence: Fence,
+        lease: Duration,
+        clock: &LeaseClock,
+        hold_until: Option<Instant>,
+    ) {
+        let store = &self.inner.store;
+        let mut next = clock
+            .valid_until()
+            .checked_sub(lease - lease / 3)
+            .unwrap_or_else(Instant::now);
+        loop {
+            tokio::time::sleep_until(next).await;
+            let sent = Instant::now();
+            if hold_until.is_some_and(|until| sent >= until) {
+                // Held as long as allowed: the claim lapses with its lease, and the key passes
+                // to the next delivery.
+                tokio::time::sleep_until(clock.valid_until()).await;
+                return;
+            }
+            let renew = store.renew(key, fence, lease);
+            let renewed = observe::in_span(&observe::store_span("renew"), renew).await;
+            match renewed {
+                Ok(()) => {
+                    clock.renewed(later(sent, lease));
+                    next = later(sent, lease / 3);
+                }
+                Err(Error::LeaseLost { .. }) => return,
+                Err(_) if Instant::now() >= clock.valid_until() => return,
+                // A transient failure: try again soon, while the lease still holds.
+                Err(_) => next = later(Instant::now(), lease / 10),
+            }
+        }
+    }
+
+    /// Runs a body's `work` to its end while the lease of `claim` is kept. Where the runtime has
+    /// threads to spare, the lease is kept from a task of its own, so that a body that blocks its
+    /// thread (in `block_in_place`, say) does not stop the renewals; on a runtime of one thread,
+    /// a blocked body blocks any keeper, and the body's own task keeps it
+    /// ([`keeping_lease`](Self::keeping_lease)). A lease lost meanwhile shows when the end is
+    /// made durable: the store refuses the stale fence.
+    pub(crate) async fn keeping_lease_apart<F: Future>(
+        &self,
+        claim: &Claim,
+        work: F,
+        may_keep: impl Fn() -> bool,
+    ) -> F::Output {
+        let apart = tokio::runtime::Handle::try_current()
+            .ok()
+            .filter(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread);
+        let Some(runtime) = apart else {
+            return self.keeping_lease(claim, work, may_keep).await;
+        };
+        let keeper = {
+            let (idem, key, fence, lease, clock, hold_until) = (
+                self.clone(),
+                claim.key.clone(),
+                claim.fence,
+                claim.lease,
+                claim.lease_clock.clone(),
+                claim.hold_until,
+            );
+            let span = tracing::Span::current();
+            // Its first renewal is a third of a lease away: a body that ends sooner costs a
+            // spawn and an abort, and no store command.
+            runtime.spawn(observe::in_span(&span, async move {
+                idem.keep_lease_of(&key, fence, lease, &clock, hold_until)
+                    .await;
+            }))
+        };
+        let _keeper = AbortOnDrop(keeper);
+        work.await
+    }
+
+    /// Runs `work` to its end while keeping `claim`'s lease from its own task, from the time
+    /// `may_keep` says so (once it first waits); a lease lost meanwhile is no longer kept, and
+    /// `work` still runs to its end.
+    pub(crate) async fn keeping_lease<F: Future>(
+        &self,
+        claim: &Claim,
+        work: F,
+        may_keep: impl Fn() -> bool,
+    ) -> F::Output {
+        let mut work = std::pin::pin!(work);
+        // On the heap, and only once `work` waits: most work ends at its first poll.
+        let mut keeper: Option<std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
+        let mut lost = false;
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(output) = work.as_mut().poll(cx) {
+                return std::task::Poll::Ready(output);
+            }
+            if !lost && may_keep() {
+                let keeper = keeper.get_or_insert_with(|| Box::pin(self.keep_lease(claim)));
+                lost = keeper.as_mut().poll(cx).is_ready();
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
+    /// Runs `release` on a task of its own, for a claim dropped before its body started; with
+    /// no runtime to run it on, the claim lapses with its lease.
+    pub(super) fn release_in_background<R, Fut>(&self, key: String, release: R)
+    where
+        R: FnOnce(Arc<dyn Store>, String) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.inner.store.clone();
+        runtime.spawn(async move {
+            match release(store, key).await {
+                // Lapsed and taken over meanwhile: not this claim's to release.
+                Ok(()) | Err(Error::LeaseLost { .. }) => {}
+                Err(err) => observe::release_failed(&err),
+            }
+        });
+    }
+}
+
+/// A task aborted when this is dropped: the lease keeper of a call, which must not outlive it
+/// (a cancelled call's keeper would renew a claim nobody runs).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Until when the current claim is known to be valid: the send time of the claim or of the last
+/// successful renewal, plus the lease. Shared by the renewal loop and the record write.
+pub(crate) struct LeaseClock(std::sync::Mutex<Instant>);
+
+impl LeaseClock {
+    pub(crate) fn new(valid_until: Instant) -> Self {
+        LeaseClock(std::sync::Mutex::new(valid_until))
+    }
+
+    pub(crate) fn valid_until(&self) -> Instant {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn renewed(&self, valid_until: Instant) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = valid_until;
+    }
+}

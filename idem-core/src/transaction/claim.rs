@@ -1,0 +1,336 @@
+//! A key claimed inside a transaction, and how it ends: the record committed with the body's
+//! writes, or everything rolled back.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::TransactionalStore;
+use crate::context::ClaimContext;
+use crate::encode::encode_exactly;
+use crate::error::not_recorded;
+use crate::observe::{self, CallOutcome, CallTrace, Served};
+use crate::policy::{ErrorPolicy, OnError, Policy};
+use crate::runtime::{Prepared, TransactionClaims};
+use crate::store::{AttemptId, Fence, Outcome, Record};
+use crate::Error;
+
+/// What [`Idempotency::begin_transaction`](crate::Idempotency::begin_transaction) found.
+#[must_use = "a claimed key must be finished, or its transaction is rolled back when dropped"]
+pub enum TransactionBegun<'c, S: TransactionalStore, T, E, F> {
+    /// Nothing to run: the recorded result (replayed, or waited for), or why the call failed
+    /// before the body (an `Err` made from the [`Error`]).
+    Done(Result<T, E>),
+    /// The key is claimed in a transaction: run the body on
+    /// [`connection`](TransactionClaim::connection), then
+    /// [`finish`](TransactionClaim::finish) with its result.
+    Claimed(TransactionClaim<'c, S, T, E, F>),
+}
+
+/// A key claimed inside a transaction on the caller's connection. Dropping it without
+/// [`finish`](Self::finish) rolls the transaction back: the key is free once the rollback
+/// reaches the database, which the driver sends with the connection's next use (or its return
+/// to a pool). A transaction of idem's own left idle on a connection its caller keeps is ended
+/// by the store a lease later ([`TransactionalStore::claim_ended`]); a savepoint in the caller's
+/// own transaction is left to the caller. The rules side by side: `docs/guarantees.md`.
+#[must_use = "finish the claim with the body's result, or its transaction is rolled back"]
+pub struct TransactionClaim<'c, S: TransactionalStore, T, E, F> {
+    pub(super) transaction: S::Transaction<'c>,
+    pub(super) claim: DetachedClaim<S, T, E, F>,
+}
+
+/// A [`TransactionClaim`] without its transaction, for a body that runs where the claim cannot
+/// go: the HTTP layer lends the transaction to the handler through the request, and finishes
+/// the claim with it afterwards. Made by [`TransactionClaim::detach`].
+///
+/// Dropping it without [`finish`](Self::finish) records nothing: the transaction, dropped too,
+/// rolls back and the key is free.
+#[must_use = "finish the claim with its transaction and the body's result"]
+pub struct DetachedClaim<S: TransactionalStore, T, E, F> {
+    pub(super) store: Arc<S>,
+    /// Boxed: it keeps `TransactionBegun::Claimed` near the size of a replayed result.
+    pub(super) call: Box<Prepared>,
+    pub(super) attempt: AttemptId,
+    pub(super) fence: Fence,
+    pub(super) policy: Policy<E, F>,
+    /// The call's trace, finished by `finish` (or, dropped unfinished, as released).
+    /// Boxed: it is large next to a replayed result.
+    pub(super) trace: Option<Box<CallTrace>>,
+    /// The key's place among the keys claimed in open transactions, while the claim lives.
+    pub(super) _registered: Registered,
+    /// Whether `finish` ended it; dropped otherwise, it was abandoned
+    /// ([`TransactionalStore::claim_ended`]).
+    pub(super) finished: bool,
+    /// Whether it was claimed in a savepoint of the caller's own transaction, which is the
+    /// caller's to end, abandoned or not.
+    pub(super) in_callers_transaction: bool,
+    pub(super) _result: PhantomData<fn() -> T>,
+}
+
+/// A key claimed on a connection, registered until the claim ends.
+pub(crate) struct Registered {
+    claims: Arc<TransactionClaims>,
+    entry: Option<(usize, String)>,
+}
+
+impl Registered {
+    pub(crate) fn new(claims: Arc<TransactionClaims>, entry: (usize, String)) -> Self {
+        lock(&claims).insert(entry.clone());
+        Registered {
+            claims,
+            entry: Some(entry),
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            lock(&self.claims).remove(&entry);
+        }
+    }
+}
+
+pub(super) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<'c, S: TransactionalStore, T, E, F> std::fmt::Debug for TransactionClaim<'c, S, T, E, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.claim.fmt(f)
+    }
+}
+
+/// Dropped unfinished, the claim's transaction rolls back (now, or when whoever holds it drops
+/// it) and the key is free: the call was released, not left with an unknown outcome.
+impl<S: TransactionalStore, T, E, F> Drop for DetachedClaim<S, T, E, F> {
+    fn drop(&mut self) {
+        if let Some(mut trace) = self.trace.take() {
+            trace.finish(CallOutcome::Released);
+        }
+        let abandoned = (!self.finished && !self.in_callers_transaction).then_some(self.call.lease);
+        self.store
+            .claim_ended(&self.call.key, self.fence, abandoned);
+    }
+}
+
+impl<S: TransactionalStore, T, E, F> std::fmt::Debug for DetachedClaim<S, T, E, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransactionClaim")
+            .field("key", &self.call.key)
+            .field("fence", &self.fence)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'c, S, T, E, F> TransactionClaim<'c, S, T, E, F>
+where
+    S: TransactionalStore,
+    T: Serialize + DeserializeOwned,
+    E: From<Error>,
+    F: Fn(&E) -> OnError,
+{
+    /// The connection, inside the transaction that holds the claim: the body's writes go
+    /// through it.
+    pub fn connection(&mut self) -> &mut S::Connection {
+        &mut self.transaction
+    }
+
+    /// The claim, for the body: its key and fencing token. Run the body inside
+    /// [`with_context`](crate::with_context) with it, and [`crate::context`] returns it there.
+    pub fn context(&self) -> ClaimContext {
+        self.claim.context()
+    }
+
+    /// Separates the transaction from the claim, for a body that must own the transaction
+    /// while it runs. Hand the same transaction back to [`DetachedClaim::finish`]: any other
+    /// holds no claim, so the record fails and everything rolls back.
+    pub fn detach(self) -> (S::Transaction<'c>, DetachedClaim<S, T, E, F>) {
+        (self.transaction, self.claim)
+    }
+
+    /// Ends the call with the body's result: an `Ok` (or an `Err` recorded by the policy) is
+    /// recorded and the transaction committed, so the body's writes and the record become
+    /// visible together; any other `Err` rolls the transaction back and frees the key.
+    ///
+    /// If the record cannot be written, or the commit fails, the body's writes are rolled back
+    /// too and the error is returned; a commit whose outcome is unknown (the connection was lost
+    /// during `COMMIT`) is [`Error::Store`] with `is_indeterminate()`: a retry replays if it
+    /// committed and runs the body if it did not.
+    pub async fn finish(self, result: Result<T, E>) -> Result<T, E> {
+        self.claim.finish(self.transaction, result).await
+    }
+}
+
+impl<S, T, E, F> DetachedClaim<S, T, E, F>
+where
+    S: TransactionalStore,
+    T: Serialize + DeserializeOwned,
+    E: From<Error>,
+    F: Fn(&E) -> OnError,
+{
+    /// The claim, for the body: its key and fencing token.
+    pub fn context(&self) -> ClaimContext {
+        ClaimContext {
+            key: self.call.key.clone(),
+            fence: self.fence,
+        }
+    }
+
+    /// [`TransactionClaim::finish`], with the transaction [`detach`](TransactionClaim::detach)
+    /// returned.
+    pub async fn finish(
+        mut self,
+        transaction: S::Transaction<'_>,
+        result: Result<T, E>,
+    ) -> Result<T, E> {
+        let trace = self.trace.take();
+        let span = trace
+            .as_ref()
+            .map_or_else(tracing::Span::none, |t| t.span.clone());
+        let (result, how) = observe::in_span(&span, self.end(transaction, result)).await;
+        self.finished = true;
+        if let Some(mut trace) = trace {
+            trace.finish(how);
+        }
+        observe::report(Served::Executed);
+        result
+    }
+
+    async fn end(
+        &self,
+        mut transaction: S::Transaction<'_>,
+        result: Result<T, E>,
+    ) -> (Result<T, E>, CallOutcome) {
+        let (store, call, attempt, fence, policy) = (
+            &*self.store,
+            &self.call,
+            self.attempt,
+            self.fence,
+            &self.policy,
+        );
+        // idem's own failure ends the call: the body's writes are rolled back with it, and the
+        // error says so (the body ran: never "did not run").
+        let failed = |err: Error| {
+            let err = after_the_body(&call.key, err);
+            let how = CallOutcome::of_error(&err);
+            (Err(err.into()), how)
+        };
+        let (outcome, json) = match &result {
+            Ok(value) => (Outcome::Ok, encode_exactly(value)),
+            Err(err) => match (policy.classify(err), policy.encode(err)) {
+                (OnError::Record, Some(json)) => {
+                    // The body's writes go; the claim stays, for the error's record.
+                    let mark = mark_name(attempt);
+                    if let Err(undo) = store.undo_to_mark(&mut transaction, &mark).await {
+                        return failed(rolled_back(store, transaction, undo).await);
+                    }
+                    (Outcome::Err, json)
+                }
+                (OnError::OutcomeUnknown, _) if policy.marks() => {
+                    // The database writes are undone, but effects elsewhere may have started:
+                    // the claim commits without a record and holds the key until its lease
+                    // lapses, as outside a transaction. It never left this transaction, so no
+                    // duplicate can slip in between.
+                    let mark = mark_name(attempt);
+                    let held = match store.undo_to_mark(&mut transaction, &mark).await {
+                        Ok(()) => {
+                            let extended = store
+                                .extend_in(&mut transaction, &call.key, fence, call.lease)
+                                .await;
+                            match extended {
+                                Ok(()) => store.commit(transaction).await,
+                                Err(err) => Err(rolled_back(store, transaction, err).await),
+                            }
+                        }
+                        Err(undo) => Err(rolled_back(store, transaction, undo).await),
+                    };
+                    return match held {
+                        Ok(()) => (result, CallOutcome::OutcomeUnknown),
+                        // The hold's COMMIT got no reply: the key is held for a lease, or free.
+                        // Not `CommitUnknown` (there is no record to replay): the body ran and
+                        // its result is not recorded.
+                        Err(
+                            err @ Error::Store {
+                                indeterminate: true,
+                                ..
+                            },
+                        ) => failed(not_recorded(call.key.clone(), err)),
+                        // The key could not be held: say so rather than return the body's
+                        // error as if a retry had to wait.
+                        Err(err) => failed(err),
+                    };
+                }
+                _ => {
+                    let _ = store.rollback(transaction).await;
+                    return (result, CallOutcome::Released);
+                }
+            },
+        };
+        let json = match json {
+            Ok(json) => json,
+            Err(source) => {
+                let err = Error::Encode {
+                    what: "the result",
+                    source,
+                };
+                return failed(rolled_back(store, transaction, err).await);
+            }
+        };
+        let record = Record::encode(outcome, &call.fingerprint, &json);
+        if let Err(err) = store
+            .complete_in(&mut transaction, &call.key, fence, &record, call.retention)
+            .await
+        {
+            return failed(rolled_back(store, transaction, err).await);
+        }
+        match store.commit(transaction).await {
+            Ok(()) => (result, CallOutcome::Executed),
+            Err(err) => failed(err),
+        }
+    }
+}
+
+/// An error that ended a transactional call after its body ran, as the caller must read it: the
+/// body ran, and its writes either rolled back with the claim (the key is free) or, when the
+/// `COMMIT` got no reply, committed with the record or not at all.
+fn after_the_body(key: &str, err: Error) -> Error {
+    match err {
+        Error::TransactionAborted { .. }
+        | Error::RolledBack { .. }
+        | Error::CommitUnknown { .. }
+        | Error::NotRecorded { .. } => err,
+        Error::Store {
+            indeterminate: true,
+            operation: "commit",
+            source,
+        } => Error::CommitUnknown {
+            key: key.to_owned(),
+            source,
+        },
+        err => Error::RolledBack {
+            key: key.to_owned(),
+            source: Box::new(err),
+        },
+    }
+}
+
+/// The savepoint before a call's body: unique to the call, so that a body's own savepoints
+/// cannot be confused with it.
+pub(super) fn mark_name(attempt: AttemptId) -> String {
+    format!("idem_body_{:032x}", attempt.0)
+}
+
+/// Rolls `transaction` back after `err`, and returns `err`.
+pub(super) async fn rolled_back<S: TransactionalStore>(
+    store: &S,
+    transaction: S::Transaction<'_>,
+    err: Error,
+) -> Error {
+    let _ = store.rollback(transaction).await;
+    err
+}
