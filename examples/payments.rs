@@ -3,7 +3,7 @@
 //! A broker delivers each order one to four times, often concurrently, and redelivers whenever
 //! the handler fails. The gateway sometimes refuses before charging (a retry may charge), and
 //! sometimes charges but its answer is lost (a timeout: the outcome is unknown). `charge` below
-//! is `#[idempotent]`, classifies a timeout as `OnError::OutcomeUnknown`, and sends the gateway
+//! is `#[idempotent]`, classifies a timeout as `Disposition::OutcomeUnknown`, and sends the gateway
 //! `downstream_key("gateway")`, the same for every attempt of an order, so however many
 //! deliveries arrive, each order is charged exactly once and every delivery gets the same
 //! receipt. The output counts how each delivery was served (`idem::served`).
@@ -22,7 +22,7 @@ mod broker;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use idem::{idempotent, Idempotency, MemoryStore, OnError};
+use idem::{idempotent, Disposition, Idempotency, MemoryStore};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,12 +57,12 @@ impl From<idem::Error> for PaymentError {
 
 impl PaymentError {
     /// What each error means for a retry (`on_error`).
-    fn means(&self) -> OnError {
+    fn means(&self) -> Disposition {
         match self {
             // The charge may have gone through: keep the claim for a lease, then let a retry
             // ask the gateway again with the same downstream key.
-            PaymentError::GatewayTimeout => OnError::OutcomeUnknown,
-            _ => OnError::Release,
+            PaymentError::GatewayTimeout => Disposition::OutcomeUnknown,
+            _ => Disposition::Release,
         }
     }
 }

@@ -66,7 +66,7 @@ mod private;
 
 pub use idem_core::{
     context, default_runtime, install, served, Call, CallOutcome, CallReport, ClaimContext,
-    Claimed, Error, Fence, Idempotency, MemoryStore, Observer, OnError, OnInProgress, Served,
+    Claimed, Disposition, Error, Fence, Idempotency, MemoryStore, Observer, OnInProgress, Served,
     Started, MAX_DURATION, MIN_LEASE,
 };
 
@@ -156,9 +156,9 @@ pub mod postgres {
     /// version.
     pub use idem_postgres::sqlx;
     pub use idem_postgres::{
-        begin, begin_recording_errors, begin_recording_errors_with, begin_with, Begun, Claim,
-        PoolOptions, PostgresStore, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
-        DEFAULT_TABLE,
+        begin, begin_recording_errors, begin_recording_errors_with, begin_with, PoolOptions,
+        PostgresStore, TransactionBegun, TransactionClaim, DEFAULT_ACQUIRE_TIMEOUT,
+        DEFAULT_MAX_CONNECTIONS, DEFAULT_TABLE,
     };
 
     /// The request's PostgreSQL transaction, for an axum handler behind

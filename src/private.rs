@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use idem_core::__macro_support::{inventory, marker_of, FunctionNamespace, Marker};
-pub use idem_core::{default_runtime, Call, OnError, OnInProgress};
+pub use idem_core::{default_runtime, Call, Disposition, OnInProgress};
 
 use crate::{Error, Idempotency};
 
@@ -112,7 +112,7 @@ where
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be the return type of an #[idempotent(on_error = ...)] function",
     label = "expected `Result<T, E>` with `T: Serialize + DeserializeOwned` and `E: From<idem::Error>`",
-    note = "`on_error` is a function `fn(&E) -> idem::OnError` of the function's error type `E`"
+    note = "`on_error` is a function `fn(&E) -> idem::Disposition` of the function's error type `E`"
 )]
 pub trait ClassifiedReturn: Sized {
     /// The `Err` type.
@@ -123,7 +123,7 @@ pub trait ClassifiedReturn: Sized {
         runtime: Idempotency,
         call: Call,
         body: Fut,
-        on_error: impl Fn(&Self::Error) -> OnError,
+        on_error: impl Fn(&Self::Error) -> Disposition,
     ) -> impl Future<Output = Self>;
 }
 
@@ -134,7 +134,7 @@ impl<T: Recordable, E: FromIdemError> ClassifiedReturn for Result<T, E> {
         runtime: Idempotency,
         call: Call,
         body: Fut,
-        on_error: impl Fn(&E) -> OnError,
+        on_error: impl Fn(&E) -> Disposition,
     ) -> impl Future<Output = Self> {
         runtime.run_with(call, on_error, body)
     }
@@ -144,7 +144,7 @@ impl<T: Recordable, E: FromIdemError> ClassifiedReturn for Result<T, E> {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be the return type of an #[idempotent(record_errors, on_error = ...)] function",
     label = "expected `Result<T, E>` with `T` and `E: Serialize + DeserializeOwned` and `E: From<idem::Error>`",
-    note = "`on_error` is a function `fn(&E) -> idem::OnError` of the function's error type `E`"
+    note = "`on_error` is a function `fn(&E) -> idem::Disposition` of the function's error type `E`"
 )]
 pub trait ClassifiedRecordedReturn: Sized {
     /// The `Err` type.
@@ -156,7 +156,7 @@ pub trait ClassifiedRecordedReturn: Sized {
         runtime: Idempotency,
         call: Call,
         body: Fut,
-        on_error: impl Fn(&Self::Error) -> OnError,
+        on_error: impl Fn(&Self::Error) -> Disposition,
     ) -> impl Future<Output = Self>;
 }
 
@@ -171,7 +171,7 @@ where
         runtime: Idempotency,
         call: Call,
         body: Fut,
-        on_error: impl Fn(&E) -> OnError,
+        on_error: impl Fn(&E) -> Disposition,
     ) -> impl Future<Output = Self> {
         runtime.run_recording_errors_with(call, on_error, body)
     }
@@ -224,68 +224,68 @@ pub fn owned_connection<A: OwnedConnection>(argument: &mut A) -> &mut A::Connect
 }
 
 /// `transaction = conn`: claims in a transaction on the function's connection argument.
-pub async fn begin_in_transaction<'c, C, T, E>(
+pub async fn begin_in_transaction_with<'c, C, T, E>(
     runtime: &'c Idempotency,
     call: Call,
     connection: &'c mut C,
-    on_error: impl Fn(&E) -> OnError,
-) -> TransactionBegun<'c, C::Store, T, E, impl Fn(&E) -> OnError>
+    on_error: impl Fn(&E) -> Disposition,
+) -> TransactionBegun<'c, C::Store, T, E, impl Fn(&E) -> Disposition>
 where
     C: TransactionConnection + ?Sized,
     T: Recordable,
     E: FromIdemError,
 {
     runtime
-        .begin_transaction::<C::Store, T, E, _>(call, connection, on_error)
+        .begin_transaction_with::<C::Store, T, E, _>(call, connection, on_error)
         .await
 }
 
 /// `transaction = conn` without `on_error`: every `Err` rolls back and frees the key.
-pub async fn begin_in_transaction_releasing<'c, C, T, E>(
+pub async fn begin_in_transaction<'c, C, T, E>(
     runtime: &'c Idempotency,
     call: Call,
     connection: &'c mut C,
-) -> TransactionBegun<'c, C::Store, T, E, impl Fn(&E) -> OnError>
+) -> TransactionBegun<'c, C::Store, T, E, impl Fn(&E) -> Disposition>
 where
     C: TransactionConnection + ?Sized,
     T: Recordable,
     E: FromIdemError,
 {
     runtime
-        .begin_transaction_releasing::<C::Store, T, E>(call, connection)
+        .begin_transaction::<C::Store, T, E>(call, connection)
         .await
 }
 
 /// `transaction = conn, record_errors`.
-pub async fn begin_in_transaction_recording_errors<'c, C, T, E>(
+pub async fn begin_in_transaction_recording_errors_with<'c, C, T, E>(
     runtime: &'c Idempotency,
     call: Call,
     connection: &'c mut C,
-    on_error: impl Fn(&E) -> OnError,
-) -> TransactionBegun<'c, C::Store, T, E, impl Fn(&E) -> OnError>
+    on_error: impl Fn(&E) -> Disposition,
+) -> TransactionBegun<'c, C::Store, T, E, impl Fn(&E) -> Disposition>
 where
     C: TransactionConnection + ?Sized,
     T: Recordable,
     E: Recordable + FromIdemError,
 {
     runtime
-        .begin_transaction_recording_errors::<C::Store, T, E, _>(call, connection, on_error)
+        .begin_transaction_recording_errors_with::<C::Store, T, E, _>(call, connection, on_error)
         .await
 }
 
 /// `transaction = conn, record_errors` without `on_error`: every `Err` recorded.
-pub async fn begin_in_transaction_recording_every_error<'c, C, T, E>(
+pub async fn begin_in_transaction_recording_errors<'c, C, T, E>(
     runtime: &'c Idempotency,
     call: Call,
     connection: &'c mut C,
-) -> TransactionBegun<'c, C::Store, T, E, impl Fn(&E) -> OnError>
+) -> TransactionBegun<'c, C::Store, T, E, impl Fn(&E) -> Disposition>
 where
     C: TransactionConnection + ?Sized,
     T: Recordable,
     E: Recordable + FromIdemError,
 {
     runtime
-        .begin_transaction_recording_every_error::<C::Store, T, E>(call, connection)
+        .begin_transaction_recording_errors::<C::Store, T, E>(call, connection)
         .await
 }
 
@@ -312,7 +312,7 @@ where
     S: idem_core::TransactionalStore,
     T: Recordable,
     E: FromIdemError,
-    F: Fn(&E) -> OnError,
+    F: Fn(&E) -> Disposition,
 {
     /// The transaction's connection.
     pub fn connection(&mut self) -> &mut S::Connection {
@@ -358,37 +358,37 @@ impl<R> AsValue<R> {
 impl<T, E> AsValue<Result<T, E>> {
     /// `transaction = conn, on_error = ...` for a value that only reads as a handler's (another
     /// crate's `Json`).
-    pub async fn begin_in_transaction<'c, C>(
+    pub async fn begin_in_transaction_with<'c, C>(
         self,
         runtime: &'c Idempotency,
         call: Call,
         connection: &'c mut C,
-        on_error: impl Fn(&E) -> OnError,
-    ) -> ValueBegun<'c, C::Store, T, E, impl Fn(&E) -> OnError>
+        on_error: impl Fn(&E) -> Disposition,
+    ) -> ValueBegun<'c, C::Store, T, E, impl Fn(&E) -> Disposition>
     where
         C: TransactionConnection + ?Sized,
         T: Recordable,
         E: FromIdemError,
     {
-        match begin_in_transaction(runtime, call, connection, on_error).await {
+        match begin_in_transaction_with(runtime, call, connection, on_error).await {
             TransactionBegun::Done(result) => TxBegun::Done(result),
             TransactionBegun::Claimed(claim) => TxBegun::Claimed(ValueTransactionClaim(claim)),
         }
     }
 
     /// `transaction = conn` for a value that only reads as a handler's.
-    pub async fn begin_in_transaction_releasing<'c, C>(
+    pub async fn begin_in_transaction<'c, C>(
         self,
         runtime: &'c Idempotency,
         call: Call,
         connection: &'c mut C,
-    ) -> ValueBegun<'c, C::Store, T, E, impl Fn(&E) -> OnError>
+    ) -> ValueBegun<'c, C::Store, T, E, impl Fn(&E) -> Disposition>
     where
         C: TransactionConnection + ?Sized,
         T: Recordable,
         E: FromIdemError,
     {
-        match begin_in_transaction_releasing(runtime, call, connection).await {
+        match begin_in_transaction(runtime, call, connection).await {
             TransactionBegun::Done(result) => TxBegun::Done(result),
             TransactionBegun::Claimed(claim) => TxBegun::Claimed(ValueTransactionClaim(claim)),
         }
@@ -415,7 +415,7 @@ pub trait JsonReturn: Sized {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be the return type of an #[idempotent(on_error = ...)] handler",
     label = "expected `Result<Json<T>, E>` or `Result<(StatusCode, Json<T>), E>` of axum 0.8, with idem's `axum` feature",
-    note = "with idem's `axum` feature, #[idempotent] records axum's `Json<T>` (and the `StatusCode`) as the data and the status; `on_error` is a function `fn(&E) -> idem::OnError`"
+    note = "with idem's `axum` feature, #[idempotent] records axum's `Json<T>` (and the `StatusCode`) as the data and the status; `on_error` is a function `fn(&E) -> idem::Disposition`"
 )]
 pub trait ClassifiedJsonReturn: Sized {
     /// The `Err` type.
@@ -426,7 +426,7 @@ pub trait ClassifiedJsonReturn: Sized {
         runtime: Idempotency,
         call: Call,
         body: Fut,
-        on_error: impl Fn(&Self::Error) -> OnError,
+        on_error: impl Fn(&Self::Error) -> Disposition,
     ) -> impl Future<Output = Self>;
 }
 
@@ -519,7 +519,7 @@ impl<R> AsJson<R> {
         runtime: Idempotency,
         call: Call,
         body: Fut,
-        on_error: impl Fn(&R::Error) -> OnError,
+        on_error: impl Fn(&R::Error) -> Disposition,
     ) -> impl Future<Output = R>
     where
         R: ClassifiedJsonReturn,
@@ -548,7 +548,7 @@ impl<R> AsValue<R> {
         runtime: Idempotency,
         call: Call,
         body: Fut,
-        on_error: impl Fn(&R::Error) -> OnError,
+        on_error: impl Fn(&R::Error) -> Disposition,
     ) -> impl Future<Output = R>
     where
         R: ClassifiedReturn,
@@ -620,7 +620,7 @@ mod axum_handlers {
     use idem_core::{ClaimContext, TransactionBegun, TransactionClaim, TransactionalStore};
 
     use super::{
-        Call, ClassifiedJsonReturn, Error, FromIdemError, Idempotency, JsonReturn, OnError,
+        Call, ClassifiedJsonReturn, Disposition, Error, FromIdemError, Idempotency, JsonReturn,
         Recordable, TransactionConnection, TxBegun,
     };
 
@@ -650,7 +650,7 @@ mod axum_handlers {
         /// What is recorded.
         type Record: Recordable;
         /// Recorded, or (as the layer does for 5xx, 408, 425 and 429) released for a retry.
-        fn disposition(&self) -> OnError;
+        fn disposition(&self) -> Disposition;
         /// The response as its record.
         fn record(self) -> Self::Record;
         /// The record as the response.
@@ -659,8 +659,8 @@ mod axum_handlers {
 
     impl<T: Recordable> HandlerResponse for Json<T> {
         type Record = T;
-        fn disposition(&self) -> OnError {
-            OnError::Record
+        fn disposition(&self) -> Disposition {
+            Disposition::Record
         }
         fn record(self) -> T {
             self.0
@@ -672,7 +672,7 @@ mod axum_handlers {
 
     impl<T: Recordable> HandlerResponse for (StatusCode, Json<T>) {
         type Record = (RecordedStatus, T);
-        fn disposition(&self) -> OnError {
+        fn disposition(&self) -> Disposition {
             idem_http::default_on_status(self.0)
         }
         fn record(self) -> Self::Record {
@@ -688,7 +688,7 @@ mod axum_handlers {
         /// The handler's `Err`.
         Failed(E),
         /// A response to pass on unrecorded, and what that means for the claim.
-        Response(R, OnError),
+        Response(R, Disposition),
         /// The handler panicked: an unknown outcome (its panic goes on once the claim is
         /// settled).
         Panicked,
@@ -705,7 +705,7 @@ mod axum_handlers {
         runtime: Idempotency,
         call: Call,
         body: Fut,
-        on_error: impl Fn(&E) -> OnError,
+        on_error: impl Fn(&E) -> Disposition,
     ) -> Result<R, E>
     where
         R: HandlerResponse,
@@ -722,7 +722,7 @@ mod axum_handlers {
     ) -> Result<R::Record, NotRecorded<E, R>> {
         match result {
             Ok(response) => match response.disposition() {
-                OnError::Record => Ok(response.record()),
+                Disposition::Record => Ok(response.record()),
                 disposition => Err(NotRecorded::Response(response, disposition)),
             },
             Err(err) => Err(NotRecorded::Failed(err)),
@@ -754,12 +754,12 @@ mod axum_handlers {
 
     /// How a handler's failure is classified: its `Err` by `on_error`, a response by its status.
     fn classify_with<E, R>(
-        on_error: impl Fn(&E) -> OnError,
-    ) -> impl Fn(&NotRecorded<E, R>) -> OnError {
+        on_error: impl Fn(&E) -> Disposition,
+    ) -> impl Fn(&NotRecorded<E, R>) -> Disposition {
         move |failure| match failure {
             NotRecorded::Failed(err) => on_error(err),
             NotRecorded::Response(_, disposition) => *disposition,
-            NotRecorded::Panicked => OnError::OutcomeUnknown,
+            NotRecorded::Panicked => Disposition::OutcomeUnknown,
         }
     }
 
@@ -772,7 +772,7 @@ mod axum_handlers {
         S: TransactionalStore,
         R: HandlerResponse,
         E: FromIdemError,
-        F: Fn(&NotRecorded<E, R>) -> OnError,
+        F: Fn(&NotRecorded<E, R>) -> Disposition,
     {
         /// The transaction's connection.
         pub fn connection(&mut self) -> &mut S::Connection {
@@ -804,18 +804,18 @@ mod axum_handlers {
 
     impl<R: HandlerResponse, E: FromIdemError> super::AsJson<Result<R, E>> {
         /// `transaction = conn, on_error = ...` on a handler returning `Json`.
-        pub async fn begin_in_transaction<'c, C>(
+        pub async fn begin_in_transaction_with<'c, C>(
             self,
             runtime: &'c Idempotency,
             call: Call,
             connection: &'c mut C,
-            on_error: impl Fn(&E) -> OnError,
-        ) -> JsonBegun<'c, C::Store, R, E, impl Fn(&NotRecorded<E, R>) -> OnError>
+            on_error: impl Fn(&E) -> Disposition,
+        ) -> JsonBegun<'c, C::Store, R, E, impl Fn(&NotRecorded<E, R>) -> Disposition>
         where
             C: TransactionConnection + ?Sized,
         {
             let begun = runtime
-                .begin_transaction::<C::Store, R::Record, NotRecorded<E, R>, _>(
+                .begin_transaction_with::<C::Store, R::Record, NotRecorded<E, R>, _>(
                     call,
                     connection,
                     classify_with(on_error),
@@ -831,16 +831,16 @@ mod axum_handlers {
 
         /// `transaction = conn` on a handler returning `Json`: an `Err` rolls back and frees
         /// the key, as does a 5xx, 408, 425 or 429 response.
-        pub async fn begin_in_transaction_releasing<'c, C>(
+        pub async fn begin_in_transaction<'c, C>(
             self,
             runtime: &'c Idempotency,
             call: Call,
             connection: &'c mut C,
-        ) -> JsonBegun<'c, C::Store, R, E, impl Fn(&NotRecorded<E, R>) -> OnError>
+        ) -> JsonBegun<'c, C::Store, R, E, impl Fn(&NotRecorded<E, R>) -> Disposition>
         where
             C: TransactionConnection + ?Sized,
         {
-            self.begin_in_transaction(runtime, call, connection, |_: &E| OnError::Release)
+            self.begin_in_transaction_with(runtime, call, connection, |_: &E| Disposition::Release)
                 .await
         }
     }
@@ -851,7 +851,7 @@ mod axum_handlers {
             call: Call,
             body: Fut,
         ) -> Self {
-            run_handler(runtime, call, body, |_| OnError::Release).await
+            run_handler(runtime, call, body, |_| Disposition::Release).await
         }
     }
 
@@ -862,7 +862,7 @@ mod axum_handlers {
             runtime: Idempotency,
             call: Call,
             body: Fut,
-            on_error: impl Fn(&E) -> OnError,
+            on_error: impl Fn(&E) -> Disposition,
         ) -> Self {
             run_handler(runtime, call, body, on_error).await
         }

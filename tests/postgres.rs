@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use idem::postgres::sqlx::{self, PgConnection, PgPool};
 use idem::postgres::PostgresStore;
-use idem::{idempotent, served, Idempotency, MemoryStore, OnError, Served};
+use idem::{idempotent, served, Disposition, Idempotency, MemoryStore, Served};
 use idem_test_servers::PostgresServer;
 use serde::{Deserialize, Serialize};
 
@@ -81,10 +81,10 @@ impl From<sqlx::Error> for AppError {
 }
 
 impl AppError {
-    fn means(&self) -> OnError {
+    fn means(&self) -> Disposition {
         match self {
-            AppError::Declined => OnError::OutcomeUnknown,
-            _ => OnError::Release,
+            AppError::Declined => Disposition::OutcomeUnknown,
+            _ => Disposition::Release,
         }
     }
 }

@@ -11,10 +11,10 @@
 //! * `call`: [`Call`], one call's namespace, key and options; [`OnInProgress`]; the defaults.
 //! * `runtime`: [`Idempotency`], the handle and its `run*` calls (claim → execute → record,
 //!   replay for duplicates); [`Idempotency::start`] and [`Claimed`], the same in two steps.
-//! * `transaction`: [`Idempotency::begin_transaction`] and [`TransactionClaim`], a call whose
+//! * `transaction`: [`Idempotency::begin_transaction_with`] and [`TransactionClaim`], a call whose
 //!   record commits in the caller's database transaction; [`TransactionalStore`], the store's
 //!   side of it.
-//! * `policy`: [`OnError`], what a body's `Err` means.
+//! * `policy`: [`Disposition`], what a body's `Err` means.
 //! * `context`: [`ClaimContext`], what a running body can read of its claim ([`context`],
 //!   [`with_context`]).
 //! * `observe`: [`served`] and [`Served`] (how a result came to be), [`Observer`],
@@ -59,7 +59,7 @@ pub use default::{default_runtime, install};
 pub use encode::Fingerprint;
 pub use error::{BoxError, Error};
 pub use observe::{served, CallOutcome, CallReport, Observer, Served};
-pub use policy::OnError;
+pub use policy::Disposition;
 pub use runtime::{Claimed, Idempotency, Started};
 pub use store::{
     AttemptId, ClaimOutcome, ClaimRequest, Fence, MemoryStore, Outcome, Record, Store,

@@ -1,19 +1,25 @@
-//! What a body's `Err` means ([`OnError`]), and the error policies of the `run*` and transaction
-//! flavours: how each classifies, encodes and decodes errors, so the core is written once.
+//! What becomes of a result ([`Disposition`]), and the error policies of the `run*` and
+//! transaction flavours: how each classifies, encodes and decodes errors, so the core is written
+//! once.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::encode::encode_exactly;
 
-/// What an `Err` returned by the body means, decided per error by the function given to
-/// [`Idempotency::run_with`](crate::Idempotency::run_with) (or the macro's `on_error = ...`).
+/// What becomes of a result and its key: recorded, released, or held as an unknown outcome.
+///
+/// For a body's `Err`, the function given to
+/// [`Idempotency::run_with`](crate::Idempotency::run_with) (or the macro's `on_error = ...`)
+/// decides it per error. The HTTP layer decides it per response status as well (a `5xx` is
+/// released by default), since a response is recorded whether or not it reports an error.
+/// (Called `OnError` before 0.1.)
 ///
 /// # Unknown outcomes
 ///
 /// One rule covers every call whose outcome is unknown: a body that panics, a call that is
 /// cancelled (its future dropped, a timeout), a process that crashes mid-body, and an `Err` the
-/// function classifies as [`OutcomeUnknown`](OnError::OutcomeUnknown). Nothing is recorded and
+/// function classifies as [`OutcomeUnknown`](Disposition::OutcomeUnknown). Nothing is recorded and
 /// the claim is **kept** until its lease lapses (renewals stop when the body stops); then the
 /// next delivery takes over and runs the body again.
 ///
@@ -25,13 +31,13 @@ use crate::encode::encode_exactly;
 /// every attempt of the call, so the downstream system recognises the repeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum OnError {
+pub enum Disposition {
     /// Nothing happened that a retry must not repeat (validation failed, the effect was
     /// refused): the claim is released and the next call runs the body again. The default.
     Release,
     /// The error is the call's result: recorded and replayed to duplicates like an `Ok`
     /// (needs `E: Serialize + DeserializeOwned`, the `record_errors` flavour; elsewhere it is
-    /// taken as [`OutcomeUnknown`](OnError::OutcomeUnknown)).
+    /// taken as [`OutcomeUnknown`](Disposition::OutcomeUnknown)).
     Record,
     /// The effect may have started: the outcome is unknown. Nothing is recorded and the claim
     /// is kept until its lease lapses, as after a panic or a crash (see above).
@@ -41,7 +47,7 @@ pub enum OnError {
 /// How a body's `Err` is treated: the policy of one `run` flavour, so the core is written once.
 pub(crate) trait ErrorPolicy<E> {
     /// What this error means.
-    fn classify(&self, err: &E) -> OnError;
+    fn classify(&self, err: &E) -> Disposition;
     /// The error's JSON for a record; `None` when errors of this type cannot be recorded.
     fn encode(&self, err: &E) -> Option<Result<Vec<u8>, serde_json::Error>>;
     /// A recorded error back; `None` when errors of this type are not recorded.
@@ -49,13 +55,13 @@ pub(crate) trait ErrorPolicy<E> {
 }
 
 /// Errors that cannot be recorded, classified by `F` (`Record` is kept as `OutcomeUnknown`).
-pub(crate) struct Unrecorded<F>(pub(crate) F);
+pub(crate) struct UnrecordedErrors<F>(pub(crate) F);
 
-impl<E, F: Fn(&E) -> OnError> ErrorPolicy<E> for Unrecorded<F> {
-    fn classify(&self, err: &E) -> OnError {
+impl<E, F: Fn(&E) -> Disposition> ErrorPolicy<E> for UnrecordedErrors<F> {
+    fn classify(&self, err: &E) -> Disposition {
         match (self.0)(err) {
             // The safe side of what was asked: nothing is replayed, nothing re-runs at once.
-            OnError::Record => OnError::OutcomeUnknown,
+            Disposition::Record => Disposition::OutcomeUnknown,
             other => other,
         }
     }
@@ -69,24 +75,24 @@ impl<E, F: Fn(&E) -> OnError> ErrorPolicy<E> for Unrecorded<F> {
 
 /// The policy of `run`: every error releases the key. A function, not a closure, so that it is
 /// the same type for every body.
-pub(crate) fn release<E>(_: &E) -> OnError {
-    OnError::Release
+pub(crate) fn release<E>(_: &E) -> Disposition {
+    Disposition::Release
 }
 
 /// The policy of `run_recording_errors`: every error is recorded.
-pub(crate) fn record<E>(_: &E) -> OnError {
-    OnError::Record
+pub(crate) fn record<E>(_: &E) -> Disposition {
+    Disposition::Record
 }
 
 /// Errors that round-trip through serde, classified by `F`.
-pub(crate) struct Recordable<F>(pub(crate) F);
+pub(crate) struct RecordedErrors<F>(pub(crate) F);
 
-impl<E, F> ErrorPolicy<E> for Recordable<F>
+impl<E, F> ErrorPolicy<E> for RecordedErrors<F>
 where
     E: Serialize + DeserializeOwned,
-    F: Fn(&E) -> OnError,
+    F: Fn(&E) -> Disposition,
 {
-    fn classify(&self, err: &E) -> OnError {
+    fn classify(&self, err: &E) -> Disposition {
         (self.0)(err)
     }
     fn encode(&self, err: &E) -> Option<Result<Vec<u8>, serde_json::Error>> {
@@ -118,7 +124,7 @@ impl<E, F> Policy<E, F> {
     }
 
     /// Whether the body runs after a savepoint: when an error may be recorded or keep the claim.
-    pub(crate) fn marks(&self) -> bool {
+    pub(crate) fn needs_savepoint(&self) -> bool {
         self.codec.is_some() || self.classifies
     }
 }
@@ -139,11 +145,11 @@ impl<E: Serialize + DeserializeOwned> Codec<E> {
     }
 }
 
-impl<E, F: Fn(&E) -> OnError> ErrorPolicy<E> for Policy<E, F> {
-    fn classify(&self, err: &E) -> OnError {
+impl<E, F: Fn(&E) -> Disposition> ErrorPolicy<E> for Policy<E, F> {
+    fn classify(&self, err: &E) -> Disposition {
         match ((self.on_error)(err), &self.codec) {
             // The safe side of what was asked: nothing is replayed, nothing re-runs at once.
-            (OnError::Record, None) => OnError::OutcomeUnknown,
+            (Disposition::Record, None) => Disposition::OutcomeUnknown,
             (how, _) => how,
         }
     }

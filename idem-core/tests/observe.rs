@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use idem_core::testing::FaultyStore;
 use idem_core::{
-    Call, CallOutcome, CallReport, Error, Fence, Idempotency, MemoryStore, Observer, OnError,
+    Call, CallOutcome, CallReport, Disposition, Error, Fence, Idempotency, MemoryStore, Observer,
     OnInProgress, Started,
 };
 
@@ -109,7 +109,7 @@ async fn every_path_reports_its_outcome() {
     assert!(failed.is_err());
     assert_eq!(reports.last().0, CallOutcome::Released);
     let unknown = idem
-        .run_with(call("d"), |_: &Error| OnError::OutcomeUnknown, async {
+        .run_with(call("d"), |_: &Error| Disposition::OutcomeUnknown, async {
             Err::<u32, _>(Error::invalid_key("timeout"))
         })
         .await;
@@ -185,7 +185,7 @@ async fn two_step_calls_report_once_each() {
     };
     assert!(reports.outcomes().is_empty(), "nothing ended yet");
     claimed
-        .run_with(|_: &Error| OnError::Release, async { ok(1) })
+        .run_with(|_: &Error| Disposition::Release, async { ok(1) })
         .await
         .unwrap();
     assert_eq!(reports.outcomes(), [CallOutcome::Executed]);
@@ -228,7 +228,7 @@ async fn a_claim_run_after_its_lease_lapsed_does_not_run() {
     assert_eq!(takeover.unwrap(), 1);
     let counted = runs.clone();
     let late = claimed
-        .run_with(|_: &Error| OnError::Release, async move {
+        .run_with(|_: &Error| Disposition::Release, async move {
             ok(counted.fetch_add(1, Ordering::SeqCst) + 1)
         })
         .await;
@@ -252,7 +252,7 @@ async fn a_claim_run_late_but_valid_is_renewed_first() {
     tokio::time::sleep(Duration::from_millis(250)).await;
     let body = tokio::spawn(async move {
         claimed
-            .run_with(|_: &Error| OnError::Release, async {
+            .run_with(|_: &Error| Disposition::Release, async {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 ok(1)
             })
@@ -344,7 +344,7 @@ fn calls_are_send_without_asking_sync() {
     let seen = std::cell::Cell::new(0u32);
     let on_error = move |_: &Error| {
         seen.set(seen.get() + 1);
-        OnError::Release
+        Disposition::Release
     };
     let held = std::cell::Cell::new(1u32);
     let call = idem.run_with(Call::new("send", "k"), on_error, async move {

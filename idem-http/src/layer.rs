@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::header::HeaderName;
 use http::request::Parts;
 use http::{Method, StatusCode};
-use idem_core::{Fingerprint, Idempotency, OnError, OnInProgress, TransactionalStore};
+use idem_core::{Disposition, Fingerprint, Idempotency, OnInProgress, TransactionalStore};
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
@@ -27,7 +27,7 @@ pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 type ScopeFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
 type FingerprintFn = dyn Fn(&Parts, &Bytes) -> Fingerprint + Send + Sync;
-type StatusFn = dyn Fn(StatusCode) -> OnError + Send + Sync;
+type StatusFn = dyn Fn(StatusCode) -> Disposition + Send + Sync;
 
 /// A tower [`Layer`](tower_layer::Layer) that makes requests carrying an `Idempotency-Key`
 /// header idempotent, per the IETF draft `draft-ietf-httpapi-idempotency-key-header`, on idem's
@@ -84,7 +84,7 @@ pub(crate) struct Config {
     pub(crate) problem_base: String,
     pub(crate) fail_open: bool,
     pub(crate) on_status: Arc<StatusFn>,
-    pub(crate) on_unrecordable: OnError,
+    pub(crate) on_unrecordable: Disposition,
     pub(crate) replayed_headers: Vec<HeaderName>,
     pub(crate) capacity: Option<Arc<Semaphore>>,
     /// The transactional mode's store, when on.
@@ -97,10 +97,10 @@ pub(crate) struct Config {
 /// What a response's status means for its record by default: 5xx, 408 Request Timeout, 425 Too
 /// Early and 429 Too Many Requests are transient, so the claim is released and a retry runs the
 /// handler again; everything else is the request's result, recorded and replayed.
-pub fn default_on_status(status: StatusCode) -> OnError {
+pub fn default_on_status(status: StatusCode) -> Disposition {
     match status.as_u16() {
-        408 | 425 | 429 | 500..=599 => OnError::Release,
-        _ => OnError::Record,
+        408 | 425 | 429 | 500..=599 => Disposition::Release,
+        _ => Disposition::Record,
     }
 }
 
@@ -127,7 +127,7 @@ impl IdempotencyLayer {
                 problem_base: DEFAULT_PROBLEM_BASE.to_owned(),
                 fail_open: false,
                 on_status: Arc::new(default_on_status),
-                on_unrecordable: OnError::OutcomeUnknown,
+                on_unrecordable: Disposition::OutcomeUnknown,
                 replayed_headers: DEFAULT_REPLAYED_HEADERS.to_vec(),
                 capacity: None,
                 transaction: None,
@@ -256,24 +256,24 @@ impl IdempotencyLayer {
         self.with(|config| config.fail_open = true)
     }
 
-    /// Decides per status whether a response is recorded ([`OnError::Record`]), released for a
-    /// retry ([`OnError::Release`]), or an unknown outcome that keeps the key claimed until its
-    /// lease lapses ([`OnError::OutcomeUnknown`]); default [`default_on_status`]. A handler
+    /// Decides per status whether a response is recorded ([`Disposition::Record`]), released for a
+    /// retry ([`Disposition::Release`]), or an unknown outcome that keeps the key claimed until its
+    /// lease lapses ([`Disposition::OutcomeUnknown`]); default [`default_on_status`]. A handler
     /// that answers 502 or 504 after its upstream timed out mid-charge should map those to
     /// `OutcomeUnknown`:
     ///
     /// ```
-    /// # use idem_core::{Idempotency, MemoryStore, OnError};
+    /// # use idem_core::{Idempotency, MemoryStore, Disposition};
     /// # use idem_http::{default_on_status, IdempotencyLayer};
     /// let layer = IdempotencyLayer::new(Idempotency::new(MemoryStore::new()))
     ///     .on_status(|status| match status.as_u16() {
-    ///         502 | 504 => OnError::OutcomeUnknown,
+    ///         502 | 504 => Disposition::OutcomeUnknown,
     ///         _ => default_on_status(status),
     ///     });
     /// ```
     pub fn on_status(
         self,
-        classify: impl Fn(StatusCode) -> OnError + Send + Sync + 'static,
+        classify: impl Fn(StatusCode) -> Disposition + Send + Sync + 'static,
     ) -> Self {
         self.with(|config| config.on_status = Arc::new(classify))
     }
@@ -281,14 +281,14 @@ impl IdempotencyLayer {
     /// What happens to the claim when a response that should be recorded cannot be: a
     /// `text/event-stream`, a body over [`max_response_body`](Self::max_response_body), a body
     /// with trailers, or one that fails midway. The client gets the response either way. By
-    /// default ([`OnError::OutcomeUnknown`]) the key stays claimed until its lease lapses (409
-    /// meanwhile), then a retry runs the handler again; [`OnError::Release`] lets a retry run
+    /// default ([`Disposition::OutcomeUnknown`]) the key stays claimed until its lease lapses (409
+    /// meanwhile), then a retry runs the handler again; [`Disposition::Release`] lets a retry run
     /// it at once (fit for streams without effects). Neither replays: idem cannot replay what
     /// it did not record.
-    pub fn on_unrecordable(self, disposition: OnError) -> Self {
+    pub fn on_unrecordable(self, disposition: Disposition) -> Self {
         let disposition = match disposition {
-            OnError::Release => OnError::Release,
-            _ => OnError::OutcomeUnknown,
+            Disposition::Release => Disposition::Release,
+            _ => Disposition::OutcomeUnknown,
         };
         self.with(|config| config.on_unrecordable = disposition)
     }

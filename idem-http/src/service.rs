@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use http_body::Body;
-use idem_core::{BoxError, Call, Claimed, Error, OnError, Served, Started};
+use idem_core::{BoxError, Call, Claimed, Disposition, Error, Served, Started};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tower_service::Service;
@@ -253,7 +253,7 @@ where
 /// Why the handler's outcome is not a record.
 enum Failure<E> {
     /// A response not to record, and what that means for the claim.
-    Unrecorded(OnError),
+    Unrecorded(Disposition),
     /// The inner service failed (no response): the claim is released.
     Service(E),
     /// idem failed around the handler.
@@ -286,16 +286,16 @@ where
     let mut first = None;
     let classify = |failure: &Failure<_>| match failure {
         Failure::Unrecorded(disposition) => *disposition,
-        Failure::Service(_) | Failure::Idem(_) => OnError::Release,
+        Failure::Service(_) | Failure::Idem(_) => Disposition::Release,
     };
     let (outcome, served) = idem_core::served(claimed.run_with(classify, async {
         let response = call_inner(inner, request).await.map_err(Failure::Service)?;
         let (parts, body) = response.into_parts();
         let disposition = match (config.on_status)(parts.status) {
-            OnError::Record if is_event_stream(&parts) => config.on_unrecordable,
+            Disposition::Record if is_event_stream(&parts) => config.on_unrecordable,
             disposition => disposition,
         };
-        if disposition != OnError::Record {
+        if disposition != Disposition::Record {
             first = Some(Response::from_parts(parts, BufferedBody::new(body)));
             return Err(Failure::Unrecorded(disposition));
         }
@@ -391,13 +391,13 @@ where
         Ok(Ok(reply)) => reply,
         Ok(Err(err)) => {
             // No response: nothing to record, and the writes go.
-            let _ = claimed.finish(Err(OnError::Release)).await;
+            let _ = claimed.finish(Err(Disposition::Release)).await;
             return Err(err);
         }
         Err(_) => {
             // Effects outside the database may have started: the writes go, and the key is
             // held for a lease, as for a panic outside a transaction.
-            let detail = match claimed.finish(Err(OnError::OutcomeUnknown)).await {
+            let detail = match claimed.finish(Err(Disposition::OutcomeUnknown)).await {
                 Err(Unrecorded::As(_)) => {
                     "the handler panicked; its database writes were rolled back, but other \
                      effects may have started, so this key stays claimed until its lease \
@@ -474,8 +474,8 @@ where
 enum Reply<ResB> {
     /// A response to record: its parts and whole body.
     Record(http::response::Parts, bytes::Bytes),
-    /// A response not to record, passed on after its claim is settled as `OnError` says.
-    Pass(http::response::Parts, ResB, OnError),
+    /// A response not to record, passed on after its claim is settled as `Disposition` says.
+    Pass(http::response::Parts, ResB, Disposition),
     /// A response to record that cannot be (its body is dropped).
     Unrecordable,
 }
@@ -493,7 +493,7 @@ where
 {
     let (parts, body) = call_inner(inner, request).await?.into_parts();
     let disposition = (config.on_status)(parts.status);
-    if disposition != OnError::Record {
+    if disposition != Disposition::Record {
         return Ok(Reply::Pass(parts, body, disposition));
     }
     if is_event_stream(&parts) {

@@ -9,7 +9,7 @@ use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 use idem_core::{
-    Call, DetachedClaim, Error, Idempotency, OnError, TransactionBegun, TransactionalStore,
+    Call, DetachedClaim, Disposition, Error, Idempotency, TransactionBegun, TransactionalStore,
 };
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
@@ -34,7 +34,7 @@ impl<S: TransactionalStore> Clone for Lent<S> {
 /// Why a transactional handler's response is not recorded: the `E` of the core's claim.
 pub(crate) enum Unrecorded {
     /// What the response's status (or its unrecordable body) means for the claim.
-    As(OnError),
+    As(Disposition),
     /// idem failed around the handler.
     Idem(Error),
     /// The handler kept its `Tx` past its response: nothing committed.
@@ -47,10 +47,10 @@ impl From<Error> for Unrecorded {
     }
 }
 
-fn classify(unrecorded: &Unrecorded) -> OnError {
+fn classify(unrecorded: &Unrecorded) -> Disposition {
     match unrecorded {
         Unrecorded::As(disposition) => *disposition,
-        Unrecorded::Idem(_) | Unrecorded::Kept => OnError::Release,
+        Unrecorded::Idem(_) | Unrecorded::Kept => Disposition::Release,
     }
 }
 
@@ -73,7 +73,7 @@ pub(crate) trait Lending: Send {
     /// nothing commits).
     fn finish(
         self: Box<Self>,
-        result: Result<RecordedResponse, OnError>,
+        result: Result<RecordedResponse, Disposition>,
     ) -> BoxFuture<'static, Result<RecordedResponse, Unrecorded>>;
 }
 
@@ -97,7 +97,7 @@ impl<S: TransactionalStore> Mode for InTransaction<S> {
             let begun = idem
                 .begin_pooled_transaction::<S, RecordedResponse, Unrecorded, _>(
                     call,
-                    classify as fn(&Unrecorded) -> OnError,
+                    classify as fn(&Unrecorded) -> Disposition,
                 )
                 .await;
             match begun {
@@ -123,7 +123,7 @@ impl<S: TransactionalStore> Mode for InTransaction<S> {
 
 struct Claimed<S: TransactionalStore> {
     slot: Slot<S>,
-    claim: DetachedClaim<S, RecordedResponse, Unrecorded, fn(&Unrecorded) -> OnError>,
+    claim: DetachedClaim<S, RecordedResponse, Unrecorded, fn(&Unrecorded) -> Disposition>,
 }
 
 impl<S: TransactionalStore> Lending for Claimed<S> {
@@ -133,7 +133,7 @@ impl<S: TransactionalStore> Lending for Claimed<S> {
 
     fn finish(
         self: Box<Self>,
-        result: Result<RecordedResponse, OnError>,
+        result: Result<RecordedResponse, Disposition>,
     ) -> BoxFuture<'static, Result<RecordedResponse, Unrecorded>> {
         let Claimed { slot, claim } = *self;
         Box::pin(async move {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use idem_core::{Idempotency, MemoryStore, OnError};
+use idem_core::{Disposition, Idempotency, MemoryStore};
 use idem_http::IdempotencyLayer;
 use support::{Running, PAYMENT_TIME};
 
@@ -470,7 +470,7 @@ async fn unrecordable_responses_pass_and_are_not_replayed(idem: Setup) {
     assert_eq!(app.post("/events", &key, ORDER).send().await.status, 409);
 
     fn release(layer: IdempotencyLayer) -> IdempotencyLayer {
-        layer.on_unrecordable(OnError::Release)
+        layer.on_unrecordable(Disposition::Release)
     }
     let app = start(&idem, release).await;
     let key = unique("events-released");

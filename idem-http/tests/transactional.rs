@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
-use idem_core::{Idempotency, OnError};
+use idem_core::{Disposition, Idempotency};
 use idem_http::{IdempotencyLayer, Tx};
 use idem_postgres::sqlx::{self, PgPool};
 use idem_postgres::PostgresStore;
@@ -338,7 +338,7 @@ async fn an_unknown_outcome_rolls_the_write_back_and_holds_the_key() {
         layer
             .lease(Duration::from_secs(1))
             .on_status(|status| match status.as_u16() {
-                502 => OnError::OutcomeUnknown,
+                502 => Disposition::OutcomeUnknown,
                 _ => idem_http::default_on_status(status),
             })
     }
@@ -392,7 +392,7 @@ async fn an_unrecordable_response_is_not_sent_and_its_write_is_rolled_back() {
     );
 
     fn release(layer: IdempotencyLayer) -> IdempotencyLayer {
-        layer.on_unrecordable(OnError::Release)
+        layer.on_unrecordable(Disposition::Release)
     }
     let app = db.serve(release).await;
     let first = app.post("/streams", "k6", ORDER).send().await;

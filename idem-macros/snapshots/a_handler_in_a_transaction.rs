@@ -32,7 +32,7 @@ async fn create(
                 .fingerprint(&(order));
             let __idem_runtime = ::idem::__private::runtime(&app.idem);
             let mut __idem_claim = match __idem_pick
-                .begin_in_transaction_releasing(
+                .begin_in_transaction(
                     &__idem_runtime,
                     __idem_call,
                     ::idem::__private::owned_connection(&mut conn),

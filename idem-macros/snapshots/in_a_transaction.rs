@@ -17,7 +17,7 @@ async fn charge(
         &(order.id),
     );
     let __idem_runtime = ::idem::__private::runtime(&self.idem);
-    let mut __idem_claim = match ::idem::__private::begin_in_transaction_releasing(
+    let mut __idem_claim = match ::idem::__private::begin_in_transaction(
             &__idem_runtime,
             __idem_call,
             &mut *conn,

@@ -215,17 +215,20 @@ fn in_transaction(
     };
     let (begin, on_error) = match (&args.on_error, args.record_errors) {
         (Some(on_error), true) => (
-            quote!(#private::begin_in_transaction_recording_errors),
+            quote!(#private::begin_in_transaction_recording_errors_with),
             quote!(, #on_error),
         ),
         // Every error recorded: none can hold its key, so the caller's own transaction is fine.
         (None, true) => (
-            quote!(#private::begin_in_transaction_recording_every_error),
+            quote!(#private::begin_in_transaction_recording_errors),
             quote!(),
         ),
-        (Some(on_error), false) => (quote!(#private::begin_in_transaction), quote!(, #on_error)),
+        (Some(on_error), false) => (
+            quote!(#private::begin_in_transaction_with),
+            quote!(, #on_error),
+        ),
         // Every error rolls back: no savepoint before the body.
-        (None, false) => (quote!(#private::begin_in_transaction_releasing), quote!()),
+        (None, false) => (quote!(#private::begin_in_transaction), quote!()),
     };
     let call_var = Ident::new("__idem_call", Span::mixed_site());
     let runtime_var = Ident::new("__idem_runtime", Span::mixed_site());
@@ -239,8 +242,8 @@ fn in_transaction(
     let begin_claim = |pick: Option<&Ident>| match (handler, pick) {
         (Some(_), Some(pick)) => {
             let method = match &args.on_error {
-                Some(_) => Ident::new("begin_in_transaction", span),
-                None => Ident::new("begin_in_transaction_releasing", span),
+                Some(_) => Ident::new("begin_in_transaction_with", span),
+                None => Ident::new("begin_in_transaction", span),
             };
             let begun = respanned(quote!(#private::TxBegun), span);
             quote_spanned! {span=>

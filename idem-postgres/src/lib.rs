@@ -5,7 +5,7 @@
 //!
 //! * [`PostgresStore`] is a [`Store`](idem_core::Store) in autocommit for bodies whose effects
 //!   are elsewhere: leases by the database's clock, fencing tokens from a sequence, a reaper.
-//! * [`begin`] and [`Claim::finish`] (or `#[idempotent(transaction = conn)]` in the `idem`
+//! * [`begin`] and [`TransactionClaim::finish`] (or `#[idempotent(transaction = conn)]` in the `idem`
 //!   crate) run a body inside a transaction with idem's claim and record.
 //!
 //! Use it through the `idem` crate's `postgres` feature (`idem::postgres`), or directly.
@@ -19,7 +19,8 @@ mod transaction;
 pub use sql::DEFAULT_TABLE;
 pub use store::{PoolOptions, PostgresStore, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
 pub use transaction::{
-    begin, begin_recording_errors, begin_recording_errors_with, begin_with, Begun, Claim,
+    begin, begin_recording_errors, begin_recording_errors_with, begin_with, TransactionBegun,
+    TransactionClaim,
 };
 
 /// The `sqlx` this store is built on: your connections and pools must come from this version.

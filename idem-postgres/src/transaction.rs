@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use idem_core::{
-    Call, ClaimOutcome, ClaimRequest, Error, Fence, Idempotency, OnError, TransactionBegun,
-    TransactionClaim, TransactionalStore,
+    Call, ClaimOutcome, ClaimRequest, Disposition, Error, Fence, Idempotency, TransactionalStore,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -74,7 +73,7 @@ impl TransactionalStore for PostgresStore {
             .map_err(|err| store_error("rollback", &err, false))
     }
 
-    async fn mark(&self, connection: &mut PgConnection, name: &str) -> Result<(), Error> {
+    async fn savepoint(&self, connection: &mut PgConnection, name: &str) -> Result<(), Error> {
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "SAVEPOINT {}",
             identifier(name)?
@@ -85,7 +84,11 @@ impl TransactionalStore for PostgresStore {
         .map_err(|err| store_error("savepoint", &err, false))
     }
 
-    async fn undo_to_mark(&self, connection: &mut PgConnection, name: &str) -> Result<(), Error> {
+    async fn rollback_to_savepoint(
+        &self,
+        connection: &mut PgConnection,
+        name: &str,
+    ) -> Result<(), Error> {
         let name = identifier(name)?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("ROLLBACK TO SAVEPOINT {name}")))
             .execute(connection)
@@ -194,10 +197,10 @@ fn identifier(name: &str) -> Result<&str, Error> {
 }
 
 /// What [`begin`] found: the result to return at once, or a claim to run the body under.
-pub type Begun<'c, T, E, F> = TransactionBegun<'c, PostgresStore, T, E, F>;
+pub type TransactionBegun<'c, T, E, F> = idem_core::TransactionBegun<'c, PostgresStore, T, E, F>;
 
 /// A key claimed in a transaction on your connection (see [`begin`]).
-pub type Claim<'c, T, E, F> = TransactionClaim<'c, PostgresStore, T, E, F>;
+pub type TransactionClaim<'c, T, E, F> = idem_core::TransactionClaim<'c, PostgresStore, T, E, F>;
 
 /// Claims `call`'s key in a transaction on `connection`, for a body whose writes through that
 /// connection must commit together with idem's record, or not at all.
@@ -206,8 +209,8 @@ pub type Claim<'c, T, E, F> = TransactionClaim<'c, PostgresStore, T, E, F>;
 /// * `&mut *tx` of your open transaction: idem uses a savepoint; the record commits (and
 ///   duplicates see it) when you commit, and vanishes with the body's writes if you roll back.
 ///
-/// Then either return the [`Begun::Done`] result (a replay, or why the call failed before the
-/// body), or run the body on [`Claim::connection`] and hand its result to [`Claim::finish`]. An
+/// Then either return the [`TransactionBegun::Done`] result (a replay, or why the call failed before the
+/// body), or run the body on [`TransactionClaim::connection`] and hand its result to [`TransactionClaim::finish`]. An
 /// `Err`, a panic, a dropped claim or a crash before the commit rolls everything back and frees
 /// the key as soon as the rollback reaches the server (a dropped claim's with the connection's
 /// next use; one left idle on a connection you keep is ended a lease later). A duplicate
@@ -222,7 +225,8 @@ pub type Claim<'c, T, E, F> = TransactionClaim<'c, PostgresStore, T, E, F>;
 /// call fails with `Error::InvalidOption` before the body runs.
 ///
 /// ```no_run
-/// use idem_core::{Call, Error, Idempotency, TransactionBegun};
+/// use idem_core::{Call, Error, Idempotency};
+/// use idem_postgres::TransactionBegun;
 /// use sqlx::PgConnection;
 ///
 /// async fn charge(idem: &Idempotency, conn: &mut PgConnection, order: i64) -> Result<i64, Error> {
@@ -242,17 +246,17 @@ pub async fn begin<'c, T, E>(
     idem: &'c Idempotency,
     call: Call,
     connection: &'c mut PgConnection,
-) -> Begun<'c, T, E, impl Fn(&E) -> OnError>
+) -> TransactionBegun<'c, T, E, impl Fn(&E) -> Disposition>
 where
     T: Serialize + DeserializeOwned,
     E: From<Error>,
 {
-    idem.begin_transaction_releasing::<PostgresStore, T, E>(call, connection)
+    idem.begin_transaction::<PostgresStore, T, E>(call, connection)
         .await
 }
 
 /// Like [`begin`], with `on_error` deciding what each `Err` means: the body's writes are rolled
-/// back either way, and [`OnError::OutcomeUnknown`] then holds the key for one lease (for
+/// back either way, and [`Disposition::OutcomeUnknown`] then holds the key for one lease (for
 /// effects the body may have started outside the database). `connection` must not be inside
 /// a transaction of yours (`&mut *tx`): the hold would vanish if you rolled back, so that is
 /// refused with `Error::InvalidOption` before the body runs.
@@ -261,13 +265,13 @@ pub async fn begin_with<'c, T, E, F>(
     call: Call,
     connection: &'c mut PgConnection,
     on_error: F,
-) -> Begun<'c, T, E, F>
+) -> TransactionBegun<'c, T, E, F>
 where
     T: Serialize + DeserializeOwned,
     E: From<Error>,
-    F: Fn(&E) -> OnError,
+    F: Fn(&E) -> Disposition,
 {
-    idem.begin_transaction::<PostgresStore, T, E, F>(call, connection, on_error)
+    idem.begin_transaction_with::<PostgresStore, T, E, F>(call, connection, on_error)
         .await
 }
 
@@ -277,12 +281,12 @@ pub async fn begin_recording_errors<'c, T, E>(
     idem: &'c Idempotency,
     call: Call,
     connection: &'c mut PgConnection,
-) -> Begun<'c, T, E, impl Fn(&E) -> OnError>
+) -> TransactionBegun<'c, T, E, impl Fn(&E) -> Disposition>
 where
     T: Serialize + DeserializeOwned,
     E: Serialize + DeserializeOwned + From<Error>,
 {
-    idem.begin_transaction_recording_every_error::<PostgresStore, T, E>(call, connection)
+    idem.begin_transaction_recording_errors::<PostgresStore, T, E>(call, connection)
         .await
 }
 
@@ -293,12 +297,14 @@ pub async fn begin_recording_errors_with<'c, T, E, F>(
     call: Call,
     connection: &'c mut PgConnection,
     on_error: F,
-) -> Begun<'c, T, E, F>
+) -> TransactionBegun<'c, T, E, F>
 where
     T: Serialize + DeserializeOwned,
     E: Serialize + DeserializeOwned + From<Error>,
-    F: Fn(&E) -> OnError,
+    F: Fn(&E) -> Disposition,
 {
-    idem.begin_transaction_recording_errors::<PostgresStore, T, E, F>(call, connection, on_error)
-        .await
+    idem.begin_transaction_recording_errors_with::<PostgresStore, T, E, F>(
+        call, connection, on_error,
+    )
+    .await
 }

@@ -251,8 +251,8 @@ async fn unknown_outcome(
     key: &str,
     pause: Duration,
 ) -> Result<i64, AppError> {
-    use idem_core::OnError;
-    let classify = |_: &AppError| OnError::OutcomeUnknown;
+    use idem_core::Disposition;
+    let classify = |_: &AppError| Disposition::OutcomeUnknown;
     match idem_postgres::begin_with(idem, call(key), connection, classify).await {
         TransactionBegun::Done(result) => result,
         TransactionBegun::Claimed(mut claim) => {
@@ -832,7 +832,7 @@ async fn expired_rows_that_are_not_idem_s_are_left_alone() {
     }
 }
 
-/// `OnError::OutcomeUnknown` holds the key for a lease from inside the call's own transaction:
+/// `Disposition::OutcomeUnknown` holds the key for a lease from inside the call's own transaction:
 /// it needs no other connection (a reviewer saw the hold silently lost when the pool had none
 /// free, and a waiting duplicate run at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1156,9 +1156,9 @@ async fn a_nested_call_with_the_held_key_is_refused_at_once() {
 /// `begin_recording_errors_with`, rolls back and frees the key at once, well inside the lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_released_error_frees_the_key_at_once_under_every_classifier() {
-    use idem_core::OnError;
+    use idem_core::Disposition;
     let db = db().await;
-    let release = |_: &Refusal| OnError::Release;
+    let release = |_: &Refusal| Disposition::Release;
     let mut connection = db.connection().await;
     let ledger = db.ledger.clone();
     let released = run_in_transaction!(
@@ -1183,7 +1183,7 @@ async fn a_released_error_frees_the_key_at_once_under_every_classifier() {
         &db.idem,
         call("classified"),
         &mut connection,
-        |_: &AppError| OnError::Release,
+        |_: &AppError| Disposition::Release,
         async move |connection| {
             insert(connection, &ledger, "classified").await?;
             Err::<i64, _>(AppError::Declined)
@@ -1200,10 +1200,10 @@ async fn a_released_error_frees_the_key_at_once_under_every_classifier() {
 /// `InProgress`: the transactional twin of the autocommit check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_request_meets_a_committed_pending_claim_with_key_reused() {
-    use idem_core::OnError;
+    use idem_core::Disposition;
     let db = db().await;
     let mut connection = db.connection().await;
-    let classify = |_: &AppError| OnError::OutcomeUnknown;
+    let classify = |_: &AppError| Disposition::OutcomeUnknown;
     let claim = call("k").fingerprint("order 1: 10 EUR");
     let unknown: Result<i64, _> =
         match idem_postgres::begin_with(&db.idem, claim, &mut connection, classify).await {
@@ -1388,10 +1388,10 @@ async fn two_transactions_claiming_two_keys_in_opposite_orders_do_not_stall() {
 /// are refused there before the body runs; recording every error still works there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classified_errors_are_refused_inside_the_caller_s_own_transaction() {
-    use idem_core::OnError;
+    use idem_core::Disposition;
     let db = db().await;
     let provider_calls = AtomicU32::new(0);
-    let classify = |_: &AppError| OnError::OutcomeUnknown;
+    let classify = |_: &AppError| Disposition::OutcomeUnknown;
     for _ in 0..2 {
         let mut outer = db.pool.begin().await.unwrap();
         let result = run_in_transaction!(

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use idem_core::{served, Call, Error, Idempotency, OnError, OnInProgress, Served, MIN_LEASE};
+use idem_core::{served, Call, Disposition, Error, Idempotency, OnInProgress, Served, MIN_LEASE};
 use idem_redis::redis::{self, TlsCertificates};
 use idem_redis::RedisStore;
 use idem_test_servers::{RedisCluster, RedisServer, TlsRedisServer};
@@ -151,7 +151,7 @@ async fn exercise(idem: &Idempotency, pubsub: &RedisServer) {
     let before = runs.load(Ordering::SeqCst);
     let unknown = call("unknown").lease(MIN_LEASE);
     let outcome: Result<u64, Error> = idem
-        .run_with(unknown, |_| OnError::OutcomeUnknown, async {
+        .run_with(unknown, |_| Disposition::OutcomeUnknown, async {
             Err(Error::invalid_key("timed out"))
         })
         .await;

@@ -322,7 +322,7 @@ pub async fn two_step_calls_claim_then_run(idem: &Idempotency) {
         let runs = runs.clone();
         tokio::spawn(async move {
             claimed
-                .run_with(|_: &Error| idem::OnError::Release, async move {
+                .run_with(|_: &Error| idem::Disposition::Release, async move {
                     count_and_work(&runs, Duration::from_millis(300)).await
                 })
                 .await
@@ -479,11 +479,11 @@ impl From<Error> for PayError {
     }
 }
 
-fn pay_error_means(err: &PayError) -> idem::OnError {
+fn pay_error_means(err: &PayError) -> idem::Disposition {
     match err {
-        PayError::Declined => idem::OnError::Record,
-        PayError::Timeout => idem::OnError::OutcomeUnknown,
-        _ => idem::OnError::Release,
+        PayError::Declined => idem::Disposition::Record,
+        PayError::Timeout => idem::Disposition::OutcomeUnknown,
+        _ => idem::Disposition::Release,
     }
 }
 

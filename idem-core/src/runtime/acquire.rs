@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::lease::{Claim, LeaseClock};
+use super::lease::{HeldClaim, LeaseClock};
 use super::replay::same_request;
 use super::Idempotency;
 use crate::call::{Call, OnInProgress};
@@ -19,7 +19,11 @@ use crate::Error;
 impl Idempotency {
     /// Everything before the body, the same for every function: the key, the options, and the
     /// claim (or the record to replay).
-    pub(crate) async fn begin(&self, call: Call, trace: &mut CallTrace) -> Result<Begun, Error> {
+    pub(crate) async fn claim_or_replay(
+        &self,
+        call: Call,
+        trace: &mut CallTrace,
+    ) -> Result<ClaimOrReplay, Error> {
         let Prepared {
             key,
             fingerprint,
@@ -33,9 +37,9 @@ impl Idempotency {
             .acquire(&key, &fingerprint, lease, on_in_progress)
             .await?
         {
-            Acquired::Fence(fence, claimed_at) => Ok(Begun::Claimed({
+            Acquired::Fence(fence, claimed_at) => Ok(ClaimOrReplay::Claimed({
                 trace.claimed(fence);
-                Claim {
+                HeldClaim {
                     unstarted: Some(self.clone()),
                     lease_clock: Arc::new(LeaseClock::new(later(claimed_at, lease))),
                     hold_until: max_hold.map(|max_hold| later(claimed_at, max_hold)),
@@ -46,7 +50,7 @@ impl Idempotency {
                     retention,
                 }
             })),
-            Acquired::Replay { record, waited } => Ok(Begun::Replay {
+            Acquired::Replay { record, waited } => Ok(ClaimOrReplay::Replay {
                 key,
                 fingerprint,
                 record,
@@ -164,7 +168,7 @@ impl Idempotency {
     /// call may hold the key now); past a third of its lease, it is renewed first. The errors
     /// say that the body did not run: never `LeaseLost`, which tells a caller that the effect may
     /// have happened.
-    pub(crate) async fn confirm(&self, claim: &Claim) -> Result<(), Error> {
+    pub(crate) async fn confirm(&self, claim: &HeldClaim) -> Result<(), Error> {
         let now = Instant::now();
         let valid_until = claim.lease_clock.valid_until();
         if now >= valid_until {
@@ -273,8 +277,8 @@ enum Acquired {
 }
 
 /// What `begin` found.
-pub(crate) enum Begun {
-    Claimed(Claim),
+pub(crate) enum ClaimOrReplay {
+    Claimed(HeldClaim),
     Replay {
         key: String,
         fingerprint: Vec<u8>,

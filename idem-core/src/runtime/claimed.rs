@@ -6,15 +6,15 @@ use std::future::Future;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::acquire::Begun;
+use super::acquire::ClaimOrReplay;
 use super::driver::Start;
 use super::execute;
-use super::lease::Claim;
+use super::lease::HeldClaim;
 use super::replay::replayed;
 use super::Idempotency;
 use crate::call::Call;
 use crate::observe::{self, CallOutcome, CallTrace, Served};
-use crate::policy::{OnError, Unrecorded};
+use crate::policy::{Disposition, UnrecordedErrors};
 use crate::Error;
 
 impl Idempotency {
@@ -29,16 +29,16 @@ impl Idempotency {
     {
         let mut trace = self.trace(&call);
         let span = trace.span.clone();
-        let begun = observe::in_span(&span, self.begin(call, &mut trace)).await;
+        let begun = observe::in_span(&span, self.claim_or_replay(call, &mut trace)).await;
         let (replayed, served, how) = match begun {
-            Ok(Begun::Claimed(claim)) => {
+            Ok(ClaimOrReplay::Claimed(claim)) => {
                 return Ok(Started::Claimed(Claimed(Box::new(ClaimedParts {
                     runtime: self.clone(),
                     claim,
                     trace,
                 }))))
             }
-            Ok(Begun::Replay {
+            Ok(ClaimOrReplay::Replay {
                 key,
                 fingerprint,
                 record,
@@ -48,7 +48,7 @@ impl Idempotency {
                 &fingerprint,
                 &record,
                 waited,
-                &Unrecorded(|_: &Error| OnError::Release),
+                &UnrecordedErrors(|_: &Error| Disposition::Release),
             ),
             Err(err) => {
                 let how = CallOutcome::of_error(&err);
@@ -83,7 +83,7 @@ pub struct Claimed(Box<ClaimedParts>);
 /// What a [`Claimed`] holds (boxed: a claim and its trace are large next to a replayed value).
 struct ClaimedParts {
     runtime: Idempotency,
-    claim: Claim,
+    claim: HeldClaim,
     trace: CallTrace,
 }
 
@@ -101,7 +101,7 @@ impl Claimed {
     /// `Err` as `on_error` says: what [`Idempotency::run_with`] does once it holds the claim.
     pub fn run_with<T, E, Fut>(
         self,
-        on_error: impl Fn(&E) -> OnError,
+        on_error: impl Fn(&E) -> Disposition,
         body: Fut,
     ) -> impl Future<Output = Result<T, E>>
     where
@@ -118,7 +118,7 @@ impl Claimed {
             runtime,
             Start::Claimed(claim, trace),
             body,
-            Unrecorded(on_error),
+            UnrecordedErrors(on_error),
         )
     }
 }

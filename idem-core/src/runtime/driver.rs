@@ -12,9 +12,9 @@ use std::task::Poll;
 
 use tracing::Span;
 
-use super::lease::Claim;
+use super::lease::HeldClaim;
 use super::settle::Settled;
-use super::{Begun, Idempotency};
+use super::{ClaimOrReplay, Idempotency};
 use crate::call::Call;
 use crate::context::ClaimContext;
 use crate::observe::{self, CallOutcome, CallTrace, Served};
@@ -27,7 +27,7 @@ pub(crate) enum Start {
     Call(Call),
     /// A claim taken earlier (by [`Idempotency::start`]) and its trace, to confirm before the
     /// body runs.
-    Claimed(Claim, CallTrace),
+    Claimed(HeldClaim, CallTrace),
 }
 
 /// How the driver ended.
@@ -107,7 +107,7 @@ impl BodySlot {
     }
 
     /// The body returned `Pending`: whether this is the first time.
-    pub(super) fn pending(&self) -> bool {
+    pub(super) fn note_pending(&self) -> bool {
         match &mut *self.state() {
             SlotState::Running { pending, .. } => !std::mem::replace(pending, true),
             _ => false,
@@ -127,7 +127,7 @@ impl BodySlot {
     }
 
     /// Whether the body returned `Pending` at least once.
-    pub(super) fn waited(&self) -> bool {
+    pub(super) fn has_yielded(&self) -> bool {
         matches!(&*self.state(), SlotState::Running { pending: true, .. })
     }
 }
@@ -141,9 +141,11 @@ impl Idempotency {
                 let mut trace = self.trace(&call);
                 let span = trace.span.clone();
                 let claimed = async {
-                    match self.begin(call, &mut trace).await {
-                        Ok(Begun::Claimed(claim)) => self.run_claimed(claim, &slot, trace).await,
-                        Ok(Begun::Replay {
+                    match self.claim_or_replay(call, &mut trace).await {
+                        Ok(ClaimOrReplay::Claimed(claim)) => {
+                            self.run_claimed(claim, &slot, trace).await
+                        }
+                        Ok(ClaimOrReplay::Replay {
                             key,
                             fingerprint,
                             record,
@@ -168,7 +170,12 @@ impl Idempotency {
     }
 
     /// The body runs under `claim`; then its end is made durable.
-    async fn run_claimed(&self, mut claim: Claim, slot: &BodySlot, mut trace: CallTrace) -> Driven {
+    async fn run_claimed(
+        &self,
+        mut claim: HeldClaim,
+        slot: &BodySlot,
+        mut trace: CallTrace,
+    ) -> Driven {
         // The claim must still hold, and hold for a while, before the body starts: a claim whose
         // reply came late, or one that waited to be run (`Idempotency::start`), may have lapsed,
         // and another caller may have taken over. Nothing to do in the common case (a clock
@@ -194,14 +201,14 @@ impl Idempotency {
         // A lost lease shows when the end is made durable: the store refuses the stale fence,
         // and a record is then written under a fresh claim if the key is free.
         let end = self
-            .keeping_lease_apart(&claim, body_ended, || slot.waited())
+            .keeping_lease_apart(&claim, body_ended, || slot.has_yielded())
             .await;
         let how = match &end {
             End::Record(..) => CallOutcome::Executed,
             End::Release => CallOutcome::Released,
             End::KeepClaim => CallOutcome::OutcomeUnknown,
         };
-        let result = match self.finish(&claim, end).await {
+        let result = match self.settle(&claim, end).await {
             Ok(Settled::Mine) => {
                 trace.finish(how);
                 Ok(())

@@ -18,7 +18,7 @@ use super::Idempotency;
 use crate::context;
 use crate::encode::encode_exactly;
 use crate::observe::{self, CallOutcome, Served};
-use crate::policy::{ErrorPolicy, OnError};
+use crate::policy::{Disposition, ErrorPolicy};
 use crate::store::Outcome;
 use crate::Error;
 
@@ -158,7 +158,7 @@ where
                     // The body waits. The first time, the driver starts keeping the lease (it is
                     // polled once more for that; the body is not, so that a body that yields
                     // lets other tasks run).
-                    if this.slot.pending() {
+                    if this.slot.note_pending() {
                         if let Poll::Ready(driven) = driver.as_mut().poll(cx) {
                             this.driver = None;
                             let output = this.output.take();
@@ -168,7 +168,7 @@ where
                     return Poll::Pending;
                 }
                 Err(panic) => {
-                    // An unknown outcome: the claim is kept (see `OnError::OutcomeUnknown`).
+                    // An unknown outcome: the claim is kept (see `Disposition::OutcomeUnknown`).
                     // The driver's trace tells so as it is dropped, before unwinding, where an
                     // observer that panicked would abort the process.
                     this.driver = None;
@@ -256,8 +256,8 @@ where
     match result {
         Ok(value) => End::Record(Outcome::Ok, encode_exactly(value)),
         Err(err) => match (errors.classify(err), errors.encode(err)) {
-            (OnError::Record, Some(json)) => End::Record(Outcome::Err, json),
-            (OnError::Release, _) => End::Release,
+            (Disposition::Record, Some(json)) => End::Record(Outcome::Err, json),
+            (Disposition::Release, _) => End::Release,
             _ => End::KeepClaim,
         },
     }

@@ -16,7 +16,7 @@ use crate::time::later;
 use crate::Error;
 
 /// A claim held while the body runs.
-pub(crate) struct Claim {
+pub(crate) struct HeldClaim {
     pub(crate) key: String,
     pub(super) fingerprint: Vec<u8>,
     pub(crate) fence: Fence,
@@ -31,7 +31,7 @@ pub(crate) struct Claim {
     pub(super) unstarted: Option<Idempotency>,
 }
 
-impl Claim {
+impl HeldClaim {
     /// The body may start: from now on, dropping the claim keeps it until its lease lapses.
     pub(crate) fn started(&mut self) {
         self.unstarted = None;
@@ -43,7 +43,7 @@ impl Claim {
     }
 }
 
-impl Drop for Claim {
+impl Drop for HeldClaim {
     fn drop(&mut self) {
         if let Some(runtime) = self.unstarted.take() {
             let (key, fence) = (std::mem::take(&mut self.key), self.fence);
@@ -57,7 +57,7 @@ impl Drop for Claim {
 impl Idempotency {
     /// Renews the lease every third of it; returns only when the lease is lost (the store
     /// refused the fence, or no renewal succeeded for a whole lease).
-    pub(crate) async fn keep_lease(&self, claim: &Claim) {
+    pub(crate) async fn keep_lease(&self, claim: &HeldClaim) {
         self.keep_lease_of(
             &claim.key,
             claim.fence,
@@ -114,7 +114,7 @@ impl Idempotency {
     /// made durable: the store refuses the stale fence.
     pub(crate) async fn keeping_lease_apart<F: Future>(
         &self,
-        claim: &Claim,
+        claim: &HeldClaim,
         work: F,
         may_keep: impl Fn() -> bool,
     ) -> F::Output {
@@ -150,7 +150,7 @@ impl Idempotency {
     /// `work` still runs to its end.
     pub(crate) async fn keeping_lease<F: Future>(
         &self,
-        claim: &Claim,
+        claim: &HeldClaim,
         work: F,
         may_keep: impl Fn() -> bool,
     ) -> F::Output {

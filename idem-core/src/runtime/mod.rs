@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::call::{Call, DEFAULT_KEY_PREFIX, DEFAULT_LEASE, DEFAULT_RETENTION};
 use crate::key::store_key;
 use crate::observe::{CallTrace, Observer};
-use crate::policy::{record, release, OnError, Recordable, Unrecorded};
+use crate::policy::{record, release, Disposition, RecordedErrors, UnrecordedErrors};
 use crate::store::Store;
 use crate::Error;
 
@@ -28,7 +28,7 @@ mod replay;
 mod retry;
 mod settle;
 
-pub(crate) use acquire::{Begun, Prepared};
+pub(crate) use acquire::{ClaimOrReplay, Prepared};
 pub use claimed::{Claimed, Started};
 use driver::Start;
 pub(crate) use future::execute;
@@ -219,7 +219,7 @@ impl Idempotency {
             self.clone(),
             Start::Call(call),
             body,
-            Unrecorded(release::<E>),
+            UnrecordedErrors(release::<E>),
         )
     }
 
@@ -238,28 +238,28 @@ impl Idempotency {
             self.clone(),
             Start::Call(call),
             body,
-            Recordable(record::<E>),
+            RecordedErrors(record::<E>),
         )
     }
 
     /// Like [`run`](Self::run), with `on_error` deciding what each `Err` means: release the key
-    /// for a retry, or [`OnError::OutcomeUnknown`] when the effect may have started. Errors of
-    /// this type are not recorded, so [`OnError::Record`] is taken as `OutcomeUnknown`; use
+    /// for a retry, or [`Disposition::OutcomeUnknown`] when the effect may have started. Errors of
+    /// this type are not recorded, so [`Disposition::Record`] is taken as `OutcomeUnknown`; use
     /// [`run_recording_errors_with`](Self::run_recording_errors_with) to record some.
     ///
     /// ```
-    /// use idem_core::{Call, Error, Idempotency, MemoryStore, OnError};
+    /// use idem_core::{Call, Error, Idempotency, MemoryStore, Disposition};
     ///
     /// #[derive(Debug)]
     /// enum PayError { Declined, Timeout, Idem(Error) }
     /// impl From<Error> for PayError {
     ///     fn from(err: Error) -> Self { PayError::Idem(err) }
     /// }
-    /// fn on_error(err: &PayError) -> OnError {
+    /// fn on_error(err: &PayError) -> Disposition {
     ///     match err {
     ///         // The provider may have charged: neither retry at once nor claim success.
-    ///         PayError::Timeout => OnError::OutcomeUnknown,
-    ///         _ => OnError::Release,
+    ///         PayError::Timeout => Disposition::OutcomeUnknown,
+    ///         _ => Disposition::Release,
     ///     }
     /// }
     ///
@@ -277,7 +277,7 @@ impl Idempotency {
     pub fn run_with<T, E, Fut>(
         &self,
         call: Call,
-        on_error: impl Fn(&E) -> OnError,
+        on_error: impl Fn(&E) -> Disposition,
         body: Fut,
     ) -> impl Future<Output = Result<T, E>>
     where
@@ -285,7 +285,12 @@ impl Idempotency {
         T: Serialize + DeserializeOwned,
         E: From<Error>,
     {
-        execute(self.clone(), Start::Call(call), body, Unrecorded(on_error))
+        execute(
+            self.clone(),
+            Start::Call(call),
+            body,
+            UnrecordedErrors(on_error),
+        )
     }
 
     /// Like [`run_recording_errors`](Self::run_recording_errors), with `on_error` deciding what
@@ -293,7 +298,7 @@ impl Idempotency {
     pub fn run_recording_errors_with<T, E, Fut>(
         &self,
         call: Call,
-        on_error: impl Fn(&E) -> OnError,
+        on_error: impl Fn(&E) -> Disposition,
         body: Fut,
     ) -> impl Future<Output = Result<T, E>>
     where
@@ -301,7 +306,12 @@ impl Idempotency {
         T: Serialize + DeserializeOwned,
         E: Serialize + DeserializeOwned + From<Error>,
     {
-        execute(self.clone(), Start::Call(call), body, Recordable(on_error))
+        execute(
+            self.clone(),
+            Start::Call(call),
+            body,
+            RecordedErrors(on_error),
+        )
     }
 
     /// A call's trace, before anything is known of it but its namespace.

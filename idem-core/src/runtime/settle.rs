@@ -3,7 +3,7 @@
 use tokio::time::Instant;
 
 use super::driver::End;
-use super::lease::Claim;
+use super::lease::HeldClaim;
 use super::Idempotency;
 use crate::error::not_recorded;
 use crate::observe;
@@ -14,7 +14,7 @@ use crate::Error;
 impl Idempotency {
     /// Everything after the body, the same for every function: record, release or keep the
     /// claim.
-    pub(crate) async fn finish(&self, claim: &Claim, end: End) -> Result<Settled, Error> {
+    pub(crate) async fn settle(&self, claim: &HeldClaim, end: End) -> Result<Settled, Error> {
         let store = &self.inner.store;
         let (outcome, json) = match end {
             End::Record(outcome, json) => (outcome, json),
@@ -68,7 +68,7 @@ impl Idempotency {
     /// recorded its result meanwhile, that record is the key's answer, for this caller too, so
     /// that two callers of one key never see two results. Otherwise (another call holds the key
     /// now) the lease is lost.
-    async fn record_after_lapse(&self, claim: &Claim, record: &[u8]) -> Result<Settled, Error> {
+    async fn record_after_lapse(&self, claim: &HeldClaim, record: &[u8]) -> Result<Settled, Error> {
         let store = &self.inner.store;
         let request = ClaimRequest::new(
             &claim.key,
@@ -87,7 +87,7 @@ impl Idempotency {
                 match written {
                     Ok(()) => Ok(Settled::Mine),
                     Err(_) => {
-                        // Unrecorded again: no body runs under this claim, so let it go.
+                        // UnrecordedErrors again: no body runs under this claim, so let it go.
                         let _ = store.release(&claim.key, fence).await;
                         Err(lost())
                     }

@@ -1,4 +1,4 @@
-//! Claiming a key inside a transaction: [`Idempotency::begin_transaction`] and its flavours.
+//! Claiming a key inside a transaction: [`Idempotency::begin_transaction_with`] and its flavours.
 
 use std::future::Future;
 use std::marker::PhantomData;
@@ -10,12 +10,13 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::claim::{
-    lock, mark_name, rolled_back, DetachedClaim, Registered, TransactionBegun, TransactionClaim,
+    lock, rolled_back, savepoint_name, DetachedClaim, Registered, TransactionBegun,
+    TransactionClaim,
 };
 use super::TransactionalStore;
 use crate::call::Call;
 use crate::observe::{self, CallOutcome, CallTrace, Served};
-use crate::policy::{Codec, OnError, Policy};
+use crate::policy::{Codec, Disposition, Policy};
 use crate::runtime::{decode_replay, same_request, Prepared};
 use crate::store::{AttemptId, ClaimOutcome, ClaimRequest, Fence};
 use crate::time::later;
@@ -44,14 +45,14 @@ impl Idempotency {
     /// fails with [`Error::InvalidOption`] before the body runs.
     ///
     /// `on_error` decides what each `Err` means: `Release` rolls back and frees the key;
-    /// [`OnError::OutcomeUnknown`] (the body may have started effects outside the database)
+    /// [`Disposition::OutcomeUnknown`] (the body may have started effects outside the database)
     /// undoes the body's writes to a savepoint made before the body and commits the claim, so
     /// the key is held until its lease lapses, as outside a transaction. (That savepoint is one
-    /// more statement; [`begin_transaction_releasing`](Self::begin_transaction_releasing) has
+    /// more statement; [`begin_transaction`](Self::begin_transaction) has
     /// none.) Because that hold must outlive the call, a `connection` already inside the
     /// caller's own transaction is refused with [`Error::InvalidOption`] before the body runs:
     /// there the hold would commit with the caller's transaction, and vanish with its rollback.
-    pub async fn begin_transaction<'c, S, T, E, F>(
+    pub async fn begin_transaction_with<'c, S, T, E, F>(
         &self,
         call: Call,
         connection: &'c mut S::Connection,
@@ -61,7 +62,7 @@ impl Idempotency {
         S: TransactionalStore,
         T: Serialize + DeserializeOwned,
         E: From<Error>,
-        F: Fn(&E) -> OnError,
+        F: Fn(&E) -> Disposition,
     {
         let policy = Policy::classifying(on_error);
         self.begin_with(
@@ -72,20 +73,20 @@ impl Idempotency {
         .await
     }
 
-    /// Like [`begin_transaction`](Self::begin_transaction), with every `Err` rolled back and
+    /// Like [`begin_transaction_with`](Self::begin_transaction_with), with every `Err` rolled back and
     /// its key freed at once.
-    pub async fn begin_transaction_releasing<'c, S, T, E>(
+    pub async fn begin_transaction<'c, S, T, E>(
         &self,
         call: Call,
         connection: &'c mut S::Connection,
-    ) -> TransactionBegun<'c, S, T, E, impl Fn(&E) -> OnError>
+    ) -> TransactionBegun<'c, S, T, E, impl Fn(&E) -> Disposition>
     where
         S: TransactionalStore,
         T: Serialize + DeserializeOwned,
         E: From<Error>,
     {
         let policy = Policy {
-            on_error: |_: &E| OnError::Release,
+            on_error: |_: &E| Disposition::Release,
             codec: None,
             classifies: false,
         };
@@ -97,12 +98,12 @@ impl Idempotency {
         .await
     }
 
-    /// Like [`begin_transaction`](Self::begin_transaction), but errors that `on_error` calls
-    /// [`OnError::Record`] are recorded and replayed: the body's writes are undone (to a
+    /// Like [`begin_transaction_with`](Self::begin_transaction_with), but errors that `on_error` calls
+    /// [`Disposition::Record`] are recorded and replayed: the body's writes are undone (to a
     /// savepoint made before the body) and the error's record commits instead. As there, a
     /// connection inside the caller's own transaction is refused (`on_error` may say
     /// `OutcomeUnknown`, whose hold cannot outlive that transaction).
-    pub async fn begin_transaction_recording_errors<'c, S, T, E, F>(
+    pub async fn begin_transaction_recording_errors_with<'c, S, T, E, F>(
         &self,
         call: Call,
         connection: &'c mut S::Connection,
@@ -112,7 +113,7 @@ impl Idempotency {
         S: TransactionalStore,
         T: Serialize + DeserializeOwned,
         E: Serialize + DeserializeOwned + From<Error>,
-        F: Fn(&E) -> OnError,
+        F: Fn(&E) -> Disposition,
     {
         let policy = Policy {
             on_error,
@@ -127,22 +128,22 @@ impl Idempotency {
         .await
     }
 
-    /// [`begin_transaction_recording_errors`](Self::begin_transaction_recording_errors) with
+    /// [`begin_transaction_recording_errors_with`](Self::begin_transaction_recording_errors_with) with
     /// every `Err` recorded: no error can be an unknown outcome, so it may run in the caller's
     /// own transaction too. For `idem-postgres` and the macro.
     #[doc(hidden)]
-    pub async fn begin_transaction_recording_every_error<'c, S, T, E>(
+    pub async fn begin_transaction_recording_errors<'c, S, T, E>(
         &self,
         call: Call,
         connection: &'c mut S::Connection,
-    ) -> TransactionBegun<'c, S, T, E, impl Fn(&E) -> OnError>
+    ) -> TransactionBegun<'c, S, T, E, impl Fn(&E) -> Disposition>
     where
         S: TransactionalStore,
         T: Serialize + DeserializeOwned,
         E: Serialize + DeserializeOwned + From<Error>,
     {
         let policy = Policy {
-            on_error: |_: &E| OnError::Record,
+            on_error: |_: &E| Disposition::Record,
             codec: Some(Codec::json()),
             classifies: false,
         };
@@ -154,7 +155,7 @@ impl Idempotency {
         .await
     }
 
-    /// Like [`begin_transaction`](Self::begin_transaction), in a transaction on a connection of
+    /// Like [`begin_transaction_with`](Self::begin_transaction_with), in a transaction on a connection of
     /// the store's own pool ([`TransactionalStore::begin_pooled`]) rather than the caller's: for
     /// a body that reaches the connection through the claim, such as a handler behind the HTTP
     /// layer's transactional mode, which [`detach`](TransactionClaim::detach)es it.
@@ -167,7 +168,7 @@ impl Idempotency {
         S: TransactionalStore,
         T: Serialize + DeserializeOwned,
         E: From<Error>,
-        F: Fn(&E) -> OnError,
+        F: Fn(&E) -> Disposition,
     {
         let policy = Policy::classifying(on_error);
         self.begin_with(
@@ -188,7 +189,7 @@ impl Idempotency {
         S: TransactionalStore,
         T: DeserializeOwned,
         E: From<Error>,
-        F: Fn(&E) -> OnError,
+        F: Fn(&E) -> Disposition,
         O: FnOnce(Arc<S>) -> Fut,
         Fut: Future<Output = Result<(S::Transaction<'c>, bool), Error>>,
     {
@@ -221,7 +222,7 @@ impl Idempotency {
         S: TransactionalStore,
         T: DeserializeOwned,
         E: From<Error>,
-        F: Fn(&E) -> OnError,
+        F: Fn(&E) -> Disposition,
         O: FnOnce(Arc<S>) -> Fut,
         Fut: Future<Output = Result<(S::Transaction<'c>, bool), Error>>,
     {
@@ -266,8 +267,8 @@ impl Idempotency {
             )));
         }
         let (transaction, fence) = match claim(&*store, transaction, &call, attempt).await {
-            Ok(Claimed::Fence(transaction, fence)) => (transaction, fence),
-            Ok(Claimed::Replay { record, waited }) => {
+            Ok(Acquired::Fence(transaction, fence)) => (transaction, fence),
+            Ok(Acquired::Replay { record, waited }) => {
                 return match decode_replay(&call.key, &call.fingerprint, &record, &policy) {
                     Ok(result) => {
                         let served = if waited {
@@ -284,8 +285,8 @@ impl Idempotency {
         };
         trace.claimed(fence);
         let registered = Registered::new(self.transaction_claims().clone(), held_on);
-        let marks = policy.marks();
-        // The claim exists from here: a call cancelled while the mark is made drops it as an
+        let savepoint = policy.needs_savepoint();
+        // The claim exists from here: a call cancelled while the savepoint is made drops it as an
         // abandoned claim (`TransactionalStore::claim_ended`), as it would mid-body.
         let mut claim = TransactionClaim {
             transaction,
@@ -302,9 +303,9 @@ impl Idempotency {
                 _result: PhantomData,
             },
         };
-        if marks {
-            let (store, mark) = (claim.claim.store.clone(), mark_name(attempt));
-            if let Err(err) = store.mark(&mut claim.transaction, &mark).await {
+        if savepoint {
+            let (store, name) = (claim.claim.store.clone(), savepoint_name(attempt));
+            if let Err(err) = store.savepoint(&mut claim.transaction, &name).await {
                 let TransactionClaim {
                     transaction,
                     claim: mut detached,
@@ -346,7 +347,7 @@ async fn begin_own<S: TransactionalStore>(
     Ok((store.begin(connection).await?, in_callers_transaction))
 }
 
-enum Claimed<'c, S: TransactionalStore> {
+enum Acquired<'c, S: TransactionalStore> {
     /// The claim, in the transaction that holds it.
     Fence(S::Transaction<'c>, Fence),
     /// A record to replay, and whether this call waited for a concurrent first call.
@@ -361,7 +362,7 @@ async fn claim<'c, S: TransactionalStore>(
     mut transaction: S::Transaction<'c>,
     call: &Prepared,
     attempt: AttemptId,
-) -> Result<Claimed<'c, S>, Error> {
+) -> Result<Acquired<'c, S>, Error> {
     let request = ClaimRequest::new(&call.key, attempt, &call.fingerprint, call.lease);
     // As outside a transaction, a duplicate waits at most one lease for the first call.
     let give_up_at = later(Instant::now(), call.on_in_progress.patience(call.lease));
@@ -371,11 +372,11 @@ async fn claim<'c, S: TransactionalStore>(
         let (holder, lease_remaining, open) = match store.claim_in(&mut transaction, request).await
         {
             Ok(ClaimOutcome::Acquired { fence, .. }) => {
-                return Ok(Claimed::Fence(transaction, fence));
+                return Ok(Acquired::Fence(transaction, fence));
             }
             Ok(ClaimOutcome::Completed { record }) => {
                 let _ = store.rollback(transaction).await;
-                return Ok(Claimed::Replay { record, waited });
+                return Ok(Acquired::Replay { record, waited });
             }
             Ok(ClaimOutcome::InProgress {
                 fingerprint,

@@ -12,12 +12,12 @@ use crate::context::ClaimContext;
 use crate::encode::encode_exactly;
 use crate::error::not_recorded;
 use crate::observe::{self, CallOutcome, CallTrace, Served};
-use crate::policy::{ErrorPolicy, OnError, Policy};
+use crate::policy::{Disposition, ErrorPolicy, Policy};
 use crate::runtime::{Prepared, TransactionClaims};
 use crate::store::{AttemptId, Fence, Outcome, Record};
 use crate::Error;
 
-/// What [`Idempotency::begin_transaction`](crate::Idempotency::begin_transaction) found.
+/// What [`Idempotency::begin_transaction_with`](crate::Idempotency::begin_transaction_with) found.
 #[must_use = "a claimed key must be finished, or its transaction is rolled back when dropped"]
 pub enum TransactionBegun<'c, S: TransactionalStore, T, E, F> {
     /// Nothing to run: the recorded result (replayed, or waited for), or why the call failed
@@ -132,7 +132,7 @@ where
     S: TransactionalStore,
     T: Serialize + DeserializeOwned,
     E: From<Error>,
-    F: Fn(&E) -> OnError,
+    F: Fn(&E) -> Disposition,
 {
     /// The connection, inside the transaction that holds the claim: the body's writes go
     /// through it.
@@ -171,7 +171,7 @@ where
     S: TransactionalStore,
     T: Serialize + DeserializeOwned,
     E: From<Error>,
-    F: Fn(&E) -> OnError,
+    F: Fn(&E) -> Disposition,
 {
     /// The claim, for the body: its key and fencing token.
     pub fn context(&self) -> ClaimContext {
@@ -223,21 +223,21 @@ where
         let (outcome, json) = match &result {
             Ok(value) => (Outcome::Ok, encode_exactly(value)),
             Err(err) => match (policy.classify(err), policy.encode(err)) {
-                (OnError::Record, Some(json)) => {
+                (Disposition::Record, Some(json)) => {
                     // The body's writes go; the claim stays, for the error's record.
-                    let mark = mark_name(attempt);
-                    if let Err(undo) = store.undo_to_mark(&mut transaction, &mark).await {
+                    let mark = savepoint_name(attempt);
+                    if let Err(undo) = store.rollback_to_savepoint(&mut transaction, &mark).await {
                         return failed(rolled_back(store, transaction, undo).await);
                     }
                     (Outcome::Err, json)
                 }
-                (OnError::OutcomeUnknown, _) if policy.marks() => {
+                (Disposition::OutcomeUnknown, _) if policy.needs_savepoint() => {
                     // The database writes are undone, but effects elsewhere may have started:
                     // the claim commits without a record and holds the key until its lease
                     // lapses, as outside a transaction. It never left this transaction, so no
                     // duplicate can slip in between.
-                    let mark = mark_name(attempt);
-                    let held = match store.undo_to_mark(&mut transaction, &mark).await {
+                    let mark = savepoint_name(attempt);
+                    let held = match store.rollback_to_savepoint(&mut transaction, &mark).await {
                         Ok(()) => {
                             let extended = store
                                 .extend_in(&mut transaction, &call.key, fence, call.lease)
@@ -321,7 +321,7 @@ fn after_the_body(key: &str, err: Error) -> Error {
 
 /// The savepoint before a call's body: unique to the call, so that a body's own savepoints
 /// cannot be confused with it.
-pub(super) fn mark_name(attempt: AttemptId) -> String {
+pub(super) fn savepoint_name(attempt: AttemptId) -> String {
     format!("idem_body_{:032x}", attempt.0)
 }
 

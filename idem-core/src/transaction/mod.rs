@@ -2,13 +2,13 @@
 //! together, or none of them does.
 //!
 //! The call is two steps around the body, so that the body is ordinary code (no closure whose
-//! future would have to be `Send` for every lifetime): [`Idempotency::begin_transaction`] claims
+//! future would have to be `Send` for every lifetime): [`Idempotency::begin_transaction_with`] claims
 //! the key in a transaction on the caller's connection (or finds the record to replay), the body
 //! writes through [`TransactionClaim::connection`], and [`TransactionClaim::finish`] records its
 //! result and commits, or rolls back. The store's side is [`TransactionalStore`] (here); the
 //! call's, in `begin` (claiming) and `claim` (finishing).
 //!
-//! [`Idempotency::begin_transaction`]: crate::Idempotency::begin_transaction
+//! [`Idempotency::begin_transaction_with`]: crate::Idempotency::begin_transaction_with
 
 use std::ops::DerefMut;
 use std::time::Duration;
@@ -61,10 +61,10 @@ pub trait TransactionalStore: Store {
 
     /// Marks where the body's writes begin, under `name` (unique to the call, a plain
     /// identifier), so that they can be undone without the claim (`SAVEPOINT name`).
-    async fn mark(&self, connection: &mut Self::Connection, name: &str) -> Result<(), Error>;
+    async fn savepoint(&self, connection: &mut Self::Connection, name: &str) -> Result<(), Error>;
 
-    /// Undoes the writes since [`mark`](Self::mark) `name` (`ROLLBACK TO SAVEPOINT name`).
-    async fn undo_to_mark(
+    /// Undoes the writes since [`savepoint`](Self::savepoint) `name` (`ROLLBACK TO SAVEPOINT name`).
+    async fn rollback_to_savepoint(
         &self,
         connection: &mut Self::Connection,
         name: &str,

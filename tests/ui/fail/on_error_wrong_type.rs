@@ -10,8 +10,8 @@ impl From<idem::Error> for MyErr {
 }
 
 // A classifier of another error type than the function's.
-fn classify(_: &idem::Error) -> idem::OnError {
-    idem::OnError::Release
+fn classify(_: &idem::Error) -> idem::Disposition {
+    idem::Disposition::Release
 }
 
 #[idem::idempotent(key = id, on_error = classify)]

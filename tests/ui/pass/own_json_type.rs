@@ -14,7 +14,7 @@ async fn load(id: u64) -> Result<Json<u64>, idem::Error> {
     Ok(Json(id * 2))
 }
 
-#[idem::idempotent(key = id, on_error = |_| idem::OnError::Release)]
+#[idem::idempotent(key = id, on_error = |_| idem::Disposition::Release)]
 async fn load_classified(id: u64) -> Result<Json<Vec<u8>>, idem::Error> {
     Ok(Json(vec![1, 2]))
 }

@@ -24,7 +24,7 @@ async fn create(id: u64) -> Result<(StatusCode, Json<Receipt>), idem::Error> {
     Ok((StatusCode::CREATED, Json(Receipt { id })))
 }
 
-#[idem::idempotent(key = id, on_error = |_| idem::OnError::Release)]
+#[idem::idempotent(key = id, on_error = |_| idem::Disposition::Release)]
 async fn read(id: u64) -> Result<Json<Receipt>, idem::Error> {
     Ok(Json(Receipt { id }))
 }
