@@ -40,23 +40,51 @@
 //!
 //! # Explanation
 //!
-//! The attribute keeps the signature and moves the body into a future that the runtime drives:
+//! The attribute keeps the signature and moves the body into a future that the runtime drives.
+//! This method
 //!
-//! ```text
-//! #[idempotent(key = order.id, using = &self.idem)]
+//! ```
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Serialize, Deserialize)] struct Receipt;
+//! # struct Order { id: u64 }
+//! # #[derive(Debug)] enum PayError { Idem(idem::Error) }
+//! # impl From<idem::Error> for PayError { fn from(e: idem::Error) -> Self { PayError::Idem(e) } }
+//! # struct Gateway;
+//! # impl Gateway { async fn charge(&self, _: &Order) -> Result<Receipt, PayError> { Ok(Receipt) } }
+//! # struct Payments { idem: idem::Idempotency, gateway: Gateway }
+//! # impl Payments {
+//! #[idem::idempotent(key = order.id, using = &self.idem)]
 //! async fn charge(&self, order: &Order) -> Result<Receipt, PayError> {
 //!     self.gateway.charge(order).await
 //! }
+//! # }
 //! ```
 //!
-//! becomes (a test checks that this is the macro's output; the snapshots in
-//! `idem-macros/snapshots` show the other shapes)
+//! does what this does with the runtime's API, [`Idempotency::run`] with a [`Call`]:
 //!
-#![doc = "```text"]
-#![doc = include_str!("expansion.rs.txt")]
-#![doc = "```"]
+//! ```
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Serialize, Deserialize)] struct Receipt;
+//! # struct Order { id: u64 }
+//! # #[derive(Debug)] enum PayError { Idem(idem::Error) }
+//! # impl From<idem::Error> for PayError { fn from(e: idem::Error) -> Self { PayError::Idem(e) } }
+//! # struct Gateway;
+//! # impl Gateway { async fn charge(&self, _: &Order) -> Result<Receipt, PayError> { Ok(Receipt) } }
+//! # struct Payments { idem: idem::Idempotency, gateway: Gateway }
+//! # impl Payments {
+//! async fn charge(&self, order: &Order) -> Result<Receipt, PayError> {
+//!     let call = idem::Call::new("my_app.payments.Payments.charge", order.id);
+//!     self.idem
+//!         .run(call, async move { self.gateway.charge(order).await })
+//!         .await
+//! }
+//! # }
+//! ```
 //!
-//! so the same logic is available without the macro: [`Idempotency::run`] with a [`Call`].
+//! except that the macro's namespace is the function's own path, registered so that no two
+//! functions of a program share one, and that its errors name the option at fault. The code it
+//! generates is in the repository's `idem-macros/snapshots`, which tests keep equal to the real
+//! expansion.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -66,17 +94,37 @@ mod private;
 
 pub use idem_core::{
     context, default_runtime, install, served, Call, CallOutcome, CallReport, ClaimContext,
-    Claimed, Disposition, Error, Fence, Idempotency, MemoryStore, Observer, OnInProgress, Served,
-    Started, MAX_DURATION, MIN_LEASE,
+    Disposition, Error, Fence, Idempotency, MemoryStore, Observer, OnInProgress, Served,
+    MAX_DURATION, MIN_LEASE,
 };
 
-/// For store authors and for reaching into a store: the contract a backend implements
-/// ([`Store`](store::Store), a per-key state machine), what it is asked and answers, and the
-/// record format the runtime keeps in it.
+pub mod steps {
+    //! Advanced: a call in steps around its body, for code that cannot hand the body to
+    //! [`Idempotency::run`](crate::Idempotency::run) as one future.
+    //!
+    //! * [`Idempotency::start`](crate::Idempotency::start) claims a key and stops there
+    //!   ([`Started`]); [`Claimed::run_with`] runs the body under the claim later, on another
+    //!   task, say.
+    //! * [`Idempotency::begin_transaction`](crate::Idempotency::begin_transaction) and its
+    //!   flavours claim a key inside a database transaction ([`TransactionBegun`]); the body
+    //!   writes through [`TransactionClaim::connection`] and [`TransactionClaim::finish`] commits
+    //!   its record with those writes. `#[idempotent(transaction = conn)]` and
+    //!   `idem::postgres::begin` write this for you; these are the generic types behind them.
+
+    pub use idem_core::{Claimed, DetachedClaim, Started, TransactionBegun, TransactionClaim};
+}
+
+/// Advanced: for store authors and for reaching into a store: the contract a backend
+/// implements ([`Store`](store::Store), a per-key state machine;
+/// [`TransactionalStore`](store::TransactionalStore) for a store whose records can commit in its
+/// database's transactions), what it is asked and answers, and the record format the runtime
+/// keeps in it.
 pub mod store {
+    pub use idem_core::encode::{hex, unhex};
+    pub use idem_core::key::{check_namespace, store_key, MAX_PLAIN_KEY};
     pub use idem_core::{
         AttemptId, BoxError, ClaimOutcome, ClaimRequest, Fingerprint, Outcome, Record, Store,
-        MAX_FINGERPRINT, RECORD_VERSION,
+        TransactionalStore, MAX_FINGERPRINT, RECORD_VERSION,
     };
 }
 pub use idem_macros::idempotent;

@@ -310,7 +310,8 @@ pub async fn bounded_waits_give_up_with_the_lease_remaining(idem: &Idempotency) 
 /// its own), a duplicate meanwhile is in progress, and a later one gets the record; a claim
 /// dropped unrun frees its key.
 pub async fn two_step_calls_claim_then_run(idem: &Idempotency) {
-    use idem::{Call, OnInProgress, Served, Started};
+    use idem::steps::Started;
+    use idem::{Call, OnInProgress, Served};
     let runs = Arc::new(AtomicU32::new(0));
     let order = key("two-step");
     let call = || Call::new("two-step", &order).on_in_progress(OnInProgress::Reject);
