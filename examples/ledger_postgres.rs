@@ -35,22 +35,22 @@ enum LedgerError {
 impl std::fmt::Display for LedgerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            LedgerError::Flaky => write!(f, "the attempt failed after its write"),
-            LedgerError::Database(err) => write!(f, "database: {err}"),
-            LedgerError::Idempotency(err) => write!(f, "idempotency: {err}"),
+            Self::Flaky => write!(f, "the attempt failed after its write"),
+            Self::Database(err) => write!(f, "database: {err}"),
+            Self::Idempotency(err) => write!(f, "idempotency: {err}"),
         }
     }
 }
 
 impl From<idem::Error> for LedgerError {
     fn from(err: idem::Error) -> Self {
-        LedgerError::Idempotency(err)
+        Self::Idempotency(err)
     }
 }
 
 impl From<sqlx::Error> for LedgerError {
     fn from(err: sqlx::Error) -> Self {
-        LedgerError::Database(err)
+        Self::Database(err)
     }
 }
 

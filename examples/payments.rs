@@ -16,6 +16,11 @@
 //!
 //! The broker and the gateway, the world around the service, are in `support/broker.rs`.
 
+#![allow(
+    clippy::exit,
+    reason = "an example ends with an exit code a script can read"
+)]
+
 #[path = "support/broker.rs"]
 mod broker;
 
@@ -51,7 +56,7 @@ enum PaymentError {
 
 impl From<idem::Error> for PaymentError {
     fn from(err: idem::Error) -> Self {
-        PaymentError::Idempotency(err)
+        Self::Idempotency(err)
     }
 }
 
@@ -61,7 +66,7 @@ impl PaymentError {
         match self {
             // The charge may have gone through: keep the claim for a lease, then let a retry
             // ask the gateway again with the same downstream key.
-            PaymentError::GatewayTimeout => Disposition::OutcomeUnknown,
+            Self::GatewayTimeout => Disposition::OutcomeUnknown,
             _ => Disposition::Release,
         }
     }
@@ -90,6 +95,10 @@ impl PaymentService {
 }
 
 #[tokio::main]
+#[allow(
+    clippy::exit,
+    reason = "an example ends with an exit code a script can read"
+)]
 async fn main() {
     // `RUST_LOG=idem=debug` shows each call's outcome (idem traces every call; nothing is
     // printed unless a subscriber is installed).

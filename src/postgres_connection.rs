@@ -85,7 +85,7 @@ where
     async fn from_request_parts(_: &mut Parts, state: &S) -> Result<Self, Problem> {
         let unavailable = |detail: String| Problem::status(StatusCode::SERVICE_UNAVAILABLE, detail);
         match PgPool::from_ref(state).acquire().await {
-            Ok(connection) => Ok(Connection(connection)),
+            Ok(connection) => Ok(Self(connection)),
             Err(sqlx::Error::PoolClosed) => Err(unavailable(
                 "the service is shutting down (its database pool is closed); retry against \
                  another instance, or later"

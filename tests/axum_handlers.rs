@@ -2,7 +2,10 @@
 //! returning `Json<T>` or `(StatusCode, Json<T>)`, idem's errors as problem responses; served on
 //! a loopback port and driven by a real HTTP client, with counted executions.
 
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 #[path = "support/customer.rs"]
 mod customer;
@@ -51,14 +54,14 @@ enum ApiError {
 
 impl From<idem::Error> for ApiError {
     fn from(err: idem::Error) -> Self {
-        ApiError::Idem(err)
+        Self::Idem(err)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
-            ApiError::Idem(err) => problem_response(&err),
+            Self::Idem(err) => problem_response(&err),
         }
     }
 }

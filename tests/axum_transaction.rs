@@ -3,7 +3,10 @@
 //! in the handler's transaction, `Problem` as the error type, replays marked; served on a
 //! loopback port to a real client, against a private PostgreSQL, with rows counted.
 
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 #[path = "support/customer.rs"]
 mod customer;

@@ -1,7 +1,10 @@
 //! Zero, tiny and extreme durations are refused before the body runs, never a panic; and the
 //! process-wide default store is not moved by another runtime's paused clock.
 
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

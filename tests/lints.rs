@@ -34,7 +34,7 @@ enum Declined {
 
 impl From<idem::Error> for Declined {
     fn from(err: idem::Error) -> Self {
-        Declined::Idem(err.to_string())
+        Self::Idem(err.to_string())
     }
 }
 

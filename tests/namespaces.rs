@@ -1,7 +1,10 @@
 //! Default namespaces: two functions of the same name never share records, whether they live in
 //! different modules or are methods of different types; `namespace = "..."` pins one.
 
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -390,7 +393,7 @@ async fn with_a_local_item(idem: &Idempotency, id: u32) -> Result<u32, Error> {
     struct Counter(u32);
     impl Counter {
         fn new(start: u32) -> Self {
-            Counter(start)
+            Self(start)
         }
     }
     Ok(Counter::new(id).0)

@@ -3,7 +3,10 @@
 //! with the record. Each test starts its own cluster (or uses `IDEM_TEST_DATABASE_URL`, with
 //! tables of its own).
 
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 mod common;
 
@@ -63,27 +66,27 @@ mod behaviour {
 #[derive(Debug)]
 enum AppError {
     Idem(idem::Error),
-    #[allow(dead_code)] // shown by failure messages
+    #[allow(dead_code, reason = "shown by failure messages")]
     Db(sqlx::Error),
     Declined,
 }
 
 impl From<idem::Error> for AppError {
     fn from(err: idem::Error) -> Self {
-        AppError::Idem(err)
+        Self::Idem(err)
     }
 }
 
 impl From<sqlx::Error> for AppError {
     fn from(err: sqlx::Error) -> Self {
-        AppError::Db(err)
+        Self::Db(err)
     }
 }
 
 impl AppError {
     fn means(&self) -> Disposition {
         match self {
-            AppError::Declined => Disposition::OutcomeUnknown,
+            Self::Declined => Disposition::OutcomeUnknown,
             _ => Disposition::Release,
         }
     }
@@ -97,7 +100,7 @@ enum Refusal {
 
 impl From<idem::Error> for Refusal {
     fn from(err: idem::Error) -> Self {
-        Refusal::Idem(err.to_string())
+        Self::Idem(err.to_string())
     }
 }
 
@@ -117,7 +120,7 @@ impl Payments {
         .execute(&db.pool)
         .await
         .unwrap();
-        Payments {
+        Self {
             idem: db.idem.clone(),
             ledger,
             runs: AtomicU32::new(0),

@@ -1,7 +1,10 @@
 //! Invariant I2: every `Ok` for a key carries the same value. A result whose JSON record would
 //! decode to something else is refused to the first caller instead of recorded.
 
-#![allow(clippy::unwrap_used)] // tests fail loudly by design
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::time::Duration;
 

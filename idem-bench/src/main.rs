@@ -48,12 +48,12 @@ enum Suite {
 impl Suite {
     fn name(self) -> &'static str {
         match self {
-            Suite::Redis => "Redis",
-            Suite::Memory => "memory",
-            Suite::Postgres => "PostgreSQL",
-            Suite::HttpMemory => "HTTP, memory",
-            Suite::HttpRedis => "HTTP, Redis",
-            Suite::HttpPostgres => "HTTP, PostgreSQL",
+            Self::Redis => "Redis",
+            Self::Memory => "memory",
+            Self::Postgres => "PostgreSQL",
+            Self::HttpMemory => "HTTP, memory",
+            Self::HttpRedis => "HTTP, Redis",
+            Self::HttpPostgres => "HTTP, PostgreSQL",
         }
     }
 }

@@ -17,9 +17,9 @@ impl Keys {
     fn key(self, task: u64, call: u64) -> u64 {
         match self {
             // 2^32 calls per task and block is far more than a block makes.
-            Keys::Fresh { base } => base + (task << 32) + call,
+            Self::Fresh { base } => base + (task << 32) + call,
             // Tasks start at different places so that they do not walk the same keys in step.
-            Keys::Existing { count } => (task * 7919 + call) % count,
+            Self::Existing { count } => (task * 7919 + call) % count,
         }
     }
 }

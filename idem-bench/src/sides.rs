@@ -70,13 +70,13 @@ pub(crate) struct BenchError(pub String);
 
 impl From<idem::Error> for BenchError {
     fn from(err: idem::Error) -> Self {
-        BenchError(err.to_string())
+        Self(err.to_string())
     }
 }
 
 impl From<redis::RedisError> for BenchError {
     fn from(err: redis::RedisError) -> Self {
-        BenchError(err.to_string())
+        Self(err.to_string())
     }
 }
 
@@ -93,8 +93,8 @@ impl Workload {
     /// Its name in tables.
     pub(crate) fn name(self) -> &'static str {
         match self {
-            Workload::First => "first execution",
-            Workload::Replay => "replay",
+            Self::First => "first execution",
+            Self::Replay => "replay",
         }
     }
 }
@@ -128,46 +128,46 @@ pub(crate) enum Side {
 
 impl Side {
     /// idem on Redis.
-    pub(crate) async fn idem_redis(url: &str) -> Result<Side, BenchError> {
+    pub(crate) async fn idem_redis(url: &str) -> Result<Self, BenchError> {
         let store = RedisStore::connect(url).await?;
-        Ok(Side::Idem(IdemService::new(Idempotency::new(store))))
+        Ok(Self::Idem(IdemService::new(Idempotency::new(store))))
     }
 
     /// idem on its in-memory store.
-    pub(crate) fn idem_memory() -> Side {
-        Side::Idem(IdemService::new(Idempotency::new(MemoryStore::new())))
+    pub(crate) fn idem_memory() -> Self {
+        Self::Idem(IdemService::new(Idempotency::new(MemoryStore::new())))
     }
 
     /// The `idempotent` crate's Valkey store, on its own connection (a `ConnectionManager`, as
     /// idem's).
-    pub(crate) async fn idempotent(url: &str) -> Result<Side, BenchError> {
+    pub(crate) async fn idempotent(url: &str) -> Result<Self, BenchError> {
         let client = redis::Client::open(url)?;
         let prefix = format!("{}idempotent", run_prefix());
         let store = idempotent::store::valkey::ValkeyStore::with_prefix(client, Some(&prefix))
             .await
             .map_err(|err| BenchError(format!("the idempotent crate's store: {err}")))?;
-        Ok(Side::Idempotent(Box::new(store)))
+        Ok(Self::Idempotent(Box::new(store)))
     }
 
     /// The hand-written redis-rs baseline, on its own connection of the same kind as idem's.
-    pub(crate) async fn naive(url: &str) -> Result<Side, BenchError> {
+    pub(crate) async fn naive(url: &str) -> Result<Self, BenchError> {
         let client = redis::Client::open(url)?;
-        Ok(Side::Naive(ConnectionManager::new(client).await?))
+        Ok(Self::Naive(ConnectionManager::new(client).await?))
     }
 
     /// The `cached` baseline: its macro connects on the first call.
-    pub(crate) fn cached(url: &str) -> Side {
+    pub(crate) fn cached(url: &str) -> Self {
         let _ = REDIS_URL.set(url.to_owned());
-        Side::Cached
+        Self::Cached
     }
 
     /// The reference in-memory claim + record.
-    pub(crate) fn mutex_map() -> Side {
-        Side::MutexMap(Mutex::new(HashMap::new()))
+    pub(crate) fn mutex_map() -> Self {
+        Self::MutexMap(Mutex::new(HashMap::new()))
     }
 
     /// idem and its baselines on PostgreSQL, on one pool of `connections`.
-    pub(crate) async fn postgres(url: &str, connections: u32) -> Result<Vec<Side>, BenchError> {
+    pub(crate) async fn postgres(url: &str, connections: u32) -> Result<Vec<Self>, BenchError> {
         let pool = PgPoolOptions::new()
             .max_connections(connections)
             .connect(url)
@@ -186,17 +186,17 @@ impl Side {
             .with_retention(RETENTION)
             .with_key_prefix(format!("{}idem:", run_prefix()));
         Ok(vec![
-            Side::IdemTransaction(PgIdemService {
+            Self::IdemTransaction(PgIdemService {
                 idem,
                 pool: pool.clone(),
             }),
-            Side::BareTransaction(pool.clone()),
-            Side::DedupeTable(pool),
+            Self::BareTransaction(pool.clone()),
+            Self::DedupeTable(pool),
         ])
     }
 
     /// The same axum route on a loopback port, behind idem's layer (`Some`) or bare.
-    pub(crate) async fn http(idem: Option<Idempotency>) -> Result<Side, BenchError> {
+    pub(crate) async fn http(idem: Option<Idempotency>) -> Result<Self, BenchError> {
         let route = axum::Router::new().route("/charge", axum::routing::post(charge_route));
         let layered = idem.is_some();
         let app = match idem {
@@ -206,7 +206,7 @@ impl Side {
             )),
             None => route,
         };
-        Ok(Side::Http(HttpSide::serve(app, layered).await?))
+        Ok(Self::Http(HttpSide::serve(app, layered).await?))
     }
 
     /// The HTTP route that books a ledger row: behind the layer in transactional mode (the row
@@ -214,7 +214,7 @@ impl Side {
     pub(crate) async fn http_postgres(
         url: &str,
         connections: u32,
-    ) -> Result<Vec<Side>, BenchError> {
+    ) -> Result<Vec<Self>, BenchError> {
         let pool = PgPoolOptions::new()
             .max_connections(connections)
             .connect(url)
@@ -239,44 +239,43 @@ impl Side {
             .route("/charge", axum::routing::post(book_in_own_transaction))
             .with_state(pool);
         Ok(vec![
-            Side::Http(HttpSide::serve(layered, true).await?),
-            Side::Http(HttpSide::serve(bare, false).await?),
+            Self::Http(HttpSide::serve(layered, true).await?),
+            Self::Http(HttpSide::serve(bare, false).await?),
         ])
     }
 
     /// The side's name in tables and the chart.
     pub(crate) fn name(&self) -> &'static str {
         match self {
-            Side::Http(side) if side.layered => "idem",
-            Side::Http(_) => "bare route",
-            Side::IdemTransaction(_) => "idem",
-            Side::BareTransaction(_) => "bare transaction",
-            Side::DedupeTable(_) => "dedupe table",
-            Side::Idem(_) => "idem",
-            Side::Naive(_) => "redis-rs by hand",
-            Side::Cached => "cached",
-            Side::Idempotent(_) => "idempotent 0.3",
-            Side::Bare => "bare call",
-            Side::MutexMap(_) => "Mutex<HashMap>",
+            Self::Http(side) if side.layered => "idem",
+            Self::Http(_) => "bare route",
+            Self::IdemTransaction(_) | Self::Idem(_) => "idem",
+            Self::BareTransaction(_) => "bare transaction",
+            Self::DedupeTable(_) => "dedupe table",
+            Self::Naive(_) => "redis-rs by hand",
+            Self::Cached => "cached",
+            Self::Idempotent(_) => "idempotent 0.3",
+            Self::Bare => "bare call",
+            Self::MutexMap(_) => "Mutex<HashMap>",
         }
     }
 
     /// One call, checked: the receipt must be the key's.
     pub(crate) async fn call(&self, workload: Workload, key: u64) -> Result<(), String> {
         let receipt = match self {
-            Side::Idem(service) => service.charge(key).await,
-            Side::Naive(connection) => match workload {
+            Self::Idem(service) => service.charge(key).await,
+            Self::Naive(connection) => match workload {
                 Workload::First => naive_first(connection.clone(), key).await,
                 Workload::Replay => naive_replay(connection.clone(), key).await,
             },
-            Side::Cached => cached_charge(key).await,
-            Side::Idempotent(store) => idempotent_charge(store, key).await,
-            Side::Bare => Ok(body(key).await),
-            Side::MutexMap(map) => mutex_map_charge(map, key).await,
-            Side::IdemTransaction(service) => service.book(key).await,
-            Side::BareTransaction(pool) => bare_transaction(pool, key).await,
-            Side::DedupeTable(pool) => dedupe_table(pool, key).await,
-            Side::Http(side) => side.charge(key).await,
+            Self::Cached => cached_charge(key).await,
+            Self::Idempotent(store) => idempotent_charge(store, key).await,
+            Self::Bare => Ok(body(key).await),
+            Self::MutexMap(map) => mutex_map_charge(map, key).await,
+            Self::IdemTransaction(service) => service.book(key).await,
+            Self::BareTransaction(pool) => bare_transaction(pool, key).await,
+            Self::DedupeTable(pool) => dedupe_table(pool, key).await,
+            Self::Http(side) => side.charge(key).await,
         }
         .map_err(|BenchError(message)| message)?;
         if receipt.key == key {
@@ -297,7 +296,7 @@ pub(crate) struct IdemService {
 
 impl IdemService {
     fn new(idem: Idempotency) -> Self {
-        IdemService {
+        Self {
             idem: idem
                 .with_retention(RETENTION)
                 .with_key_prefix(format!("{}idem:", run_prefix())),
@@ -535,7 +534,7 @@ pub(crate) struct HttpSide {
 
 impl HttpSide {
     /// Serves `app` on a loopback port, with a client for it.
-    async fn serve(app: axum::Router, layered: bool) -> Result<HttpSide, BenchError> {
+    async fn serve(app: axum::Router, layered: bool) -> Result<Self, BenchError> {
         let failed = |err: std::io::Error| BenchError(err.to_string());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -543,7 +542,7 @@ impl HttpSide {
         let url = format!("http://{}/charge", listener.local_addr().map_err(failed)?);
         tokio::spawn(async move { axum::serve(listener, app).await });
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Ok(HttpSide {
+        Ok(Self {
             client,
             url,
             layered,

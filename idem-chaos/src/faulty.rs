@@ -27,7 +27,7 @@ pub struct FaultPlan {
 
 impl FaultPlan {
     /// No faults.
-    pub const NONE: FaultPlan = FaultPlan {
+    pub const NONE: Self = Self {
         fail_before: 0.0,
         fail_after: 0.0,
         delay: 0.0,
@@ -55,6 +55,7 @@ enum Fault {
 }
 
 /// A store that fails on a seeded schedule.
+#[derive(Debug)]
 pub struct FaultyStore<S> {
     inner: S,
     plan: Mutex<FaultPlan>,
@@ -67,7 +68,7 @@ pub struct FaultyStore<S> {
 impl<S: Store> FaultyStore<S> {
     /// Wraps `inner`; faults follow `plan`, drawn from `seed`.
     pub fn new(inner: S, plan: FaultPlan, seed: u64) -> Self {
-        FaultyStore {
+        Self {
             inner,
             plan: Mutex::new(plan),
             renewals_fail: std::sync::atomic::AtomicBool::new(false),

@@ -52,7 +52,7 @@ impl HttpCrashSpec {
     /// `keys` keys, 3 concurrent deliveries each, a kill every 1-2s for `chaos`, 2 database
     /// restarts.
     pub fn new(keys: usize, chaos: Duration) -> Self {
-        HttpCrashSpec {
+        Self {
             keys,
             deliveries: 3,
             concurrency: 16,

@@ -41,8 +41,8 @@ pub enum RecordIn {
 impl RecordIn {
     fn name(self) -> &'static str {
         match self {
-            RecordIn::Transaction => "transaction",
-            RecordIn::Redis => "redis",
+            Self::Transaction => "transaction",
+            Self::Redis => "redis",
         }
     }
 }
@@ -71,7 +71,7 @@ pub struct LedgerSpec {
 impl LedgerSpec {
     /// `keys` keys delivered 3 times by 4 children, a kill every 150ms, 2 restarts.
     pub fn new(keys: usize, record_in: RecordIn) -> Self {
-        LedgerSpec {
+        Self {
             keys,
             deliveries: 3,
             children: 4,

@@ -27,6 +27,7 @@ pub struct ProxyFaults {
     pub black_hole: bool,
 }
 
+#[derive(Debug)]
 struct Shared {
     faults: Mutex<ProxyFaults>,
     rng: Mutex<fastrand::Rng>,
@@ -37,6 +38,7 @@ struct Shared {
 }
 
 /// A running proxy; stops accepting when dropped.
+#[derive(Debug)]
 pub struct FaultProxy {
     address: SocketAddr,
     shared: Arc<Shared>,
@@ -73,7 +75,7 @@ impl FaultProxy {
                 });
             }
         });
-        Ok(FaultProxy {
+        Ok(Self {
             address,
             shared,
             accept,

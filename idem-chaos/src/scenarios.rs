@@ -28,9 +28,9 @@ pub enum Backend {
 impl std::fmt::Display for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Backend::Memory => "memory",
-            Backend::Redis => "redis",
-            Backend::Cluster => "cluster",
+            Self::Memory => "memory",
+            Self::Redis => "redis",
+            Self::Cluster => "cluster",
         })
     }
 }

@@ -45,7 +45,7 @@ impl Spec {
     /// A small run: `keys` keys delivered `deliveries` times each, 3s leases (well above the
     /// faults' outages, so that CI stays inside the boundary even on a slow machine).
     pub fn small(keys: usize, deliveries: usize, seed: u64) -> Self {
-        Spec {
+        Self {
             keys,
             deliveries,
             lease: Duration::from_secs(3),
@@ -78,7 +78,7 @@ pub enum CallOutcome {
 }
 
 /// Everything that happened, as seen from outside the store.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct History {
     executions: Mutex<HashMap<String, Vec<u64>>>,
     calls: Mutex<Vec<(u64, String, CallOutcome)>>,
@@ -137,7 +137,7 @@ impl Report {
     }
 
     /// Adds another run's figures.
-    pub fn add(&mut self, other: &Report) {
+    pub fn add(&mut self, other: &Self) {
         self.keys += other.keys;
         self.calls += other.calls;
         self.executions += other.executions;

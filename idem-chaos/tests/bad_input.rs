@@ -1,6 +1,9 @@
 //! Bad input at the edges: enormous and odd keys, oversized results, on the memory store and
 //! on Redis (corrupt and wrong-typed values at idem's keys are covered by idem-redis's tests).
-#![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

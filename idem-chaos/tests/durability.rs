@@ -2,7 +2,10 @@
 //! happened, so what Redis loses, a redelivery runs again. Inside the boundary (appendfsync
 //! always; `WAIT` on failover) nothing runs twice; outside it the duplicates are measured and
 //! asserted to be exactly what the docs say.
-#![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use idem_chaos::scenarios;
 use idem_chaos::Spec;

@@ -1,7 +1,10 @@
 //! With the default `RedisStore::connect`, a caller gets the store's verdict within about a
 //! second when Redis is down or silent (it took 19-28s with redis-rs's defaults), and the body
 //! does not run.
-#![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -2,7 +2,10 @@
 //! to a server behind `IdempotencyLayer::in_transaction`, SIGKILLed every 1-2s for 15s while
 //! PostgreSQL restarts twice (`-m immediate`); then every key until a 2xx. Exactly one charge
 //! row per key, and every 2xx of a key names that row.
-#![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::path::Path;
 use std::time::Duration;

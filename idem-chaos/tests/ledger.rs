@@ -2,7 +2,10 @@
 //! (`-m immediate`) while 300 keys are delivered 3 times each, then once more after healing.
 //! With the record in the ledger row's transaction, every key has exactly one row; with the
 //! record in Redis after the row committed, the kills cost duplicates, which are measured.
-#![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::path::Path;
 

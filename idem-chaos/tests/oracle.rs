@@ -1,7 +1,10 @@
 //! The oracle itself is tested: over stores that break the guarantee on purpose, it must report
 //! the duplicates, divergent values and lost keys that happened. (A checker that cannot fail
 //! would make every green soak meaningless.)
-#![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

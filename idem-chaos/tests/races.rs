@@ -3,7 +3,10 @@
 //! killed with SIGKILL mid-body while another takes over. The last three cross the documented
 //! boundary (an effect that started may run again); the tests measure that and check the parts
 //! that must still hold: fencing, the refusal of stale writes, and takeover within the lease.
-#![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

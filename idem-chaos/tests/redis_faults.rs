@@ -2,7 +2,10 @@
 //! server (lost replies, replies slower than the client's timeout, resets with commands in
 //! flight, a black hole), and with seeded store faults on a 3-master cluster. Every scenario is
 //! inside the documented boundary, so every invariant must hold.
-#![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::time::Duration;
 

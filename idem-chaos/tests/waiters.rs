@@ -1,7 +1,10 @@
 //! A waiting duplicate stays within its one-lease limit when the pub/sub connection that wakes
 //! it is half-open (traffic silently dropped, as after a NAT or load balancer idle drop): it
 //! falls back to reading the key, and gets the first call's result soon after it is recorded.
-#![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};

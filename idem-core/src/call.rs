@@ -39,9 +39,9 @@ impl OnInProgress {
     /// How long a duplicate waits for a claim held by another call whose lease is `lease`.
     pub(crate) fn patience(self, lease: Duration) -> Duration {
         match self {
-            OnInProgress::Wait => lease,
-            OnInProgress::Reject => Duration::ZERO,
-            OnInProgress::WaitAtMost(limit) => limit.min(lease),
+            Self::Wait => lease,
+            Self::Reject => Duration::ZERO,
+            Self::WaitAtMost(limit) => limit.min(lease),
         }
     }
 }
@@ -75,7 +75,7 @@ impl Call {
     }
 
     fn in_namespace(namespace: Result<Cow<'static, str>, Error>, key: impl Display) -> Self {
-        Call {
+        Self {
             namespace,
             key: key.to_string(),
             scope: None,

@@ -102,7 +102,7 @@ pub enum Error {
         /// The store key.
         key: String,
         /// The last store error.
-        source: Box<Error>,
+        source: Box<Self>,
     },
     /// The body ran inside a database transaction that its own statements broke: one failed, so
     /// the database aborted the transaction (PostgreSQL's `25P02`), or a deferred constraint
@@ -126,7 +126,7 @@ pub enum Error {
         /// The store key.
         key: String,
         /// Why the result was not recorded.
-        source: Box<Error>,
+        source: Box<Self>,
     },
     /// The body ran inside a database transaction whose `COMMIT` got no reply (the connection
     /// was lost): its writes and its record committed together or not at all. Retry the call:
@@ -164,7 +164,7 @@ impl Error {
     /// A transaction the body's own statements broke, for transactional stores (see
     /// [`Error::TransactionAborted`]).
     pub fn transaction_aborted(operation: &'static str, source: impl Into<BoxError>) -> Self {
-        Error::TransactionAborted {
+        Self::TransactionAborted {
             operation,
             source: source.into(),
         }
@@ -172,7 +172,7 @@ impl Error {
 
     /// A store failure, for store implementations: the command certainly did not apply.
     pub fn store(operation: &'static str, source: impl Into<BoxError>) -> Self {
-        Error::Store {
+        Self::Store {
             operation,
             indeterminate: false,
             source: source.into(),
@@ -181,7 +181,7 @@ impl Error {
 
     /// A store failure whose command may have been applied (lost reply, timeout after send).
     pub fn store_indeterminate(operation: &'static str, source: impl Into<BoxError>) -> Self {
-        Error::Store {
+        Self::Store {
             operation,
             indeterminate: true,
             source: source.into(),
@@ -190,7 +190,7 @@ impl Error {
 
     /// A stored value that cannot be decoded, for store implementations.
     pub fn corrupt(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Error::Corrupt {
+        Self::Corrupt {
             key: key.into(),
             reason: reason.into(),
         }
@@ -199,12 +199,12 @@ impl Error {
     /// A wait for `key` that closed a cycle of waiting transactions, for transactional stores
     /// (see [`Error::Deadlock`]).
     pub fn deadlock(key: impl Into<String>) -> Self {
-        Error::Deadlock { key: key.into() }
+        Self::Deadlock { key: key.into() }
     }
 
     /// Another call holds `key`, for stores that find so outside a claim (a wait that ran out).
     pub fn in_progress(key: impl Into<String>, lease_remaining: Option<Duration>) -> Self {
-        Error::InProgress {
+        Self::InProgress {
             key: key.into(),
             lease_remaining,
         }
@@ -212,20 +212,20 @@ impl Error {
 
     /// A refusal because the fencing token is no longer current, for store implementations.
     pub fn lease_lost(key: impl Into<String>) -> Self {
-        Error::LeaseLost { key: key.into() }
+        Self::LeaseLost { key: key.into() }
     }
 
     /// An option that cannot be honoured, for store implementations (a table name, a setting):
     /// `reason` says what is wrong and what to write instead.
     pub fn invalid_option(reason: impl Into<String>) -> Self {
-        Error::InvalidOption {
+        Self::InvalidOption {
             reason: reason.into(),
         }
     }
 
     /// A key or key prefix that cannot be used, for store implementations.
     pub fn invalid_key(reason: impl Into<String>) -> Self {
-        Error::InvalidKey {
+        Self::InvalidKey {
             reason: reason.into(),
         }
     }
@@ -234,27 +234,27 @@ impl Error {
     pub fn body_may_have_run(&self) -> bool {
         matches!(
             self,
-            Error::LeaseLost { .. }
-                | Error::NotRecorded { .. }
-                | Error::TransactionAborted { .. }
-                | Error::RolledBack { .. }
-                | Error::CommitUnknown { .. }
+            Self::LeaseLost { .. }
+                | Self::NotRecorded { .. }
+                | Self::TransactionAborted { .. }
+                | Self::RolledBack { .. }
+                | Self::CommitUnknown { .. }
         )
     }
 
     /// True when a store command behind this error may have been applied without a reply.
     pub fn is_indeterminate(&self) -> bool {
         match self {
-            Error::Store { indeterminate, .. } => *indeterminate,
-            Error::NotRecorded { source, .. } => source.is_indeterminate(),
-            Error::CommitUnknown { .. } => true,
+            Self::Store { indeterminate, .. } => *indeterminate,
+            Self::NotRecorded { source, .. } => source.is_indeterminate(),
+            Self::CommitUnknown { .. } => true,
             _ => false,
         }
     }
 
     /// True for store failures worth retrying (as opposed to answers such as `LeaseLost`).
     pub(crate) fn is_transient(&self) -> bool {
-        matches!(self, Error::Store { .. })
+        matches!(self, Self::Store { .. })
     }
 }
 
@@ -264,32 +264,32 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::InvalidKey { reason } => write!(
+            Self::InvalidKey { reason } => write!(
                 f,
                 "invalid idempotency key: {reason}; nothing was claimed and the body did not run"
             ),
-            Error::InvalidOption { reason } => write!(
+            Self::InvalidOption { reason } => write!(
                 f,
                 "invalid idempotency option: {reason}; nothing was claimed and the body did not run"
             ),
-            Error::InProgress { key, .. } => write!(
+            Self::InProgress { key, .. } => write!(
                 f,
                 "idempotency key `{key}` is held by another call still in progress, so the body did \
                  not run here; retry later to get that call's result"
             ),
-            Error::KeyReused { key } => write!(
+            Self::KeyReused { key } => write!(
                 f,
                 "idempotency key `{key}` was already used for a different request (fingerprint \
                  mismatch), so the body did not run; use a new key for a new request"
             ),
-            Error::LeaseLost { key } => write!(
+            Self::LeaseLost { key } => write!(
                 f,
                 "the claim on `{key}` lapsed while the body ran (its lease was not renewed in time, \
                  or another call took over): the body ran and its effect may have happened, but its \
                  result was not recorded, and another call may run it again; make the effect \
                  idempotent downstream (pass `idem::context()`'s fence or a downstream key)"
             ),
-            Error::Store {
+            Self::Store {
                 operation,
                 indeterminate,
                 ..
@@ -307,7 +307,7 @@ impl fmt::Display for Error {
                     "; the body did not run: retry when the store answers again"
                 )
             }
-            Error::NotRecorded { key, source } => {
+            Self::NotRecorded { key, source } => {
                 write!(f, "the body for `{key}` ran and its effect happened, but its result ")?;
                 why_not_recorded(f, source)?;
                 write!(
@@ -317,20 +317,20 @@ impl fmt::Display for Error {
                      idempotent downstream"
                 )
             }
-            Error::ClaimLapsed { key } => write!(
+            Self::ClaimLapsed { key } => write!(
                 f,
                 "the claim on `{key}` lapsed before the body could start (its reply came after \
                  the lease ran out, or the call waited longer than a lease to run); the body did \
                  not run, and another call may hold the key now: retry the call"
             ),
-            Error::Deadlock { key } => write!(
+            Self::Deadlock { key } => write!(
                 f,
                 "waiting for idempotency key `{key}` would deadlock: the transaction holding it \
                  waits for a key this call's transaction holds, so the database broke the cycle \
                  here and the body did not run; roll this transaction back (freeing its keys) and \
                  retry it"
             ),
-            Error::RolledBack { key, source } => {
+            Self::RolledBack { key, source } => {
                 write!(f, "the body for `{key}` ran in a database transaction, but its result ")?;
                 why_not_recorded(f, source)?;
                 write!(
@@ -340,22 +340,22 @@ impl fmt::Display for Error {
                      happened)"
                 )
             }
-            Error::CommitUnknown { key, .. } => write!(
+            Self::CommitUnknown { key, .. } => write!(
                 f,
                 "the body for `{key}` ran in a database transaction whose COMMIT got no reply: \
                  its writes and its record committed together or not at all; retry the call, \
                  which replays the result if they committed and runs the body if they did not"
             ),
-            Error::Corrupt { key, reason } => write!(
+            Self::Corrupt { key, reason } => write!(
                 f,
                 "the stored record for `{key}` is corrupt ({reason}), so the body did not run; it \
                  is not treated as a miss: inspect or delete the key"
             ),
-            Error::Encode { what, .. } => write!(
+            Self::Encode { what, .. } => write!(
                 f,
                 "could not encode {what}, so nothing was claimed and the body did not run"
             ),
-            Error::TransactionAborted { operation, .. } => write!(
+            Self::TransactionAborted { operation, .. } => write!(
                 f,
                 "the body ran, but a statement of its own broke its database transaction, found \
                  at `{operation}`: its writes were rolled back, nothing was recorded and the key \
@@ -392,19 +392,19 @@ fn why_not_recorded(f: &mut fmt::Formatter<'_>, source: &Error) -> fmt::Result {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Store { source, .. }
-            | Error::TransactionAborted { source, .. }
-            | Error::CommitUnknown { source, .. } => Some(source.as_ref()),
+            Self::Store { source, .. }
+            | Self::TransactionAborted { source, .. }
+            | Self::CommitUnknown { source, .. } => Some(source.as_ref()),
             // The store's or the encoder's own error: this variant's message already says which
             // operation failed, and the wrapped `Error`'s would contradict it ("did not run").
-            Error::NotRecorded { source, .. } | Error::RolledBack { source, .. } => {
+            Self::NotRecorded { source, .. } | Self::RolledBack { source, .. } => {
                 match source.as_ref() {
-                    inner @ (Error::Store { .. } | Error::Encode { .. }) => inner.source(),
-                    Error::Corrupt { .. } => None,
+                    inner @ (Self::Store { .. } | Self::Encode { .. }) => inner.source(),
+                    Self::Corrupt { .. } => None,
                     inner => Some(inner),
                 }
             }
-            Error::Encode { source, .. } => Some(source),
+            Self::Encode { source, .. } => Some(source),
             _ => None,
         }
     }

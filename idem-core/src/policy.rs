@@ -116,7 +116,7 @@ pub(crate) struct Policy<E, F> {
 impl<E, F> Policy<E, F> {
     /// Errors classified by `on_error`, none recorded.
     pub(crate) fn classifying(on_error: F) -> Self {
-        Policy {
+        Self {
             on_error,
             codec: None,
             classifies: true,
@@ -138,7 +138,7 @@ pub(crate) struct Codec<E> {
 impl<E: Serialize + DeserializeOwned> Codec<E> {
     /// Errors recorded as JSON, refused if they would not replay as written.
     pub(crate) fn json() -> Self {
-        Codec {
+        Self {
             encode: encode_exactly::<E>,
             decode: |json| serde_json::from_slice(json),
         }

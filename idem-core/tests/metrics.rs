@@ -2,7 +2,10 @@
 //! running, and store retries, on whatever recorder the service installs (here metrics-util's
 //! debugging recorder); the key is never a label.
 
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::time::Duration;
 

@@ -2,7 +2,10 @@
 //! each path (executed, replayed, waited, in progress, key reused, released, outcome unknown,
 //! lease lost, store error, corrupt), and never the raw key.
 
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

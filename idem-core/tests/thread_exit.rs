@@ -3,7 +3,10 @@
 //! (`start_paused`, `test-util`), tokio reads the time through a thread-local of its own, which
 //! cannot be done during that destruction either; production builds do not pause the clock.
 
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

@@ -4,7 +4,10 @@
 //! the subscriber is the process's global one, so that no other test registers the callsites
 //! first under no subscriber.
 
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

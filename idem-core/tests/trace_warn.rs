@@ -1,7 +1,10 @@
 //! With a WARN-level filter (`RUST_LOG=warn`) the `idem.call` span (INFO) is disabled: a warning
 //! must carry its call's namespace, key hash and fence itself. A process of its own, for its
 //! global subscriber.
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

@@ -24,7 +24,7 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     type Rejection = KeyError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, KeyError> {
-        IdempotencyKey::from_headers(&parts.headers)
+        Self::from_headers(&parts.headers)
     }
 }
 
@@ -32,7 +32,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for IdempotencyKey {
     type Rejection = KeyError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Option<Self>, KeyError> {
-        match IdempotencyKey::from_headers(&parts.headers) {
+        match Self::from_headers(&parts.headers) {
             Ok(key) => Ok(Some(key)),
             Err(KeyError::Missing) => Ok(None),
             Err(err) => Err(err),

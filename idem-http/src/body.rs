@@ -29,25 +29,25 @@ impl<B> BufferedBody<B> {
         if !bytes.is_empty() {
             read.push_back(Ok(Frame::data(bytes)));
         }
-        BufferedBody { read, rest: None }
+        Self { read, rest: None }
     }
 
     /// `body`, untouched.
     pub fn new(body: B) -> Self {
-        BufferedBody {
+        Self {
             read: VecDeque::new(),
             rest: Some(body),
         }
     }
 
     fn resumed(read: VecDeque<Result<Frame<Bytes>, BoxError>>, rest: Option<B>) -> Self {
-        BufferedBody { read, rest }
+        Self { read, rest }
     }
 }
 
 impl<B> From<Bytes> for BufferedBody<B> {
     fn from(bytes: Bytes) -> Self {
-        BufferedBody::full(bytes)
+        Self::full(bytes)
     }
 }
 

@@ -56,7 +56,7 @@ impl Problem {
         } else {
             StatusCode::INTERNAL_SERVER_ERROR
         };
-        Problem {
+        Self {
             kind: Kind::Status(status, detail.into()),
         }
     }
@@ -72,7 +72,7 @@ impl Problem {
 
 impl From<Error> for Problem {
     fn from(err: Error) -> Self {
-        Problem {
+        Self {
             kind: Kind::Idem(err),
         }
     }
@@ -158,7 +158,7 @@ pub struct MarkReplayedLayer;
 impl MarkReplayedLayer {
     /// The layer.
     pub fn new() -> Self {
-        MarkReplayedLayer
+        Self
     }
 }
 

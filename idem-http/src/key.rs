@@ -45,14 +45,14 @@ pub enum KeyError {
 impl fmt::Display for KeyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KeyError::Missing => f.write_str(
+            Self::Missing => f.write_str(
                 "this request needs an `Idempotency-Key` header: a unique value per operation \
                  (a UUID, say), sent again unchanged on every retry of the same operation",
             ),
-            KeyError::Repeated => f.write_str(
+            Self::Repeated => f.write_str(
                 "the request has more than one `Idempotency-Key` header; send exactly one",
             ),
-            KeyError::Malformed { reason } => write!(
+            Self::Malformed { reason } => write!(
                 f,
                 "the `Idempotency-Key` header is malformed: {reason}; send 1 to {MAX_KEY_LEN} \
                  visible ASCII characters, bare or as a quoted string (`\"...\"`)"
@@ -67,9 +67,9 @@ impl KeyError {
     /// The 400 the layer answers with.
     pub(crate) fn rejection(&self) -> crate::Rejection {
         match self {
-            KeyError::Missing => crate::Rejection::KeyMissing,
-            KeyError::Repeated => crate::Rejection::KeyRepeated,
-            KeyError::Malformed { .. } => crate::Rejection::KeyMalformed,
+            Self::Missing => crate::Rejection::KeyMissing,
+            Self::Repeated => crate::Rejection::KeyRepeated,
+            Self::Malformed { .. } => crate::Rejection::KeyMalformed,
         }
     }
 }
@@ -100,7 +100,7 @@ impl IdempotencyKey {
         if key.len() > MAX_KEY_LEN {
             return Err(malformed("it is longer than 255 characters"));
         }
-        Ok(IdempotencyKey(key))
+        Ok(Self(key))
     }
 
     /// The key.

@@ -108,7 +108,7 @@ impl IdempotencyLayer {
     /// A layer on `idem`'s store and defaults (lease, retention, key prefix), with keys
     /// required on POST and PATCH.
     pub fn new(idem: Idempotency) -> Self {
-        IdempotencyLayer {
+        Self {
             config: Arc::new(Config {
                 idem,
                 namespace: Cow::Borrowed("http"),
@@ -143,6 +143,7 @@ impl IdempotencyLayer {
 
     /// The namespace of the layer's keys in the store (default `http`): give two services that
     /// share a store and a key prefix different namespaces.
+    #[must_use]
     pub fn namespace(self, namespace: impl Into<Cow<'static, str>>) -> Self {
         let namespace = namespace.into();
         self.with(|config| config.namespace = namespace)
@@ -150,6 +151,7 @@ impl IdempotencyLayer {
 
     /// The methods the layer applies to (default POST and PATCH); other requests pass through
     /// untouched. GET, HEAD, PUT and DELETE are idempotent by definition.
+    #[must_use]
     pub fn methods(self, methods: impl IntoIterator<Item = Method>) -> Self {
         let methods = methods.into_iter().collect();
         self.with(|config| config.methods = methods)
@@ -159,6 +161,7 @@ impl IdempotencyLayer {
     /// answering 400 `key-missing`. Choose it when adding the layer to an API whose clients do
     /// not all send keys yet; keep keys required on endpoints with effects that must not repeat
     /// (payments), where a client without a key has no safe way to retry.
+    #[must_use]
     pub fn key_optional(self) -> Self {
         self.with(|config| config.key_required = false)
     }
@@ -184,12 +187,14 @@ impl IdempotencyLayer {
     /// let layer = IdempotencyLayer::new(Idempotency::new(MemoryStore::new()))
     ///     .scope(|request| request.extensions.get::<User>().map(|user| user.id.to_string()));
     /// ```
+    #[must_use]
     pub fn scope(self, scope: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static) -> Self {
         self.with(|config| config.scope = Some(Arc::new(scope)))
     }
 
     /// Replaces the request fingerprint (default [`default_fingerprint`]): a key sent again with
     /// a different fingerprint gets 422 `key-reused`.
+    #[must_use]
     pub fn fingerprint(
         self,
         fingerprint: impl Fn(&Parts, &Bytes) -> Fingerprint + Send + Sync + 'static,
@@ -200,18 +205,21 @@ impl IdempotencyLayer {
     /// The largest request body the layer reads, in bytes (default 1 MiB). A larger request is
     /// refused with 413 `body-too-large` (by its `Content-Length` before reading, or once that
     /// much has arrived); it is never passed on without idempotency.
+    #[must_use]
     pub fn max_request_body(self, bytes: usize) -> Self {
         self.with(|config| config.max_request_body = bytes)
     }
 
     /// The largest response body the layer records, in bytes (default 1 MiB). A larger response
     /// reaches the client but is not recorded: see [`on_unrecordable`](Self::on_unrecordable).
+    #[must_use]
     pub fn max_response_body(self, bytes: usize) -> Self {
         self.with(|config| config.max_response_body = bytes)
     }
 
     /// The lease of the layer's claims (default: the runtime's). It bounds how long a key stays
     /// blocked after a crash or a panic, and so the 409s a client sees before its retry runs.
+    #[must_use]
     pub fn lease(self, lease: Duration) -> Self {
         self.with(|config| config.lease = Some(lease))
     }
@@ -222,6 +230,7 @@ impl IdempotencyLayer {
     /// it ends, and is otherwise replaced by the recorded one (or a 409 while another request
     /// still holds the key). Not for the transactional mode, whose claim is uncommitted while
     /// the handler runs.
+    #[must_use]
     pub fn max_hold(self, max_hold: Duration) -> Self {
         self.with(|config| config.max_hold = Some(max_hold))
     }
@@ -230,6 +239,7 @@ impl IdempotencyLayer {
     /// response and gets it (as a replay), instead of a 409 at once; after `limit` it gets the
     /// 409. Waiting holds a connection and a task per duplicate: keep `limit` below your
     /// clients' timeouts.
+    #[must_use]
     pub fn wait_for_first(self, limit: Duration) -> Self {
         self.with(|config| config.in_flight = OnInProgress::WaitAtMost(limit))
     }
@@ -237,6 +247,7 @@ impl IdempotencyLayer {
     /// The cap on a 409's `Retry-After` (default 5 s). `Retry-After` is the holder's lease
     /// remaining, which is when a crashed holder's claim lapses; a live holder usually finishes
     /// much sooner, so the cap keeps clients from waiting out a whole lease.
+    #[must_use]
     pub fn max_retry_after(self, cap: Duration) -> Self {
         self.with(|config| config.max_retry_after = cap)
     }
@@ -244,6 +255,7 @@ impl IdempotencyLayer {
     /// The base of the problems' `type` URI, to which the code is appended (default
     /// `urn:idem:problem:`), e.g. `https://api.example.com/problems/` for documentation you
     /// host.
+    #[must_use]
     pub fn problem_base(self, base: impl Into<String>) -> Self {
         let base = base.into();
         self.with(|config| config.problem_base = base)
@@ -252,6 +264,7 @@ impl IdempotencyLayer {
     /// When the store fails before the handler runs, runs the handler anyway, without
     /// idempotency, instead of answering 503 `store-unavailable` (the default, fail closed).
     /// Choose it only where a duplicate effect is cheaper than an outage.
+    #[must_use]
     pub fn fail_open(self) -> Self {
         self.with(|config| config.fail_open = true)
     }
@@ -271,6 +284,7 @@ impl IdempotencyLayer {
     ///         _ => default_on_status(status),
     ///     });
     /// ```
+    #[must_use]
     pub fn on_status(
         self,
         classify: impl Fn(StatusCode) -> Disposition + Send + Sync + 'static,
@@ -285,6 +299,7 @@ impl IdempotencyLayer {
     /// meanwhile), then a retry runs the handler again; [`Disposition::Release`] lets a retry run
     /// it at once (fit for streams without effects). Neither replays: idem cannot replay what
     /// it did not record.
+    #[must_use]
     pub fn on_unrecordable(self, disposition: Disposition) -> Self {
         let disposition = match disposition {
             Disposition::Release => Disposition::Release,
@@ -295,12 +310,14 @@ impl IdempotencyLayer {
 
     /// Replays `name` too (beyond [`DEFAULT_REPLAYED_HEADERS`]). Hop-by-hop headers,
     /// `Content-Length`, `Date` and `Set-Cookie` are never replayed.
+    #[must_use]
     pub fn replay_header(self, name: HeaderName) -> Self {
         self.with(|config| config.replayed_headers.push(name))
     }
 
     /// Replays exactly these headers (instead of [`DEFAULT_REPLAYED_HEADERS`]); the ones never
     /// replayed stay excluded.
+    #[must_use]
     pub fn replay_headers(self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         let names = names.into_iter().collect();
         self.with(|config| config.replayed_headers = names)
@@ -308,6 +325,7 @@ impl IdempotencyLayer {
 
     /// At most `limit` requests with keys in flight through the layer (replays included); more
     /// get 503 `over-capacity` with `Retry-After: 1`.
+    #[must_use]
     pub fn max_in_flight(self, limit: usize) -> Self {
         let semaphore = Arc::new(Semaphore::new(limit));
         self.with(|config| config.capacity = Some(semaphore))
@@ -361,6 +379,7 @@ impl IdempotencyLayer {
     /// let idempotency = IdempotencyLayer::new(idem).in_transaction::<PostgresStore>();
     /// # idempotency }
     /// ```
+    #[must_use]
     pub fn in_transaction<S: TransactionalStore>(self) -> Self {
         let mode: Arc<dyn Mode> = Arc::new(InTransaction::<S>::new());
         self.with(|config| config.transaction = Some(mode))

@@ -69,20 +69,19 @@ impl Rejection {
     /// The HTTP status.
     pub fn status(self) -> StatusCode {
         match self {
-            Rejection::KeyMissing
-            | Rejection::KeyMalformed
-            | Rejection::KeyRepeated
-            | Rejection::BodyUnreadable => StatusCode::BAD_REQUEST,
-            Rejection::InFlight => StatusCode::CONFLICT,
-            Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Rejection::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Rejection::RecordCorrupt
-            | Rejection::HandlerPanicked
-            | Rejection::NotRecorded
-            | Rejection::Misconfigured
-            | Rejection::ResponseUnrecordable
-            | Rejection::TransactionAborted => StatusCode::INTERNAL_SERVER_ERROR,
-            Rejection::StoreUnavailable | Rejection::OverCapacity | Rejection::ShuttingDown => {
+            Self::KeyMissing | Self::KeyMalformed | Self::KeyRepeated | Self::BodyUnreadable => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::InFlight => StatusCode::CONFLICT,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RecordCorrupt
+            | Self::HandlerPanicked
+            | Self::NotRecorded
+            | Self::Misconfigured
+            | Self::ResponseUnrecordable
+            | Self::TransactionAborted => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::StoreUnavailable | Self::OverCapacity | Self::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -91,43 +90,43 @@ impl Rejection {
     /// The short, stable code.
     pub fn code(self) -> &'static str {
         match self {
-            Rejection::KeyMissing => "key-missing",
-            Rejection::KeyMalformed => "key-malformed",
-            Rejection::KeyRepeated => "key-repeated",
-            Rejection::BodyUnreadable => "body-unreadable",
-            Rejection::InFlight => "in-flight",
-            Rejection::BodyTooLarge => "body-too-large",
-            Rejection::KeyReused => "key-reused",
-            Rejection::RecordCorrupt => "record-corrupt",
-            Rejection::HandlerPanicked => "handler-panicked",
-            Rejection::NotRecorded => "not-recorded",
-            Rejection::Misconfigured => "misconfigured",
-            Rejection::ResponseUnrecordable => "response-unrecordable",
-            Rejection::TransactionAborted => "transaction-aborted",
-            Rejection::StoreUnavailable => "store-unavailable",
-            Rejection::OverCapacity => "over-capacity",
-            Rejection::ShuttingDown => "shutting-down",
+            Self::KeyMissing => "key-missing",
+            Self::KeyMalformed => "key-malformed",
+            Self::KeyRepeated => "key-repeated",
+            Self::BodyUnreadable => "body-unreadable",
+            Self::InFlight => "in-flight",
+            Self::BodyTooLarge => "body-too-large",
+            Self::KeyReused => "key-reused",
+            Self::RecordCorrupt => "record-corrupt",
+            Self::HandlerPanicked => "handler-panicked",
+            Self::NotRecorded => "not-recorded",
+            Self::Misconfigured => "misconfigured",
+            Self::ResponseUnrecordable => "response-unrecordable",
+            Self::TransactionAborted => "transaction-aborted",
+            Self::StoreUnavailable => "store-unavailable",
+            Self::OverCapacity => "over-capacity",
+            Self::ShuttingDown => "shutting-down",
         }
     }
 
     fn title(self) -> &'static str {
         match self {
-            Rejection::KeyMissing => "Idempotency-Key header missing",
-            Rejection::KeyMalformed => "Idempotency-Key header malformed",
-            Rejection::KeyRepeated => "More than one Idempotency-Key header",
-            Rejection::BodyUnreadable => "Request body unreadable",
-            Rejection::InFlight => "A request with this key is in flight",
-            Rejection::BodyTooLarge => "Request body too large",
-            Rejection::KeyReused => "Idempotency-Key reused for another request",
-            Rejection::RecordCorrupt => "Stored response unreadable",
-            Rejection::HandlerPanicked => "Handler failed; outcome unknown",
-            Rejection::NotRecorded => "Result not recorded",
-            Rejection::Misconfigured => "Idempotency layer misconfigured",
-            Rejection::ResponseUnrecordable => "Response not recordable; writes rolled back",
-            Rejection::TransactionAborted => "Transaction aborted by the handler's statements",
-            Rejection::StoreUnavailable => "Idempotency store unavailable",
-            Rejection::OverCapacity => "Too many requests in flight",
-            Rejection::ShuttingDown => "Service shutting down",
+            Self::KeyMissing => "Idempotency-Key header missing",
+            Self::KeyMalformed => "Idempotency-Key header malformed",
+            Self::KeyRepeated => "More than one Idempotency-Key header",
+            Self::BodyUnreadable => "Request body unreadable",
+            Self::InFlight => "A request with this key is in flight",
+            Self::BodyTooLarge => "Request body too large",
+            Self::KeyReused => "Idempotency-Key reused for another request",
+            Self::RecordCorrupt => "Stored response unreadable",
+            Self::HandlerPanicked => "Handler failed; outcome unknown",
+            Self::NotRecorded => "Result not recorded",
+            Self::Misconfigured => "Idempotency layer misconfigured",
+            Self::ResponseUnrecordable => "Response not recordable; writes rolled back",
+            Self::TransactionAborted => "Transaction aborted by the handler's statements",
+            Self::StoreUnavailable => "Idempotency store unavailable",
+            Self::OverCapacity => "Too many requests in flight",
+            Self::ShuttingDown => "Service shutting down",
         }
     }
 

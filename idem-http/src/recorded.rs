@@ -74,7 +74,7 @@ impl RecordedResponse {
             .filter(|(name, _)| replayed(name) && !NEVER_REPLAYED.contains(name))
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
-        RecordedResponse {
+        Self {
             status: parts.status,
             headers,
             body,
@@ -170,7 +170,7 @@ impl RecordedResponse {
                 .map_err(|err| format!("a base64 body does not decode: {err}"))?,
             _ => return Err("the record's body has no `t` or `b` marker".to_owned()),
         };
-        Ok(RecordedResponse {
+        Ok(Self {
             status,
             headers,
             body,

@@ -262,7 +262,7 @@ enum Failure<E> {
 
 impl<E> From<Error> for Failure<E> {
     fn from(err: Error) -> Self {
-        Failure::Idem(err)
+        Self::Idem(err)
     }
 }
 

@@ -27,7 +27,7 @@ struct Lent<S: TransactionalStore>(Slot<S>);
 
 impl<S: TransactionalStore> Clone for Lent<S> {
     fn clone(&self) -> Self {
-        Lent(self.0.clone())
+        Self(self.0.clone())
     }
 }
 
@@ -43,7 +43,7 @@ pub(crate) enum Unrecorded {
 
 impl From<Error> for Unrecorded {
     fn from(err: Error) -> Self {
-        Unrecorded::Idem(err)
+        Self::Idem(err)
     }
 }
 
@@ -87,7 +87,7 @@ pub(crate) struct InTransaction<S>(std::marker::PhantomData<fn() -> S>);
 
 impl<S> InTransaction<S> {
     pub(crate) fn new() -> Self {
-        InTransaction(std::marker::PhantomData)
+        Self(std::marker::PhantomData)
     }
 }
 
@@ -135,7 +135,7 @@ impl<S: TransactionalStore> Lending for Claimed<S> {
         self: Box<Self>,
         result: Result<RecordedResponse, Disposition>,
     ) -> BoxFuture<'static, Result<RecordedResponse, Unrecorded>> {
-        let Claimed { slot, claim } = *self;
+        let Self { slot, claim } = *self;
         Box::pin(async move {
             // Locked only while a `Tx` lives: the handler has answered, so one that still
             // lives was moved somewhere that outlives the request, and what it writes next
@@ -218,14 +218,12 @@ pub enum TxRejection {
 impl std::fmt::Display for TxRejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            TxRejection::NotLent => {
+            Self::NotLent => {
                 "no transaction was lent to this request: a `Tx` needs the route behind an \
                  `IdempotencyLayer` in transactional mode (`in_transaction`), for a request \
                  with an Idempotency-Key and a method the layer covers"
             }
-            TxRejection::Taken => {
-                "the request's transaction is taken already: take one `Tx` per request"
-            }
+            Self::Taken => "the request's transaction is taken already: take one `Tx` per request",
         })
     }
 }
@@ -249,7 +247,7 @@ impl<S: TransactionalStore, State: Send + Sync> FromRequestParts<State> for Tx<S
         // Empty once the layer took it back to commit: nothing left to lend.
         let lent =
             OwnedMutexGuard::try_map(lent, Option::as_mut).map_err(|_| TxRejection::Taken)?;
-        Ok(Tx { lent })
+        Ok(Self { lent })
     }
 }
 
@@ -263,7 +261,7 @@ impl<S: TransactionalStore, State: Send + Sync> OptionalFromRequestParts<State> 
         parts: &mut Parts,
         state: &State,
     ) -> Result<Option<Self>, TxRejection> {
-        match <Tx<S> as FromRequestParts<State>>::from_request_parts(parts, state).await {
+        match <Self as FromRequestParts<State>>::from_request_parts(parts, state).await {
             Ok(tx) => Ok(Some(tx)),
             Err(TxRejection::NotLent) => Ok(None),
             Err(err) => Err(err),

@@ -2,7 +2,10 @@
 //! a hyper client, counted handler executions; each check on the memory store and on Redis.
 //! `docs/http.md` maps each requirement to its check here.
 
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 mod support;
 
@@ -34,7 +37,7 @@ struct Setup {
 
 impl Setup {
     fn plain(idem: Idempotency) -> Self {
-        Setup {
+        Self {
             idem,
             transactional: false,
         }

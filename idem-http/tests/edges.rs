@@ -1,7 +1,10 @@
 //! Edges of the layer found by review, each driven through the router directly (a body that
 //! stalls mid-upload, a store that loses leases), with counted handler executions.
 
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -2,7 +2,10 @@
 //! private PostgreSQL through the request's `Tx`, an axum server on a loopback port, a real
 //! client, and the rows counted in the database afterwards.
 
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 mod support;
 
@@ -246,7 +249,7 @@ impl Database {
         let idem = Idempotency::new(store)
             .with_key_prefix(prefix)
             .with_store_attempts(1);
-        Database { server, pool, idem }
+        Self { server, pool, idem }
     }
 
     async fn charges(&self) -> i64 {

@@ -63,8 +63,8 @@ pub(crate) struct Args {
 }
 
 impl Parse for Args {
-    fn parse(input: ParseStream) -> syn::Result<Self> {
-        let mut args = Args::default();
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let mut args = Self::default();
         while !input.is_empty() {
             args.parse_one(input)?;
             if input.is_empty() {
@@ -77,7 +77,7 @@ impl Parse for Args {
 }
 
 impl Args {
-    fn parse_one(&mut self, input: ParseStream) -> syn::Result<()> {
+    fn parse_one(&mut self, input: ParseStream<'_>) -> syn::Result<()> {
         let lookahead = input.lookahead1();
         if lookahead.peek(kw::key) {
             let token = input.parse::<kw::key>()?;
@@ -174,12 +174,12 @@ impl Args {
     }
 }
 
-fn expr_value(input: ParseStream) -> syn::Result<Expr> {
+fn expr_value(input: ParseStream<'_>) -> syn::Result<Expr> {
     input.parse::<Token![=]>()?;
     input.parse()
 }
 
-fn duration_value(input: ParseStream) -> syn::Result<DurationArg> {
+fn duration_value(input: ParseStream<'_>) -> syn::Result<DurationArg> {
     input.parse::<Token![=]>()?;
     let literal: LitStr = input.parse()?;
     let text = literal.value();

@@ -19,7 +19,7 @@ pub(crate) struct Body {
 }
 
 impl Parse for Function {
-    fn parse(input: ParseStream) -> syn::Result<Self> {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let attrs = input.call(Attribute::parse_outer)?;
         let vis = input.parse()?;
         let sig = input.parse()?;
@@ -34,7 +34,7 @@ impl Parse for Function {
                 stmts: content.parse()?,
             })
         };
-        Ok(Function {
+        Ok(Self {
             attrs,
             vis,
             sig,
@@ -45,7 +45,7 @@ impl Parse for Function {
 
 impl ToTokens for Function {
     fn to_tokens(&self, tokens: &mut TokenStream) {
-        let Function {
+        let Self {
             attrs,
             vis,
             sig,

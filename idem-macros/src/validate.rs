@@ -26,8 +26,8 @@ impl Shape {
     /// The function's return type `R`, when it can be read off.
     pub(crate) fn ret(&self) -> Option<&Type> {
         match self {
-            Shape::Async { ret } => Some(ret),
-            Shape::AsyncTrait { ret, .. } => ret.as_ref(),
+            Self::Async { ret } => Some(ret),
+            Self::AsyncTrait { ret, .. } => ret.as_ref(),
         }
     }
 }

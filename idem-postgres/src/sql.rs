@@ -289,7 +289,7 @@ impl Statements {
         // claim's lease would have ended.
         let completed = "SET state = 1, record = $3, attempt = NULL, expires_at = \
             greatest(statement_timestamp() + $4::bigint * interval '1 millisecond', lease_until)";
-        Statements {
+        Self {
             table: table.to_owned(),
             schema,
             claim: sql(claim),

@@ -43,7 +43,7 @@ pub struct PoolOptions {
 impl Default for PoolOptions {
     /// [`DEFAULT_MAX_CONNECTIONS`] connections, [`DEFAULT_ACQUIRE_TIMEOUT`].
     fn default() -> Self {
-        PoolOptions {
+        Self {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
         }
@@ -54,6 +54,7 @@ impl PoolOptions {
     /// At most `connections` open at once (at least 1). Each request in the HTTP layer's
     /// transactional mode holds one from its claim to its commit, so this bounds the requests
     /// in flight too.
+    #[must_use]
     pub fn max_connections(mut self, connections: u32) -> Self {
         self.max_connections = connections.max(1);
         self
@@ -62,6 +63,7 @@ impl PoolOptions {
     /// How long an operation waits for a connection (a free one, or a new one connected)
     /// before it fails with [`Error::Store`]: when the server is down, how long a request
     /// waits for its 503.
+    #[must_use]
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
         self.acquire_timeout = timeout;
         self
@@ -166,7 +168,7 @@ impl PostgresStore {
 
     /// A store over a pool you configured, with the default table (`idem_records`).
     pub fn from_pool(pool: PgPool) -> Self {
-        PostgresStore {
+        Self {
             pool,
             sql: Arc::new(Statements::default_table()),
             sessions: Arc::default(),

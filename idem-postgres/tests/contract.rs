@@ -1,7 +1,10 @@
 //! The store contract suite against a real PostgreSQL: a private cluster per test (or the
 //! database at `IDEM_TEST_DATABASE_URL`), each test with a table of its own.
 
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use idem_core::testing::Fixture;
 use idem_core::Store;

@@ -3,7 +3,10 @@
 //! two statements to the caller's transaction (the claim and the record), a replay runs three
 //! (`BEGIN`, the claim that finds the record, `ROLLBACK`).
 
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use idem_core::{Call, Error, Idempotency, TransactionBegun};
 use idem_postgres::sqlx::postgres::PgConnectOptions;

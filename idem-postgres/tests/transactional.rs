@@ -2,7 +2,10 @@
 //! body inserts a ledger row through the transaction's connection, so the ledger is the ground
 //! truth of how often the effect happened.
 
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -93,20 +96,20 @@ impl Db {
 #[derive(Debug)]
 enum AppError {
     Idem(Error),
-    #[allow(dead_code)] // shown by failure messages
+    #[allow(dead_code, reason = "shown by failure messages")]
     Db(sqlx::Error),
     Declined,
 }
 
 impl From<Error> for AppError {
     fn from(err: Error) -> Self {
-        AppError::Idem(err)
+        Self::Idem(err)
     }
 }
 
 impl From<sqlx::Error> for AppError {
     fn from(err: sqlx::Error) -> Self {
-        AppError::Db(err)
+        Self::Db(err)
     }
 }
 
@@ -535,7 +538,7 @@ enum Refusal {
 
 impl From<Error> for Refusal {
     fn from(err: Error) -> Self {
-        Refusal::Idem(err.to_string())
+        Self::Idem(err.to_string())
     }
 }
 

@@ -93,8 +93,8 @@ struct Keys {
 }
 
 impl Keys {
-    fn beside(state: String) -> Keys {
-        Keys {
+    fn beside(state: String) -> Self {
+        Self {
             fence: format!("{state}:fence"),
             channel: format!("{state}:changed"),
             state,
@@ -270,7 +270,7 @@ where
     /// cluster connection, or your own wrapper). Waiting duplicates poll unless you also give
     /// a client for pub/sub with [`with_pubsub`](Self::with_pubsub).
     pub fn from_connection(connection: C) -> Self {
-        RedisStore {
+        Self {
             connection,
             key_prefix: String::new(),
             replica_acks: None,
@@ -344,6 +344,7 @@ where
     }
 
     /// Wakes waiting duplicates through pub/sub on a connection of `client`'s.
+    #[must_use]
     pub fn with_pubsub(mut self, client: redis::Client) -> Self {
         self.waiters = Waiters::new(Some(client));
         self
@@ -371,6 +372,7 @@ where
     /// Each acknowledged write costs one more round trip. Keep `timeout` below the connection's
     /// response timeout ([`DEFAULT_RESPONSE_TIMEOUT`], 400ms, with `connect`), or the `WAIT`
     /// itself times out.
+    #[must_use]
     pub fn with_replica_acks(mut self, replicas: u32, timeout: Duration) -> Self {
         self.replica_acks = Some((replicas, timeout));
         self
@@ -597,9 +599,8 @@ where
             .await
             .map_err(|err| redis_error("wait", &keys.state, err))?;
         Ok(match value.as_deref().map(state::parse) {
-            None => false,
             Some(Some(State::Pending { fence: current, .. })) => current == fence,
-            Some(Some(State::Completed { .. } | State::Released { .. })) => false,
+            None | Some(Some(State::Completed { .. } | State::Released { .. })) => false,
             Some(None) => return Err(Error::corrupt(&keys.state, "not an idem state value")),
         })
     }
@@ -790,11 +791,8 @@ fn unexpected(operation: &'static str, reply: &Value) -> Error {
 /// writing); a refused connection means it was never sent; anything else (I/O, timeouts, a
 /// dropped connection) may have applied.
 fn redis_error(operation: &'static str, key: &str, err: RedisError) -> Error {
-    match err.code() {
-        Some("IDEM_CORRUPT") | Some("WRONGTYPE") => {
-            return Error::corrupt(key, err.to_string());
-        }
-        _ => {}
+    if let Some("IDEM_CORRUPT" | "WRONGTYPE") = err.code() {
+        return Error::corrupt(key, err.to_string());
     }
     if matches!(err.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
         || err.is_connection_refusal()

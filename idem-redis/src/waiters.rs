@@ -97,7 +97,7 @@ impl Drop for Connecting {
 
 impl Waiters {
     pub(crate) fn new(client: Option<redis::Client>) -> Self {
-        Waiters {
+        Self {
             client,
             slot: Arc::default(),
         }

@@ -3,7 +3,10 @@
 //! tested one). Each test drives every store transition through the runtime and checks that the
 //! server denied nothing, not even a command whose denial the store would tolerate.
 
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -197,7 +200,7 @@ async fn a_user_limited_to_the_documented_acl_rule_is_enough() {
             .arg("someone-elses-channel")
             .arg("x")
             .clone(),
-        redis::cmd("FLUSHALL").clone(),
+        redis::cmd("FLUSHALL"),
         redis::cmd("KEYS").arg("*").clone(),
     ] {
         let result: redis::RedisResult<redis::Value> = command.query(&mut limited);

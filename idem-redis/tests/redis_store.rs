@@ -2,7 +2,10 @@
 //! the wrong shape, a server that is down or slow, replica acknowledgements, several instances
 //! sharing one server, key prefixes.
 
-#![allow(clippy::unwrap_used)] // test helpers fail loudly by design
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;

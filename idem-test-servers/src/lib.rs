@@ -6,7 +6,10 @@
 //! are no silent skips.
 
 // Test support: a failure to set a server up fails the test that asked for it, loudly.
-#![allow(clippy::unwrap_used)]
+#![allow(
+    clippy::unwrap_used,
+    reason = "tests and their helpers fail loudly by design"
+)]
 
 mod commit_proxy;
 pub mod postgres;

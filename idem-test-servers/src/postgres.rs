@@ -148,6 +148,7 @@ fn template() -> &'static Path {
 }
 
 /// One running PostgreSQL cluster.
+#[derive(Debug)]
 pub struct PostgresServer {
     /// The port it listens on (127.0.0.1).
     pub port: u16,
@@ -169,7 +170,7 @@ impl PostgresServer {
             .status()
             .unwrap();
         assert!(copied.success(), "copying the template cluster failed");
-        let mut server = PostgresServer {
+        let mut server = Self {
             port,
             dir,
             running: false,

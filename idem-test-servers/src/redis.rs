@@ -40,6 +40,7 @@ pub fn free_port() -> u16 {
 }
 
 /// One running `redis-server`.
+#[derive(Debug)]
 pub struct RedisServer {
     child: Option<Child>,
     /// The port it listens on (127.0.0.1).
@@ -59,7 +60,7 @@ impl RedisServer {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("idem-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut server = RedisServer {
+        let mut server = Self {
             child: None,
             port,
             dir,
@@ -189,6 +190,7 @@ pub fn any_server() -> (String, Option<RedisServer>) {
 }
 
 /// A 3-master Redis Cluster on local ports, formed with `redis-cli --cluster create`.
+#[derive(Debug)]
 pub struct RedisCluster {
     /// The three masters.
     pub nodes: Vec<RedisServer>,
@@ -220,7 +222,7 @@ impl RedisCluster {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        RedisCluster { nodes }
+        Self { nodes }
     }
 
     /// A cluster-enabled server without persistence, not yet part of any cluster.
@@ -246,6 +248,7 @@ impl RedisCluster {
 /// A server that also accepts TLS, on [`tls_port`](Self::tls_port), with a certificate for
 /// `127.0.0.1` and `localhost` signed by a certificate authority made for it at start. The plain
 /// port stays open for set-up and inspection (`cli`, `connection`).
+#[derive(Debug)]
 pub struct TlsRedisServer {
     /// The server; its plain port serves the harness.
     pub server: RedisServer,
@@ -293,7 +296,7 @@ impl TlsRedisServer {
             "--tls-auth-clients",
             "no",
         ]);
-        TlsRedisServer {
+        Self {
             server,
             tls_port,
             ca_pem: made.ca,

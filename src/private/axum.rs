@@ -58,7 +58,7 @@ impl<T: Recordable> HandlerResponse for Json<T> {
         self.0
     }
     fn replay(record: T) -> Self {
-        Json(record)
+        Self(record)
     }
 }
 
@@ -88,7 +88,7 @@ pub enum NotRecorded<E, R> {
 
 impl<E: From<Error>, R> From<Error> for NotRecorded<E, R> {
     fn from(err: Error) -> Self {
-        NotRecorded::Failed(E::from(err))
+        Self::Failed(E::from(err))
     }
 }
 

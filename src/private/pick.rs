@@ -52,9 +52,9 @@ pub struct Returns<R>(PhantomData<R>);
 impl<R> Returns<R> {
     /// The pick for a function returning `R`, named by its return type (`transaction = conn`,
     /// whose body runs after the claim, so cannot name it).
-    #[allow(clippy::new_without_default)]
+    #[allow(clippy::new_without_default, reason = "named by generated code only")]
     pub fn new() -> Self {
-        Returns(PhantomData)
+        Self(PhantomData)
     }
 }
 

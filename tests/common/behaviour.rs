@@ -41,7 +41,7 @@ pub enum Declined {
 
 impl From<Error> for Declined {
     fn from(err: Error) -> Self {
-        Declined::Idem(err.to_string())
+        Self::Idem(err.to_string())
     }
 }
 
@@ -476,7 +476,7 @@ pub enum PayError {
 
 impl From<Error> for PayError {
     fn from(err: Error) -> Self {
-        PayError::Idem(err.to_string())
+        Self::Idem(err.to_string())
     }
 }
 

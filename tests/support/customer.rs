@@ -16,6 +16,6 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Customer {
             .headers
             .get("x-customer")
             .and_then(|v| v.to_str().ok());
-        Ok(Customer(customer.unwrap_or("anonymous").to_owned()))
+        Ok(Self(customer.unwrap_or("anonymous").to_owned()))
     }
 }

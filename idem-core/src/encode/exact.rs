@@ -68,7 +68,7 @@ impl std::error::Error for Unwritable {}
 
 impl ser::Error for Unwritable {
     fn custom<T: std::fmt::Display>(msg: T) -> Self {
-        Unwritable(format!("it does not serialize ({msg})"))
+        Self(format!("it does not serialize ({msg})"))
     }
 }
 
@@ -124,16 +124,16 @@ struct Parts {
 }
 
 impl Parts {
-    fn ordered(start: u64) -> Parts {
-        Parts {
+    fn ordered(start: u64) -> Self {
+        Self {
             ordered: start,
             unordered: None,
             key: None,
         }
     }
 
-    fn unordered(kind: u64) -> Parts {
-        Parts {
+    fn unordered(kind: u64) -> Self {
+        Self {
             ordered: kind,
             unordered: Some((0, 0)),
             key: None,
@@ -208,7 +208,7 @@ impl ser::Serializer for Shape {
     }
 
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<u64, Unwritable> {
-        Ok(mix(kind::SOME, value.serialize(Shape)?))
+        Ok(mix(kind::SOME, value.serialize(Self)?))
     }
 
     fn serialize_unit(self) -> Result<u64, Unwritable> {
@@ -234,7 +234,7 @@ impl ser::Serializer for Shape {
         value: &T,
     ) -> Result<u64, Unwritable> {
         let start = mix(kind::NEWTYPE_STRUCT, name(type_name));
-        Ok(mix(start, value.serialize(Shape)?))
+        Ok(mix(start, value.serialize(Self)?))
     }
 
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
@@ -245,7 +245,7 @@ impl ser::Serializer for Shape {
         value: &T,
     ) -> Result<u64, Unwritable> {
         let start = mix(mix(kind::NEWTYPE_VARIANT, name(type_name)), name(variant));
-        Ok(mix(start, value.serialize(Shape)?))
+        Ok(mix(start, value.serialize(Self)?))
     }
 
     fn serialize_seq(self, _: Option<usize>) -> Result<Parts, Unwritable> {
@@ -306,7 +306,7 @@ macro_rules! compound {
                 $($key: &'static str,)?
                 value: &T,
             ) -> Result<(), Unwritable> {
-                #[allow(unused_mut)]
+                #[allow(unused_mut, reason = "mutated only by the arms that have a key")]
                 let mut part = value.serialize(Shape)?;
                 $(part = mix(mix(kind::FIELD, name($key)), part);)?
                 self.push(part);
@@ -345,11 +345,15 @@ impl ser::SerializeMap for Parts {
     }
 
     fn end(self) -> Result<u64, Unwritable> {
-        Ok(Parts::end(self))
+        Ok(Self::end(self))
     }
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::option_option,
+    reason = "`Some(None)` is a case JSON cannot tell apart"
+)]
 mod tests {
     use super::*;
     use std::collections::{BTreeMap, HashMap, HashSet};
@@ -375,7 +379,7 @@ mod tests {
     impl<'de> serde::Deserialize<'de> for Scopes {
         fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
             let text = String::deserialize(deserializer)?;
-            Ok(Scopes(text.split(' ').map(str::to_owned).collect()))
+            Ok(Self(text.split(' ').map(str::to_owned).collect()))
         }
     }
 

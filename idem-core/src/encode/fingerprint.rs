@@ -29,7 +29,7 @@ impl Fingerprint {
     pub fn of_value(request: &Value) -> Self {
         let mut hasher = HashWriter(Sha256::new());
         write_canonical(&mut hasher, request);
-        Fingerprint(hasher.0.finalize().into())
+        Self(hasher.0.finalize().into())
     }
 }
 

@@ -114,9 +114,12 @@ type Owner = (TypeId, Option<TypeId>);
 
 impl FunctionNamespace {
     /// An empty cell, for a `static`.
-    #[allow(clippy::new_without_default)]
+    #[allow(
+        clippy::new_without_default,
+        reason = "a const fn for a static; Default is not const"
+    )]
     pub const fn new() -> Self {
-        FunctionNamespace {
+        Self {
             resolved: OnceLock::new(),
         }
     }

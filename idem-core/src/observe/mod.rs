@@ -60,19 +60,19 @@ impl CallOutcome {
     /// label.
     pub fn as_str(self) -> &'static str {
         match self {
-            CallOutcome::Executed => "executed",
-            CallOutcome::Replayed => "replayed",
-            CallOutcome::Waited => "waited",
-            CallOutcome::InProgress => "in_progress",
-            CallOutcome::KeyReused => "key_reused",
-            CallOutcome::LeaseLost => "lease_lost",
-            CallOutcome::NotRecorded => "not_recorded",
-            CallOutcome::Released => "released",
-            CallOutcome::OutcomeUnknown => "outcome_unknown",
-            CallOutcome::StoreError => "store_error",
-            CallOutcome::Corrupt => "corrupt",
-            CallOutcome::Invalid => "invalid",
-            CallOutcome::Cancelled => "cancelled",
+            Self::Executed => "executed",
+            Self::Replayed => "replayed",
+            Self::Waited => "waited",
+            Self::InProgress => "in_progress",
+            Self::KeyReused => "key_reused",
+            Self::LeaseLost => "lease_lost",
+            Self::NotRecorded => "not_recorded",
+            Self::Released => "released",
+            Self::OutcomeUnknown => "outcome_unknown",
+            Self::StoreError => "store_error",
+            Self::Corrupt => "corrupt",
+            Self::Invalid => "invalid",
+            Self::Cancelled => "cancelled",
         }
     }
 
@@ -82,18 +82,18 @@ impl CallOutcome {
         match err {
             // The body did not run, and another call may hold the key.
             Error::InProgress { .. } | Error::ClaimLapsed { .. } | Error::Deadlock { .. } => {
-                CallOutcome::InProgress
+                Self::InProgress
             }
-            Error::KeyReused { .. } => CallOutcome::KeyReused,
-            Error::LeaseLost { .. } => CallOutcome::LeaseLost,
-            Error::NotRecorded { .. } => CallOutcome::NotRecorded,
-            Error::Store { .. } => CallOutcome::StoreError,
-            Error::Corrupt { .. } => CallOutcome::Corrupt,
+            Error::KeyReused { .. } => Self::KeyReused,
+            Error::LeaseLost { .. } => Self::LeaseLost,
+            Error::NotRecorded { .. } => Self::NotRecorded,
+            Error::Store { .. } => Self::StoreError,
+            Error::Corrupt { .. } => Self::Corrupt,
             // Rolled back whole: the key is free, as for a released error.
-            Error::TransactionAborted { .. } | Error::RolledBack { .. } => CallOutcome::Released,
+            Error::TransactionAborted { .. } | Error::RolledBack { .. } => Self::Released,
             // Committed with its record, or not at all: nobody knows yet.
-            Error::CommitUnknown { .. } => CallOutcome::OutcomeUnknown,
-            _ => CallOutcome::Invalid,
+            Error::CommitUnknown { .. } => Self::OutcomeUnknown,
+            _ => Self::Invalid,
         }
     }
 }
@@ -160,7 +160,10 @@ pub trait Observer: Send + Sync + 'static {
 /// anonymise it (anyone can hash a guessed key and compare).
 pub(crate) fn key_hash(store_key: &str) -> String {
     // SipHash with fixed keys: the same for every process of one build, and cheap.
-    #[allow(deprecated)]
+    #[allow(
+        deprecated,
+        reason = "SipHasher is deprecated for its name only; its keys are fixed here"
+    )]
     let mut hasher = std::hash::SipHasher::new();
     store_key.hash(&mut hasher);
     format!("{:016x}", hasher.finish())
@@ -195,7 +198,7 @@ impl CallTrace {
             Span::none()
         };
         let started = (observer.is_some() || cfg!(feature = "metrics")).then(Instant::now);
-        CallTrace {
+        Self {
             span,
             namespace,
             observer,

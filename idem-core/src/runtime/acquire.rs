@@ -153,7 +153,10 @@ impl Idempotency {
                     }
                 }
                 // ClaimOutcome is non_exhaustive for stores; a future variant is a store bug.
-                #[allow(unreachable_patterns)]
+                #[allow(
+                    unreachable_patterns,
+                    reason = "ClaimOutcome is non_exhaustive to other crates only"
+                )]
                 other => {
                     return Err(Error::store(
                         "claim",

@@ -223,9 +223,8 @@ where
                 }
             }
         }
-        Driven::NotRun(err) => Err(err.into()),
+        Driven::NotRun(err) | Driven::Ran(Err(err)) => Err(err.into()),
         Driven::Ran(Ok(())) => output.unwrap_or_else(|| Err(body_lost().into())),
-        Driven::Ran(Err(err)) => Err(err.into()),
     }
 }
 

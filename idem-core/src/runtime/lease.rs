@@ -208,7 +208,7 @@ pub(crate) struct LeaseClock(std::sync::Mutex<Instant>);
 
 impl LeaseClock {
     pub(crate) fn new(valid_until: Instant) -> Self {
-        LeaseClock(std::sync::Mutex::new(valid_until))
+        Self(std::sync::Mutex::new(valid_until))
     }
 
     pub(crate) fn valid_until(&self) -> Instant {

@@ -105,7 +105,7 @@ impl Idempotency {
     /// A runtime over a shared store. (Modes that need a store's own type, such as running in a
     /// database transaction, need [`new`](Self::new).)
     pub fn from_arc(store: Arc<dyn Store>) -> Self {
-        Idempotency {
+        Self {
             inner: Arc::new(Settings {
                 store,
                 concrete: None,
@@ -121,6 +121,7 @@ impl Idempotency {
     }
 
     /// How long records are kept (and so, how long a duplicate is recognised).
+    #[must_use]
     pub fn with_retention(mut self, retention: Duration) -> Self {
         Arc::make_mut(&mut self.inner).retention = retention;
         self
@@ -129,6 +130,7 @@ impl Idempotency {
     /// How long a claim lasts; the runtime renews it every third of this while the body runs
     /// (on a multi-thread runtime from a task of its own, so that a body blocking its thread
     /// in `block_in_place` keeps its claim).
+    #[must_use]
     pub fn with_lease(mut self, lease: Duration) -> Self {
         Arc::make_mut(&mut self.inner).lease = lease;
         self
@@ -141,12 +143,14 @@ impl Idempotency {
     /// let it go); if another call recorded meanwhile, its caller gets that result
     /// ([`Served::Superseded`](crate::Served::Superseded)); while another call still holds the
     /// key, [`Error::LeaseLost`].
+    #[must_use]
     pub fn with_max_hold(mut self, max_hold: Duration) -> Self {
         Arc::make_mut(&mut self.inner).max_hold = Some(max_hold);
         self
     }
 
     /// The prefix of every store key (to share one store between services).
+    #[must_use]
     pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
         Arc::make_mut(&mut self.inner).key_prefix = prefix.into();
         self
@@ -155,6 +159,7 @@ impl Idempotency {
     /// How many times each store operation is tried before its error is returned (at least 1).
     /// All operations are safe to repeat: claims are re-entrant per attempt and writes are
     /// fenced.
+    #[must_use]
     pub fn with_store_attempts(mut self, attempts: u32) -> Self {
         Arc::make_mut(&mut self.inner).store_attempts = attempts.max(1);
         self
@@ -162,6 +167,7 @@ impl Idempotency {
 
     /// Tells `observer` of every call's end (see [`Observer`]). Calls are traced with `tracing`
     /// either way, and counted with `metrics` when the `metrics` feature is on.
+    #[must_use]
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
         Arc::make_mut(&mut self.inner).observer = Some(observer);
         self
@@ -324,8 +330,8 @@ impl Idempotency {
     }
 }
 
-impl AsRef<Idempotency> for Idempotency {
-    fn as_ref(&self) -> &Idempotency {
+impl AsRef<Self> for Idempotency {
+    fn as_ref(&self) -> &Self {
         self
     }
 }

@@ -65,8 +65,8 @@ enum Clock {
 impl Clock {
     fn now(self) -> Instant {
         match self {
-            Clock::Real => Instant::now(),
-            Clock::Tokio => tokio::time::Instant::now().into_std(),
+            Self::Real => Instant::now(),
+            Self::Tokio => tokio::time::Instant::now().into_std(),
         }
     }
 }
@@ -100,14 +100,14 @@ enum Entry {
 impl Entry {
     fn is_live(&self, now: Instant) -> bool {
         match self {
-            Entry::Pending { lease_until, .. } => *lease_until > now,
-            Entry::Completed { expires_at, .. } => *expires_at > now,
+            Self::Pending { lease_until, .. } => *lease_until > now,
+            Self::Completed { expires_at, .. } => *expires_at > now,
         }
     }
 
     /// Wakes the waiters of a pending entry that is being replaced or removed.
     fn wake_waiters(&self) {
-        if let Entry::Pending { changed, .. } = self {
+        if let Self::Pending { changed, .. } = self {
             changed.notify_waiters();
         }
     }
@@ -141,7 +141,7 @@ impl MemoryStore {
     }
 
     fn on(clock: Clock) -> Self {
-        MemoryStore {
+        Self {
             clock,
             // Levels spread from 50% to 85%, below the 87.5% at which a table grows by itself.
             shards: (0..SHARDS)

@@ -33,7 +33,7 @@ pub struct AttemptId(pub u128);
 impl AttemptId {
     /// A new attempt id, unique within and (with overwhelming probability) across processes.
     pub fn random() -> Self {
-        AttemptId(attempt::u128())
+        Self(attempt::u128())
     }
 }
 
@@ -93,7 +93,7 @@ pub enum ClaimOutcome {
 impl ClaimOutcome {
     /// The caller now holds the key, under `fence`.
     pub fn acquired(fence: Fence) -> Self {
-        ClaimOutcome::Acquired { fence }
+        Self::Acquired { fence }
     }
 }
 

@@ -130,7 +130,7 @@ mod tests {
                 Err(Error::Corrupt { .. })
             ));
         }
-        let mut bad_tag = bytes.clone();
+        let mut bad_tag = bytes;
         bad_tag[5] = 9;
         assert!(matches!(
             Record::decode("k", &bad_tag),

@@ -33,9 +33,9 @@ pub struct FaultyStore {
 impl FaultyStore {
     /// Over `inner`, every switch off.
     pub fn new(inner: MemoryStore) -> Self {
-        FaultyStore {
+        Self {
             inner,
-            ..FaultyStore::default()
+            ..Self::default()
         }
     }
 }

@@ -78,7 +78,7 @@ pub(crate) struct Registered {
 impl Registered {
     pub(crate) fn new(claims: Arc<TransactionClaims>, entry: (usize, String)) -> Self {
         lock(&claims).insert(entry.clone());
-        Registered {
+        Self {
             claims,
             entry: Some(entry),
         }
@@ -97,6 +97,19 @@ pub(super) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<S: TransactionalStore, T, E, F> std::fmt::Debug for TransactionBegun<'_, S, T, E, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // Not the result: it may hold personal data, and a `Debug` ends up in logs.
+            TransactionBegun::Done(result) => f
+                .debug_tuple("Done")
+                .field(&if result.is_ok() { "Ok(..)" } else { "Err(..)" })
+                .finish(),
+            TransactionBegun::Claimed(claim) => f.debug_tuple("Claimed").field(claim).finish(),
+        }
+    }
 }
 
 impl<'c, S: TransactionalStore, T, E, F> std::fmt::Debug for TransactionClaim<'c, S, T, E, F> {

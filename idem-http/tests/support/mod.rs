@@ -1,6 +1,10 @@
 //! A payments app behind the layer, served by axum on a loopback port, and a real HTTP client.
 
-#![allow(dead_code, unreachable_pub)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "shared by several test crates, each using a part"
+)]
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -212,7 +216,7 @@ impl Running {
     pub async fn serve(router: Router, counters: Arc<Counters>) -> Self {
         let addr = serve(router).await;
         let client = Client::builder(TokioExecutor::new()).build_http();
-        Running {
+        Self {
             addr,
             counters,
             client,
