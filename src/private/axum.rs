@@ -13,7 +13,8 @@ use idem_core::{
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{
-    ClassifiedJsonReturn, FromIdemError, JsonReturn, Recordable, TransactionConnection, TxBegun,
+    AsJson, ClassifiedJsonReturn, FromIdemError, JsonReturn, Recordable, TransactionConnection,
+    TxBegun,
 };
 
 impl<T, E> super::AxumResponse for Result<Json<T>, E> {}
@@ -255,5 +256,48 @@ impl<R: HandlerResponse, E: FromIdemError> ClassifiedJsonReturn for Result<R, E>
         on_error: impl Fn(&E) -> Disposition,
     ) -> Self {
         run_handler(runtime, call, body, on_error).await
+    }
+}
+
+impl<R> AsJson<R> {
+    /// The body of a transactional handler, with its panic caught (for the claim to settle it).
+    pub async fn catch_panic<F: Future>(
+        self,
+        body: F,
+    ) -> Result<F::Output, Box<dyn std::any::Any + Send>> {
+        idem_core::__macro_support::catch_unwind(body).await
+    }
+}
+
+impl<T, E> AsJson<Result<T, E>> {
+    /// Runs a transactional handler's call to its end on a task of its own, as the HTTP layer
+    /// runs handlers: a client that goes away does not cancel it halfway through its effect, so
+    /// it commits (or settles) and the client's retry replays. It runs in the caller's tracing
+    /// span; its outcome is passed on to an enclosing `idem::served` (and so to
+    /// `MarkReplayedLayer`); its panic goes on in the caller. Task-locals of the caller are not
+    /// seen by the body.
+    pub async fn to_completion<F>(self, call: F) -> Result<T, E>
+    where
+        F: Future<Output = Result<T, E>> + Send + 'static,
+        T: Send + 'static,
+        E: FromIdemError + Send + 'static,
+    {
+        use tracing::Instrument;
+        match tokio::spawn(idem_core::served(call).in_current_span()).await {
+            Ok((result, served)) => {
+                if let Some(served) = served {
+                    idem_core::__macro_support::report_served(served);
+                }
+                result
+            }
+            Err(join) => match join.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => Err(E::from(Error::store(
+                    "run",
+                    "the runtime shut down before the handler's call finished; retry with the \
+                     same key to learn its outcome",
+                ))),
+            },
+        }
     }
 }
