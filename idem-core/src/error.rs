@@ -495,7 +495,9 @@ mod tests {
                 "committed together or not at all",
             ),
         ];
+        let mut variants = std::collections::BTreeSet::new();
         for (err, says) in cases {
+            variants.insert(variant(&err));
             let message = err.to_string();
             assert!(message.contains(says), "{message:?} should say {says:?}");
             assert_eq!(
@@ -510,6 +512,28 @@ mod tests {
                 !message.contains("connection refused"),
                 "cause printed: {message:?}"
             );
+        }
+        assert_eq!(variants.len(), 14, "every variant has a case: {variants:?}");
+    }
+
+    /// The variant's name. Exhaustive (the enum is `non_exhaustive` to other crates only): a new
+    /// variant fails to compile here until it has a case above.
+    fn variant(err: &Error) -> &'static str {
+        match err {
+            Error::InvalidKey { .. } => "InvalidKey",
+            Error::InvalidOption { .. } => "InvalidOption",
+            Error::InProgress { .. } => "InProgress",
+            Error::KeyReused { .. } => "KeyReused",
+            Error::LeaseLost { .. } => "LeaseLost",
+            Error::ClaimLapsed { .. } => "ClaimLapsed",
+            Error::Deadlock { .. } => "Deadlock",
+            Error::Store { .. } => "Store",
+            Error::NotRecorded { .. } => "NotRecorded",
+            Error::TransactionAborted { .. } => "TransactionAborted",
+            Error::RolledBack { .. } => "RolledBack",
+            Error::CommitUnknown { .. } => "CommitUnknown",
+            Error::Corrupt { .. } => "Corrupt",
+            Error::Encode { .. } => "Encode",
         }
     }
 }

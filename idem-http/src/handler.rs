@@ -209,6 +209,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_problem_shows_its_status_or_idem_s_error() {
+        let own = Problem::status(StatusCode::PAYMENT_REQUIRED, "card declined");
+        assert_eq!(own.to_string(), "402 Payment Required: card declined");
+        assert!(std::error::Error::source(&own).is_none());
+        let idem = Problem::from(Error::lease_lost("k"));
+        assert_eq!(idem.to_string(), Error::lease_lost("k").to_string());
+        assert!(std::error::Error::source(&idem).is_some());
+    }
+
+    #[test]
     fn a_problem_is_never_a_success() {
         for (given, answered) in [
             (StatusCode::PAYMENT_REQUIRED, 402),

@@ -184,6 +184,29 @@ mod tests {
         IdempotencyKey::parse(value.as_bytes()).map(|key| key.0)
     }
 
+    /// Each refusal says what is wrong and what to send instead. The match makes a new variant
+    /// fail to compile here until it has a case.
+    #[test]
+    fn every_refusal_says_what_to_send() {
+        let cases = [
+            KeyError::Missing,
+            KeyError::Repeated,
+            KeyError::Malformed {
+                reason: "it is empty",
+            },
+        ];
+        for err in cases {
+            let says = match err {
+                KeyError::Missing => "a unique value per operation",
+                KeyError::Repeated => "send exactly one",
+                KeyError::Malformed { .. } => "it is empty; send 1 to",
+            };
+            let message = err.to_string();
+            assert!(message.contains(says), "{message:?} should say {says:?}");
+            assert!(!message.contains("  "), "{message:?} has a run of spaces");
+        }
+    }
+
     #[test]
     fn both_forms_parse_to_the_same_key() {
         assert_eq!(parse("\"8e03978e-40d5\"").unwrap(), "8e03978e-40d5");

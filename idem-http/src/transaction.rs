@@ -268,3 +268,23 @@ impl<S: TransactionalStore, State: Send + Sync> OptionalFromRequestParts<State> 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each rejection says how to fix the route. The match makes a new variant fail to compile
+    /// here until it has a case.
+    #[test]
+    fn every_rejection_says_how_to_fix_it() {
+        for rejection in [TxRejection::NotLent, TxRejection::Taken] {
+            let says = match rejection {
+                TxRejection::NotLent => "in transactional mode (`in_transaction`)",
+                TxRejection::Taken => "take one `Tx` per request",
+            };
+            let message = rejection.to_string();
+            assert!(message.contains(says), "{message:?} should say {says:?}");
+            assert!(!message.contains("  "), "{message:?} has a run of spaces");
+        }
+    }
+}
