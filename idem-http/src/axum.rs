@@ -12,8 +12,9 @@ use crate::problem::DEFAULT_PROBLEM_BASE;
 /// malformed key is still refused).
 ///
 /// ```
+/// # mod idem { pub mod http { pub use idem_http::*; } } // the `idem` crate's re-export
 /// use axum::{routing::post, Json, Router};
-/// use idem_http::IdempotencyKey;
+/// use idem::http::IdempotencyKey;
 ///
 /// async fn create(key: IdempotencyKey, Json(order): Json<serde_json::Value>) -> String {
 ///     format!("order {order} under key {key}")

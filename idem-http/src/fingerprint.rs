@@ -13,7 +13,8 @@ use sha2::{Digest, Sha256};
 /// to ignore a field that changes on every retry:
 ///
 /// ```
-/// use idem_http::default_fingerprint;
+/// # mod idem { pub mod http { pub use idem_http::*; } } // the `idem` crate's re-export
+/// use idem::http::default_fingerprint;
 ///
 /// let request = http::Request::post("/payments")
 ///     .header("content-type", "application/json")

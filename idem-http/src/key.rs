@@ -17,7 +17,8 @@ pub const MAX_KEY_LEN: usize = 255;
 /// 255 characters, all visible ASCII (a quoted key may also hold spaces).
 ///
 /// ```
-/// use idem_http::IdempotencyKey;
+/// # mod idem { pub mod http { pub use idem_http::*; } } // the `idem` crate's re-export
+/// use idem::http::IdempotencyKey;
 ///
 /// assert_eq!(IdempotencyKey::parse(b"\"a-1\"").unwrap().as_str(), "a-1");
 /// assert_eq!(IdempotencyKey::parse(b"a-1").unwrap().as_str(), "a-1");

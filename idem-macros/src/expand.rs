@@ -1,5 +1,7 @@
 //! Code generation: the function is re-emitted with its signature untouched and its body moved
-//! into a future that `idem::__private::run` drives (claim → execute → record).
+//! into a future that the runtime drives (claim → execute → record): through one of the
+//! `idem::__private` return traits (`IdempotentReturn::run_idempotent` and its flavours), the
+//! `begin_in_transaction*` steps for `transaction = conn`, or the `Json` pick for axum handlers.
 
 use proc_macro2::{Literal, Span, TokenStream};
 use quote::{quote, quote_spanned, ToTokens};

@@ -1,6 +1,7 @@
 //! The `#[idempotent]` attribute of [idem](https://docs.rs/idem). Use it through the `idem`
-//! crate, which documents it; this crate only rewrites the function into a call of
-//! `idem::Idempotency::run`, where all the logic lives.
+//! crate, which documents it; this crate only rewrites the function into calls of the runtime
+//! (`idem::Idempotency::run` and its flavours, or the transaction steps), where all the logic
+//! lives.
 
 mod args;
 mod expand;

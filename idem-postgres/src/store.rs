@@ -95,9 +95,10 @@ const CLAIM_LOOKS: u32 = 3;
 ///   through the same connection and the record commit together or not at all.
 ///
 /// ```no_run
-/// # async fn example() -> Result<(), idem_core::Error> {
-/// use idem_core::Idempotency;
-/// use idem_postgres::PostgresStore;
+/// # mod idem { pub use idem_core::*; pub mod postgres { pub use idem_postgres::*; } }
+/// # async fn example() -> Result<(), idem::Error> {
+/// use idem::postgres::PostgresStore;
+/// use idem::Idempotency;
 ///
 /// let store = PostgresStore::connect("postgres://app@db.internal/app").await?;
 /// store.migrate().await?; // or run `PostgresStore::schema_sql()` in your own migrations

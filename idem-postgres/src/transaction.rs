@@ -225,12 +225,13 @@ pub type TransactionClaim<'c, T, E, F> = idem_core::TransactionClaim<'c, Postgre
 /// call fails with `Error::InvalidOption` before the body runs.
 ///
 /// ```no_run
-/// use idem_core::{Call, Error, Idempotency};
-/// use idem_postgres::TransactionBegun;
-/// use sqlx::PgConnection;
+/// # mod idem { pub use idem_core::*; pub mod postgres { pub use idem_postgres::*; } }
+/// use idem::postgres::sqlx::{self, PgConnection};
+/// use idem::postgres::TransactionBegun;
+/// use idem::{Call, Error, Idempotency};
 ///
 /// async fn charge(idem: &Idempotency, conn: &mut PgConnection, order: i64) -> Result<i64, Error> {
-///     let mut claim = match idem_postgres::begin(idem, Call::new("charge", order), conn).await {
+///     let mut claim = match idem::postgres::begin(idem, Call::new("charge", order), conn).await {
 ///         TransactionBegun::Done(result) => return result, // a replay, or a refusal
 ///         TransactionBegun::Claimed(claim) => claim,
 ///     };

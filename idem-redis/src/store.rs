@@ -159,10 +159,14 @@ impl RedisStore<ConnectionManager> {
     ///
     /// ```no_run
     /// # async fn example(ca_pem: Vec<u8>) -> Result<(), Box<dyn std::error::Error>> {
-    /// use idem_redis::{redis, RedisStore};
+    /// # mod idem { pub mod redis {
+    /// #     pub use idem_redis::redis::{Client, TlsCertificates};
+    /// #     pub use idem_redis::RedisStore;
+    /// # } } // the `idem` crate's re-exports
+    /// use idem::redis::{Client, RedisStore, TlsCertificates};
     ///
-    /// let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(ca_pem) };
-    /// let client = redis::Client::build_with_tls("rediss://redis.internal:6380", certificates)?;
+    /// let certificates = TlsCertificates { client_tls: None, root_cert: Some(ca_pem) };
+    /// let client = Client::build_with_tls("rediss://redis.internal:6380", certificates)?;
     /// let store = RedisStore::connect_with_client(client, RedisStore::fail_fast_config()).await?;
     /// # Ok(()) }
     /// ```

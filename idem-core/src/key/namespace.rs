@@ -11,8 +11,9 @@ use super::FORBIDDEN_IN_NAMESPACE;
 use crate::Error;
 
 /// The default namespace of a function, from the path the compiler gives a marker item declared
-/// in its body (`std::any::type_name` of a nested `fn`), for example
-/// `my_app::billing::<my_app::billing::Refunds as my_app::Handler>::handle::{{closure}}::marker`:
+/// in its body (`std::any::type_name` of the `struct __IdemNamespace` the macro declares), for
+/// example
+/// `my_app::billing::<my_app::billing::Refunds as my_app::Handler>::handle::{{closure}}::__IdemNamespace`:
 /// the marker's own name and every `{{...}}` segment are dropped and `::` becomes `.`, giving
 /// `my_app.billing.<my_app.billing.Refunds as my_app.Handler>.handle`. It names the crate, the
 /// module, the `Self` type (and trait) of a method, and the function, so no two functions of a
@@ -82,7 +83,7 @@ fn split_path(path: &str) -> Vec<Cow<'_, str>> {
 }
 
 /// The default namespace of one `#[idempotent]` function, computed on its first call and kept:
-/// generated code declares one per function as a `static`, and a marker `fn` in the function's
+/// generated code declares one per function as a `static`, and a marker type in the function's
 /// body whose path names it.
 ///
 /// Two things the path alone cannot tell apart are handled here:

@@ -204,7 +204,8 @@ impl Idempotency {
         self.inner.lease
     }
 
-    /// The store key that `call` would use.
+    /// The store key of `key` in `namespace` under this runtime's prefix: what a call with them
+    /// claims (unscoped).
     pub fn store_key(&self, namespace: &str, key: &str) -> Result<String, Error> {
         store_key(&self.inner.key_prefix, namespace, key)
     }
@@ -254,7 +255,8 @@ impl Idempotency {
     /// [`run_recording_errors_with`](Self::run_recording_errors_with) to record some.
     ///
     /// ```
-    /// use idem_core::{Call, Error, Idempotency, MemoryStore, Disposition};
+    /// # use idem_core as idem; // what users of the `idem` crate write
+    /// use idem::{Call, Disposition, Error, Idempotency, MemoryStore, OnInProgress};
     ///
     /// #[derive(Debug)]
     /// enum PayError { Declined, Timeout, Idem(Error) }
@@ -271,7 +273,7 @@ impl Idempotency {
     ///
     /// # async fn demo() {
     /// let idem = Idempotency::new(MemoryStore::new());
-    /// let call = || Call::new("charge", "order-1").on_in_progress(idem_core::OnInProgress::Reject);
+    /// let call = || Call::new("charge", "order-1").on_in_progress(OnInProgress::Reject);
     /// let first = idem.run_with(call(), on_error, async { Err::<u32, _>(PayError::Timeout) }).await;
     /// assert!(matches!(first, Err(PayError::Timeout)));
     /// // The claim is kept until its lease lapses: a retry now does not run the body.

@@ -15,8 +15,7 @@ pub(crate) fn same_request(stored: &[u8], call: &[u8]) -> bool {
     stored.is_empty() || call.is_empty() || stored == call
 }
 
-/// The replayed result (an `Ok`, or a recorded `Err`), or why nothing can be replayed.
-/// A replay's result and how it was served: a record that is another request's
+/// A replay's result (an `Ok`, or a recorded `Err`) and how it was served: a record that is another request's
 /// (`KeyReused`) or unreadable (`Corrupt`) replays nothing, and the call failed before the body.
 pub(crate) fn replayed<T, E>(
     key: &str,

@@ -1,12 +1,12 @@
-//! The store contract suite: checks that any [`Store`] implements the state machine of
-//! [`Store`] state machine (feature `testing`).
+//! The store contract suite: checks that a [`Store`] implements the state machine its docs
+//! describe (feature `testing`).
 //!
 //! Each check is a plain async function over `&dyn Store` and a key prefix of its own, so a
 //! backend can run them one by one; [`store_contract_tests!`](crate::store_contract_tests)
 //! generates one `#[tokio::test]` per check:
 //!
 //! ```text
-//! idem_core::store_contract_tests!(async { idem_core::MemoryStore::new() });
+//! idem_core::store_contract_tests!(async { idem_core::MemoryStore::new() }); // in a store crate's tests
 //! ```
 //!
 //! Leases in these checks are real time (a few hundred milliseconds), because a server-side
