@@ -3,6 +3,10 @@
 use std::fmt;
 
 use http::header::{HeaderMap, HeaderName};
+use http::request::Parts;
+use sha2::{Digest, Sha256};
+
+use crate::fingerprint::request_uri;
 
 /// The header's name, `Idempotency-Key`.
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -176,6 +180,22 @@ fn not_ascii() -> KeyError {
     malformed("it holds a character that is not visible ASCII")
 }
 
+/// The key a request is stored under, within the layer's namespace: `{scope} {METHOD} {path}
+/// {key}`. The scope is a hash of the principal (`-` when there is none); the method and path
+/// hold no spaces, so the parts cannot run into each other. The host is not in it: a retry may
+/// reach another instance under another name (tenants told apart by host need a `scope`).
+pub(crate) fn scoped_key(scope: Option<&str>, parts: &Parts, key: &str) -> String {
+    let scope = match scope {
+        Some(scope) => idem_core::encode::hex(&Sha256::digest(scope.as_bytes())[..16]),
+        None => "-".to_owned(),
+    };
+    format!(
+        "{scope} {} {} {key}",
+        parts.method,
+        request_uri(parts).path()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +303,35 @@ mod tests {
             let _ = IdempotencyKey::parse(&value);
             let _ = IdempotencyKey::parse(&value[1..2]);
         }
+    }
+
+    fn parts(method: &str, uri: &str) -> Parts {
+        http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0
+    }
+
+    #[test]
+    fn scoped_keys_keep_scopes_methods_and_paths_apart() {
+        let post = parts("POST", "/payments?x=1");
+        let patch = parts("PATCH", "/payments");
+        let keys = [
+            scoped_key(None, &post, "k"),
+            scoped_key(Some("alice"), &post, "k"),
+            scoped_key(Some("bob"), &post, "k"),
+            scoped_key(Some("alice"), &patch, "k"),
+            scoped_key(Some("alice"), &parts("POST", "/refunds"), "k"),
+        ];
+        for (i, a) in keys.iter().enumerate() {
+            for b in &keys[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+        assert!(!keys[1].contains("alice"), "{}", keys[1]);
+        assert!(keys[0].ends_with(" POST /payments k"), "{}", keys[0]);
     }
 }

@@ -1,4 +1,4 @@
-//! The layer's options, and the layer itself.
+//! The layer: a builder of the options, and `Layer` making the service.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -12,22 +12,15 @@ use idem_core::{Disposition, Fingerprint, Idempotency, OnInProgress, Transaction
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
+use crate::config::{
+    Config, DEFAULT_MAX_REQUEST_BODY, DEFAULT_MAX_RESPONSE_BODY, DEFAULT_MAX_RETRY_AFTER,
+};
 use crate::fingerprint::default_fingerprint;
 use crate::problem::DEFAULT_PROBLEM_BASE;
 use crate::recorded::DEFAULT_REPLAYED_HEADERS;
 use crate::service::IdempotencyService;
+use crate::status::default_on_status;
 use crate::transaction::{InTransaction, Mode};
-
-/// The default limit on request bodies the layer reads: 1 MiB.
-pub const DEFAULT_MAX_REQUEST_BODY: usize = 1024 * 1024;
-/// The default limit on response bodies the layer records: 1 MiB.
-pub const DEFAULT_MAX_RESPONSE_BODY: usize = 1024 * 1024;
-/// The default cap on a 409's `Retry-After`.
-pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
-
-type ScopeFn = dyn Fn(&Parts) -> Option<String> + Send + Sync;
-type FingerprintFn = dyn Fn(&Parts, &Bytes) -> Fingerprint + Send + Sync;
-type StatusFn = dyn Fn(StatusCode) -> Disposition + Send + Sync;
 
 /// A tower [`Layer`](tower_layer::Layer) that makes requests carrying an `Idempotency-Key`
 /// header idempotent, per the IETF draft `draft-ietf-httpapi-idempotency-key-header`, on idem's
@@ -65,43 +58,6 @@ type StatusFn = dyn Fn(StatusCode) -> Disposition + Send + Sync;
 #[derive(Clone)]
 pub struct IdempotencyLayer {
     pub(crate) config: Arc<Config>,
-}
-
-#[derive(Clone)]
-pub(crate) struct Config {
-    pub(crate) idem: Idempotency,
-    pub(crate) namespace: Cow<'static, str>,
-    pub(crate) methods: Vec<Method>,
-    pub(crate) key_required: bool,
-    pub(crate) scope: Option<Arc<ScopeFn>>,
-    pub(crate) fingerprint: Arc<FingerprintFn>,
-    pub(crate) max_request_body: usize,
-    pub(crate) max_response_body: usize,
-    pub(crate) lease: Option<Duration>,
-    pub(crate) max_hold: Option<Duration>,
-    pub(crate) in_flight: OnInProgress,
-    pub(crate) max_retry_after: Duration,
-    pub(crate) problem_base: String,
-    pub(crate) fail_open: bool,
-    pub(crate) on_status: Arc<StatusFn>,
-    pub(crate) on_unrecordable: Disposition,
-    pub(crate) replayed_headers: Vec<HeaderName>,
-    pub(crate) capacity: Option<Arc<Semaphore>>,
-    /// The transactional mode's store, when on.
-    pub(crate) transaction: Option<Arc<dyn Mode>>,
-    /// The requests in flight; shared by every clone of the layer (a tracker's clones share
-    /// its state), closed by `shutdown`.
-    pub(crate) tasks: TaskTracker,
-}
-
-/// What a response's status means for its record by default: 5xx, 408 Request Timeout, 425 Too
-/// Early and 429 Too Many Requests are transient, so the claim is released and a retry runs the
-/// handler again; everything else is the request's result, recorded and replayed.
-pub fn default_on_status(status: StatusCode) -> Disposition {
-    match status.as_u16() {
-        408 | 425 | 429 | 500..=599 => Disposition::Release,
-        _ => Disposition::Record,
-    }
 }
 
 impl IdempotencyLayer {

@@ -177,13 +177,13 @@ impl Rejection {
 /// assert_eq!(response.status(), 500);
 /// ```
 pub fn problem_response<B: From<Bytes>>(err: &Error) -> Response<B> {
-    let (rejection, detail, retry_after) = for_error(err, crate::DEFAULT_MAX_RETRY_AFTER);
+    let (rejection, detail, retry_after) = rejection_for(err, crate::DEFAULT_MAX_RETRY_AFTER);
     rejection.to_response(DEFAULT_PROBLEM_BASE, &detail, retry_after)
 }
 
 /// The rejection for an error of idem's runtime, with its detail and, for 409 and 503, a
 /// `Retry-After`: the holder's lease remaining capped at `max_retry_after`, or 1 s.
-pub(crate) fn for_error(
+pub(crate) fn rejection_for(
     err: &Error,
     max_retry_after: Duration,
 ) -> (Rejection, String, Option<Duration>) {
