@@ -76,7 +76,47 @@ impl CallOutcome {
         }
     }
 
-    /// The outcome of a call that failed with `err` before or around its body.
+    /// How a call that ended so came to its result, as [`served`] tells it: the body ran,
+    /// a record was replayed or waited for, or neither. (A body whose claim lapsed and whose key
+    /// another call recorded meanwhile is `LeaseLost` here, and told as
+    /// [`Served::Superseded`] by the call itself.)
+    pub(crate) fn served(self) -> Served {
+        match self {
+            Self::Executed
+            | Self::LeaseLost
+            | Self::NotRecorded
+            | Self::Released
+            | Self::OutcomeUnknown => Served::Executed,
+            Self::Replayed => Served::Replayed,
+            Self::Waited => Served::Waited,
+            Self::InProgress
+            | Self::KeyReused
+            | Self::StoreError
+            | Self::Corrupt
+            | Self::Invalid
+            | Self::Cancelled => Served::NotRun,
+        }
+    }
+
+    /// The outcome of a call that failed with `err` before its body: one whose
+    /// [`served`](Self::served) is `NotRun`, whatever the error.
+    pub(crate) fn before_body(err: &crate::Error) -> Self {
+        use crate::Error;
+        match err {
+            Error::InProgress { .. } | Error::ClaimLapsed { .. } | Error::Deadlock { .. } => {
+                Self::InProgress
+            }
+            Error::KeyReused { .. } => Self::KeyReused,
+            Error::Corrupt { .. } => Self::Corrupt,
+            Error::InvalidKey { .. } | Error::InvalidOption { .. } | Error::Encode { .. } => {
+                Self::Invalid
+            }
+            // The claim's statement failed (in an aborted transaction, say): the store's failure.
+            _ => Self::StoreError,
+        }
+    }
+
+    /// The outcome of a call that failed with `err` once its body ran.
     pub(crate) fn of_error(err: &crate::Error) -> Self {
         use crate::Error;
         match err {
@@ -236,10 +276,20 @@ impl CallTrace {
             .increment(1.0);
     }
 
-    /// The call ended so.
+    /// Ends the call with `outcome`: its span, event and metrics, and what an enclosing
+    /// [`served`] tells of it.
     pub(crate) fn finish(&mut self, outcome: CallOutcome) {
+        if self.close(outcome) {
+            report(outcome.served());
+        }
+    }
+
+    /// Ends the call's span, event, metrics and observer report with `outcome`, once: returns
+    /// whether it did now. Nothing is told to [`served`]: for calls dropped unfinished, whose
+    /// caller is gone.
+    pub(crate) fn close(&mut self, outcome: CallOutcome) -> bool {
         if std::mem::replace(&mut self.done, true) {
-            return;
+            return false;
         }
         let duration = self
             .started
@@ -309,6 +359,7 @@ impl CallTrace {
                 tracing::error!("an idem Observer panicked; the call's outcome was {outcome}");
             }
         }
+        true
     }
 }
 
@@ -322,7 +373,7 @@ impl Drop for CallTrace {
             } else {
                 CallOutcome::Cancelled
             };
-            self.finish(outcome);
+            self.close(outcome);
         }
     }
 }

@@ -30,7 +30,7 @@ impl Idempotency {
         let mut trace = self.trace(&call);
         let span = trace.span.clone();
         let begun = observe::in_span(&span, self.claim_or_replay(call, &mut trace)).await;
-        let (replayed, served, how) = match begun {
+        let (replayed, how) = match begun {
             Ok(ClaimOrReplay::Claimed(claim)) => {
                 return Ok(Started::Claimed(Claimed(Box::new(ClaimedParts {
                     runtime: self.clone(),
@@ -51,13 +51,12 @@ impl Idempotency {
                 &UnrecordedErrors(|_: &Error| Disposition::Release),
             ),
             Err(err) => {
-                let how = CallOutcome::of_error(&err);
-                (Err(err), Served::NotRun, how)
+                let how = CallOutcome::before_body(&err);
+                (Err(err), how)
             }
         };
         trace.finish(how);
-        observe::report(served);
-        Ok(Started::Recorded(replayed?, served))
+        Ok(Started::Recorded(replayed?, how.served()))
     }
 }
 

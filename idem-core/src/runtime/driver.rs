@@ -17,7 +17,7 @@ use super::settle::Settled;
 use super::{ClaimOrReplay, Idempotency};
 use crate::call::Call;
 use crate::context::ClaimContext;
-use crate::observe::{self, CallOutcome, CallTrace, Served};
+use crate::observe::{self, CallOutcome, CallTrace};
 use crate::store::Outcome;
 use crate::Error;
 
@@ -229,14 +229,12 @@ impl Idempotency {
                 Err(err)
             }
         };
-        observe::report(Served::Executed);
         Driven::Ran(result)
     }
 }
 
 /// A call that ended before its body ran.
 fn not_run(err: Error, mut trace: CallTrace) -> Driven {
-    trace.finish(CallOutcome::of_error(&err));
-    observe::report(Served::NotRun);
+    trace.finish(CallOutcome::before_body(&err));
     Driven::NotRun(err)
 }

@@ -197,9 +197,8 @@ where
             waited,
             mut trace,
         } => {
-            let (result, served, how) = replayed(&key, &fingerprint, &record, waited, errors);
+            let (result, how) = replayed(&key, &fingerprint, &record, waited, errors);
             trace.finish(how);
-            observe::report(served);
             result
         }
         Driven::Superseded {
@@ -208,19 +207,18 @@ where
             record,
             mut trace,
         } => {
+            // Told as executed, then as superseded if the other call's record is this call's
+            // result: `served` tells the last.
             trace.finish(CallOutcome::LeaseLost);
             match replayed(&key, &fingerprint, &record, false, errors) {
                 // The other call's result (its value or its recorded error).
-                (result, Served::Replayed, _) => {
+                (result, CallOutcome::Replayed) => {
                     observe::report(Served::Superseded);
                     result
                 }
                 // Not this call's to return (another request's record, or one this function
                 // cannot read): the body ran, its result is not recorded.
-                _ => {
-                    observe::report(Served::Executed);
-                    Err(Error::lease_lost(key).into())
-                }
+                _ => Err(Error::lease_lost(key).into()),
             }
         }
         Driven::NotRun(err) | Driven::Ran(Err(err)) => Err(err.into()),

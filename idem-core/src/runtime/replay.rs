@@ -2,7 +2,7 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::observe::{CallOutcome, Served};
+use crate::observe::CallOutcome;
 use crate::policy::ErrorPolicy;
 use crate::store::{Outcome, Record};
 use crate::Error;
@@ -15,7 +15,7 @@ pub(crate) fn same_request(stored: &[u8], call: &[u8]) -> bool {
     stored.is_empty() || call.is_empty() || stored == call
 }
 
-/// A replay's result (an `Ok`, or a recorded `Err`) and how it was served: a record that is another request's
+/// A replay's result (an `Ok`, or a recorded `Err`) and how the call ended: a record that is another request's
 /// (`KeyReused`) or unreadable (`Corrupt`) replays nothing, and the call failed before the body.
 pub(crate) fn replayed<T, E>(
     key: &str,
@@ -23,17 +23,17 @@ pub(crate) fn replayed<T, E>(
     record: &[u8],
     waited: bool,
     errors: &impl ErrorPolicy<E>,
-) -> (Result<T, E>, Served, CallOutcome)
+) -> (Result<T, E>, CallOutcome)
 where
     T: DeserializeOwned,
     E: From<Error>,
 {
     match decode_replay(key, fingerprint, record, errors) {
-        Ok(replayed) if waited => (replayed, Served::Waited, CallOutcome::Waited),
-        Ok(replayed) => (replayed, Served::Replayed, CallOutcome::Replayed),
+        Ok(replayed) if waited => (replayed, CallOutcome::Waited),
+        Ok(replayed) => (replayed, CallOutcome::Replayed),
         Err(err) => {
-            let how = CallOutcome::of_error(&err);
-            (Err(err.into()), Served::NotRun, how)
+            let how = CallOutcome::before_body(&err);
+            (Err(err.into()), how)
         }
     }
 }

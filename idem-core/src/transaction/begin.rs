@@ -15,7 +15,7 @@ use super::claim::{
 };
 use super::TransactionalStore;
 use crate::call::Call;
-use crate::observe::{self, CallOutcome, CallTrace, Served};
+use crate::observe::{self, CallOutcome, CallTrace};
 use crate::policy::{Codec, Disposition, Policy};
 use crate::runtime::{decode_replay, same_request, Prepared};
 use crate::store::{AttemptId, ClaimOutcome, ClaimRequest, Fence};
@@ -196,28 +196,24 @@ impl Idempotency {
         let mut trace = self.trace(&call);
         let span = trace.span.clone();
         let claiming = self.claim_in_transaction(call, open, policy, &mut trace);
-        let (mut begun, served) = observe::in_span(&span, claiming).await;
+        let (mut begun, how) = observe::in_span(&span, claiming).await;
         match &mut begun {
+            // `finish` ends its trace.
             TransactionBegun::Claimed(claim) => claim.claim.trace = Some(Box::new(trace)),
-            TransactionBegun::Done(_) => trace.finish(served.1),
-        }
-        if let Some(served) = served.0 {
-            observe::report(served);
+            TransactionBegun::Done(_) => trace.finish(how),
         }
         begun
     }
 
-    /// The claim, or the call's result and how it came to be.
+    /// The claim, or the call's result and how the call ended (for a claim, how it ends is for
+    /// `finish` to tell).
     async fn claim_in_transaction<'c, S, T, E, F, O, Fut>(
         &self,
         call: Call,
         open: O,
         policy: Policy<E, F>,
         trace: &mut CallTrace,
-    ) -> (
-        TransactionBegun<'c, S, T, E, F>,
-        (Option<Served>, CallOutcome),
-    )
+    ) -> (TransactionBegun<'c, S, T, E, F>, CallOutcome)
     where
         S: TransactionalStore,
         T: DeserializeOwned,
@@ -227,11 +223,8 @@ impl Idempotency {
         Fut: Future<Output = Result<(S::Transaction<'c>, bool), Error>>,
     {
         let fail = |err: Error| {
-            let how = CallOutcome::of_error(&err);
-            (
-                TransactionBegun::Done(Err(err.into())),
-                (Some(Served::NotRun), how),
-            )
+            let how = CallOutcome::before_body(&err);
+            (TransactionBegun::Done(Err(err.into())), how)
         };
         let Some(store) = self.store_arc::<S>() else {
             return fail(Error::invalid_option(format!(
@@ -271,12 +264,12 @@ impl Idempotency {
             Ok(Acquired::Replay { record, waited }) => {
                 return match decode_replay(&call.key, &call.fingerprint, &record, &policy) {
                     Ok(result) => {
-                        let served = if waited {
-                            (Served::Waited, CallOutcome::Waited)
+                        let how = if waited {
+                            CallOutcome::Waited
                         } else {
-                            (Served::Replayed, CallOutcome::Replayed)
+                            CallOutcome::Replayed
                         };
-                        (TransactionBegun::Done(result), (Some(served.0), served.1))
+                        (TransactionBegun::Done(result), how)
                     }
                     Err(err) => fail(err),
                 };
@@ -316,10 +309,10 @@ impl Idempotency {
                 return fail(err);
             }
         }
-        // `Executed` is reported when the claim is finished; the outcome is a placeholder.
+        // How the call ends is told when the claim is finished; unused here.
         (
             TransactionBegun::Claimed(claim),
-            (None, CallOutcome::OutcomeUnknown),
+            CallOutcome::OutcomeUnknown,
         )
     }
 }

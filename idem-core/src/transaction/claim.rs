@@ -11,7 +11,7 @@ use super::TransactionalStore;
 use crate::context::ClaimContext;
 use crate::encode::encode_exactly;
 use crate::error::not_recorded;
-use crate::observe::{self, CallOutcome, CallTrace, Served};
+use crate::observe::{self, CallOutcome, CallTrace};
 use crate::policy::{Disposition, ErrorPolicy, Policy};
 use crate::runtime::{Prepared, TransactionClaims};
 use crate::store::{AttemptId, Fence, Outcome, Record};
@@ -123,7 +123,7 @@ impl<'c, S: TransactionalStore, T, E, F> std::fmt::Debug for TransactionClaim<'c
 impl<S: TransactionalStore, T, E, F> Drop for DetachedClaim<S, T, E, F> {
     fn drop(&mut self) {
         if let Some(mut trace) = self.trace.take() {
-            trace.finish(CallOutcome::Released);
+            trace.close(CallOutcome::Released);
         }
         let abandoned = (!self.finished && !self.in_callers_transaction).then_some(self.call.lease);
         self.store
@@ -210,7 +210,6 @@ where
         if let Some(mut trace) = trace {
             trace.finish(how);
         }
-        observe::report(Served::Executed);
         result
     }
 
