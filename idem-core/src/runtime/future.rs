@@ -39,9 +39,8 @@ where
     let slot = Arc::new(BodySlot::default());
     Execute {
         state: ExecuteState {
-            driver: Some(Box::pin(runtime.drive(start, slot.clone()))),
+            phase: Phase::Running(Box::pin(runtime.drive(start, slot.clone()))),
             slot,
-            output: None,
             errors,
         },
         body: Some(body),
@@ -70,7 +69,7 @@ pin_project! {
                 if let Err(panic) = dropped {
                     // The call is reported before the panic goes on: an observer is never
                     // called while unwinding.
-                    this.state.driver = None;
+                    this.state.phase = Phase::Done;
                     // Already unwinding, a second panic out of a drop aborts the process: this
                     // one ends here.
                     if !std::thread::panicking() {
@@ -88,10 +87,20 @@ type Driver = Pin<Box<dyn Future<Output = Driven> + Send>>;
 
 /// Everything of a call's future but its body.
 pub(crate) struct ExecuteState<T, E, P> {
-    driver: Option<Driver>,
+    phase: Phase<T, E>,
     slot: Arc<BodySlot>,
-    output: Option<Result<T, E>>,
     errors: P,
+}
+
+/// Where a call's future is. (Whether the body may run yet is the driver's to say, in the
+/// [`BodySlot`].)
+enum Phase<T, E> {
+    /// The driver claims, then lets the body run and keeps its lease.
+    Running(Driver),
+    /// The body ended with this output; the driver makes its end durable.
+    Recording(Driver, Result<T, E>),
+    /// The call returned, or its body panicked.
+    Done,
 }
 
 impl<Fut, T, E, P> Future for Execute<Fut, T, E, P>
@@ -127,20 +136,18 @@ where
         mut body: Pin<&mut dyn Future<Output = Result<T, E>>>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<T, E>> {
-        let this = self;
         loop {
-            let Some(driver) = this.driver.as_mut() else {
-                // Polled after it returned: the driver is gone.
-                return Poll::Ready(Err(polled_after_completion().into()));
+            let driver = match &mut self.phase {
+                Phase::Running(driver) | Phase::Recording(driver, _) => driver,
+                Phase::Done => return Poll::Ready(Err(polled_after_completion().into())),
             };
             if let Poll::Ready(driven) = driver.as_mut().poll(cx) {
-                this.driver = None;
-                return Poll::Ready(self::result(driven, this.output.take(), &this.errors));
+                return Poll::Ready(self.returned(driven));
             }
-            if this.output.is_some() {
+            if matches!(self.phase, Phase::Recording(..)) {
                 return Poll::Pending;
             }
-            let Some((context, span)) = this.slot.running() else {
+            let Some((context, span)) = self.slot.running() else {
                 return Poll::Pending;
             };
             let polled = {
@@ -150,19 +157,22 @@ where
                 }))
             };
             match polled {
-                Ok(Poll::Ready(result)) => {
-                    this.slot.ended(end_of(&result, &this.errors));
-                    this.output = Some(result);
+                Ok(Poll::Ready(output)) => {
+                    self.slot.ended(end_of(&output, &self.errors));
+                    self.phase = match std::mem::replace(&mut self.phase, Phase::Done) {
+                        Phase::Running(driver) => Phase::Recording(driver, output),
+                        other => other,
+                    };
                 }
                 Ok(Poll::Pending) => {
                     // The body waits. The first time, the driver starts keeping the lease (it is
                     // polled once more for that; the body is not, so that a body that yields
                     // lets other tasks run).
-                    if this.slot.note_pending() {
-                        if let Poll::Ready(driven) = driver.as_mut().poll(cx) {
-                            this.driver = None;
-                            let output = this.output.take();
-                            return Poll::Ready(self::result(driven, output, &this.errors));
+                    if self.slot.note_pending() {
+                        if let Phase::Running(driver) = &mut self.phase {
+                            if let Poll::Ready(driven) = driver.as_mut().poll(cx) {
+                                return Poll::Ready(self.returned(driven));
+                            }
                         }
                     }
                     return Poll::Pending;
@@ -171,11 +181,20 @@ where
                     // An unknown outcome: the claim is kept (see `Disposition::OutcomeUnknown`).
                     // The driver's trace tells so as it is dropped, before unwinding, where an
                     // observer that panicked would abort the process.
-                    this.driver = None;
+                    self.phase = Phase::Done;
                     std::panic::resume_unwind(panic)
                 }
             }
         }
+    }
+
+    /// The call's result once the driver returned `driven`; the future is done.
+    fn returned(&mut self, driven: Driven) -> Result<T, E> {
+        let output = match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Recording(_, output) => Some(output),
+            Phase::Running(_) | Phase::Done => None,
+        };
+        self::result(driven, output, &self.errors)
     }
 }
 
