@@ -45,145 +45,196 @@ fn rewrite(args: Args, function: Function, shape: Shape) -> TokenStream {
     let (inner_attrs, stmts) = body
         .map(|body| (body.inner_attrs, body.stmts))
         .unwrap_or_default();
-    // A function that can tell its `Self` apart (a receiver, or `Self` named anywhere) gets a
-    // namespace per `Self` type; one that cannot behaves alike for every implementor.
-    let per_self = sig.receiver().is_some()
-        || names_self(sig.inputs.to_token_stream())
-        || names_self(sig.output.to_token_stream())
-        || names_self(sig.generics.to_token_stream())
-        || names_self(sig.generics.where_clause.to_token_stream())
-        || mentions_self(stmts.clone());
-    // What tells this function's instances apart: its `Self` type and its type parameters.
-    let type_params: Vec<&Ident> = sig.generics.type_params().map(|p| &p.ident).collect();
-    let instance = match (per_self, type_params.is_empty()) {
-        (false, true) => None,
-        (true, true) => Some(quote!(Self)),
-        (per_self, false) => {
-            let this = per_self.then(|| quote!(fn(&Self),));
-            Some(quote!((#this #(fn(&#type_params),)*)))
-        }
-    };
-    let krate = args
-        .krate
-        .as_ref()
-        .map_or_else(|| quote!(::idem), ToTokens::to_token_stream);
-    let private = quote!(#krate::__private);
-    let call_var = Ident::new("__idem_call", Span::mixed_site());
-    let runtime_var = Ident::new("__idem_runtime", Span::mixed_site());
-    let call = call_expr(&args, &private, instance.as_ref());
-    let runtime = match &args.using {
-        Some(using) => quote!(#private::runtime(#using)),
-        None => quote!(#private::runtime(#private::default_runtime())),
-    };
-    // A handler's `Json` response: recorded as its data (and status) by the facade's `axum`
-    // feature, whose traits have the same methods as the plain ones.
-    let json = shape.ret().is_some_and(returns_json) && !args.record_errors;
-    let return_trait = match (args.record_errors, args.on_error.is_some()) {
-        (false, false) => quote!(#private::IdempotentReturn),
-        (true, false) => quote!(#private::RecordedErrorsReturn),
-        (false, true) => quote!(#private::ClassifiedReturn),
-        (true, true) => quote!(#private::ClassifiedRecordedReturn),
-    };
-    let prelude = quote! {
-        let #call_var = #call;
-        let #runtime_var = #runtime;
-    };
-    // The body comes before `on_error`, so that `Self` is inferred from it and a mismatched
-    // `on_error` is reported at its own tokens.
-    // The call and its `.await` are spanned on the return type's first token, so that an
-    // unsuitable one is reported there, once: `Self` is inferred from the body's output (which
-    // `typed_body` fixes), since naming the type (`<#ret as ...>`) would report it a second time,
-    // at another span.
-    let (run_fn, on_error) = match &args.on_error {
-        Some(on_error) => ("run_idempotent_with", quote!(, #on_error)),
-        None => ("run_idempotent", quote!()),
-    };
-    let run = |ret: Option<&Type>, body: TokenStream| {
-        let span = ret.map_or_else(Span::call_site, Spanned::span);
-        let run_fn = Ident::new(run_fn, span);
-        if json {
-            // Axum's `Json` responses, or another crate's `Json` as a plain value: picked by
-            // method resolution, since the macro cannot tell the two apart by name.
-            let body_var = Ident::new("__idem_body", Span::mixed_site());
-            let returns_of = respanned(quote!(#private::returns_of), span);
-            let picks = respanned(quote!(#private::{PickJson as _, PickValue as _}), span);
-            return quote_spanned! {span=>
-            {
-                // One of the two is picked; the other is unused.
-                #[allow(unused_imports)]
-                use #picks;
-                let #body_var = async move { #body };
-                (&#returns_of(&#body_var)).__idem_pick().#run_fn(#runtime_var, #call_var, #body_var #on_error).await
+    let plan = Plan::new(&args, &sig, &stmts, &shape);
+    let prelude = &plan.prelude;
+    let block = match shape {
+        Shape::Async { ret } => match &args.transaction {
+            Some(connection) => transaction_block(&plan, &sig, connection, &ret, stmts),
+            None => {
+                let run = run(&plan, Some(&ret), typed_body(&ret, stmts));
+                quote!(#prelude #run)
             }
-            };
-        }
-        let return_trait = respanned(return_trait.clone(), span);
-        quote_spanned! {span=>
-        #return_trait::#run_fn(#runtime_var, #call_var, async move { #body } #on_error).await
-        }
-    };
-    if let (Some(connection), Shape::Async { ret }) = (&args.transaction, &shape) {
-        let argument = sig.inputs.iter().find_map(|input| match input {
-            syn::FnArg::Typed(typed) => match &*typed.pat {
-                syn::Pat::Ident(pat) if pat.ident == *connection => Some(&*typed.ty),
-                _ => None,
-            },
-            syn::FnArg::Receiver(_) => None,
-        });
-        let argument_type = argument.map_or_else(|| connection.span(), Spanned::span);
-        // A borrowed connection is reborrowed; an owned one (an extractor) is lent through a
-        // trait that knows which owned types hold a connection of their own.
-        let owned = argument.is_some_and(|ty| !matches!(ty, Type::Reference(_)));
-        let body = typed_body(ret, stmts);
-        let handler = json.then_some(ret);
-        let run = in_transaction(
-            &args,
-            &private,
-            connection,
-            (argument_type, owned),
-            handler,
-            prelude,
-            body,
-        );
-        return quote! {
-            #(#attrs)*
-            #vis #sig {
-                #(#inner_attrs)*
-                #run
-            }
-        };
-    }
-    match shape {
-        Shape::Async { ret } => {
-            let run = run(Some(&ret), typed_body(&ret, stmts));
-            quote! {
-                #(#attrs)*
-                #vis #sig {
-                    #(#inner_attrs)*
-                    #prelude
-                    #run
-                }
-            }
-        }
+        },
+        // `transaction = ...` is refused on these (validate).
         Shape::AsyncTrait {
             ret,
             leading,
             boxed_stmts,
         } => {
-            let run = run(ret.as_ref(), quote!(#(#boxed_stmts)*));
+            let run = run(&plan, ret.as_ref(), quote!(#(#boxed_stmts)*));
             quote! {
-                #(#attrs)*
-                #vis #sig {
-                    #(#inner_attrs)*
-                    #(#leading)*
-                    ::std::boxed::Box::pin(async move {
-                        #prelude
-                        #run
-                    })
-                }
+                #(#leading)*
+                ::std::boxed::Box::pin(async move {
+                    #prelude
+                    #run
+                })
             }
         }
+    };
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            #(#inner_attrs)*
+            #block
+        }
     }
+}
+
+/// What every form of the expansion is made from, decided once from the options and the
+/// signature.
+struct Plan<'a> {
+    args: &'a Args,
+    /// `#krate::__private`, where generated code reaches the runtime.
+    private: TokenStream,
+    /// `let __idem_call = ...; let __idem_runtime = ...;`: the call and its runtime, before the
+    /// body.
+    prelude: TokenStream,
+    /// A handler's `Json` response: recorded as its data (and status) by the facade's `axum`
+    /// feature, whose traits have the same methods as the plain ones.
+    json: bool,
+}
+
+impl<'a> Plan<'a> {
+    fn new(args: &'a Args, sig: &syn::Signature, stmts: &TokenStream, shape: &Shape) -> Self {
+        // A function that can tell its `Self` apart (a receiver, or `Self` named anywhere) gets
+        // a namespace per `Self` type; one that cannot behaves alike for every implementor.
+        let per_self = sig.receiver().is_some()
+            || names_self(sig.inputs.to_token_stream())
+            || names_self(sig.output.to_token_stream())
+            || names_self(sig.generics.to_token_stream())
+            || names_self(sig.generics.where_clause.to_token_stream())
+            || mentions_self(stmts.clone());
+        // What tells this function's instances apart: its `Self` type and its type parameters.
+        let type_params: Vec<&Ident> = sig.generics.type_params().map(|p| &p.ident).collect();
+        let instance = match (per_self, type_params.is_empty()) {
+            (false, true) => None,
+            (true, true) => Some(quote!(Self)),
+            (per_self, false) => {
+                let this = per_self.then(|| quote!(fn(&Self),));
+                Some(quote!((#this #(fn(&#type_params),)*)))
+            }
+        };
+        let krate = args
+            .krate
+            .as_ref()
+            .map_or_else(|| quote!(::idem), ToTokens::to_token_stream);
+        let private = quote!(#krate::__private);
+        let (call_var, runtime_var) = vars();
+        let call = call_expr(args, &private, instance.as_ref());
+        let runtime = match &args.using {
+            Some(using) => quote!(#private::runtime(#using)),
+            None => quote!(#private::runtime(#private::default_runtime())),
+        };
+        Plan {
+            args,
+            prelude: quote! {
+                let #call_var = #call;
+                let #runtime_var = #runtime;
+            },
+            private,
+            json: shape.ret().is_some_and(returns_json) && !args.record_errors,
+        }
+    }
+
+    /// The runner's method (spanned on `span`) and the `on_error` argument after the body. The
+    /// body comes before `on_error`, so that `Self` is inferred from it and a mismatched
+    /// `on_error` is reported at its own tokens.
+    fn run_fn(&self, span: Span) -> (Ident, TokenStream) {
+        match &self.args.on_error {
+            Some(on_error) => (Ident::new("run_idempotent_with", span), quote!(, #on_error)),
+            None => (Ident::new("run_idempotent", span), quote!()),
+        }
+    }
+}
+
+/// The call of `body` and its `.await`, spanned on the return type's first token, so that an
+/// unsuitable one is reported there, once: `Self` is inferred from the body's output (which
+/// `typed_body` fixes), since naming the type (`<#ret as ...>`) would report it a second time,
+/// at another span.
+fn run(plan: &Plan<'_>, ret: Option<&Type>, body: TokenStream) -> TokenStream {
+    let span = ret.map_or_else(Span::call_site, Spanned::span);
+    if plan.json {
+        run_json(plan, span, body)
+    } else {
+        run_plain(plan, span, body)
+    }
+}
+
+/// Through the return trait of the options (plain, `record_errors`, `on_error`, both).
+fn run_plain(plan: &Plan<'_>, span: Span, body: TokenStream) -> TokenStream {
+    let private = &plan.private;
+    let return_trait = match (plan.args.record_errors, plan.args.on_error.is_some()) {
+        (false, false) => quote!(#private::IdempotentReturn),
+        (true, false) => quote!(#private::RecordedErrorsReturn),
+        (false, true) => quote!(#private::ClassifiedReturn),
+        (true, true) => quote!(#private::ClassifiedRecordedReturn),
+    };
+    let return_trait = respanned(return_trait, span);
+    let (run_fn, on_error) = plan.run_fn(span);
+    let (call_var, runtime_var) = vars();
+    quote_spanned! {span=>
+    #return_trait::#run_fn(#runtime_var, #call_var, async move { #body } #on_error).await
+    }
+}
+
+/// Axum's `Json` responses, or another crate's `Json` as a plain value: picked by method
+/// resolution, since the macro cannot tell the two apart by name.
+fn run_json(plan: &Plan<'_>, span: Span, body: TokenStream) -> TokenStream {
+    let private = &plan.private;
+    let (run_fn, on_error) = plan.run_fn(span);
+    let (call_var, runtime_var) = vars();
+    let body_var = Ident::new("__idem_body", Span::mixed_site());
+    let returns_of = respanned(quote!(#private::returns_of), span);
+    let picks = respanned(quote!(#private::{PickJson as _, PickValue as _}), span);
+    quote_spanned! {span=>
+    {
+        // One of the two is picked; the other is unused.
+        #[allow(unused_imports)]
+        use #picks;
+        let #body_var = async move { #body };
+        (&#returns_of(&#body_var)).__idem_pick().#run_fn(#runtime_var, #call_var, #body_var #on_error).await
+    }
+    }
+}
+
+/// The call's and the runtime's variables, which the prelude declares.
+fn vars() -> (Ident, Ident) {
+    (
+        Ident::new("__idem_call", Span::mixed_site()),
+        Ident::new("__idem_runtime", Span::mixed_site()),
+    )
+}
+
+/// `transaction = connection` on an `async fn`: see [`in_transaction`].
+fn transaction_block(
+    plan: &Plan<'_>,
+    sig: &syn::Signature,
+    connection: &Ident,
+    ret: &Type,
+    stmts: TokenStream,
+) -> TokenStream {
+    let argument = sig.inputs.iter().find_map(|input| match input {
+        syn::FnArg::Typed(typed) => match &*typed.pat {
+            syn::Pat::Ident(pat) if pat.ident == *connection => Some(&*typed.ty),
+            _ => None,
+        },
+        syn::FnArg::Receiver(_) => None,
+    });
+    let argument_type = argument.map_or_else(|| connection.span(), Spanned::span);
+    // A borrowed connection is reborrowed; an owned one (an extractor) is lent through a trait
+    // that knows which owned types hold a connection of their own.
+    let owned = argument.is_some_and(|ty| !matches!(ty, Type::Reference(_)));
+    let body = typed_body(ret, stmts);
+    let handler = plan.json.then_some(ret);
+    in_transaction(
+        plan.args,
+        &plan.private,
+        connection,
+        (argument_type, owned),
+        handler,
+        plan.prelude.clone(),
+        body,
+    )
 }
 
 /// `transaction = connection`: the claim in a transaction on the function's connection argument,
@@ -232,8 +283,7 @@ fn in_transaction(
         // Every error rolls back: no savepoint before the body.
         (None, false) => (quote!(#private::begin_in_transaction), quote!()),
     };
-    let call_var = Ident::new("__idem_call", Span::mixed_site());
-    let runtime_var = Ident::new("__idem_runtime", Span::mixed_site());
+    let (call_var, runtime_var) = vars();
     let claim = Ident::new("__idem_claim", span);
     let result = Ident::new("__idem_result", span);
     let context = Ident::new("__idem_context", span);
