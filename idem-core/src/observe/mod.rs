@@ -111,8 +111,15 @@ impl CallOutcome {
             Error::InvalidKey { .. } | Error::InvalidOption { .. } | Error::Encode { .. } => {
                 Self::Invalid
             }
-            // The claim's statement failed (in an aborted transaction, say): the store's failure.
-            _ => Self::StoreError,
+            // The claim's statement failed (in a caller's transaction that was aborted, say):
+            // the store's failure. The others come after a body only; listed so that a new
+            // variant must be placed here.
+            Error::Store { .. }
+            | Error::TransactionAborted { .. }
+            | Error::RolledBack { .. }
+            | Error::CommitUnknown { .. }
+            | Error::LeaseLost { .. }
+            | Error::NotRecorded { .. } => Self::StoreError,
         }
     }
 
@@ -449,4 +456,52 @@ pub(crate) fn store_retry(operation: &'static str, attempt: u32, err: &crate::Er
     );
     #[cfg(feature = "metrics")]
     metrics::counter!("idem.store.retries", "db.operation" => operation).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Error;
+
+    /// Whatever ended a call before its body, `served` tells `NotRun`; and the outcomes of a
+    /// call whose body ran tell `Executed`.
+    #[test]
+    fn a_call_that_failed_before_its_body_was_not_run() {
+        let store = || Error::store("claim", "connection refused");
+        let errors = [
+            Error::invalid_key("empty"),
+            Error::invalid_option("lease 0s"),
+            Error::in_progress("k", None),
+            Error::lease_lost("k"),
+            Error::deadlock("k"),
+            store(),
+            Error::store_indeterminate("claim", "timed out"),
+            Error::NotRecorded {
+                key: "k".into(),
+                source: Box::new(store()),
+            },
+            Error::transaction_aborted("claim", "25P02"),
+            Error::RolledBack {
+                key: "k".into(),
+                source: Box::new(store()),
+            },
+            Error::CommitUnknown {
+                key: "k".into(),
+                source: "reset".into(),
+            },
+            Error::corrupt("k", "bad magic"),
+        ];
+        for err in &errors {
+            let how = CallOutcome::before_body(err);
+            assert_eq!(how.served(), Served::NotRun, "{err:?} → {how:?}");
+        }
+        assert_eq!(
+            CallOutcome::before_body(&Error::transaction_aborted("claim", "25P02")),
+            CallOutcome::StoreError
+        );
+        for err in &errors[7..11] {
+            let how = CallOutcome::of_error(err);
+            assert_eq!(how.served(), Served::Executed, "{err:?} → {how:?}");
+        }
+    }
 }

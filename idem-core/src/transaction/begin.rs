@@ -128,10 +128,9 @@ impl Idempotency {
         .await
     }
 
-    /// [`begin_transaction_recording_errors_with`](Self::begin_transaction_recording_errors_with) with
-    /// every `Err` recorded: no error can be an unknown outcome, so it may run in the caller's
-    /// own transaction too. For `idem-postgres` and the macro.
-    #[doc(hidden)]
+    /// [`begin_transaction_recording_errors_with`](Self::begin_transaction_recording_errors_with)
+    /// with every `Err` recorded: no error can be an unknown outcome, so it may run in the
+    /// caller's own transaction too.
     pub async fn begin_transaction_recording_errors<'c, S, T, E>(
         &self,
         call: Call,
@@ -333,8 +332,7 @@ async fn begin_own<S: TransactionalStore>(
             "errors classified by `on_error` may be unknown outcomes, whose claim must hold the \
              key for a lease, and inside your own transaction that hold would vanish if you roll \
              back; pass a connection that is not in a transaction (idem then commits the hold), \
-             or classify no errors here (errors released: `begin`; recorded: \
-             `begin_recording_errors`)",
+             or classify no errors here (release every error, or record every error)",
         ));
     }
     Ok((store.begin(connection).await?, in_callers_transaction))

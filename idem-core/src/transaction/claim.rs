@@ -171,9 +171,9 @@ where
     /// visible together; any other `Err` rolls the transaction back and frees the key.
     ///
     /// If the record cannot be written, or the commit fails, the body's writes are rolled back
-    /// too and the error is returned; a commit whose outcome is unknown (the connection was lost
-    /// during `COMMIT`) is [`Error::Store`] with `is_indeterminate()`: a retry replays if it
-    /// committed and runs the body if it did not.
+    /// too and the error is [`Error::RolledBack`] (the key is free); a commit whose outcome is
+    /// unknown (the connection was lost during `COMMIT`) is [`Error::CommitUnknown`]: a retry
+    /// replays if it committed and runs the body if it did not.
     pub async fn finish(self, result: Result<T, E>) -> Result<T, E> {
         self.claim.finish(self.transaction, result).await
     }
@@ -328,6 +328,8 @@ where
             .await;
         or_roll_back!(open, extended);
         match open.commit().await {
+            // (A step before the COMMIT that failed, indeterminately or not, was rolled back with
+            // everything: the key is free, `RolledBack`.)
             // The hold's COMMIT got no reply: the key is held for a lease, or free. Not
             // `CommitUnknown` (there is no record to replay): the body ran and its result is
             // not recorded.
