@@ -110,8 +110,12 @@ pub mod steps {
     //!   writes through [`TransactionClaim::connection`] and [`TransactionClaim::finish`] commits
     //!   its record with those writes. `#[idempotent(transaction = conn)]` and
     //!   `idem::postgres::begin` write this for you; these are the generic types behind them.
+    //!   Run the body in [`with_context`] with [`TransactionClaim::context`], so that
+    //!   [`idem::context`](crate::context) answers inside it.
 
-    pub use idem_core::{Claimed, DetachedClaim, Started, TransactionBegun, TransactionClaim};
+    pub use idem_core::{
+        with_context, Claimed, DetachedClaim, Started, TransactionBegun, TransactionClaim,
+    };
 }
 
 /// Advanced: for store authors and for reaching into a store: the contract a backend
@@ -140,8 +144,17 @@ pub mod http {
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis {
+    /// What [`RedisStore::from_connection`] runs its commands on, from redis-rs.
+    pub use idem_redis::redis::aio::ConnectionLike;
+    /// A redis-rs connection with reconnection, what [`RedisStore`] holds by default.
+    pub use idem_redis::redis::aio::ConnectionManager;
     /// Connection settings for [`RedisStore::connect_with_config`], from redis-rs.
     pub use idem_redis::redis::aio::ConnectionManagerConfig;
+    /// A Redis Cluster connection, what [`RedisStore::connect_cluster`] holds (feature
+    /// `redis-cluster`), from redis-rs.
+    #[cfg(feature = "redis-cluster")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-cluster")))]
+    pub use idem_redis::redis::cluster_async::ClusterConnection;
     /// A redis-rs client, for [`RedisStore::connect_with_client`].
     pub use idem_redis::redis::Client;
     /// Certificates for `Client::build_with_tls` (feature `redis-tls`), from redis-rs.

@@ -327,11 +327,12 @@ impl IdempotencyLayer {
     /// # mod idem { // the `idem` crate's re-exports
     /// #     pub use idem_core::*;
     /// #     pub mod http { pub use idem_http::*; }
+    /// #     pub mod store { pub use idem_core::TransactionalStore; }
     /// # }
     /// use idem::http::IdempotencyLayer;
     /// use idem::Idempotency;
     /// # // Written for any transactional store; with the `postgres` feature, `PostgresStore`.
-    /// # fn layer<PostgresStore: idem::TransactionalStore>(idem: Idempotency) -> IdempotencyLayer {
+    /// # fn layer<PostgresStore: idem::store::TransactionalStore>(idem: Idempotency) -> IdempotencyLayer {
     /// let idempotency = IdempotencyLayer::new(idem).in_transaction::<PostgresStore>();
     /// # idempotency }
     /// ```
