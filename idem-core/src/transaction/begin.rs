@@ -9,10 +9,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::claim::{
-    lock, rolled_back, savepoint_name, DetachedClaim, Registered, TransactionBegun,
-    TransactionClaim,
-};
+use super::claim::{lock, DetachedClaim, Registered, TransactionBegun, TransactionClaim};
+use super::settle::{rolled_back, savepoint_name};
 use super::TransactionalStore;
 use crate::call::Call;
 use crate::observe::{self, CallOutcome, CallTrace};

@@ -18,6 +18,7 @@ use crate::Error;
 
 mod begin;
 mod claim;
+mod settle;
 
 pub use claim::{DetachedClaim, TransactionBegun, TransactionClaim};
 
