@@ -20,8 +20,8 @@ where
     E: From<Error>,
     F: Fn(&E) -> Disposition,
 {
-    /// [`TransactionClaim::finish`], with the transaction [`detach`](TransactionClaim::detach)
-    /// returned.
+    /// [`TransactionClaim::finish`](crate::TransactionClaim::finish), with the transaction
+    /// [`detach`](crate::TransactionClaim::detach) returned.
     pub async fn finish(
         mut self,
         transaction: S::Transaction<'_>,
@@ -182,7 +182,7 @@ enum Settlement {
         undo_body: bool,
     },
     /// An unknown outcome: undo the body's writes, commit the claim alone (see
-    /// `TransactionClaim::hold`).
+    /// `DetachedClaim::hold`).
     Hold,
     /// Roll everything back: the key is free.
     RollBack,
