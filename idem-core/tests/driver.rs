@@ -550,3 +550,57 @@ async fn a_claim_whose_reply_was_lost_is_released() {
         }
     }
 }
+
+/// Leases are kept by one watcher per runtime and thread, which starts a renewal task only for a
+/// body that runs towards its first renewal. A thread that outlives its runtime and runs calls on
+/// a new one must get a watcher on the new one: a body there still keeps its lease, and a
+/// duplicate neither takes it over nor runs.
+#[test]
+fn a_long_body_keeps_its_lease_on_a_thread_s_second_runtime() {
+    let idem = Idempotency::new(MemoryStore::new());
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let call =
+        |key: &'static str| Call::new("second-runtime", key).lease(Duration::from_millis(300));
+    // The first runtime's watcher starts on this thread, then its runtime ends.
+    runtime().block_on(async {
+        let first = idem.run(call("warm"), async { Ok::<u32, Error>(0) }).await;
+        assert_eq!(first.unwrap(), 0);
+    });
+    let runs = Arc::new(AtomicU32::new(0));
+    runtime().block_on(async {
+        let long = {
+            let runs = runs.clone();
+            idem.run(call("long"), async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                // Three leases: the claim lapses unless it is renewed.
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                Ok::<u32, Error>(1)
+            })
+        };
+        let duplicate = async {
+            tokio::time::sleep(Duration::from_millis(450)).await;
+            let counted = runs.clone();
+            idem.run(
+                call("long").on_in_progress(idem_core::OnInProgress::Reject),
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    Ok::<u32, Error>(2)
+                },
+            )
+            .await
+        };
+        let (long, duplicate) = tokio::join!(long, duplicate);
+        assert_eq!(long.unwrap(), 1);
+        assert!(
+            matches!(duplicate, Err(Error::InProgress { .. })),
+            "the duplicate took a claim that was not renewed: {duplicate:?}"
+        );
+    });
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the body ran twice");
+}

@@ -1,12 +1,11 @@
-//! A claim held while its body runs, and its lease: renewed every third of it, from a task of
-//! its own where the runtime has threads to spare; released in the background when the body
+//! A claim held while its body runs, and its lease: renewed every third of it, from other tasks
+//! where the runtime has threads to spare (`keeper`); released in the background when the body
 //! never started.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::runtime::RuntimeFlavor;
 use tokio::time::Instant;
 
 use super::Idempotency;
@@ -69,7 +68,7 @@ impl Idempotency {
     }
 
     /// [`keep_lease`](Self::keep_lease), from the claim's parts.
-    async fn keep_lease_of(
+    pub(super) async fn keep_lease_of(
         &self,
         key: &str,
         fence: Fence,
@@ -107,7 +106,7 @@ impl Idempotency {
     }
 
     /// Runs a body's `work` to its end while the lease of `claim` is kept. Where the runtime has
-    /// threads to spare, the lease is kept from a task of its own, so that a body that blocks its
+    /// threads to spare, the lease is kept from other tasks (see `keeper`), so that a body that blocks its
     /// thread (in `block_in_place`, say) does not stop the renewals; on a runtime of one thread,
     /// a blocked body blocks any keeper, and the body's own task keeps it
     /// ([`keeping_lease`](Self::keeping_lease)). A lease lost meanwhile shows when the end is
@@ -118,31 +117,13 @@ impl Idempotency {
         work: F,
         may_keep: impl Fn() -> bool,
     ) -> F::Output {
-        let apart = tokio::runtime::Handle::try_current()
-            .ok()
-            .filter(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread);
-        let Some(runtime) = apart else {
-            return self.keeping_lease(claim, work, may_keep).await;
-        };
-        let keeper = {
-            let (idem, key, fence, lease, clock, hold_until) = (
-                self.clone(),
-                claim.key.clone(),
-                claim.fence,
-                claim.lease,
-                claim.lease_clock.clone(),
-                claim.hold_until,
-            );
-            let span = tracing::Span::current();
-            // Its first renewal is a third of a lease away: a body that ends sooner costs a
-            // spawn and an abort, and no store command.
-            runtime.spawn(observe::in_span(&span, async move {
-                idem.keep_lease_of(&key, fence, lease, &clock, hold_until)
-                    .await;
-            }))
-        };
-        let _keeper = AbortOnDrop(keeper);
-        work.await
+        // Registered with its runtime's watcher, which starts a renewal task only for a body
+        // that runs towards its first renewal; unregistered (and renewals stopped) when `work`
+        // ends or is dropped.
+        match super::keeper::keep(self, claim) {
+            Some(_kept) => work.await,
+            None => self.keeping_lease(claim, work, may_keep).await,
+        }
     }
 
     /// Runs `work` to its end while keeping `claim`'s lease from its own task, from the time
@@ -189,16 +170,6 @@ impl Idempotency {
                 Err(err) => observe::release_failed(&err),
             }
         });
-    }
-}
-
-/// A task aborted when this is dropped: the lease keeper of a call, which must not outlive it
-/// (a cancelled call's keeper would renew a claim nobody runs).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -23,6 +23,7 @@ mod acquire;
 mod claimed;
 pub(crate) mod driver;
 mod future;
+mod keeper;
 mod lease;
 mod replay;
 mod retry;
