@@ -191,8 +191,8 @@ impl Idempotency {
             },
             trace.span.clone(),
         );
-        // The lease is kept from a task of its own where the runtime has threads (a body may
-        // block its thread), and otherwise only for a body that did not end at its first poll:
+        // The lease is kept from other tasks where the runtime has threads (a body may block its
+        // thread; see `keeper`), and otherwise only for a body that did not end at its first poll:
         // one that ends at once registers no timer.
         let body_ended = std::future::poll_fn(|_| match slot.take_end() {
             Some(end) => Poll::Ready(end),

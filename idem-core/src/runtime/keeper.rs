@@ -1,12 +1,12 @@
-//! The lease keepers of a multi-thread runtime: one task per runtime and thread of origin that
-//! watches the claims whose bodies run there, and starts a renewal task for a claim only once
-//! its first renewal is near.
+//! The lease keeper of a multi-thread runtime: one task per runtime that watches the claims whose
+//! bodies run there, and starts a renewal task for a claim only once its first renewal is near.
 //!
 //! Most bodies end long before a third of their lease, the first renewal: they cost a
 //! registration (a lock and a map entry), not a task. A task per call (spawned and aborted) cost
 //! several microseconds a call, mostly in waking a parked worker for it. A body that blocks its
 //! thread (in `block_in_place`) is still renewed: the watcher and the renewal run on other
-//! threads.
+//! threads. The watcher sleeps until the earliest first renewal it has to start, and parks when
+//! none is left; it ends with its runtime.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -22,17 +22,19 @@ use super::lease::{HeldClaim, LeaseClock};
 use super::Idempotency;
 use crate::observe;
 use crate::store::Fence;
-use crate::time::{later, MIN_LEASE};
+use crate::time::later;
 
-/// How often the watcher looks while claims are registered. A claim's first renewal is a third
-/// of its lease after the claim, at least `MIN_LEASE / 3`; looking twice as often starts every
-/// renewal task before its renewal is due.
-const LOOK_EVERY: Duration = Duration::from_millis(40);
-const _: () = assert!(LOOK_EVERY.as_nanos() * 6 <= MIN_LEASE.as_nanos());
+/// How long before a claim's first renewal its renewal task is started: the watcher's margin for
+/// being scheduled late. A claim whose first renewal is nearer than this when its body starts
+/// (it started late, as a two-step call may) gets its renewal task at once.
+const AHEAD: Duration = Duration::from_millis(40);
+
+/// The watcher of each live runtime, by runtime.
+static WATCHERS: Mutex<Vec<Arc<Watcher>>> = Mutex::new(Vec::new());
 
 thread_local! {
-    /// The watcher of claims registered from this thread, with the runtime it runs on.
-    static WATCHER: RefCell<Option<Arc<Watcher>>> = const { RefCell::new(None) };
+    /// The watcher this thread used last: most calls of a thread run on one runtime.
+    static CACHED: RefCell<Option<Arc<Watcher>>> = const { RefCell::new(None) };
 }
 
 /// Claims whose leases one watcher task keeps.
@@ -41,16 +43,16 @@ struct Watcher {
     /// The watcher's task: finished once its runtime shut down.
     task: Mutex<Option<AbortHandle>>,
     claims: Mutex<Claims>,
-    /// Wakes a watcher that found no claims.
-    registered: Notify,
+    /// Wakes the watcher to look earlier than it planned.
+    sooner: Notify,
 }
 
 #[derive(Default)]
 struct Claims {
     by_id: HashMap<u64, Watched>,
     next_id: u64,
-    /// Whether the watcher is looking (it parks when it finds no claims).
-    looking: bool,
+    /// When the watcher looks next; `None` while it is parked (no renewal left to start).
+    looks_at: Option<Instant>,
 }
 
 /// A registered claim: what its renewal task needs, until it is started.
@@ -94,30 +96,22 @@ impl Drop for Kept {
     }
 }
 
-/// Registers `claim` with the watcher of the current thread's runtime, so that its lease is kept
-/// from other tasks while its body runs. `None` outside a multi-thread runtime: there a blocked
-/// body blocks every task, and the body's own task keeps the lease.
+/// Registers `claim` with the watcher of the current runtime, so that its lease is kept from
+/// other tasks while its body runs. `None` outside a multi-thread runtime: there a blocked body
+/// blocks every task, and the body's own task keeps the lease.
 pub(super) fn keep(runtime: &Idempotency, claim: &HeldClaim) -> Option<Kept> {
     let handle = Handle::try_current()
         .ok()
         .filter(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread)?;
-    let watcher = WATCHER.with(|cell| {
-        let mut watcher = cell.borrow_mut();
-        match &*watcher {
-            Some(current) if current.runtime == handle.id() && current.alive() => current.clone(),
-            _ => {
-                let started = Watcher::start(&handle);
-                *watcher = Some(started.clone());
-                started
-            }
-        }
-    });
-    let watched = Watched {
-        due: claim
-            .lease_clock
-            .valid_until()
-            .checked_sub(claim.lease - claim.lease / 3)
-            .unwrap_or_else(Instant::now),
+    let watcher = watcher_of(&handle);
+    let now = Instant::now();
+    let due = claim
+        .lease_clock
+        .valid_until()
+        .checked_sub(claim.lease - claim.lease / 3)
+        .unwrap_or(now);
+    let mut watched = Watched {
+        due,
         renewal: Renewal::Pending {
             runtime: runtime.clone(),
             key: claim.key.clone(),
@@ -128,17 +122,61 @@ pub(super) fn keep(runtime: &Idempotency, claim: &HeldClaim) -> Option<Kept> {
             span: tracing::Span::current(),
         },
     };
-    let id = {
+    let look_at = due.checked_sub(AHEAD).filter(|at| *at > now);
+    if look_at.is_none() {
+        // Its first renewal is near already: as the watcher would, at once.
+        start_renewal(&mut watched.renewal);
+    }
+    let (id, sooner) = {
         let mut claims = lock(&watcher.claims);
         let id = claims.next_id;
         claims.next_id += 1;
         claims.by_id.insert(id, watched);
-        if !std::mem::replace(&mut claims.looking, true) {
-            watcher.registered.notify_one();
+        let sooner = look_at.filter(|at| claims.looks_at.is_none_or(|planned| *at < planned));
+        if sooner.is_some() {
+            claims.looks_at = sooner;
         }
-        id
+        (id, sooner.is_some())
     };
+    if sooner {
+        watcher.sooner.notify_one();
+    }
     Some(Kept { watcher, id })
+}
+
+/// The watcher of `handle`'s runtime, started on first use. Cached per thread; one per runtime.
+fn watcher_of(handle: &Handle) -> Arc<Watcher> {
+    let runtime = handle.id();
+    let cached = CACHED
+        .try_with(|cached| {
+            cached
+                .borrow()
+                .as_ref()
+                .filter(|watcher| watcher.runtime == runtime && watcher.alive())
+                .cloned()
+        })
+        .ok()
+        .flatten();
+    if let Some(watcher) = cached {
+        return watcher;
+    }
+    let watcher = {
+        let mut watchers = lock(&WATCHERS);
+        // Runtimes that ended take their watchers' tasks with them; an ended runtime's id may
+        // be reused.
+        watchers.retain(|watcher| watcher.alive());
+        match watchers.iter().find(|watcher| watcher.runtime == runtime) {
+            Some(watcher) => watcher.clone(),
+            None => {
+                let watcher = Watcher::start(handle);
+                watchers.push(watcher.clone());
+                watcher
+            }
+        }
+    };
+    // During the thread's teardown there is no cache: the lookup above serves.
+    let _ = CACHED.try_with(|cached| *cached.borrow_mut() = Some(watcher.clone()));
+    watcher
 }
 
 impl Watcher {
@@ -147,7 +185,7 @@ impl Watcher {
             runtime: handle.id(),
             task: Mutex::new(None),
             claims: Mutex::default(),
-            registered: Notify::new(),
+            sooner: Notify::new(),
         });
         let task = handle.spawn(watch(watcher.clone()));
         *lock(&watcher.task) = Some(task.abort_handle());
@@ -162,26 +200,40 @@ impl Watcher {
     }
 }
 
-/// The watcher's task: while claims are registered, looks every [`LOOK_EVERY`] and starts the
-/// renewal task of each claim whose first renewal is near; parks when none are.
+/// The watcher's task: starts the renewal task of each claim whose first renewal is near, then
+/// sleeps until the next one is, or until a claim registered since needs it sooner; parks when
+/// no renewal is left to start.
 async fn watch(watcher: Arc<Watcher>) {
     loop {
-        watcher.registered.notified().await;
-        loop {
-            let now = Instant::now();
-            {
-                let mut claims = lock(&watcher.claims);
-                if claims.by_id.is_empty() {
-                    claims.looking = false;
-                    break;
+        let looks_at = {
+            let mut claims = lock(&watcher.claims);
+            let horizon = later(Instant::now(), AHEAD);
+            let mut next: Option<Instant> = None;
+            for watched in claims.by_id.values_mut() {
+                if !matches!(watched.renewal, Renewal::Pending { .. }) {
+                    continue;
                 }
-                for watched in claims.by_id.values_mut() {
-                    if watched.due <= later(now, LOOK_EVERY) {
-                        start_renewal(&mut watched.renewal);
-                    }
+                if watched.due <= horizon {
+                    start_renewal(&mut watched.renewal);
+                } else {
+                    let at = watched.due - AHEAD;
+                    next = Some(next.map_or(at, |next| next.min(at)));
                 }
             }
-            tokio::time::sleep_until(later(now, LOOK_EVERY)).await;
+            claims.looks_at = next;
+            if claims.by_id.is_empty() && claims.by_id.capacity() > 64 {
+                claims.by_id.shrink_to(64);
+            }
+            next
+        };
+        match looks_at {
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = watcher.sooner.notified() => {}
+                }
+            }
+            None => watcher.sooner.notified().await,
         }
     }
 }

@@ -129,8 +129,8 @@ impl Idempotency {
     }
 
     /// How long a claim lasts; the runtime renews it every third of this while the body runs
-    /// (on a multi-thread runtime from a task of its own, so that a body blocking its thread
-    /// in `block_in_place` keeps its claim).
+    /// (on a multi-thread runtime from other tasks, so that a body blocking its thread in
+    /// `block_in_place` keeps its claim).
     #[must_use]
     pub fn with_lease(mut self, lease: Duration) -> Self {
         Arc::make_mut(&mut self.inner).lease = lease;
