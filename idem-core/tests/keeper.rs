@@ -109,7 +109,7 @@ impl Store for Timed {
 fn a_body_started_near_its_first_renewal_is_renewed_on_time() {
     let rt = multi(2);
     let store = Arc::new(Timed::default());
-    let idem = Idempotency::new(SharedStore(store.clone()));
+    let idem = Idempotency::from_arc(store.clone());
     let lease = Duration::from_millis(300);
     let mut late = Vec::new();
     rt.block_on(async {
@@ -163,29 +163,4 @@ fn a_body_started_near_its_first_renewal_is_renewed_on_time() {
         *max < Duration::from_millis(20),
         "a first renewal {max:?} late: {late:?}"
     );
-}
-
-/// `Idempotency::new` takes a store by value; share the timed one.
-struct SharedStore(Arc<Timed>);
-
-#[async_trait]
-impl Store for SharedStore {
-    async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
-        self.0.claim(request).await
-    }
-    async fn complete(
-        &self,
-        key: &str,
-        fence: Fence,
-        record: &[u8],
-        retention: Duration,
-    ) -> Result<(), Error> {
-        self.0.complete(key, fence, record, retention).await
-    }
-    async fn release(&self, key: &str, fence: Fence) -> Result<(), Error> {
-        self.0.release(key, fence).await
-    }
-    async fn renew(&self, key: &str, fence: Fence, lease: Duration) -> Result<(), Error> {
-        self.0.renew(key, fence, lease).await
-    }
 }
