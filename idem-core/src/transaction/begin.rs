@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::claim::{lock, DetachedClaim, Registered, TransactionBegun, TransactionClaim};
-use super::settle::{rolled_back, savepoint_name};
+use super::settle::{or_roll_back, savepoint_name, Open};
 use super::TransactionalStore;
 use crate::call::Call;
 use crate::observe::{self, CallOutcome, CallTrace};
@@ -348,31 +348,31 @@ enum Acquired<'c, S: TransactionalStore> {
 /// and looks again: under READ COMMITTED each look sees what committed meanwhile.
 async fn claim<'c, S: TransactionalStore>(
     store: &S,
-    mut transaction: S::Transaction<'c>,
+    transaction: S::Transaction<'c>,
     call: &Prepared,
     attempt: AttemptId,
 ) -> Result<Acquired<'c, S>, Error> {
+    let mut open = Open { store, transaction };
     let request = ClaimRequest::new(&call.key, attempt, &call.fingerprint, call.lease);
     // As outside a transaction, a duplicate waits at most one lease for the first call.
     let give_up_at = later(Instant::now(), call.on_in_progress.patience(call.lease));
     let mut pause = POLL_FIRST;
     let mut waited = false;
     loop {
-        let (holder, lease_remaining, open) = match store.claim_in(&mut transaction, request).await
-        {
-            Ok(ClaimOutcome::Acquired { fence, .. }) => {
-                return Ok(Acquired::Fence(transaction, fence));
+        let claimed = store.claim_in(&mut open.transaction, request).await;
+        let (holder, lease_remaining, held_open) = match or_roll_back!(open, claimed) {
+            ClaimOutcome::Acquired { fence, .. } => {
+                return Ok(Acquired::Fence(open.transaction, fence));
             }
-            Ok(ClaimOutcome::Completed { record }) => {
-                let _ = store.rollback(transaction).await;
+            ClaimOutcome::Completed { record } => {
+                open.roll_back().await;
                 return Ok(Acquired::Replay { record, waited });
             }
-            Ok(ClaimOutcome::InProgress {
+            ClaimOutcome::InProgress {
                 fingerprint,
                 lease_remaining,
                 fence,
-            }) => (fingerprint, lease_remaining, fence == Fence(0)),
-            Err(err) => return Err(rolled_back(store, transaction, err).await),
+            } => (fingerprint, lease_remaining, fence == Fence(0)),
         };
         let refusal = if !same_request(&holder, &call.fingerprint) {
             Some(Error::KeyReused {
@@ -387,16 +387,18 @@ async fn claim<'c, S: TransactionalStore>(
             None
         };
         if let Some(err) = refusal {
-            return Err(rolled_back(store, transaction, err).await);
+            open.roll_back().await;
+            return Err(err);
         }
         waited = true;
         let patience = give_up_at.saturating_duration_since(Instant::now());
-        if open {
+        if held_open {
             // Another open transaction holds the key: wait for it to end where the database
             // sees the wait, so that a cycle of waits is found (and broken) within a second.
-            if let Err(err) = store.wait_in(&mut transaction, &call.key, patience).await {
-                return Err(rolled_back(store, transaction, err).await);
-            }
+            let waited_in = store
+                .wait_in(&mut open.transaction, &call.key, patience)
+                .await;
+            or_roll_back!(open, waited_in);
         } else {
             // A committed claim (outside a transaction, or an unknown outcome held): look
             // again as it renews or lapses.

@@ -191,13 +191,13 @@ enum Settlement {
 /// The call's transaction until it commits. Every error on the way ends through
 /// [`or_roll_back!`], which rolls it back: one exit, not one hand-written rollback per step
 /// (dropping the transaction would roll back too, but only at the connection's next use).
-struct Open<'s, 't, S: TransactionalStore> {
-    store: &'s S,
-    transaction: S::Transaction<'t>,
+pub(super) struct Open<'s, 't, S: TransactionalStore> {
+    pub(super) store: &'s S,
+    pub(super) transaction: S::Transaction<'t>,
 }
 
 impl<S: TransactionalStore> Open<'_, '_, S> {
-    async fn roll_back(self) {
+    pub(super) async fn roll_back(self) {
         let _ = self.store.rollback(self.transaction).await;
     }
 
@@ -219,7 +219,7 @@ macro_rules! or_roll_back {
     };
 }
 
-use or_roll_back;
+pub(super) use or_roll_back;
 
 /// An error that ended a transactional call after its body ran, as the caller must read it: the
 /// body ran, and its writes either rolled back with the claim (the key is free) or, when the
@@ -249,14 +249,4 @@ fn after_the_body(key: &str, err: Error) -> Error {
 /// cannot be confused with it.
 pub(super) fn savepoint_name(attempt: AttemptId) -> String {
     format!("idem_body_{:032x}", attempt.0)
-}
-
-/// Rolls `transaction` back after `err`, and returns `err`.
-pub(super) async fn rolled_back<S: TransactionalStore>(
-    store: &S,
-    transaction: S::Transaction<'_>,
-    err: Error,
-) -> Error {
-    let _ = store.rollback(transaction).await;
-    err
 }
