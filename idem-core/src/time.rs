@@ -39,9 +39,7 @@ pub(crate) fn check_durations(lease: Duration, retention: Duration) -> Result<()
 
 /// `at + by`, saturating far in the future instead of overflowing.
 pub(crate) fn later(at: Instant, by: Duration) -> Instant {
-    at.checked_add(by)
-        .or_else(|| at.checked_add(MAX_DURATION))
-        .unwrap_or(at)
+    Instant::from_std(later_std(at.into_std(), by))
 }
 
 /// [`later`] on the standard clock (the memory store's real-time mode).
