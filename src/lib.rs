@@ -235,6 +235,20 @@ pub mod postgres {
     pub use crate::postgres_connection::Connection;
 }
 
+/// Advanced (feature `testing`): the store contract suite, for the tests of a
+/// [`Store`](store::Store) of your own. `store_contract_tests!` generates one `#[tokio::test]`
+/// per check of the contract (so the tests need tokio with `rt-multi-thread` and `macros`):
+///
+/// ```text
+/// idem::testing::store_contract_tests!(async { MyStore::connect("...").await.unwrap() });
+/// ```
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing {
+    pub use idem_core::store_contract_tests;
+    pub use idem_core::testing::*;
+}
+
 #[doc(hidden)]
 pub mod __private {
     pub use crate::private::*;

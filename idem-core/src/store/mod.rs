@@ -124,7 +124,7 @@ impl ClaimOutcome {
 /// fencing token is not current. The runtime retries `claim`, `complete`, `release` and `renew`
 /// on store errors; all are safe to repeat.
 ///
-/// The contract test suite in `idem_core::testing` (feature `testing`) checks an implementation.
+/// The contract test suite, `idem::testing` (feature `testing`), checks an implementation.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Claims `request.key`: grants a new claim if the key is absent or its lease has lapsed,

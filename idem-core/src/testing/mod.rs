@@ -6,7 +6,7 @@
 //! generates one `#[tokio::test]` per check:
 //!
 //! ```text
-//! idem_core::store_contract_tests!(async { idem_core::MemoryStore::new() }); // in a store crate's tests
+//! idem::testing::store_contract_tests!(async { idem::MemoryStore::new() }); // in a store's tests
 //! ```
 //!
 //! Leases in these checks are real time (a few hundred milliseconds), because a server-side
