@@ -216,6 +216,18 @@ impl Statements {
              statement_timestamp() + $4::bigint * interval '1 millisecond', \
              statement_timestamp() + $4::bigint * interval '1 millisecond'"
         );
+        // In a transaction, $8 is the retention (ms): the pending row gets the expiry its
+        // record will keep, so that recording it changes no indexed column (a HOT update).
+        let new_row_in_transaction = format!(
+            "$1, 0, nextval('{sequence}'), $2, $3, NULL, \
+             statement_timestamp() + $4::bigint * interval '1 millisecond', \
+             statement_timestamp() + ($4::bigint + $8::bigint) * interval '1 millisecond'"
+        );
+        // The key's row as this statement's snapshot has it, with the columns below.
+        let row_columns = "r.state, r.fence, r.attempt, r.fingerprint, r.record, \
+               floor(extract(epoch FROM (r.lease_until - statement_timestamp())) * 1000)::bigint \
+                 AS remaining_ms, \
+               r.expires_at > statement_timestamp() AS live";
         // Columns: state (-1 when this statement claimed the key), fence, attempt,
         // fingerprint, record, lease remaining (ms), whether a record is still live.
         let claimed_or_found = format!(
@@ -224,9 +236,7 @@ impl Statements {
                true AS live \
              FROM claimed \
              UNION ALL \
-             SELECT r.state, r.fence, r.attempt, r.fingerprint, r.record, \
-               floor(extract(epoch FROM (r.lease_until - statement_timestamp())) * 1000)::bigint, \
-               r.expires_at > statement_timestamp() \
+             SELECT {row_columns} \
              FROM {t} r WHERE r.key = $1 AND NOT EXISTS (SELECT 1 FROM claimed)"
         );
         // $5 (ms, as text): how long this statement waits on a row lock, that of a claim an
@@ -260,35 +270,50 @@ impl Statements {
         // the table's oid, so that one table named two ways (`t`, `public.t`) shares them, and
         // two tables of one name in two schemas do not.
         let table_id = format!("'{t}'::regclass::oid::bigint");
+        // A live record is read without taking a lock or writing: a replay holds nothing, so
+        // its transaction may end whenever its connection is next used (`NULL` first column).
         let claim_in_transaction = format!(
-            "WITH lock AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($5 # {table_id}) AS held), \
+            "WITH found AS MATERIALIZED (SELECT {row_columns} FROM {t} r WHERE r.key = $1), \
+             lock AS MATERIALIZED (SELECT CASE \
+                 WHEN EXISTS (SELECT 1 FROM found WHERE found.state = 1 AND found.live) THEN NULL \
+                 ELSE pg_try_advisory_xact_lock($5 # {table_id}) END AS held), \
              probe AS MATERIALIZED (SELECT CASE \
+                 WHEN lock.held IS NULL THEN false \
                  WHEN lock.held THEN NOT pg_try_advisory_xact_lock($6 # {table_id}) \
                  WHEN $7::bigint IS NULL THEN false \
                  ELSE pg_try_advisory_xact_lock($6 # {table_id}) \
                    AND pg_try_advisory_xact_lock($7::bigint # {table_id}) \
                END AS other FROM lock), \
              claimed AS (INSERT INTO {t} AS r (key, state, fence, attempt, fingerprint, record, \
-               lease_until, expires_at) SELECT {new_row} FROM lock WHERE lock.held \
+               lease_until, expires_at) SELECT {new_row_in_transaction} FROM lock WHERE lock.held \
                ON CONFLICT (key) DO NOTHING RETURNING r.fence) \
-             SELECT lock.held, probe.other, found.*, pg_backend_pid() AS pid, \
+             SELECT lock.held, probe.other, seen.*, pg_backend_pid() AS pid, \
                (extract(epoch FROM now()) * 1000000)::bigint AS xact_us \
-             FROM lock CROSS JOIN probe LEFT JOIN ({claimed_or_found}) found ON true"
+             FROM lock CROSS JOIN probe LEFT JOIN ( \
+               SELECT -1::smallint AS state, fence, NULL::bytea AS attempt, \
+                 NULL::bytea AS fingerprint, NULL::bytea AS record, 0::bigint AS remaining_ms, \
+                 true AS live \
+               FROM claimed \
+               UNION ALL \
+               SELECT * FROM found WHERE NOT EXISTS (SELECT 1 FROM claimed)) seen ON true"
         );
-        // $1 key, $2 attempt, $3 fingerprint, $4 lease (ms), $5 the fence read: takes over the
-        // lapsed claim or expired record that a claim in a transaction read, if it still is.
+        // $1 key, $2 attempt, $3 fingerprint, $4 lease (ms), $5 the fence read, $6 retention
+        // (ms): takes over the lapsed claim or expired record that a claim in a transaction
+        // read, if it still is.
         let take_over = format!(
             "UPDATE {t} AS r SET state = 0, fence = nextval('{sequence}'), attempt = $2, \
                fingerprint = $3, record = NULL, \
                lease_until = statement_timestamp() + $4::bigint * interval '1 millisecond', \
-               expires_at = statement_timestamp() + $4::bigint * interval '1 millisecond' \
+               expires_at = statement_timestamp() + ($4::bigint + $6::bigint) * interval '1 millisecond' \
              WHERE r.key = $1 AND r.fence = $5 AND {claimable} RETURNING r.fence"
         );
 
         // $1 key, $2 fence, $3 record, $4 retention (ms). The record is kept at least until the
-        // claim's lease would have ended.
+        // claim's lease would have ended. An expiry already that late is left as it is (a claim
+        // in a transaction sets it up front), so that the update can be HOT.
         let completed = "SET state = 1, record = $3, attempt = NULL, expires_at = \
-            greatest(statement_timestamp() + $4::bigint * interval '1 millisecond', lease_until)";
+            greatest(expires_at, statement_timestamp() + $4::bigint * interval '1 millisecond', \
+              lease_until)";
         Self {
             table: table.to_owned(),
             schema,
@@ -302,7 +327,8 @@ impl Statements {
             // else can have taken it over, whatever its lease says.
             extend_in_transaction: sql(format!(
                 "UPDATE {t} SET lease_until = statement_timestamp() + $3::bigint * interval '1 millisecond', \
-                   expires_at = statement_timestamp() + $3::bigint * interval '1 millisecond' \
+                   expires_at = greatest(expires_at, \
+                     statement_timestamp() + $3::bigint * interval '1 millisecond') \
                  WHERE key = $1 AND fence = $2 AND state = 0"
             )),
             // Outside a transaction a claim whose lease lapsed may be taken over at any moment,

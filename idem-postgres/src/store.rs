@@ -1,11 +1,11 @@
 //! `PostgresStore`: the `Store` in autocommit, the schema, the reaper.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use idem_core::{ClaimOutcome, ClaimRequest, Error, Fence, Store};
+use idem_core::{ClaimOutcome, ClaimRequest, Error, Fence, Store, MAX_DURATION};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor, PgConnection, Row};
 
@@ -111,6 +111,11 @@ pub struct PostgresStore {
     sql: Arc<Statements>,
     /// The transaction of each claim granted in one and not yet ended, by key and fence.
     pub(crate) sessions: Arc<std::sync::Mutex<HashMap<(String, u64), Session>>>,
+    /// The attempts whose claim in a transaction found a record to replay after an earlier look
+    /// took the key's lock (a record committed between a look's snapshot and its lock): their
+    /// transaction holds that lock, so it is rolled back at once rather than left to the
+    /// connection's next use.
+    pub(crate) locked_replays: Arc<std::sync::Mutex<HashSet<u128>>>,
 }
 
 /// A transaction on some connection: its backend and its start (µs since the epoch), which
@@ -173,6 +178,7 @@ impl PostgresStore {
             pool,
             sql: Arc::new(Statements::default_table()),
             sessions: Arc::default(),
+            locked_replays: Arc::default(),
         }
     }
 
@@ -266,6 +272,8 @@ impl PostgresStore {
         lease_ms: i64,
         session: &mut Option<Session>,
     ) -> Result<ClaimOutcome, Error> {
+        // Whether a look took the key's advisory lock, which this transaction then holds.
+        let mut took_lock = false;
         for _ in 0..CLAIM_LOOKS {
             let row = if in_transaction {
                 sqlx::query(self.sql.claim_in_transaction.clone())
@@ -276,6 +284,7 @@ impl PostgresStore {
                     .bind(advisory_lock(request.key))
                     .bind(request_lock(request.key, request.fingerprint))
                     .bind((!request.fingerprint.is_empty()).then(|| request_lock(request.key, &[])))
+                    .bind(millis(request.retention.min(MAX_DURATION)))
                     .fetch_optional(&mut *connection)
                     .await
             } else {
@@ -308,9 +317,18 @@ impl PostgresStore {
                     pid: column(request.key, row, 9)?,
                     started_us: column(request.key, row, 10)?,
                 });
+                took_lock |= column::<Option<bool>>(request.key, row, 0)? == Some(true);
             }
             match claim_outcome(request, row.as_ref(), in_transaction)? {
-                Look::Found(outcome) => return Ok(outcome),
+                Look::Found(outcome) => {
+                    if took_lock && matches!(outcome, ClaimOutcome::Completed { .. }) {
+                        self.locked_replays
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(request.attempt.0);
+                    }
+                    return Ok(outcome);
+                }
                 Look::Again => {}
                 Look::TakeOver(fence) => {
                     if let Some(fence) = self.take_over(connection, request, fence).await? {
@@ -406,6 +424,7 @@ impl PostgresStore {
             .bind(request.fingerprint)
             .bind(millis(request.lease))
             .bind(fence_value(request.key, fence)?)
+            .bind(millis(request.retention.min(MAX_DURATION)))
             .fetch_optional(&mut *connection)
             .await
             .map_err(|err| claim_error(&err, true))?;
@@ -572,11 +591,12 @@ fn claim_outcome(
     let Some(row) = row else {
         return Ok(Look::Again);
     };
-    // In a transaction the first column says whether this transaction holds the key's lock,
-    // the second whether the holder's request is another than this one.
+    // In a transaction the first column says whether this transaction holds the key's lock
+    // (NULL when it found a live record and took no lock), the second whether the holder's
+    // request is another than this one.
     let (held, other, first) = if in_transaction {
         (
-            column::<bool>(key, row, 0)?,
+            column::<Option<bool>>(key, row, 0)?.unwrap_or(false),
             column::<bool>(key, row, 1)?,
             2,
         )

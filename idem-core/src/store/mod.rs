@@ -49,6 +49,9 @@ pub struct ClaimRequest<'a> {
     pub fingerprint: &'a [u8],
     /// How long the claim lasts unless renewed.
     pub lease: Duration,
+    /// How long the record will be kept once made (zero when unknown). A hint: a store may give
+    /// a pending claim its final expiry up front, so that recording it later changes less.
+    pub retention: Duration,
 }
 
 impl<'a> ClaimRequest<'a> {
@@ -59,7 +62,15 @@ impl<'a> ClaimRequest<'a> {
             attempt,
             fingerprint,
             lease,
+            retention: Duration::ZERO,
         }
+    }
+
+    /// The same request, with the retention its record will have.
+    #[must_use]
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
     }
 }
 

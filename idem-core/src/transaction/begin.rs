@@ -353,7 +353,8 @@ async fn claim<'c, S: TransactionalStore>(
     attempt: AttemptId,
 ) -> Result<Acquired<'c, S>, Error> {
     let mut open = Open { store, transaction };
-    let request = ClaimRequest::new(&call.key, attempt, &call.fingerprint, call.lease);
+    let request = ClaimRequest::new(&call.key, attempt, &call.fingerprint, call.lease)
+        .with_retention(call.retention);
     // As outside a transaction, a duplicate waits at most one lease for the first call.
     let give_up_at = later(Instant::now(), call.on_in_progress.patience(call.lease));
     let mut pause = POLL_FIRST;
@@ -365,7 +366,12 @@ async fn claim<'c, S: TransactionalStore>(
                 return Ok(Acquired::Fence(open.transaction, fence));
             }
             ClaimOutcome::Completed { record } => {
-                open.roll_back().await;
+                if waited {
+                    // Waiting may have taken the key's lock (`wait_in`): end it now.
+                    open.roll_back().await;
+                } else {
+                    store.end_replay(open.transaction, attempt).await;
+                }
                 return Ok(Acquired::Replay { record, waited });
             }
             ClaimOutcome::InProgress {

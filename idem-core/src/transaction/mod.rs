@@ -13,7 +13,7 @@
 use std::ops::DerefMut;
 use std::time::Duration;
 
-use crate::store::{ClaimOutcome, ClaimRequest, Fence, Store};
+use crate::store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
 use crate::Error;
 
 mod begin;
@@ -59,6 +59,18 @@ pub trait TransactionalStore: Store {
 
     /// Rolls the transaction (or savepoint) back.
     async fn rollback(&self, transaction: Self::Transaction<'_>) -> Result<(), Error>;
+
+    /// Ends the transaction in which [`claim_in`](Self::claim_in), asked for `attempt`, found a
+    /// record to replay without waiting for another transaction. By default, rolls it back.
+    ///
+    /// A store whose claim took nothing in that transaction (no lock, no write) may drop it
+    /// instead, so that the replay does not wait a round trip for the rollback: the rollback then
+    /// goes with the connection's next use (for a pooled connection, its return to the pool), and
+    /// until then the connection sits idle in a transaction that holds nothing.
+    async fn end_replay(&self, transaction: Self::Transaction<'_>, attempt: AttemptId) {
+        let _ = attempt;
+        let _ = self.rollback(transaction).await;
+    }
 
     /// Marks where the body's writes begin, under `name` (unique to the call, a plain
     /// identifier), so that they can be undone without the claim (`SAVEPOINT name`).
