@@ -3,7 +3,7 @@
 //! while, and prints one table row per scenario and store.
 //!
 //! ```sh
-//! cargo run --release --example chaos -- --keys 10000 --deliveries 3 --drop-replies 0.2 --seconds 60
+//! cargo run --release -p idem-chaos --example chaos -- --keys 10000 --deliveries 3 --drop-replies 0.2 --seconds 60
 //! ```
 //!
 //! Options: `--keys N` (per scenario and round), `--deliveries N` (per key), `--drop-replies P`
