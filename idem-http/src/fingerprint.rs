@@ -1,5 +1,8 @@
 //! The default request fingerprint, and the composite store key.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
 use http::request::Parts;
 use idem_core::Fingerprint;
 use serde_json::Value;
@@ -74,17 +77,17 @@ pub(crate) fn request_uri(parts: &Parts) -> &http::Uri {
 fn number_literals(json: &[u8]) -> Option<Vec<String>> {
     /// Where the scanner is: in an object (its current key, whether a key comes next, and the
     /// keys seen) or in an array (the current index).
-    enum Frame {
+    enum Frame<'a> {
         Object {
-            key: String,
+            key: Cow<'a, str>,
             expect_key: bool,
-            seen: std::collections::HashSet<String>,
+            seen: SeenKeys<'a>,
         },
         Array {
             index: usize,
         },
     }
-    let path = |frames: &[Frame]| {
+    let path = |frames: &[Frame<'_>]| {
         let mut path = String::new();
         for frame in frames {
             match frame {
@@ -92,21 +95,23 @@ fn number_literals(json: &[u8]) -> Option<Vec<String>> {
                 Frame::Object { key, .. } => {
                     path.push_str(&serde_json::to_string(key).unwrap_or_default());
                 }
-                Frame::Array { index } => path.push_str(&format!("[{index}]")),
+                Frame::Array { index } => {
+                    let _ = write!(path, "[{index}]");
+                }
             }
         }
         path
     };
     let mut literals = Vec::new();
-    let mut frames: Vec<Frame> = Vec::new();
+    let mut frames: Vec<Frame<'_>> = Vec::new();
     let mut at = 0;
     while at < json.len() {
         let byte = json[at];
         match byte {
             b'{' => frames.push(Frame::Object {
-                key: String::new(),
+                key: Cow::Borrowed(""),
                 expect_key: true,
-                seen: std::collections::HashSet::new(),
+                seen: SeenKeys::default(),
             }),
             b'[' => frames.push(Frame::Array { index: 0 }),
             b'}' | b']' => {
@@ -119,8 +124,10 @@ fn number_literals(json: &[u8]) -> Option<Vec<String>> {
             },
             b'"' => {
                 let start = at;
+                let mut escaped = false;
                 at += 1;
                 while at < json.len() && json[at] != b'"' {
+                    escaped |= json[at] == b'\\';
                     at += if json[at] == b'\\' { 2 } else { 1 };
                 }
                 if let Some(Frame::Object {
@@ -130,8 +137,7 @@ fn number_literals(json: &[u8]) -> Option<Vec<String>> {
                 }) = frames.last_mut()
                 {
                     if *expect_key {
-                        let raw = &json[start..(at + 1).min(json.len())];
-                        *key = serde_json::from_slice(raw).unwrap_or_default();
+                        *key = json_key(&json[start..(at + 1).min(json.len())], escaped);
                         *expect_key = false;
                         if !seen.insert(key.clone()) {
                             return None;
@@ -146,8 +152,10 @@ fn number_literals(json: &[u8]) -> Option<Vec<String>> {
                 {
                     at += 1;
                 }
-                let literal = String::from_utf8_lossy(&json[start..=at]);
-                literals.push(format!("{}={literal}", path(&frames)));
+                let mut literal = path(&frames);
+                literal.push('=');
+                literal.push_str(&String::from_utf8_lossy(&json[start..=at]));
+                literals.push(literal);
             }
             _ => {}
         }
@@ -155,6 +163,44 @@ fn number_literals(json: &[u8]) -> Option<Vec<String>> {
     }
     literals.sort_unstable();
     Some(literals)
+}
+
+/// A member name, decoded from its quoted text: borrowed when it has no escape.
+fn json_key(quoted: &[u8], escaped: bool) -> Cow<'_, str> {
+    if !escaped && quoted.len() >= 2 {
+        if let Ok(key) = std::str::from_utf8(&quoted[1..quoted.len() - 1]) {
+            return Cow::Borrowed(key);
+        }
+    }
+    Cow::Owned(serde_json::from_slice(quoted).unwrap_or_default())
+}
+
+/// The member names an object has shown so far: a short list while it is short (most objects),
+/// a hash set beyond, so that a body with a huge object is not quadratic.
+#[derive(Default)]
+struct SeenKeys<'a> {
+    few: Vec<Cow<'a, str>>,
+    many: Option<std::collections::HashSet<Cow<'a, str>>>,
+}
+
+impl<'a> SeenKeys<'a> {
+    /// Longest list searched one by one.
+    const FEW: usize = 16;
+
+    /// Adds `key`; `false` when it was there already.
+    fn insert(&mut self, key: Cow<'a, str>) -> bool {
+        if let Some(many) = &mut self.many {
+            return many.insert(key);
+        }
+        if self.few.contains(&key) {
+            return false;
+        }
+        self.few.push(key);
+        if self.few.len() > Self::FEW {
+            self.many = Some(self.few.drain(..).collect());
+        }
+        true
+    }
 }
 
 /// `application/json`, or any `+json` type.
@@ -208,6 +254,30 @@ mod tests {
         assert_eq!(
             default_fingerprint(&parts("POST", "/t", json), siblings),
             default_fingerprint(&parts("POST", "/t", json), reordered)
+        );
+    }
+
+    /// The same in an object too long for the short list of names seen (the hash set's path),
+    /// and with an escaped name that repeats an unescaped one.
+    #[test]
+    fn repeated_member_names_are_found_in_long_objects_and_through_escapes() {
+        let json = parts("POST", "/t", Some("application/json"));
+        let members: Vec<String> = (0..40).map(|n| format!(r#""k{n}":{n}"#)).collect();
+        let once = format!("{{{}}}", members.join(","));
+        let twice = format!(r#"{{{},"k3":3}}"#, members.join(","));
+        let (once, twice) = (
+            default_fingerprint(&json, once.as_bytes()),
+            default_fingerprint(&json, twice.as_bytes()),
+        );
+        assert_ne!(once, twice);
+        assert_ne!(
+            default_fingerprint(&json, br#"{"to":"a","\u0074o":"b"}"#),
+            default_fingerprint(&json, br#"{"to":"b"}"#)
+        );
+        assert_eq!(number_literals(br#"{"a":1,"\u0061":2}"#), None);
+        assert_eq!(
+            number_literals(br#"{"\u0061":[1,{"b":2}]}"#),
+            Some(vec![r#""a"[0]=1"#.to_owned(), r#""a"[1]"b"=2"#.to_owned()])
         );
     }
 
@@ -279,4 +349,46 @@ mod tests {
             print(r#"{"A": 100000000000000000000001}"#)
         );
     }
+}
+
+#[cfg(test)]
+mod pinned {
+    use super::*;
+
+    /// Fingerprints are stored with claims and records: one computed differently after an
+    /// upgrade would refuse every retry of a request made before it (422). These are the values
+    /// of idem 0.1.0; a change here is a breaking change of the stored format.
+    #[test]
+    fn fingerprints_stay_the_values_stored_before() {
+        let request = |content_type: &str| {
+            http::Request::post("/payments?tenant=7")
+                .header("content-type", content_type)
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        let json = request("application/json");
+        let cases: [(&Parts, &[u8]); 4] = [
+            (
+                &json,
+                br#"{"amount": 1250, "currency": "EUR", "to": {"iban": "DE02\u00e9", "n": [1, 2.50, -3e2]}}"#,
+            ),
+            (&json, br#"{"b":{},"a":[],"c":null,"d":true}"#),
+            (&json, br#"{"to":"a","to":"b"}"#),
+            (&request("text/plain"), b"plain bytes"),
+        ];
+        let printed: Vec<String> = cases
+            .iter()
+            .map(|(parts, body)| idem_core::encode::hex(&default_fingerprint(parts, body).0))
+            .collect();
+        assert_eq!(printed, PINNED);
+    }
+
+    const PINNED: [&str; 4] = [
+        "589f32748377915b282fb1a6d8a4c937b7bbd89979aabab5d3ebf7004450ce52",
+        "9cad006b9df2458517b9ddaf6edfac49fa0b2fa6b27f58e7a58e505e7f76b488",
+        "941a47412554f17acde5623fd57f22b1b4230e0b0ed0c7bf8fac8dcf00f89fc1",
+        "c7918230b4bfc50aa44cc76a2b85042b3935a91c74d736b51738d0692342a47e",
+    ];
 }
