@@ -5,12 +5,14 @@
 //! cargo run --release -p idem-bench -- [--rounds 3] [--block-ms 1000] [--tasks 1,16,64,256]
 //!                                      [--suite redis,memory,postgres,http,http-redis,http-postgres]
 //!                                      [--chart docs/benchmarks.svg]
+//!                                      [--write-tables docs/benchmarks.md]
 //! ```
 //!
 //! It starts its own `redis-server` on a free port unless `REDIS_URL` names one.
 
 mod chart;
 mod measure;
+mod page;
 mod report;
 mod sides;
 
@@ -46,6 +48,18 @@ enum Suite {
 }
 
 impl Suite {
+    /// How `--suite` names it (and the page's markers).
+    fn flag(self) -> &'static str {
+        match self {
+            Self::Redis => "redis",
+            Self::Memory => "memory",
+            Self::Postgres => "postgres",
+            Self::HttpMemory => "http",
+            Self::HttpRedis => "http-redis",
+            Self::HttpPostgres => "http-postgres",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Self::Redis => "Redis",
@@ -64,6 +78,10 @@ struct Options {
     tasks: Vec<u64>,
     suites: Vec<Suite>,
     chart: Option<std::path::PathBuf>,
+    /// The page whose tables this run rewrites, between each suite's markers.
+    tables: Option<std::path::PathBuf>,
+    /// The options as given, for the line that says how the tables were made.
+    given: String,
     /// Only the sides whose name contains this (for profiling one side).
     only: Option<String>,
     /// Only this workload.
@@ -72,20 +90,24 @@ struct Options {
 
 const USAGE: &str = "usage: idem-bench [--rounds N (3)] [--block-ms MS (1000)] \
 [--tasks 1,16,64,256] [--suite redis,memory,postgres,http,http-redis,http-postgres] [--chart FILE.svg] \
-[--only SIDE] [--workload first|replay]\n\
+[--only SIDE] [--workload first|replay] [--write-tables PAGE.md]\n\
 Starts its own redis-server on a free port unless REDIS_URL is set.";
 
 fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> {
+    let args: Vec<String> = args.collect();
+    let given = args.join(" ");
     let mut options = Options {
         rounds: 3,
         block: Duration::from_millis(1000),
         tasks: vec![1, 16, 64, 256],
         suites: vec![Suite::Redis, Suite::Memory],
         chart: None,
+        tables: None,
+        given,
         only: None,
         workloads: vec![Workload::First, Workload::Replay],
     };
-    let mut args = args;
+    let mut args = args.into_iter();
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
         match flag.as_str() {
@@ -114,6 +136,7 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options, String> 
                     .collect::<Result<_, _>>()?
             }
             "--chart" => options.chart = Some(value()?.into()),
+            "--write-tables" => options.tables = Some(value()?.into()),
             "--only" => options.only = Some(value()?),
             "--workload" => {
                 options.workloads = match value()?.as_str() {
@@ -333,6 +356,24 @@ async fn run(options: &Options) -> Result<bool, String> {
         chart::draw(&results, path)
             .map_err(|err| format!("cannot draw {}: {err}", path.display()))?;
         println!("chart: {}", path.display());
+    }
+    if let Some(path) = &options.tables {
+        let made = format!(
+            "Made on {} by `cargo run --release -p idem-bench -- {}`: {}.",
+            page::today(),
+            options.given,
+            report::machine_line(options.rounds, options.block, &url, server.is_some())
+        );
+        let blocks: Vec<(&str, String)> = options
+            .suites
+            .iter()
+            .map(|suite| {
+                let table = results.table_of(|cell| cell.suite == suite.name());
+                (suite.flag(), format!("{made}\n{table}"))
+            })
+            .collect();
+        page::write(path, &blocks)?;
+        println!("tables: {}", path.display());
     }
     drop(server);
     drop(postgres_server);

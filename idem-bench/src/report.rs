@@ -135,11 +135,16 @@ impl Results {
 
     /// The full table (markdown).
     pub(crate) fn table(&self) -> String {
+        self.table_of(|_| true)
+    }
+
+    /// The table of the rows whose cell `keep` keeps (markdown).
+    pub(crate) fn table_of(&self, keep: impl Fn(&Cell) -> bool) -> String {
         let mut out = String::from(
             "\n| store | workload | tasks | side | ops/s | p50 µs | p99 µs | server µs/call | errors | idem ÷ side |\n\
              | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
-        for row in self.rows() {
+        for row in self.rows().into_iter().filter(|row| keep(&row.cell)) {
             let ratio = row
                 .idem_ratio
                 .map(|ratio| format!("{ratio:.2}x"))
