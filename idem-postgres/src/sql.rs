@@ -270,8 +270,9 @@ impl Statements {
         // the table's oid, so that one table named two ways (`t`, `public.t`) shares them, and
         // two tables of one name in two schemas do not.
         let table_id = format!("'{t}'::regclass::oid::bigint");
-        // A live record is read without taking a lock or writing: a replay holds nothing, so
-        // its transaction may end whenever its connection is next used (`NULL` first column).
+        // A live record is read without taking the key's advisory lock or writing a row (`NULL`
+        // first column): a replay holds no lock another call of the key waits on. (The
+        // statement still holds its table locks until the transaction ends.)
         let claim_in_transaction = format!(
             "WITH found AS MATERIALIZED (SELECT {row_columns} FROM {t} r WHERE r.key = $1), \
              lock AS MATERIALIZED (SELECT CASE \

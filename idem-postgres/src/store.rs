@@ -214,7 +214,9 @@ impl PostgresStore {
     }
 
     /// Deletes up to `batch` expired rows (completed records past their retention, claims past
-    /// their lease) and returns how many it deleted. Safe to run on many instances at once:
+    /// their lease; a claim made in a transaction, such as an unknown outcome's hold, is given
+    /// its record's expiry and stays until one retention past its lease, though it can be taken
+    /// over once its lease lapses) and returns how many it deleted. Safe to run on many instances at once:
     /// rows another reaper or a claim holds are skipped.
     pub async fn reap(&self, batch: u32) -> Result<u64, Error> {
         let deleted = sqlx::query(self.sql.reap.clone())

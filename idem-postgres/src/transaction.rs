@@ -74,18 +74,23 @@ impl TransactionalStore for PostgresStore {
             .map_err(|err| store_error("rollback", &err, false))
     }
 
-    async fn end_replay(&self, transaction: Self::Transaction<'_>, attempt: AttemptId) {
+    async fn end_replay(
+        &self,
+        transaction: Self::Transaction<'_>,
+        attempt: AttemptId,
+        rollback_may_wait: bool,
+    ) {
+        // Removed whatever happens next, so that no attempt is remembered for ever.
         let locked = self
             .locked_replays
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&attempt.0);
-        if locked {
-            let _ = self.rollback(transaction).await;
-        } else {
-            // The claim read a record and took nothing: sqlx queues the rollback, which goes
-            // with the connection's next use (a pooled connection's, its return to the pool).
+        if rollback_may_wait && !locked {
+            // sqlx queues the rollback, sent with the connection's next use, which comes at once.
             drop(transaction);
+        } else {
+            let _ = self.rollback(transaction).await;
         }
     }
 
@@ -233,9 +238,9 @@ pub type TransactionClaim<'c, T, E, F> = idem_core::TransactionClaim<'c, Postgre
 /// arriving while another transaction holds the key waits for it to end (up to one lease) on
 /// the key's advisory lock, where PostgreSQL's deadlock detection sees it (`Error::Deadlock`),
 /// or with `OnInProgress::Reject` gets `Error::InProgress` at once; it never waits on row
-/// locks. A replay reads the record and takes nothing: it does not wait for its transaction's
-/// rollback, which sqlx sends with the connection's next use (a pooled connection's, as it goes
-/// back to the pool). Use READ COMMITTED (PostgreSQL's default). The rules side by side with the other
+/// locks. A replay reads the record without taking the key's lock, and rolls its transaction
+/// back before returning (inside your transaction, the rollback to its savepoint goes with your
+/// next statement). Use READ COMMITTED (PostgreSQL's default). The rules side by side with the other
 /// modes: `docs/guarantees.md`. `#[idempotent(transaction
 /// = conn)]` in the `idem` crate writes this for you.
 ///

@@ -1,8 +1,9 @@
 //! The statement budget of the transactional mode, counted by the server itself
 //! (`log_statement = all`, one application name per measured connection): a first execution adds
-//! two statements to the caller's transaction (the claim and the record), a replay runs two
-//! (`BEGIN`, the claim that finds the record) and leaves its `ROLLBACK` to the connection's next
-//! use, holding nothing meanwhile.
+//! two statements to the caller's transaction (the claim and the record); a replay runs three on
+//! a connection the caller holds (`BEGIN`, the claim that finds the record, `ROLLBACK`), and
+//! leaves the `ROLLBACK` to the connection's next use only where that use comes at once (a
+//! connection of the store's pool, or the caller's own transaction).
 
 #![allow(
     clippy::unwrap_used,
@@ -60,7 +61,7 @@ async fn book(idem: &Idempotency, connection: &mut PgConnection, key: i64) -> Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_first_execution_adds_two_statements_and_a_replay_runs_two() {
+async fn a_first_execution_adds_two_statements_and_a_replay_runs_three() {
     // The server's log is what is counted: this test needs a server of its own.
     let server = PostgresServer::start();
     let store = PostgresStore::connect(&server.url()).await.unwrap();
@@ -78,8 +79,7 @@ async fn a_first_execution_adds_two_statements_and_a_replay_runs_two() {
         .execute(store.pool())
         .await
         .unwrap();
-    let pool = store.pool().clone();
-    let idem = Idempotency::new(store);
+    let idem = Idempotency::new(store.clone());
 
     // The bare transaction: BEGIN, INSERT, COMMIT.
     let mut bare = connect(&server, "bare").await;
@@ -92,29 +92,30 @@ async fn a_first_execution_adds_two_statements_and_a_replay_runs_two() {
     let mut replay = connect(&server, "replay").await;
     assert_eq!(book(&idem, &mut replay, 2).await.unwrap(), id);
 
-    // The replay's connection waits, idle in a transaction that holds no lock, for its next use.
+    // A reviewer saw a replay on a kept connection leave its transaction open, holding the claim
+    // statement's locks on the table: `migrate()` (and every call behind it) waited until the
+    // connection was used again. The replay's connection is idle, outside a transaction, and a
+    // schema statement on the table goes through while the connection is kept unused.
     let (state, locks): (String, i64) = sqlx::query_as(
         "SELECT a.state, (SELECT count(*) FROM pg_locks l WHERE l.pid = a.pid \
-           AND l.locktype IN ('advisory', 'transactionid')) \
+           AND l.locktype IN ('relation', 'advisory', 'transactionid')) \
          FROM pg_stat_activity a WHERE a.application_name = 'replay'",
     )
-    .fetch_one(&pool)
+    .fetch_one(store.pool())
     .await
     .unwrap();
-    assert_eq!((state.as_str(), locks), ("idle in transaction", 0));
-    let one: i32 = sqlx::query_scalar("SELECT 1")
-        .fetch_one(&mut replay)
+    assert_eq!((state.as_str(), locks), ("idle", 0));
+    tokio::time::timeout(std::time::Duration::from_secs(5), store.migrate())
         .await
+        .expect("migrate() waited on the replay's connection")
         .unwrap();
-    assert_eq!(one, 1);
-    assert!(!sqlx::Connection::is_in_transaction(&replay));
 
     // The log is written asynchronously by the server's logger: wait for the last line.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while statements(&server, "replay").len() < 4 && std::time::Instant::now() < deadline {
+    while statements(&server, "replay").len() < 3 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let (bare, first, replay) = (
+    let (bare, first, replay_statements) = (
         statements(&server, "bare"),
         statements(&server, "first"),
         statements(&server, "replay"),
@@ -122,14 +123,35 @@ async fn a_first_execution_adds_two_statements_and_a_replay_runs_two() {
     // `SET log_statement` itself is logged after it applies: not counted.
     assert_eq!(bare.len(), 3, "{bare:#?}");
     assert_eq!(first.len(), bare.len() + 2, "{first:#?}");
-    // BEGIN and the claim; then, with the next use, the ROLLBACK before it.
-    assert_eq!(replay.len(), 4, "{replay:#?}");
-    assert!(replay[2].ends_with("ROLLBACK"), "{replay:#?}");
-    assert!(replay[3].contains("SELECT 1"), "{replay:#?}");
+    assert_eq!(replay_statements.len(), 3, "{replay_statements:#?}");
+    assert!(
+        replay_statements[2].ends_with("ROLLBACK"),
+        "{replay_statements:#?}"
+    );
+
+    drop(replay);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replay_on_a_pooled_connection_ends_its_transaction_as_it_returns_to_the_pool() {
+/// The statement that tells whether any connection is still inside a transaction.
+async fn idle_in_transaction(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Waits up to 5 s for no connection to be left inside a transaction.
+async fn no_transaction_left_open(pool: &sqlx::PgPool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while idle_in_transaction(pool).await > 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(idle_in_transaction(pool).await, 0);
+}
+
+async fn server_with_ledger() -> (PostgresServer, PostgresStore) {
     let server = PostgresServer::start();
     let store = PostgresStore::connect(&server.url()).await.unwrap();
     store.migrate().await.unwrap();
@@ -137,32 +159,58 @@ async fn a_replay_on_a_pooled_connection_ends_its_transaction_as_it_returns_to_t
         .execute(store.pool())
         .await
         .unwrap();
-    let pool = store.pool().clone();
-    let idem = Idempotency::new(store);
-    let mut first = pool.acquire().await.unwrap();
-    let id = book(&idem, &mut first, 7).await.unwrap();
-    drop(first);
-    let mut again = pool.acquire().await.unwrap();
-    assert_eq!(book(&idem, &mut again, 7).await.unwrap(), id);
-    drop(again);
+    (server, store)
+}
 
-    // The pool flushes the queued rollback when the connection comes back (on a task of its own).
-    let idle_in_transaction = || async {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'",
-        )
-        .fetch_one(&pool)
+async fn rows(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM ledger")
+        .fetch_one(pool)
         .await
         .unwrap()
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while idle_in_transaction().await > 0 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+}
+
+/// On a connection of the store's pool (the HTTP layer's transactional mode), a replay leaves its
+/// rollback to the pool, which sends it as the connection comes back: nothing stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_on_the_store_s_pool_ends_its_transaction_as_the_connection_returns() {
+    let (_server, store) = server_with_ledger().await;
+    let pool = store.pool().clone();
+    let idem = Idempotency::new(store);
+    let release = |_: &Error| idem_core::Disposition::Release;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let begun = idem
+            .begin_pooled_transaction::<PostgresStore, i64, Error, _>(Call::new("book", 7), release)
+            .await;
+        let id = match begun {
+            TransactionBegun::Done(result) => result.unwrap(),
+            TransactionBegun::Claimed(mut claim) => {
+                let id = insert(claim.connection(), 7).await;
+                claim.finish(id).await.unwrap()
+            }
+        };
+        ids.push(id);
     }
-    assert_eq!(idle_in_transaction().await, 0);
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM ledger")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(rows, 1, "the replay booked nothing");
+    assert_eq!(ids[0], ids[1]);
+    no_transaction_left_open(&pool).await;
+    assert_eq!(rows(&pool).await, 1, "the replay booked nothing");
+}
+
+/// In the caller's own transaction, a replay's rollback to its savepoint goes with the caller's
+/// next statement, and the caller's writes around it commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_in_the_caller_s_transaction_leaves_it_usable() {
+    let (_server, store) = server_with_ledger().await;
+    let pool = store.pool().clone();
+    let idem = Idempotency::new(store);
+    let mut connection = pool.acquire().await.unwrap();
+    let id = book(&idem, &mut connection, 9).await.unwrap();
+    let mut transaction = sqlx::Connection::begin(&mut *connection).await.unwrap();
+    insert(&mut transaction, 10).await.unwrap();
+    assert_eq!(book(&idem, &mut transaction, 9).await.unwrap(), id);
+    insert(&mut transaction, 11).await.unwrap();
+    transaction.commit().await.unwrap();
+    drop(connection);
+    assert_eq!(rows(&pool).await, 3, "the key's row and the caller's two");
+    no_transaction_left_open(&pool).await;
 }

@@ -170,7 +170,7 @@ impl Idempotency {
         let policy = Policy::classifying(on_error);
         self.begin_with(
             call,
-            |store: Arc<S>| async move { Ok((store.begin_pooled().await?, false)) },
+            |store: Arc<S>| async move { Ok((store.begin_pooled().await?, Opened::Pooled)) },
             policy,
         )
         .await
@@ -188,7 +188,7 @@ impl Idempotency {
         E: From<Error>,
         F: Fn(&E) -> Disposition,
         O: FnOnce(Arc<S>) -> Fut,
-        Fut: Future<Output = Result<(S::Transaction<'c>, bool), Error>>,
+        Fut: Future<Output = Result<(S::Transaction<'c>, Opened), Error>>,
     {
         let mut trace = self.trace(&call);
         let span = trace.span.clone();
@@ -217,7 +217,7 @@ impl Idempotency {
         E: From<Error>,
         F: Fn(&E) -> Disposition,
         O: FnOnce(Arc<S>) -> Fut,
-        Fut: Future<Output = Result<(S::Transaction<'c>, bool), Error>>,
+        Fut: Future<Output = Result<(S::Transaction<'c>, Opened), Error>>,
     {
         let fail = |err: Error| {
             let how = CallOutcome::before_body(&err);
@@ -236,10 +236,11 @@ impl Idempotency {
         };
         trace.keyed(&call.key);
         let attempt = AttemptId::random();
-        let (transaction, in_callers_transaction) = match open(store.clone()).await {
+        let (transaction, opened) = match open(store.clone()).await {
             Ok(opened) => opened,
             Err(err) => return fail(err),
         };
+        let in_callers_transaction = opened == Opened::InCallersTransaction;
         // Where the connection is, while the transaction borrows it, tells a nested call on the
         // same connection from a call on another.
         let held_on = (
@@ -256,7 +257,7 @@ impl Idempotency {
                 call.key
             )));
         }
-        let (transaction, fence) = match claim(&*store, transaction, &call, attempt).await {
+        let (transaction, fence) = match claim(&*store, transaction, &call, attempt, opened).await {
             Ok(Acquired::Fence(transaction, fence)) => (transaction, fence),
             Ok(Acquired::Replay { record, waited }) => {
                 return match decode_replay(&call.key, &call.fingerprint, &record, &policy) {
@@ -323,7 +324,7 @@ async fn begin_own<S: TransactionalStore>(
     store: Arc<S>,
     connection: &mut S::Connection,
     may_hold: bool,
-) -> Result<(S::Transaction<'_>, bool), Error> {
+) -> Result<(S::Transaction<'_>, Opened), Error> {
     let in_callers_transaction = store.in_transaction(connection);
     if may_hold && in_callers_transaction {
         return Err(Error::invalid_option(
@@ -333,7 +334,25 @@ async fn begin_own<S: TransactionalStore>(
              or classify no errors here (release every error, or record every error)",
         ));
     }
-    Ok((store.begin(connection).await?, in_callers_transaction))
+    let opened = if in_callers_transaction {
+        Opened::InCallersTransaction
+    } else {
+        Opened::OnCallersConnection
+    };
+    Ok((store.begin(connection).await?, opened))
+}
+
+/// Where a call's transaction was opened, which decides how a replay ends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opened {
+    /// A transaction of idem's own on the caller's connection, which the caller may then keep
+    /// idle: a replay's rollback is awaited, so that nothing is left open on it.
+    OnCallersConnection,
+    /// A savepoint in the caller's own transaction, which the caller goes on using.
+    InCallersTransaction,
+    /// A transaction on a connection of the store's pool, which the pool takes back (and
+    /// flushes) as the call returns.
+    Pooled,
 }
 
 enum Acquired<'c, S: TransactionalStore> {
@@ -351,6 +370,7 @@ async fn claim<'c, S: TransactionalStore>(
     transaction: S::Transaction<'c>,
     call: &Prepared,
     attempt: AttemptId,
+    opened: Opened,
 ) -> Result<Acquired<'c, S>, Error> {
     let mut open = Open { store, transaction };
     let request = ClaimRequest::new(&call.key, attempt, &call.fingerprint, call.lease)
@@ -366,12 +386,14 @@ async fn claim<'c, S: TransactionalStore>(
                 return Ok(Acquired::Fence(open.transaction, fence));
             }
             ClaimOutcome::Completed { record } => {
-                if waited {
-                    // Waiting may have taken the key's lock (`wait_in`): end it now.
-                    open.roll_back().await;
-                } else {
-                    store.end_replay(open.transaction, attempt).await;
-                }
+                // The rollback may wait for the connection's next use only where that use comes
+                // at once: not after a wait (`wait_in` may have taken the key's lock), nor on
+                // the caller's connection, which the caller may keep idle (holding the claim
+                // statement's locks on the table, and open to an idle-in-transaction timeout).
+                let rollback_may_wait = !waited && opened != Opened::OnCallersConnection;
+                store
+                    .end_replay(open.transaction, attempt, rollback_may_wait)
+                    .await;
                 return Ok(Acquired::Replay { record, waited });
             }
             ClaimOutcome::InProgress {

@@ -61,14 +61,22 @@ pub trait TransactionalStore: Store {
     async fn rollback(&self, transaction: Self::Transaction<'_>) -> Result<(), Error>;
 
     /// Ends the transaction in which [`claim_in`](Self::claim_in), asked for `attempt`, found a
-    /// record to replay without waiting for another transaction. By default, rolls it back.
+    /// record to replay. By default, rolls it back.
     ///
-    /// A store whose claim took nothing in that transaction (no lock, no write) may drop it
-    /// instead, so that the replay does not wait a round trip for the rollback: the rollback then
-    /// goes with the connection's next use (for a pooled connection, its return to the pool), and
-    /// until then the connection sits idle in a transaction that holds nothing.
-    async fn end_replay(&self, transaction: Self::Transaction<'_>, attempt: AttemptId) {
-        let _ = attempt;
+    /// `rollback_may_wait` is true when the connection is used again at once: it goes back to a
+    /// pool (which sends what is queued on it), or it is in the caller's own transaction (a
+    /// savepoint), which the caller goes on using; and the call did not wait for another
+    /// transaction. A store may then leave the rollback queued on the connection instead of
+    /// waiting a round trip for it. Otherwise the rollback must be done before this returns: a
+    /// caller may keep its connection idle, and an open transaction on it would keep the claim's
+    /// locks (a schema change on the table would wait behind it, and every call behind that).
+    async fn end_replay(
+        &self,
+        transaction: Self::Transaction<'_>,
+        attempt: AttemptId,
+        rollback_may_wait: bool,
+    ) {
+        let _ = (attempt, rollback_may_wait);
         let _ = self.rollback(transaction).await;
     }
 
