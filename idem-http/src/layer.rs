@@ -320,8 +320,9 @@ impl IdempotencyLayer {
     /// | the COMMIT's reply is lost | committed or not, unknown | done or free | 503 `store-unavailable`; its retry replays or runs |
     /// | the database is down | never begun | untouched | 503 `store-unavailable`, the handler not run ([`fail_open`](Self::fail_open) does not apply) |
     ///
-    /// A different request under a key whose first request is still in flight gets 422 at once,
-    /// as outside a transaction. `docs/http.md` names the test of each row.
+    /// A different request under a key whose first request is still in flight gets 409 (its
+    /// claim cannot be read until it commits, so it cannot be told from the same request), and
+    /// 422 once the first commits. `docs/http.md` names the test of each row.
     ///
     /// ```
     /// # mod idem { // the `idem` crate's re-exports

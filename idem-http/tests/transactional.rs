@@ -589,11 +589,12 @@ async fn an_optional_tx_is_none_where_none_was_lent() {
     assert_eq!(unkeyed.text(), "lent: false");
 }
 
-/// While the first request's transaction is open (its claim unreadable to others), a different
-/// request under its key gets 422 at once, the same request 409; after it commits, the
-/// different one still gets 422 and the same one the replay.
+/// While the first request's transaction is open (its claim unreadable to others), its request is
+/// unknown: a different request under its key gets 409 like the same one (not 422: told "another
+/// request", a retry of the same one could be sent again under a new key and repeat the effect);
+/// after it commits, the different one gets 422 and the same one the replay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_different_request_under_a_key_in_flight_is_422() {
+async fn a_different_request_under_a_key_in_flight_is_409_then_422() {
     let db = Database::start().await;
     let app = Arc::new(db.serve(defaults).await);
     let first = {
@@ -603,12 +604,14 @@ async fn a_different_request_under_a_key_in_flight_is_422() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let other = r#"{"amount_cents": 1, "currency": "EUR"}"#;
     let different = app.post("/slow", "k18", other).send().await;
-    assert_eq!(different.status, 422, "{different:?}");
-    assert_eq!(different.problem(), "key-reused");
+    assert_eq!(different.status, 409, "{different:?}");
     let same = app.post("/slow", "k18", ORDER).send().await;
     assert_eq!(same.status, 409, "{same:?}");
+    assert_eq!(different.problem(), same.problem());
     assert_eq!(first.await.unwrap().status, 201);
-    assert_eq!(app.post("/slow", "k18", other).send().await.status, 422);
+    let different = app.post("/slow", "k18", other).send().await;
+    assert_eq!(different.status, 422, "{different:?}");
+    assert_eq!(different.problem(), "key-reused");
     assert!(app.post("/slow", "k18", ORDER).send().await.replayed());
     assert_eq!((app.counters.started(), db.charges().await), (1, 1));
 }

@@ -216,12 +216,12 @@ impl Statements {
              statement_timestamp() + $4::bigint * interval '1 millisecond', \
              statement_timestamp() + $4::bigint * interval '1 millisecond'"
         );
-        // In a transaction, $8 is the retention (ms): the pending row gets the expiry its
+        // In a transaction, $6 is the retention (ms): the pending row gets the expiry its
         // record will keep, so that recording it changes no indexed column (a HOT update).
         let new_row_in_transaction = format!(
             "$1, 0, nextval('{sequence}'), $2, $3, NULL, \
              statement_timestamp() + $4::bigint * interval '1 millisecond', \
-             statement_timestamp() + ($4::bigint + $8::bigint) * interval '1 millisecond'"
+             statement_timestamp() + ($4::bigint + $6::bigint) * interval '1 millisecond'"
         );
         // The key's row as this statement's snapshot has it, with the columns below.
         let row_columns = "r.state, r.fence, r.attempt, r.fingerprint, r.record, \
@@ -258,15 +258,15 @@ impl Statements {
         // duplicate that keeps its transaction open while it waits must hold no lock on the
         // row, or a holder outside a transaction could neither renew nor record; a lapsed or
         // expired row is taken over by `take_over`.
-        // $6 and $7 tell a duplicate whether the holder's request is another, while the holder's
-        // row cannot be read: the holder takes $6, the lock of its key and fingerprint; a
-        // duplicate that can take both its own ($6) and the key's unfingerprinted one ($7, NULL
-        // when the duplicate has no fingerprint) knows that the holder is neither its request
-        // nor a call without a fingerprint (`other` is the second column). Locks a duplicate
-        // takes so are its own until its transaction ends, and block nobody's claim.
+        // Nothing tells a duplicate the holder's request while the holder's row cannot be read:
+        // a duplicate waits (or is refused as in progress) and learns it from the committed
+        // row. (A pair of request locks, one taken by the holder, once told it at once, but the
+        // key's lock and the request's could not be taken as one step, and a duplicate of the
+        // same request that looked between them was told it was another: a 422 for a retry.)
+        // $6 is the retention (ms).
         // The last two columns name this transaction (its backend, and its start in µs), for
         // ending it should its claim be abandoned on a connection its caller keeps.
-        // The locks are the table's own: each hash (of the key, or of the request) is mixed with
+        // The lock is the table's own: the key's hash is mixed with
         // the table's oid, so that one table named two ways (`t`, `public.t`) shares them, and
         // two tables of one name in two schemas do not.
         let table_id = format!("'{t}'::regclass::oid::bigint");
@@ -278,19 +278,12 @@ impl Statements {
              lock AS MATERIALIZED (SELECT CASE \
                  WHEN EXISTS (SELECT 1 FROM found WHERE found.state = 1 AND found.live) THEN NULL \
                  ELSE pg_try_advisory_xact_lock($5 # {table_id}) END AS held), \
-             probe AS MATERIALIZED (SELECT CASE \
-                 WHEN lock.held IS NULL THEN false \
-                 WHEN lock.held THEN NOT pg_try_advisory_xact_lock($6 # {table_id}) \
-                 WHEN $7::bigint IS NULL THEN false \
-                 ELSE pg_try_advisory_xact_lock($6 # {table_id}) \
-                   AND pg_try_advisory_xact_lock($7::bigint # {table_id}) \
-               END AS other FROM lock), \
              claimed AS (INSERT INTO {t} AS r (key, state, fence, attempt, fingerprint, record, \
                lease_until, expires_at) SELECT {new_row_in_transaction} FROM lock WHERE lock.held \
                ON CONFLICT (key) DO NOTHING RETURNING r.fence) \
-             SELECT lock.held, probe.other, seen.*, pg_backend_pid() AS pid, \
+             SELECT lock.held, seen.*, pg_backend_pid() AS pid, \
                (extract(epoch FROM now()) * 1000000)::bigint AS xact_us \
-             FROM lock CROSS JOIN probe LEFT JOIN ( \
+             FROM lock LEFT JOIN ( \
                SELECT -1::smallint AS state, fence, NULL::bytea AS attempt, \
                  NULL::bytea AS fingerprint, NULL::bytea AS record, 0::bigint AS remaining_ms, \
                  true AS live \

@@ -284,8 +284,6 @@ impl PostgresStore {
                     .bind(request.fingerprint)
                     .bind(lease_ms)
                     .bind(advisory_lock(request.key))
-                    .bind(request_lock(request.key, request.fingerprint))
-                    .bind((!request.fingerprint.is_empty()).then(|| request_lock(request.key, &[])))
                     .bind(millis(request.retention.min(MAX_DURATION)))
                     .fetch_optional(&mut *connection)
                     .await
@@ -316,8 +314,8 @@ impl PostgresStore {
             .map_err(|err| claim_error(&err, in_transaction))?;
             if let (true, Some(row)) = (in_transaction, row.as_ref()) {
                 *session = Some(Session {
-                    pid: column(request.key, row, 9)?,
-                    started_us: column(request.key, row, 10)?,
+                    pid: column(request.key, row, 8)?,
+                    started_us: column(request.key, row, 9)?,
                 });
                 took_lock |= column::<Option<bool>>(request.key, row, 0)? == Some(true);
             }
@@ -594,16 +592,11 @@ fn claim_outcome(
         return Ok(Look::Again);
     };
     // In a transaction the first column says whether this transaction holds the key's lock
-    // (NULL when it found a live record and took no lock), the second whether the holder's
-    // request is another than this one.
-    let (held, other, first) = if in_transaction {
-        (
-            column::<Option<bool>>(key, row, 0)?.unwrap_or(false),
-            column::<bool>(key, row, 1)?,
-            2,
-        )
+    // (NULL when it found a live record and took no lock).
+    let (held, first) = if in_transaction {
+        (column::<Option<bool>>(key, row, 0)?.unwrap_or(false), 1)
     } else {
-        (true, false, 0)
+        (true, 0)
     };
     let state: Option<i16> = column(key, row, first)?;
     let Some(state) = state else {
@@ -611,7 +604,7 @@ fn claim_outcome(
         return Ok(if held {
             Look::Again
         } else {
-            Look::Found(in_progress_elsewhere(request, other))
+            Look::Found(in_progress_elsewhere(request))
         });
     };
     let fence: i64 = column(key, row, first + 1)?;
@@ -653,7 +646,7 @@ fn claim_outcome(
         }
         // An expired record: this transaction takes it over, or another holds the key.
         1 if in_transaction && held => Ok(Look::TakeOver(fence)),
-        1 if !held => Ok(Look::Found(in_progress_elsewhere(request, other))),
+        1 if !held => Ok(Look::Found(in_progress_elsewhere(request))),
         1 => Ok(Look::Again),
         other => Err(Error::corrupt(
             key,
@@ -662,30 +655,14 @@ fn claim_outcome(
     }
 }
 
-/// Stands for the holder's fingerprint when only its being another request's is known: not 32
-/// bytes, so no request's fingerprint.
-const ANOTHER_REQUEST: &[u8] = b"another request";
-
-/// Another open transaction holds the key: nothing of its claim can be read yet, but whether
-/// its request is `other` than this one.
-fn in_progress_elsewhere(request: ClaimRequest<'_>, other: bool) -> ClaimOutcome {
-    let fingerprint = if other {
-        ANOTHER_REQUEST.to_vec()
-    } else {
-        Vec::new()
-    };
+/// Another open transaction holds the key: nothing of its claim can be read yet, its request
+/// included (an empty fingerprint: the runtime waits, or refuses, as for its own request).
+fn in_progress_elsewhere(request: ClaimRequest<'_>) -> ClaimOutcome {
     ClaimOutcome::InProgress {
         fence: Fence(0),
-        fingerprint,
+        fingerprint: Vec::new(),
         lease_remaining: request.lease,
     }
-}
-
-/// The advisory lock of a request (`key` and `fingerprint`, empty for none), which the
-/// transaction holding the key takes so that duplicates can tell their request from another.
-/// The claim statement mixes in the table's identity.
-fn request_lock(key: &str, fingerprint: &[u8]) -> i64 {
-    lock_hash(&[b"idem request lock", key.as_bytes(), fingerprint])
 }
 
 /// How long a claim outside a transaction waits on the row lock of a claim that an open
