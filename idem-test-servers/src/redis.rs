@@ -28,14 +28,39 @@ fn cli_binary() -> PathBuf {
     }
 }
 
-/// A free TCP port on 127.0.0.1 whose cluster bus port (+10000) is free too.
+/// A free TCP port on 127.0.0.1 whose cluster bus port (+10000) is free too, never handed out
+/// before in this process. The port is free only when asked (the listener that found it is
+/// closed), and the kernel may find the same one again for a test starting alongside: two
+/// servers of one process on one port shared a directory too, and one deleted the other's data.
 pub fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+        if port >= 55_000 || TcpListener::bind(("127.0.0.1", port + 10_000)).is_err() {
+            continue;
+        }
+        let mut handed_out = HANDED_OUT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
             return port;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Issue 22's CI rehearsal: two PostgreSQL tests of one process got the same port, so the
+    /// same directory, and one failed to start on the other's half-deleted data.
+    #[test]
+    fn a_process_never_gets_one_port_twice() {
+        let mut ports: Vec<u16> = (0..3_000).map(|_| super::free_port()).collect();
+        ports.sort_unstable();
+        let before = ports.len();
+        ports.dedup();
+        assert_eq!(ports.len(), before, "ports handed out twice");
     }
 }
 
