@@ -92,19 +92,27 @@ pub async fn claim_is_granted_once_and_reentrant(store: &dyn Store, key: &str) {
     }
 }
 
+/// The value of a step the contract says succeeds; a failure is a contract violation, named.
+fn must<T>(step: Result<T, Error>, what: &str) -> T {
+    match step {
+        Ok(value) => value,
+        Err(err) => panic!("{what}: failed with {err}"),
+    }
+}
+
 /// A completed key replays its exact bytes to every claim; completing again with the same
 /// fence is accepted (a retried complete), with another fence refused.
 pub async fn completed_key_replays_its_record(store: &dyn Store, key: &str) {
     let fence = acquired(claim(store, key, AttemptId::random(), LONG).await);
     let record: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
-    store
-        .complete(key, fence, &record, LONG)
-        .await
-        .expect("complete by the holder");
-    store
-        .complete(key, fence, &record, LONG)
-        .await
-        .expect("a repeated complete with the same fence is accepted");
+    must(
+        store.complete(key, fence, &record, LONG).await,
+        "complete by the holder",
+    );
+    must(
+        store.complete(key, fence, &record, LONG).await,
+        "a repeated complete with the same fence is accepted",
+    );
     assert_lease_lost(
         store.complete(key, Fence(fence.0 + 1000), b"x", LONG).await,
         "complete with another fence",
@@ -148,14 +156,11 @@ pub async fn stale_fences_are_refused(store: &dyn Store, key: &str) {
 /// A released key can be claimed again, with a greater fence; releasing again is harmless.
 pub async fn release_frees_the_key_with_a_greater_fence_next(store: &dyn Store, key: &str) {
     let first = acquired(claim(store, key, AttemptId::random(), LONG).await);
-    store
-        .release(key, first)
-        .await
-        .expect("release by the holder");
-    store
-        .release(key, first)
-        .await
-        .expect("a repeated release of an absent key is accepted");
+    must(store.release(key, first).await, "release by the holder");
+    must(
+        store.release(key, first).await,
+        "a repeated release of an absent key is accepted",
+    );
     let second = acquired(claim(store, key, AttemptId::random(), LONG).await);
     assert!(
         second > first,
@@ -181,10 +186,10 @@ pub async fn lapsed_lease_is_taken_over(store: &dyn Store, key: &str) {
     );
     assert_lease_lost(store.renew(key, old, LONG).await, "late renew");
     assert_lease_lost(store.release(key, old).await, "late release");
-    store
-        .complete(key, new, b"new", LONG)
-        .await
-        .expect("the new holder completes");
+    must(
+        store.complete(key, new, b"new", LONG).await,
+        "the new holder completes",
+    );
 }
 
 /// A claim whose lease lapsed cannot complete, even when nobody took the key over: its record
@@ -207,10 +212,10 @@ pub async fn renew_extends_the_lease(store: &dyn Store, key: &str) {
     let fence = acquired(claim(store, key, AttemptId::random(), SHORT_LEASE).await);
     for _ in 0..3 {
         tokio::time::sleep(SHORT_LEASE / 2).await;
-        store
-            .renew(key, fence, SHORT_LEASE)
-            .await
-            .expect("renew by the holder");
+        must(
+            store.renew(key, fence, SHORT_LEASE).await,
+            "renew by the holder",
+        );
     }
     match claim(store, key, AttemptId::random(), LONG).await {
         ClaimOutcome::InProgress { fence: holder, .. } => assert_eq!(holder, fence),
@@ -228,10 +233,12 @@ pub async fn records_expire_after_retention(store: &dyn Store, key: &str) {
     // The claim's lease is no longer than the retention: a store may keep a record for the
     // rest of its claim's lease (the Redis store does, for its fences).
     let fence = acquired(claim(store, key, AttemptId::random(), SHORT_LEASE).await);
-    store
-        .complete(key, fence, b"short-lived", SHORT_LEASE)
-        .await
-        .expect("complete");
+    must(
+        store
+            .complete(key, fence, b"short-lived", SHORT_LEASE)
+            .await,
+        "complete",
+    );
     assert!(matches!(
         claim(store, key, AttemptId::random(), LONG).await,
         ClaimOutcome::Completed { .. }
@@ -251,7 +258,7 @@ pub async fn fences_strictly_increase(store: &dyn Store, key: &str) {
         let fence = acquired(claim(store, key, AttemptId::random(), LONG).await);
         assert!(fence > last, "round {round}: {last} then {fence}");
         last = fence;
-        store.release(key, fence).await.expect("release");
+        must(store.release(key, fence).await, "release");
     }
 }
 
@@ -278,17 +285,17 @@ pub async fn wait_returns_when_the_claim_changes(store: &dyn Store, key: &str) {
         store.complete(key, fence, b"done", LONG).await
     };
     let (waited, completed) = tokio::join!(waiter, completer);
-    waited.expect("wait");
-    completed.expect("complete");
+    must(waited, "wait");
+    must(completed, "complete");
     assert!(
         start.elapsed() < timeout / 2,
         "wait must return when the claim completes, not at its timeout"
     );
     let start = tokio::time::Instant::now();
-    store
-        .wait(key, Fence(fence.0 + 1), timeout)
-        .await
-        .expect("wait on a fence that is not pending");
+    must(
+        store.wait(key, Fence(fence.0 + 1), timeout).await,
+        "wait on a fence that is not pending",
+    );
     assert!(start.elapsed() < timeout / 2);
 }
 
@@ -304,8 +311,8 @@ pub async fn wait_returns_when_the_claim_is_released(store: &dyn Store, key: &st
         store.release(key, fence).await
     };
     let (waited, released) = tokio::join!(waiter, releaser);
-    waited.expect("wait");
-    released.expect("release");
+    must(waited, "wait");
+    must(released, "release");
     assert!(
         start.elapsed() < timeout / 2,
         "wait must return when the claim is released, not at its timeout"
@@ -324,10 +331,7 @@ pub async fn odd_keys_and_large_records(store: &dyn Store, key: &str) {
     for (i, k) in keys.iter().enumerate() {
         let fence = acquired(claim(store, k, AttemptId::random(), LONG).await);
         let record = if i == 0 { Vec::new() } else { large.clone() };
-        store
-            .complete(k, fence, &record, LONG)
-            .await
-            .expect("complete");
+        must(store.complete(k, fence, &record, LONG).await, "complete");
         match claim(store, k, AttemptId::random(), LONG).await {
             ClaimOutcome::Completed { record: replay } => assert_eq!(replay, record, "{k}"),
             other => panic!("{k}: expected Completed, got {other:?}"),
