@@ -146,7 +146,7 @@ impl IntoResponse for Problem {
 ///     .layer(MarkReplayedLayer::new());
 /// ```
 ///
-/// It tells by [`idem::served`](idem_core::served), so it sees the idempotent call that
+/// It tells by `idem::served`, so it sees the idempotent call that
 /// finished last inside the handler's future: use it on handlers that make one idempotent call
 /// (a handler that makes another after it is marked by the other's outcome), and not on one
 /// that spawns the call on another task (not marked). An outer `served` around the layer sees

@@ -3,7 +3,7 @@
 //! its record commit together or not at all, so a retry after any crash, cancellation or lost
 //! connection either replays or runs cleanly, never both.
 //!
-//! * [`PostgresStore`] is a [`Store`](idem_core::Store) in autocommit for bodies whose effects
+//! * [`PostgresStore`] is an `idem::store::Store` in autocommit for bodies whose effects
 //!   are elsewhere: leases by the database's clock, fencing tokens from a sequence, a reaper.
 //! * [`begin`] and [`TransactionClaim::finish`] (or `#[idempotent(transaction = conn)]` in the `idem`
 //!   crate) run a body inside a transaction with idem's claim and record.

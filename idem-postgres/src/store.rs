@@ -88,7 +88,7 @@ const CLAIM_LOOKS: u32 = 3;
 /// database's clock, fencing tokens from a sequence.
 ///
 /// It serves in two ways:
-/// * as a [`Store`] (through [`Idempotency::new`](idem_core::Idempotency::new)), each operation
+/// * as a [`Store`] (through `idem::Idempotency::new`), each operation
 ///   one autocommit statement, for bodies whose effects are elsewhere;
 /// * in **transactional mode** ([`begin`](crate::begin)), where the
 ///   claim and the record are written in the caller's transaction, so that the body's writes
