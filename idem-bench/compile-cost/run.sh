@@ -54,37 +54,32 @@ TOML
                 echo "pub async fn f$i(k: u64) -> Result<R$i, idem::Error> { Ok(R$i { id: k.wrapping_mul($i), note: String::new() }) }"
             done
         } >"$dir/src/lib.rs"
+        main "$1::f" ".id" >"$dir/src/main.rs"
+    else
         {
-            echo "fn main() {"
-            echo "    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect(\"a runtime\");"
-            echo "    rt.block_on(async {"
-            echo "        let mut sum = 0u64;"
+            $annotated && echo "use idem::idempotent;"
             for i in $(seq 1 "$functions"); do
-                echo "        sum = sum.wrapping_add($1::f$i(std::hint::black_box($i)).await.expect(\"f$i\").id);"
+                $annotated && echo "#[idempotent(key = k)]"
+                echo "async fn f$i(k: u64) -> Result<u64, idem::Error> { Ok(k.wrapping_mul($i)) }"
             done
-            echo "        println!(\"{sum}\");"
-            echo "    });"
-            echo "}"
+            main "f" ""
         } >"$dir/src/main.rs"
-        return
     fi
-    {
-        $annotated && echo "use idem::idempotent;"
-        for i in $(seq 1 "$functions"); do
-            $annotated && echo "#[idempotent(key = k)]"
-            echo "async fn f$i(k: u64) -> Result<u64, idem::Error> { Ok(k.wrapping_mul($i)) }"
-        done
-        echo "fn main() {"
-        echo "    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect(\"a runtime\");"
-        echo "    rt.block_on(async {"
-        echo "        let mut sum = 0u64;"
-        for i in $(seq 1 "$functions"); do
-            echo "        sum = sum.wrapping_add(f$i(std::hint::black_box($i)).await.expect(\"f$i\"));"
-        done
-        echo "        println!(\"{sum}\");"
-        echo "    });"
-        echo "}"
-    } >"$dir/src/main.rs"
+}
+
+# A `main` that calls every function (`$1K(K)`, then `$2` on each result) and prints a sum of
+# their results, so that none is dropped.
+main() {
+    echo "fn main() {"
+    echo "    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect(\"a runtime\");"
+    echo "    rt.block_on(async {"
+    echo "        let mut sum = 0u64;"
+    for i in $(seq 1 "$functions"); do
+        echo "        sum = sum.wrapping_add($1$i(std::hint::black_box($i)).await.expect(\"f$i\")$2);"
+    done
+    echo "        println!(\"{sum}\");"
+    echo "    });"
+    echo "}"
 }
 
 generate annotated true
