@@ -133,6 +133,8 @@ pub mod store {
 }
 pub use idem_macros::idempotent;
 
+pub use idem_core::admin;
+
 #[cfg(feature = "axum")]
 #[doc = include_str!("../docs/http.md")]
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
@@ -245,8 +247,8 @@ pub mod postgres {
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing {
-    pub use idem_core::store_contract_tests;
     pub use idem_core::testing::*;
+    pub use idem_core::{store_admin_contract_tests, store_contract_tests};
 }
 
 #[doc(hidden)]

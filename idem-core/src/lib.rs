@@ -23,6 +23,8 @@
 //!   [`default_runtime`]).
 //! * `store`: [`Store`], the backend contract (a per-key state machine with fencing tokens and
 //!   leases); [`MemoryStore`], the embedded store; [`Record`], the versioned record format.
+//! * [`admin`]: [`admin::StoreAdmin`], what operators see and do: inspect, list, count and evict
+//!   keys, and a readiness probe.
 //! * [`key`]: the store-key grammar ([`key::store_key`]).
 //! * [`encode`]: request [`Fingerprint`]s, exact JSON for records, hex.
 //! * `time`: [`MIN_LEASE`], [`MAX_DURATION`].
@@ -37,6 +39,7 @@
 #[doc(hidden)]
 #[path = "macro_support.rs"]
 pub mod __macro_support;
+pub mod admin;
 mod call;
 mod context;
 mod default;

@@ -49,15 +49,8 @@ pub(crate) fn scoped_store_key(
             "the key for `{namespace}` is empty; derive it from the request's idempotency key or id"
         )));
     }
-    let separator = if prefix.is_empty() || prefix.ends_with(':') {
-        ""
-    } else {
-        ":"
-    };
     let mut out = String::with_capacity(prefix.len() + namespace.len() + user_key.len() + 72);
-    out.push_str(prefix);
-    out.push_str(separator);
-    out.push_str(namespace);
+    push_head(&mut out, prefix, namespace);
     let push_scope = |out: &mut String| {
         if let Some(scope) = scope {
             out.push_str("%S");
@@ -81,6 +74,24 @@ pub(crate) fn scoped_store_key(
     out.push('~');
     out.push_str(&hex(&Sha256::digest(user_key.as_bytes())));
     Ok(out)
+}
+
+/// What every store key of `namespace` under `prefix` starts with: `{prefix}{namespace}`, to
+/// be followed by `:` or `#`.
+pub(crate) fn key_head(prefix: &str, namespace: &str) -> Result<String, Error> {
+    check_namespace(namespace)?;
+    let mut out = String::with_capacity(prefix.len() + namespace.len() + 1);
+    push_head(&mut out, prefix, namespace);
+    Ok(out)
+}
+
+/// Appends the prefix (with a `:` added to one that does not end with it) and the namespace.
+fn push_head(out: &mut String, prefix: &str, namespace: &str) {
+    out.push_str(prefix);
+    if !prefix.is_empty() && !prefix.ends_with(':') {
+        out.push(':');
+    }
+    out.push_str(namespace);
 }
 
 /// Appends `text` with `%`, `:` and `#` escaped (the separators of a store key).

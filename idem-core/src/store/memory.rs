@@ -11,6 +11,10 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
+use crate::admin::{
+    Cursor, EvictOutcome, KeyInfo, KeyPage, KeyState, KeySummary, ListQuery, StateCounts,
+    StoreAdmin,
+};
 use crate::time::later_std as later;
 use crate::Error;
 
@@ -378,6 +382,119 @@ impl Store for MemoryStore {
             .saturating_duration_since(now);
         let _ = tokio::time::timeout(remaining, notified).await;
         Ok(())
+    }
+}
+
+impl Entry {
+    /// What an operator sees of a live entry; `None` for a lapsed claim or an expired record.
+    fn info(&self, key: &str, now: Instant) -> Option<KeyInfo> {
+        if !self.is_live(now) {
+            return None;
+        }
+        Some(match self {
+            Self::Pending {
+                fence,
+                fingerprint,
+                lease_until,
+                ..
+            } => KeyInfo::in_flight(
+                key.to_owned(),
+                *fence,
+                *lease_until - now,
+                fingerprint.clone(),
+            ),
+            Self::Completed {
+                fence,
+                record,
+                expires_at,
+            } => KeyInfo::completed(key.to_owned(), *fence, *expires_at - now, record.clone()),
+        })
+    }
+
+    /// The state, fence and time left of a live entry.
+    fn summary(&self, key: &str, now: Instant) -> Option<KeySummary> {
+        let (state, fence, until) = match self {
+            Self::Pending {
+                fence, lease_until, ..
+            } => (KeyState::InFlight, *fence, *lease_until),
+            Self::Completed {
+                fence, expires_at, ..
+            } => (KeyState::Completed, *fence, *expires_at),
+        };
+        (until > now).then(|| KeySummary::new(key.to_owned(), state, fence, until - now))
+    }
+
+    fn fence(&self) -> Fence {
+        match self {
+            Self::Pending { fence, .. } | Self::Completed { fence, .. } => *fence,
+        }
+    }
+}
+
+/// Lists keys in the order of their text: a cursor is the last key of a page.
+#[async_trait]
+impl StoreAdmin for MemoryStore {
+    async fn inspect(&self, key: &str) -> Result<Option<KeyInfo>, Error> {
+        let now = self.clock.now();
+        let shard = self.shard(key, now);
+        Ok(shard
+            .entries
+            .get(key)
+            .and_then(|entry| entry.info(key, now)))
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<KeyPage, Error> {
+        let now = self.clock.now();
+        let after = query.cursor().map(Cursor::as_str);
+        let mut keys: Vec<KeySummary> = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            keys.extend(
+                shard
+                    .entries
+                    .iter()
+                    .filter(|(key, _)| after.is_none_or(|after| key.as_str() > after))
+                    .filter_map(|(key, entry)| entry.summary(key, now))
+                    .filter(|summary| query.selects(&summary.key, summary.state)),
+            );
+        }
+        keys.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        let next = (keys.len() > query.limit()).then(|| {
+            keys.truncate(query.limit());
+            Cursor::new(keys.last().map(|last| last.key.clone()).unwrap_or_default())
+        });
+        Ok(KeyPage::new(keys, next))
+    }
+
+    async fn count(&self) -> Result<StateCounts, Error> {
+        let now = self.clock.now();
+        let mut counts = StateCounts::default();
+        for shard in self.shards.iter() {
+            for (key, entry) in &lock(shard).entries {
+                if let Some(summary) = entry.summary(key, now) {
+                    counts.add(summary.state);
+                }
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn evict(&self, key: &str, fence: Fence) -> Result<EvictOutcome, Error> {
+        let now = self.clock.now();
+        let mut shard = self.shard(key, now);
+        match shard.entries.get(key) {
+            Some(entry) if entry.is_live(now) && entry.fence() == fence => {
+                entry.wake_waiters();
+                shard.entries.remove(key);
+                Ok(EvictOutcome::Evicted)
+            }
+            _ => Ok(EvictOutcome::Changed),
+        }
+    }
+
+    async fn ping(&self, _timeout: Duration) -> Result<Duration, Error> {
+        // In the process: it answers as long as the process does.
+        Ok(Duration::ZERO)
     }
 }
 

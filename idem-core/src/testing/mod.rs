@@ -15,8 +15,13 @@
 
 use std::time::Duration;
 
+mod admin;
 mod faulty;
 
+pub use admin::{
+    evict_is_fenced, inspect_reads_every_state, inspect_shows_a_foreign_record,
+    list_pages_through_a_namespace, ping_answers, AdminFixture,
+};
 pub use faulty::FaultyStore;
 
 use crate::store::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};

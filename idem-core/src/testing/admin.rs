@@ -1,0 +1,267 @@
+//! The operator's contract: [`StoreAdmin`] on a store, checked through the store's own claims.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::{acquired, assert_lease_lost, claim, claim_with, must, LONG};
+use crate::admin::{EvictOutcome, KeyState, ListQuery, StoreAdmin};
+use crate::key::store_key;
+use crate::store::{AttemptId, ClaimOutcome, Outcome, Record, Store};
+
+/// A store with its operator's side, as the admin checks need both.
+pub trait AdminFixture: Send + Sync {
+    /// The store under test.
+    fn store(&self) -> &dyn Store;
+    /// The same store, as an operator sees it.
+    fn admin(&self) -> &dyn StoreAdmin;
+}
+
+impl<S: Store + StoreAdmin> AdminFixture for S {
+    fn store(&self) -> &dyn Store {
+        self
+    }
+
+    fn admin(&self) -> &dyn StoreAdmin {
+        self
+    }
+}
+
+/// An absent key reads as `None`; a claimed key as in flight, with its fence, fingerprint and
+/// lease; a recorded key as completed, with its record and the record's fingerprint; a
+/// released key as absent again.
+pub async fn inspect_reads_every_state(fixture: &dyn AdminFixture, key: &str) {
+    let (store, admin) = (fixture.store(), fixture.admin());
+    assert_eq!(
+        must(admin.inspect(key).await, "inspect an absent key"),
+        None
+    );
+
+    let fence = acquired(claim_with(store, key, AttemptId::random(), &[7; 32], LONG).await);
+    let info = must(admin.inspect(key).await, "inspect a key in flight")
+        .unwrap_or_else(|| panic!("{key}: a claimed key must be seen"));
+    assert_eq!(info.summary.key, key);
+    assert_eq!(info.summary.state, KeyState::InFlight);
+    assert_eq!(info.summary.fence, fence);
+    assert_eq!(info.fingerprint, [7; 32], "the claim's fingerprint");
+    assert!(
+        info.summary.expires_in <= LONG && info.summary.expires_in > LONG / 2,
+        "the lease left: {:?}",
+        info.summary.expires_in
+    );
+    assert_eq!(info.record, None);
+
+    let record = Record::encode(Outcome::Ok, &[7; 32], br#"{"charged":42}"#);
+    must(
+        store.complete(key, fence, &record, LONG * 10).await,
+        "complete",
+    );
+    let info = must(admin.inspect(key).await, "inspect a completed key")
+        .unwrap_or_else(|| panic!("{key}: a recorded key must be seen"));
+    assert_eq!(info.summary.state, KeyState::Completed);
+    assert_eq!(info.summary.fence, fence);
+    assert_eq!(info.record.as_deref(), Some(&record[..]));
+    assert_eq!(info.fingerprint, [7; 32], "the record's fingerprint");
+    assert!(
+        info.summary.expires_in <= LONG * 10 && info.summary.expires_in > LONG * 5,
+        "the retention left: {:?}",
+        info.summary.expires_in
+    );
+    match info.decoded_record() {
+        Some(Ok(decoded)) => assert_eq!(decoded.value, br#"{"charged":42}"#),
+        other => panic!("the record must decode, got {other:?}"),
+    }
+
+    let released = format!("{key}:released");
+    let fence = acquired(claim(store, &released, AttemptId::random(), LONG).await);
+    must(store.release(&released, fence).await, "release");
+    assert_eq!(
+        must(admin.inspect(&released).await, "inspect a released key"),
+        None,
+        "a released key is absent"
+    );
+}
+
+/// A record that is not idem's envelope is still shown (and can be evicted): an operator must
+/// see what is wrong, not an error in place of the key.
+pub async fn inspect_shows_a_foreign_record(fixture: &dyn AdminFixture, key: &str) {
+    let (store, admin) = (fixture.store(), fixture.admin());
+    let fence = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    must(
+        store.complete(key, fence, b"not an envelope", LONG).await,
+        "complete",
+    );
+    let info = must(admin.inspect(key).await, "inspect a foreign record")
+        .unwrap_or_else(|| panic!("{key}: a recorded key must be seen"));
+    assert_eq!(info.record.as_deref(), Some(&b"not an envelope"[..]));
+    assert!(info.fingerprint.is_empty());
+    assert!(
+        matches!(
+            info.decoded_record(),
+            Some(Err(crate::Error::Corrupt { .. }))
+        ),
+        "the record is reported corrupt when decoded"
+    );
+    assert_eq!(
+        must(admin.evict(key, fence).await, "evict"),
+        EvictOutcome::Evicted
+    );
+}
+
+/// Every key of a namespace is listed once across pages, whatever the page size; a state
+/// selects its keys only; keys of another namespace that shares the text are not listed.
+pub async fn list_pages_through_a_namespace(fixture: &dyn AdminFixture, key: &str) {
+    let (store, admin) = (fixture.store(), fixture.admin());
+    // The check's key is the prefix: its namespaces are its own.
+    let prefix = format!("{key}:");
+    let mut completed = BTreeSet::new();
+    let mut in_flight = BTreeSet::new();
+    for i in 0..7 {
+        // Plain keys, a long key (stored hashed) and one with separators in it.
+        let user_key = match i {
+            5 => "k".repeat(300),
+            6 => "a:b#c%".to_owned(),
+            _ => format!("order-{i}"),
+        };
+        let k = must(store_key(&prefix, "ns", &user_key), "store key");
+        let fence = acquired(claim(store, &k, AttemptId::random(), LONG).await);
+        if i % 3 == 0 {
+            in_flight.insert(k);
+        } else {
+            let record = Record::encode(Outcome::Ok, &[], b"1");
+            must(store.complete(&k, fence, &record, LONG).await, "complete");
+            completed.insert(k);
+        }
+    }
+    for other in ["nsx", "n"] {
+        let k = must(store_key(&prefix, other, "order-1"), "store key");
+        acquired(claim(store, &k, AttemptId::random(), LONG).await);
+    }
+    let namespace = must(ListQuery::new().in_namespace(&prefix, "ns"), "query");
+    let all: BTreeSet<String> = completed.union(&in_flight).cloned().collect();
+    for limit in [1, 2, 100] {
+        let query = namespace.clone().with_limit(limit);
+        assert_eq!(list_all(admin, &query).await, all, "limit {limit}");
+    }
+    let query = namespace
+        .clone()
+        .with_state(KeyState::InFlight)
+        .with_limit(2);
+    assert_eq!(list_all(admin, &query).await, in_flight, "in flight");
+    let query = namespace.with_state(KeyState::Completed);
+    assert_eq!(list_all(admin, &query).await, completed, "completed");
+
+    let counts = must(admin.count().await, "count");
+    assert!(
+        counts.of(KeyState::InFlight) >= in_flight.len() as u64 + 2
+            && counts.of(KeyState::Completed) >= completed.len() as u64,
+        "the counts include this check's keys: {counts:?}"
+    );
+}
+
+/// Every key a query selects, over all its pages; each summary's state is the one asked for.
+async fn list_all(admin: &dyn StoreAdmin, query: &ListQuery) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    let mut query = query.clone();
+    for _ in 0..1000 {
+        let page = must(admin.list(&query).await, "list");
+        assert!(
+            page.keys.len() <= query.limit(),
+            "a page of {} keys for a limit of {}",
+            page.keys.len(),
+            query.limit()
+        );
+        for summary in page.keys {
+            if let Some(state) = query.state() {
+                assert_eq!(summary.state, state, "{}", summary.key);
+            }
+            keys.insert(summary.key);
+        }
+        match page.next {
+            Some(next) => query = query.after(next),
+            None => return keys,
+        }
+    }
+    panic!("the listing did not end within 1000 pages");
+}
+
+/// Eviction is fenced: with a fence the key no longer holds nothing changes; with its fence a
+/// record is dropped and the next claim runs; a claim in flight is dropped, its holder can no
+/// longer record, and the next claim's fence is greater.
+pub async fn evict_is_fenced(fixture: &dyn AdminFixture, key: &str) {
+    let (store, admin) = (fixture.store(), fixture.admin());
+    assert_eq!(
+        must(
+            admin.evict(key, crate::Fence(1)).await,
+            "evict an absent key"
+        ),
+        EvictOutcome::Changed
+    );
+    let fence = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    let record = Record::encode(Outcome::Ok, &[], b"1");
+    must(store.complete(key, fence, &record, LONG).await, "complete");
+    let stale = crate::Fence(fence.0.saturating_sub(1));
+    assert_eq!(
+        must(admin.evict(key, stale).await, "evict with a stale fence"),
+        EvictOutcome::Changed
+    );
+    assert!(
+        matches!(
+            claim(store, key, AttemptId::random(), LONG).await,
+            ClaimOutcome::Completed { .. }
+        ),
+        "a refused eviction leaves the record"
+    );
+    assert_eq!(
+        must(admin.evict(key, fence).await, "evict a record"),
+        EvictOutcome::Evicted
+    );
+    assert_eq!(must(admin.inspect(key).await, "inspect"), None);
+
+    let holder = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    assert!(holder > fence, "the next claim runs, with a greater fence");
+    assert_eq!(
+        must(admin.evict(key, holder).await, "evict a claim in flight"),
+        EvictOutcome::Evicted
+    );
+    assert_lease_lost(
+        store.complete(key, holder, &record, LONG).await,
+        "the evicted holder records",
+    );
+    let next = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    assert!(next > holder, "fences increase across an eviction");
+}
+
+/// The readiness probe answers within its timeout.
+pub async fn ping_answers(fixture: &dyn AdminFixture, _key: &str) {
+    let took = must(fixture.admin().ping(Duration::from_secs(5)).await, "ping");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+/// Generates one `#[tokio::test]` per check of the operator's contract, as
+/// [`store_contract_tests!`](crate::store_contract_tests) does for the store's; `$fixture` is a
+/// future of an [`AdminFixture`].
+#[macro_export]
+macro_rules! store_admin_contract_tests {
+    ($fixture:expr) => {
+        $crate::store_admin_contract_tests!(@each $fixture;
+            inspect_reads_every_state,
+            inspect_shows_a_foreign_record,
+            list_pages_through_a_namespace,
+            evict_is_fenced,
+            ping_answers,
+        );
+    };
+    (@each $fixture:expr; $($check:ident,)*) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let fixture = $fixture.await;
+                $crate::testing::$check(
+                    &fixture,
+                    &$crate::testing::unique_key(stringify!($check)),
+                )
+                .await;
+            }
+        )*
+    };
+}
