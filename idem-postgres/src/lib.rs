@@ -12,6 +12,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod admin;
 mod sql;
 mod store;
 mod transaction;

@@ -30,6 +30,10 @@ pub(crate) struct Statements {
     pub(crate) renew: SqlStr,
     pub(crate) state: SqlStr,
     pub(crate) reap: SqlStr,
+    pub(crate) inspect: SqlStr,
+    pub(crate) list: SqlStr,
+    pub(crate) count: SqlStr,
+    pub(crate) evict: SqlStr,
 }
 
 /// PostgreSQL's reserved key words (its manual's appendix C, "reserved" and "reserved (can be
@@ -308,7 +312,40 @@ impl Statements {
         let completed = "SET state = 1, record = $3, attempt = NULL, expires_at = \
             greatest(expires_at, statement_timestamp() + $4::bigint * interval '1 millisecond', \
               lease_until)";
+        // The operator's statements see what a claim sees: a lapsed claim or an expired record
+        // is claimable, so it is not shown.
+        let live = "r.fence > 0 AND ((r.state = 0 AND r.lease_until > statement_timestamp()) \
+             OR (r.state = 1 AND r.expires_at > statement_timestamp()))";
+        // The lease left of a claim, the retention left of a record (ms).
+        let time_left = "floor(extract(epoch FROM (CASE WHEN r.state = 0 THEN r.lease_until \
+               ELSE r.expires_at END - statement_timestamp())) * 1000)::bigint";
         Self {
+            // $1 key. Any row of the key, live or not (a row of another state is corrupt).
+            inspect: sql(format!(
+                "SELECT r.state, r.fence, r.fingerprint, r.record, {time_left}, \
+                   r.fence > 0 AND r.state IN (0, 1) AND {live} \
+                 FROM {t} r WHERE r.key = $1"
+            )),
+            // $1 the first key (inclusive), $2 the end (exclusive, NULL: none), $3 the position
+            // (1-based) of a namespace's `:` or `#` (NULL: any key), $4 the state (NULL: any),
+            // $5 how many. In key order, on the primary key's index.
+            list: sql(format!(
+                "SELECT r.key, r.state, r.fence, {time_left} FROM {t} r \
+                 WHERE r.key >= $1 AND ($2::bytea IS NULL OR r.key < $2) \
+                   AND ($3::int IS NULL OR substring(r.key FROM $3 FOR 1) IN ('\\x3a'::bytea, '\\x23'::bytea)) \
+                   AND ($4::smallint IS NULL OR r.state = $4) AND {live} \
+                 ORDER BY r.key LIMIT $5"
+            )),
+            count: sql(format!(
+                "SELECT count(*) FILTER (WHERE r.state = 0), count(*) FILTER (WHERE r.state = 1) \
+                 FROM {t} r WHERE {live}"
+            )),
+            // $1 key, $2 fence. A row that a transaction holds locked is left alone.
+            evict: sql(format!(
+                "WITH target AS (SELECT r.key FROM {t} r WHERE r.key = $1 AND r.fence = $2 \
+                   AND {live} FOR UPDATE SKIP LOCKED) \
+                 DELETE FROM {t} r USING target WHERE r.key = target.key"
+            )),
             table: table.to_owned(),
             schema,
             claim: sql(claim),

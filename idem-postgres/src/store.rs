@@ -107,8 +107,8 @@ const CLAIM_LOOKS: u32 = 3;
 /// ```
 #[derive(Clone)]
 pub struct PostgresStore {
-    pool: PgPool,
-    sql: Arc<Statements>,
+    pub(crate) pool: PgPool,
+    pub(crate) sql: Arc<Statements>,
     /// The transaction of each claim granted in one and not yet ended, by key and fence.
     pub(crate) sessions: Arc<std::sync::Mutex<HashMap<(String, u64), Session>>>,
     /// The attempts whose claim in a transaction found a record to replay after an earlier look
@@ -690,7 +690,7 @@ fn lock_hash(parts: &[&[u8]]) -> i64 {
 }
 
 /// A column of idem's row; a value of another type means the row is not idem's.
-fn column<'r, T>(key: &str, row: &'r PgRow, index: usize) -> Result<T, Error>
+pub(crate) fn column<'r, T>(key: &str, row: &'r PgRow, index: usize) -> Result<T, Error>
 where
     T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
 {
@@ -703,7 +703,7 @@ where
 }
 
 /// A fence as PostgreSQL's `bigint`.
-fn fence_value(key: &str, fence: Fence) -> Result<i64, Error> {
+pub(crate) fn fence_value(key: &str, fence: Fence) -> Result<i64, Error> {
     i64::try_from(fence.0).map_err(|_| Error::lease_lost(key))
 }
 

@@ -6,7 +6,8 @@
     reason = "tests and their helpers fail loudly by design"
 )]
 
-use idem_core::testing::Fixture;
+use idem_core::admin::StoreAdmin;
+use idem_core::testing::{AdminFixture, Fixture};
 use idem_core::Store;
 use idem_postgres::PostgresStore;
 use idem_test_servers::PostgresServer;
@@ -19,6 +20,12 @@ struct Served {
 
 impl Fixture for Served {
     fn store(&self) -> &dyn Store {
+        &self.store
+    }
+}
+
+impl AdminFixture for Served {
+    fn admin(&self) -> &dyn StoreAdmin {
         &self.store
     }
 }
@@ -44,6 +51,7 @@ fn fastrand_u64() -> u64 {
 }
 
 idem_core::store_contract_tests!(fresh_store());
+idem_core::store_admin_contract_tests!(fresh_store());
 
 /// Connection errors end up in logs: they name the server, never the password in its URL,
 /// whether the URL parses or not.

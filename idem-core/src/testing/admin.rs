@@ -3,24 +3,18 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::{acquired, assert_lease_lost, claim, claim_with, must, LONG};
+use super::{acquired, assert_lease_lost, claim, claim_with, must, Fixture, LONG};
 use crate::admin::{EvictOutcome, KeyState, ListQuery, StoreAdmin};
 use crate::key::store_key;
 use crate::store::{AttemptId, ClaimOutcome, Outcome, Record, Store};
 
-/// A store with its operator's side, as the admin checks need both.
-pub trait AdminFixture: Send + Sync {
-    /// The store under test.
-    fn store(&self) -> &dyn Store;
-    /// The same store, as an operator sees it.
+/// A fixture whose store has an operator's side, as the admin checks need both.
+pub trait AdminFixture: Fixture {
+    /// The store under test, as an operator sees it.
     fn admin(&self) -> &dyn StoreAdmin;
 }
 
 impl<S: Store + StoreAdmin> AdminFixture for S {
-    fn store(&self) -> &dyn Store {
-        self
-    }
-
     fn admin(&self) -> &dyn StoreAdmin {
         self
     }

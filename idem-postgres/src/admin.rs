@@ -1,0 +1,184 @@
+//! The operator's side of the PostgreSQL store.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use idem_core::admin::{
+    timed_ping, Cursor, EvictOutcome, KeyInfo, KeyPage, KeyState, KeySummary, ListQuery,
+    StateCounts, StoreAdmin,
+};
+use idem_core::encode::{hex, unhex};
+use idem_core::{Error, Fence};
+use sqlx::postgres::PgRow;
+
+use crate::store::{column, fence_value, store_error, PostgresStore};
+
+/// Lists keys in their byte order, on the primary key's index: a listing of a namespace reads
+/// that namespace's keys only. A listing by state alone reads keys in order until it has a
+/// page (the table has no index by state, which would keep a record's update from being a HOT
+/// one on every first execution). A cursor is the hex of the last key of a page. Rows that an
+/// open transaction wrote are not seen until it commits, and a row it holds locked is not
+/// evicted.
+#[async_trait]
+impl StoreAdmin for PostgresStore {
+    async fn inspect(&self, key: &str) -> Result<Option<KeyInfo>, Error> {
+        let row = sqlx::query(self.sql.inspect.clone())
+            .bind(key.as_bytes())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|err| store_error("inspect", &err, false))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let state: i16 = column(key, &row, 0)?;
+        let fence = fence_of(key, &row, 1)?;
+        let left = time_left(key, &row, 4)?;
+        let live: bool = column(key, &row, 5)?;
+        match state {
+            0 | 1 if !live => Ok(None),
+            0 => Ok(Some(KeyInfo::in_flight(
+                key.to_owned(),
+                fence,
+                left,
+                column(key, &row, 2)?,
+            ))),
+            1 => {
+                let record: Option<Vec<u8>> = column(key, &row, 3)?;
+                let record = record
+                    .ok_or_else(|| Error::corrupt(key, "it is completed but holds no record"))?;
+                Ok(Some(KeyInfo::completed(
+                    key.to_owned(),
+                    fence,
+                    left,
+                    record,
+                )))
+            }
+            other => Err(Error::corrupt(
+                key,
+                format!("its state is {other}, neither 0 (claimed) nor 1 (completed)"),
+            )),
+        }
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<KeyPage, Error> {
+        let (head, end) = query.key_range();
+        let start = match query.cursor() {
+            // The least key after the cursor's: the cursor's key and a NUL byte.
+            Some(cursor) => {
+                let mut after = unhex(cursor.as_str().as_bytes()).ok_or_else(|| {
+                    Error::invalid_option(format!(
+                        "`{cursor}` is not a cursor of this store (the hex of a key)"
+                    ))
+                })?;
+                after.push(0);
+                after.max(head)
+            }
+            None => head,
+        };
+        let separator = query
+            .is_namespace()
+            .then(|| i32::try_from(query.head().len() + 1).unwrap_or(i32::MAX));
+        let state = match query.state() {
+            None => None,
+            Some(KeyState::InFlight) => Some(0i16),
+            Some(KeyState::Completed) => Some(1i16),
+            Some(other) => {
+                return Err(Error::invalid_option(format!(
+                    "this store cannot list keys that are {other}"
+                )))
+            }
+        };
+        let limit = query.limit();
+        let rows = sqlx::query(self.sql.list.clone())
+            .bind(start)
+            .bind(end)
+            .bind(separator)
+            .bind(state)
+            // One more than a page, to know whether another follows.
+            .bind(i64::try_from(limit + 1).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|err| store_error("list", &err, false))?;
+        let mut keys = rows
+            .iter()
+            .map(summary)
+            .collect::<Result<Vec<_>, Error>>()?;
+        let next = (keys.len() > limit).then(|| {
+            keys.truncate(limit);
+            Cursor::new(
+                keys.last()
+                    .map(|last| hex(last.key.as_bytes()))
+                    .unwrap_or_default(),
+            )
+        });
+        Ok(KeyPage::new(keys, next))
+    }
+
+    async fn count(&self) -> Result<StateCounts, Error> {
+        let row = sqlx::query(self.sql.count.clone())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|err| store_error("count", &err, false))?;
+        let count =
+            |index| column::<i64>("(count)", &row, index).map(|n| u64::try_from(n).unwrap_or(0));
+        Ok(StateCounts::new(count(0)?, count(1)?))
+    }
+
+    async fn evict(&self, key: &str, fence: Fence) -> Result<EvictOutcome, Error> {
+        let Ok(fence) = fence_value(key, fence) else {
+            return Ok(EvictOutcome::Changed);
+        };
+        let deleted = sqlx::query(self.sql.evict.clone())
+            .bind(key.as_bytes())
+            .bind(fence)
+            .execute(&self.pool)
+            .await
+            .map_err(|err| store_error("evict", &err, true))?;
+        Ok(if deleted.rows_affected() == 1 {
+            EvictOutcome::Evicted
+        } else {
+            EvictOutcome::Changed
+        })
+    }
+
+    async fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
+        timed_ping(timeout, async {
+            sqlx::query("SELECT 1")
+                .execute(&self.pool)
+                .await
+                .map(drop)
+                .map_err(|err| store_error("ping", &err, false))
+        })
+        .await
+    }
+}
+
+/// A listed row: key, state, fence, time left.
+fn summary(row: &PgRow) -> Result<KeySummary, Error> {
+    let key: Vec<u8> = column("(listed key)", row, 0)?;
+    let key = String::from_utf8(key).map_err(|err| {
+        Error::corrupt(
+            hex(err.as_bytes()),
+            "its key is not UTF-8, so idem did not write it",
+        )
+    })?;
+    let state = match column::<i16>(&key, row, 1)? {
+        0 => KeyState::InFlight,
+        _ => KeyState::Completed,
+    };
+    let fence = fence_of(&key, row, 2)?;
+    let left = time_left(&key, row, 3)?;
+    Ok(KeySummary::new(key, state, fence, left))
+}
+
+fn fence_of(key: &str, row: &PgRow, index: usize) -> Result<Fence, Error> {
+    let fence: i64 = column(key, row, index)?;
+    u64::try_from(fence)
+        .map(Fence)
+        .map_err(|_| Error::corrupt(key, format!("its fence {fence} is not positive")))
+}
+
+fn time_left(key: &str, row: &PgRow, index: usize) -> Result<Duration, Error> {
+    let ms: i64 = column(key, row, index)?;
+    Ok(Duration::from_millis(u64::try_from(ms).unwrap_or(0)))
+}
