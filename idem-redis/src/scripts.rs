@@ -189,3 +189,27 @@ return 'OK'
 "#,
     )
 });
+
+/// KEYS: state, fence. ARGV: fence, channel. Returns 'OK' | 'CHANGED'.
+///
+/// An operator's eviction of a claim or a record that still holds this fence. It leaves
+/// `F:<fence>`, as a release does, for at most a second (or less, what the key had left): until
+/// it goes, claims go through the claim script and get a greater fence; after, a fast claim's
+/// fence, the server's time, is more than the store's error bound past this one.
+pub(crate) static EVICT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local v, kind, fence = read_state()
+if type(v) == 'table' then return v end
+if not v or kind == 'F' or fence ~= ARGV[1] then return 'CHANGED' end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 1000 or ttl < 0 then
+  redis.call('SET', KEYS[1], 'F:' .. fence, 'PX', 1000)
+else
+  redis.call('SET', KEYS[1], 'F:' .. fence, 'KEEPTTL')
+end
+redis.call('PUBLISH', ARGV[2], fence)
+return 'OK'
+"#,
+    )
+});

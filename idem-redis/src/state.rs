@@ -11,9 +11,19 @@ use idem_core::Fence;
 /// A decoded state value.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum State<'a> {
-    Pending { fence: Fence, attempt: &'a [u8] },
-    Completed { fence: Fence, record: &'a [u8] },
-    Released { fence: Fence },
+    Pending {
+        fence: Fence,
+        attempt: &'a [u8],
+        /// The request fingerprint, in hex.
+        fingerprint: &'a [u8],
+    },
+    Completed {
+        fence: Fence,
+        record: &'a [u8],
+    },
+    Released {
+        fence: Fence,
+    },
 }
 
 /// Decodes a state value; `None` when it is not one of ours.
@@ -36,11 +46,30 @@ pub(crate) fn parse(value: &[u8]) -> Option<State<'_>> {
             let colon = after.iter().position(|&b| b == b':')?;
             let (attempt, fingerprint) = (&after[..colon], &after[colon + 1..]);
             let hex = |part: &[u8]| part.iter().all(u8::is_ascii_hexdigit);
-            (!attempt.is_empty() && hex(attempt) && hex(fingerprint))
-                .then_some(State::Pending { fence, attempt })
+            (!attempt.is_empty() && hex(attempt) && hex(fingerprint)).then_some(State::Pending {
+                fence,
+                attempt,
+                fingerprint,
+            })
         }
         _ => None,
     }
+}
+
+/// What the head of a state value (its first bytes, as `GETRANGE` reads them for a listing)
+/// says: a claim, a record or a released claim, and its fence. `None` when it is not one of
+/// ours.
+pub(crate) fn peek(head: &[u8]) -> Option<(u8, Fence)> {
+    let (kind, rest) = (*head.first()?, head.get(2..)?);
+    if head.get(1) != Some(&b':') || !matches!(kind, b'P' | b'R' | b'F') {
+        return None;
+    }
+    let digits = match rest.iter().position(|&b| b == b':') {
+        Some(end) if kind != b'F' => &rest[..end],
+        None if kind == b'F' => rest,
+        _ => return None,
+    };
+    Some((kind, parse_fence(digits)?))
 }
 
 /// The greatest fence the store uses: the scripts compute with Lua's doubles, exact up to 2^53
@@ -80,7 +109,8 @@ mod tests {
             parse(b"P:9:abcd:"),
             Some(State::Pending {
                 fence: Fence(9),
-                attempt: b"abcd"
+                attempt: b"abcd",
+                fingerprint: b""
             })
         );
         assert_eq!(parse(b"F:12"), Some(State::Released { fence: Fence(12) }));
@@ -109,6 +139,26 @@ mod tests {
             b"F:012",
         ] {
             assert_eq!(parse(garbage), None, "{garbage:?}");
+        }
+    }
+
+    #[test]
+    fn peeks_at_a_head_cut_anywhere_after_the_fence() {
+        assert_eq!(peek(b"R:17:\x00rec"), Some((b'R', Fence(17))));
+        assert_eq!(peek(b"R:17:"), Some((b'R', Fence(17))));
+        assert_eq!(peek(b"P:9:ab"), Some((b'P', Fence(9))));
+        assert_eq!(peek(b"F:12"), Some((b'F', Fence(12))));
+        for garbage in [
+            &b""[..],
+            b"R",
+            b"R:",
+            b"R:17",
+            b"Q:1:",
+            b"F:1:",
+            b"R:x:",
+            b"P:01:a",
+        ] {
+            assert_eq!(peek(garbage), None, "{garbage:?}");
         }
     }
 }

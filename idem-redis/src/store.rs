@@ -58,8 +58,8 @@ const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// have at most 16 digits (`2^53 - 1`, what Lua computes exactly); the scripts and this side
 /// refuse anything else at idem's keys as corrupt before writing.
 pub struct RedisStore<C = ConnectionManager> {
-    connection: C,
-    key_prefix: String,
+    pub(crate) connection: C,
+    pub(crate) key_prefix: String,
     replica_acks: Option<(u32, Duration)>,
     waiters: Waiters,
     /// False once the server refused `SET ... NX GET` (Redis before 7.0).
@@ -68,13 +68,23 @@ pub struct RedisStore<C = ConnectionManager> {
     server_clock: ServerClock,
     /// Read `TIME` with every claim: on a cluster, and on connections we did not make.
     time_per_claim: bool,
-    /// Sends `WAIT` to the primary that holds a key: set on clusters, where redis-rs would
-    /// otherwise send it to every primary and keep the least count.
-    wait_route: Option<WaitRoute>,
+    /// Sends a command to one node: set on clusters, where redis-rs would otherwise send
+    /// `WAIT` to every primary and keep the least count, and `SCAN` to a random node.
+    pub(crate) router: Option<Router>,
 }
 
-type WaitFuture = std::pin::Pin<Box<dyn std::future::Future<Output = RedisResult<Value>> + Send>>;
-type WaitRoute = std::sync::Arc<dyn Fn(redis::Cmd, &str) -> WaitFuture + Send + Sync>;
+/// One node of a cluster.
+pub(crate) enum Node {
+    /// The primary that holds a key.
+    PrimaryOf(String),
+    /// The node at this address.
+    At(String, u16),
+    /// Any node.
+    Any,
+}
+
+type RoutedFuture = std::pin::Pin<Box<dyn std::future::Future<Output = RedisResult<Value>> + Send>>;
+pub(crate) type Router = std::sync::Arc<dyn Fn(redis::Cmd, Node) -> RoutedFuture + Send + Sync>;
 
 /// What the fast claim did.
 enum FastClaim {
@@ -86,10 +96,10 @@ enum FastClaim {
 }
 
 /// The Redis keys of one idempotency key.
-struct Keys {
-    state: String,
+pub(crate) struct Keys {
+    pub(crate) state: String,
     fence: String,
-    channel: String,
+    pub(crate) channel: String,
 }
 
 impl Keys {
@@ -211,13 +221,18 @@ impl RedisStore<redis::cluster_async::ClusterConnection> {
         // Cluster PUBLISH reaches every node, so any node can serve the waiters.
         let router = connection.clone();
         let mut store = Self::from_connection(connection);
-        store.wait_route = Some(std::sync::Arc::new(move |wait, key| {
+        store.router = Some(std::sync::Arc::new(move |command, node| {
             use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
             let mut connection = router.clone();
-            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                Route::with_key(key, SlotAddr::Master),
-            ));
-            Box::pin(async move { connection.route_command(wait, route).await })
+            let node = match node {
+                Node::PrimaryOf(key) => {
+                    SingleNodeRoutingInfo::SpecificNode(Route::with_key(&key, SlotAddr::Master))
+                }
+                Node::At(host, port) => SingleNodeRoutingInfo::ByAddress { host, port },
+                Node::Any => SingleNodeRoutingInfo::Random,
+            };
+            let route = RoutingInfo::SingleNode(node);
+            Box::pin(async move { connection.route_command(command, route).await })
         }));
         store.check_eviction_policy().await?;
         Ok(match infos.into_iter().next().map(redis::Client::open) {
@@ -282,7 +297,7 @@ where
             plain_claims: AtomicBool::new(true),
             server_clock: ServerClock::default(),
             time_per_claim: true,
-            wait_route: None,
+            router: None,
         }
     }
 
@@ -383,16 +398,16 @@ where
     }
 
     /// The state key alone: all a fast claim needs.
-    fn state_key(&self, key: &str) -> String {
+    pub(crate) fn state_key(&self, key: &str) -> String {
         // The braces make the whole idempotency key the hash tag: every key beside it is one slot.
         format!("{}{{{key}}}", self.key_prefix)
     }
 
-    fn keys(&self, key: &str) -> Keys {
+    pub(crate) fn keys(&self, key: &str) -> Keys {
         Keys::beside(self.state_key(key))
     }
 
-    async fn invoke(
+    pub(crate) async fn invoke(
         &self,
         operation: &'static str,
         keys: &Keys,
@@ -430,14 +445,18 @@ where
 
     /// `WAIT replicas timeout` on the primary that holds `state` (the key just written); fails
     /// closed when fewer replicas acknowledged.
-    async fn await_replicas(&self, operation: &'static str, state: &str) -> Result<(), Error> {
+    pub(crate) async fn await_replicas(
+        &self,
+        operation: &'static str,
+        state: &str,
+    ) -> Result<(), Error> {
         let Some((replicas, timeout)) = self.replica_acks else {
             return Ok(());
         };
         let mut wait = redis::cmd("WAIT");
         wait.arg(replicas).arg(millis(timeout));
-        let reply = match &self.wait_route {
-            Some(route) => route(wait, state).await,
+        let reply = match &self.router {
+            Some(route) => route(wait, Node::PrimaryOf(state.to_owned())).await,
             None => {
                 let mut connection = self.connection.clone();
                 wait.query_async(&mut connection).await
@@ -774,7 +793,7 @@ fn parse_claim(key: &str, reply: &Value) -> Option<Result<ClaimOutcome, Error>> 
     }))
 }
 
-fn reply_text(value: &Value) -> Option<&[u8]> {
+pub(crate) fn reply_text(value: &Value) -> Option<&[u8]> {
     match value {
         Value::BulkString(bytes) => Some(bytes),
         Value::SimpleString(text) => Some(text.as_bytes()),
@@ -784,7 +803,7 @@ fn reply_text(value: &Value) -> Option<&[u8]> {
 }
 
 /// A reply our own script should never give: the script ran, so the outcome is unknown.
-fn unexpected(operation: &'static str, reply: &Value) -> Error {
+pub(crate) fn unexpected(operation: &'static str, reply: &Value) -> Error {
     Error::store_indeterminate(
         operation,
         format!("unexpected reply from the {operation} script: {reply:?}"),
@@ -794,7 +813,7 @@ fn unexpected(operation: &'static str, reply: &Value) -> Error {
 /// Redis errors: an error reply means the command did not apply (our scripts validate before
 /// writing); a refused connection means it was never sent; anything else (I/O, timeouts, a
 /// dropped connection) may have applied.
-fn redis_error(operation: &'static str, key: &str, err: RedisError) -> Error {
+pub(crate) fn redis_error(operation: &'static str, key: &str, err: RedisError) -> Error {
     if let Some("IDEM_CORRUPT" | "WRONGTYPE") = err.code() {
         return Error::corrupt(key, err.to_string());
     }

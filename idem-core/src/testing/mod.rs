@@ -101,7 +101,7 @@ pub async fn claim_is_granted_once_and_reentrant(store: &dyn Store, key: &str) {
 fn must<T>(step: Result<T, Error>, what: &str) -> T {
     match step {
         Ok(value) => value,
-        Err(err) => panic!("{what}: failed with {err}"),
+        Err(err) => panic!("{what}: failed with {err} ({err:?})"),
     }
 }
 
