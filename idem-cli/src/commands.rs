@@ -1,0 +1,113 @@
+//! What each command does.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use idem_core::admin::{Cursor, EvictOutcome, ListQuery};
+use idem_core::{Error, Fence};
+
+use crate::args::{Args, Command};
+use crate::connect::{connect, Backend};
+use crate::output::Output;
+
+/// How a command ended, for its exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    Done,
+    /// The key is absent (or claimable: its lease or retention lapsed).
+    Absent,
+    /// The key changed since it was read: nothing was done.
+    Changed,
+}
+
+impl Status {
+    pub(crate) fn code(self) -> ExitCode {
+        match self {
+            Self::Done => ExitCode::SUCCESS,
+            Self::Absent => ExitCode::from(3),
+            Self::Changed => ExitCode::from(4),
+        }
+    }
+}
+
+/// Runs the command of `args`, writing what it prints to `out`.
+pub(crate) async fn run(args: &Args, out: &mut dyn Write) -> Result<Status, Error> {
+    let store = connect(args).await?;
+    let store: &dyn Backend = &*store;
+    let mut output = Output::new(out, args.json);
+    match &args.command {
+        Command::List {
+            state,
+            namespace,
+            limit,
+            after,
+            all,
+        } => {
+            let mut query = match namespace {
+                Some(namespace) => ListQuery::new().in_namespace(&args.key_prefix, namespace)?,
+                None => ListQuery::new(),
+            }
+            .with_limit(*limit);
+            if let Some(state) = state {
+                query = query.with_state(*state);
+            }
+            if let Some(after) = after {
+                query = query.after(Cursor::new(after.clone()));
+            }
+            let mut keys = Vec::new();
+            loop {
+                let page = store.list(&query).await?;
+                keys.extend(page.keys);
+                match page.next {
+                    Some(next) if *all => query = query.after(next),
+                    next => {
+                        output.keys(&keys, next.as_ref())?;
+                        return Ok(Status::Done);
+                    }
+                }
+            }
+        }
+        Command::Show { key, value } => {
+            let key = key.store_key(&args.key_prefix)?;
+            match store.inspect(&key).await? {
+                Some(info) => {
+                    output.key(&info, *value)?;
+                    Ok(Status::Done)
+                }
+                None => {
+                    output.absent(&key)?;
+                    Ok(Status::Absent)
+                }
+            }
+        }
+        Command::Evict { key, fence } => {
+            let key = key.store_key(&args.key_prefix)?;
+            let fence = match fence {
+                Some(fence) => Fence(*fence),
+                None => match store.inspect(&key).await? {
+                    Some(info) => info.summary.fence,
+                    None => {
+                        output.absent(&key)?;
+                        return Ok(Status::Absent);
+                    }
+                },
+            };
+            let outcome = store.evict(&key, fence).await?;
+            output.evicted(&key, fence, outcome)?;
+            Ok(match outcome {
+                EvictOutcome::Evicted => Status::Done,
+                _ => Status::Changed,
+            })
+        }
+        Command::Stats => {
+            let counts = store.count().await?;
+            output.counts(&counts)?;
+            Ok(Status::Done)
+        }
+        Command::Ping { timeout } => {
+            let took = store.ping(*timeout).await?;
+            output.pong(took)?;
+            Ok(Status::Done)
+        }
+    }
+}

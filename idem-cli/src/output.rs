@@ -1,0 +1,232 @@
+//! What the commands print: aligned text for people, JSON for scripts.
+
+use std::io::Write;
+use std::time::Duration;
+
+use idem_core::admin::{Cursor, EvictOutcome, KeyInfo, KeyState, KeySummary, StateCounts};
+use idem_core::encode::hex;
+use idem_core::{Error, Fence, Outcome};
+use serde_json::{json, Value};
+
+pub(crate) struct Output<'a> {
+    out: &'a mut dyn Write,
+    json: bool,
+}
+
+impl<'a> Output<'a> {
+    pub(crate) fn new(out: &'a mut dyn Write, json: bool) -> Self {
+        Self { out, json }
+    }
+
+    pub(crate) fn keys(&mut self, keys: &[KeySummary], next: Option<&Cursor>) -> Result<(), Error> {
+        if self.json {
+            let keys: Vec<Value> = keys
+                .iter()
+                .map(|summary| {
+                    json!({
+                        "key": summary.key,
+                        "state": summary.state.as_str(),
+                        "fence": summary.fence.0,
+                        "expires_in_ms": millis(summary.expires_in),
+                    })
+                })
+                .collect();
+            return self.json_line(&json!({ "keys": keys, "next": next.map(Cursor::as_str) }));
+        }
+        let width = keys
+            .iter()
+            .map(|summary| summary.key.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(3);
+        let mut text = format!(
+            "{:width$}  {:9}  {:>16}  EXPIRES IN\n",
+            "KEY", "STATE", "FENCE"
+        );
+        for summary in keys {
+            text.push_str(&format!(
+                "{:width$}  {:9}  {:>16}  {}\n",
+                summary.key,
+                summary.state.as_str(),
+                summary.fence.0,
+                human(summary.expires_in),
+            ));
+        }
+        text.push_str(&format!("{} keys\n", keys.len()));
+        if let Some(next) = next {
+            text.push_str(&format!("more: list again with --after {next}\n"));
+        }
+        self.text(&text)
+    }
+
+    pub(crate) fn key(&mut self, info: &KeyInfo, with_value: bool) -> Result<(), Error> {
+        let summary = &info.summary;
+        let decoded = info.decoded_record();
+        let (outcome, value, problem) = match &decoded {
+            Some(Ok(record)) => (
+                Some(match record.outcome {
+                    Outcome::Ok => "ok",
+                    Outcome::Err => "err",
+                }),
+                Some(record.value),
+                None,
+            ),
+            Some(Err(err)) => (None, None, Some(err.to_string())),
+            None => (None, None, None),
+        };
+        if self.json {
+            let mut object = json!({
+                "key": summary.key,
+                "state": summary.state.as_str(),
+                "fence": summary.fence.0,
+                "expires_in_ms": millis(summary.expires_in),
+                "fingerprint": hex(&info.fingerprint),
+            });
+            if let Some(record) = &info.record {
+                object["record_bytes"] = json!(record.len());
+                object["outcome"] = json!(outcome);
+                object["value_bytes"] = json!(value.map(<[u8]>::len));
+                if let Some(problem) = &problem {
+                    object["corrupt"] = json!(problem);
+                }
+                if with_value {
+                    object["value"] = value.map_or(Value::Null, json_value);
+                }
+            }
+            return self.json_line(&object);
+        }
+        let mut text = format!(
+            "key          {}\nstate        {}\nfence        {}\n{:12} {}\nfingerprint  {}\n",
+            summary.key,
+            summary.state,
+            summary.fence.0,
+            match summary.state {
+                KeyState::InFlight => "lease left",
+                _ => "expires in",
+            },
+            human(summary.expires_in),
+            if info.fingerprint.is_empty() {
+                "(none)".to_owned()
+            } else {
+                hex(&info.fingerprint)
+            },
+        );
+        if let Some(record) = &info.record {
+            if let Some(problem) = &problem {
+                text.push_str(&format!(
+                    "record       {} bytes, corrupt: {problem}\n",
+                    record.len()
+                ));
+            }
+            if let (Some(outcome), Some(value)) = (outcome, value) {
+                text.push_str(&format!(
+                    "outcome      {outcome}\nvalue        {} bytes\n",
+                    value.len()
+                ));
+                if with_value {
+                    text.push_str(&String::from_utf8_lossy(value));
+                    text.push('\n');
+                }
+            }
+        }
+        self.text(&text)
+    }
+
+    pub(crate) fn absent(&mut self, key: &str) -> Result<(), Error> {
+        if self.json {
+            return self.json_line(&json!({ "key": key, "state": null }));
+        }
+        self.text(&format!(
+            "{key}: absent (never claimed, released, evicted, or its lease or retention lapsed)\n"
+        ))
+    }
+
+    pub(crate) fn evicted(
+        &mut self,
+        key: &str,
+        fence: Fence,
+        outcome: EvictOutcome,
+    ) -> Result<(), Error> {
+        let evicted = outcome == EvictOutcome::Evicted;
+        if self.json {
+            return self.json_line(&json!({ "key": key, "fence": fence.0, "evicted": evicted }));
+        }
+        self.text(&if evicted {
+            format!("evicted {key} (fence {fence}): the next delivery runs the body\n")
+        } else {
+            format!(
+                "not evicted: {key} no longer holds fence {fence} (it changed since it was read); \
+                 show it again\n"
+            )
+        })
+    }
+
+    pub(crate) fn counts(&mut self, counts: &StateCounts) -> Result<(), Error> {
+        if self.json {
+            let mut object = json!({});
+            for state in KeyState::ALL {
+                object[state.as_str()] = json!(counts.of(state));
+            }
+            return self.json_line(&object);
+        }
+        let mut text = String::new();
+        for state in KeyState::ALL {
+            text.push_str(&format!("{:10} {}\n", state.as_str(), counts.of(state)));
+        }
+        self.text(&text)
+    }
+
+    pub(crate) fn pong(&mut self, took: Duration) -> Result<(), Error> {
+        if self.json {
+            return self.json_line(&json!({ "ok": true, "took_us": took.as_micros() }));
+        }
+        self.text(&format!("ok: the store answered in {took:.1?}\n"))
+    }
+
+    fn json_line(&mut self, value: &Value) -> Result<(), Error> {
+        self.text(&format!("{value}\n"))
+    }
+
+    fn text(&mut self, text: &str) -> Result<(), Error> {
+        self.out
+            .write_all(text.as_bytes())
+            .and_then(|()| self.out.flush())
+            .map_err(|err| Error::invalid_option(format!("cannot write the output: {err}")))
+    }
+}
+
+/// A recorded value as JSON: itself when it parses, otherwise its text.
+fn json_value(value: &[u8]) -> Value {
+    serde_json::from_slice(value)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(value).into_owned()))
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A duration to the second (to the millisecond below one), as `1day 2h 3m 4s`.
+fn human(duration: Duration) -> String {
+    if duration < Duration::from_secs(1) {
+        return format!("{}ms", duration.as_millis());
+    }
+    humantime::format_duration(Duration::from_secs(duration.as_secs())).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_operators_write_them() {
+        assert_eq!(human(Duration::from_millis(250)), "250ms");
+        assert_eq!(human(Duration::from_millis(90_500)), "1m 30s");
+        assert_eq!(human(Duration::from_secs(86_400 + 7_200)), "1day 2h");
+    }
+
+    #[test]
+    fn values_print_as_json_when_they_are() {
+        assert_eq!(json_value(br#"{"a":1}"#), json!({"a": 1}));
+        assert_eq!(json_value(b"not json"), json!("not json"));
+    }
+}
