@@ -8,7 +8,7 @@ CREATE SEQUENCE IF NOT EXISTS idem_records_fence AS bigint;
 CREATE TABLE IF NOT EXISTS idem_records (
     -- The store key (bytes: keys may hold any character, NUL included).
     key bytea PRIMARY KEY,
-    -- 0: claimed (pending), 1: completed.
+    -- 0: claimed (pending), 1: completed, 2: held with an unknown outcome (until `lease_until`).
     state smallint NOT NULL,
     -- The fencing token of the claim that holds or completed the key.
     fence bigint NOT NULL,

@@ -95,7 +95,7 @@ mod private;
 pub use idem_core::{
     context, default_runtime, install, served, Call, CallOutcome, CallReport, ClaimContext,
     Disposition, Error, Fence, Idempotency, MemoryStore, Observer, OnInProgress, Served,
-    MAX_DURATION, MIN_LEASE,
+    UnknownHold, MAX_DURATION, MIN_LEASE,
 };
 
 pub mod steps {

@@ -36,7 +36,7 @@ pub(crate) struct Args {
 pub(crate) enum Command {
     /// Lists keys, a page at a time.
     List {
-        /// Only keys in this state: inflight or completed.
+        /// Only keys in this state: inflight, unknown or completed.
         #[arg(long, value_parser = parse_state)]
         state: Option<KeyState>,
         /// Only keys of this namespace (under --key-prefix).
@@ -65,6 +65,28 @@ pub(crate) enum Command {
         #[command(flatten)]
         key: KeyArg,
         /// Evict only if the key still holds this fence (the one `show` printed).
+        #[arg(long)]
+        fence: Option<u64>,
+    },
+    /// Resolves a key held with an unknown outcome, once you know whether its effect happened.
+    #[command(group(clap::ArgGroup::new("resolution").required(true).args(["release", "record"])))]
+    Resolve {
+        #[command(flatten)]
+        key: KeyArg,
+        /// The effect did not happen: release the key, so that the next delivery runs the body.
+        #[arg(long)]
+        release: bool,
+        /// The effect happened, with this result (JSON, as the handler returns it): record it,
+        /// so that every delivery replays it.
+        #[arg(long, value_name = "JSON")]
+        record: Option<String>,
+        /// Record the result as the handler's `Err` (for handlers that record errors).
+        #[arg(long, requires = "record")]
+        error: bool,
+        /// How long to keep the record.
+        #[arg(long, default_value = "24h", value_parser = parse_duration, requires = "record")]
+        retention: Duration,
+        /// Resolve only if the key still holds this fence (the one `show` printed).
         #[arg(long)]
         fence: Option<u64>,
     },

@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use idem_core::admin::{Cursor, EvictOutcome, ListQuery};
-use idem_core::{Error, Fence};
+use idem_core::admin::{ActionOutcome, Cursor, KeyState, ListQuery, Resolution};
+use idem_core::{Error, Fence, Outcome, Record};
 
 use crate::args::{Args, Command};
 use crate::connect::{connect, Backend};
@@ -95,7 +95,47 @@ pub(crate) async fn run(args: &Args, out: &mut dyn Write) -> Result<Status, Erro
             let outcome = store.evict(&key, fence).await?;
             output.evicted(&key, fence, outcome)?;
             Ok(match outcome {
-                EvictOutcome::Evicted => Status::Done,
+                ActionOutcome::Applied => Status::Done,
+                _ => Status::Changed,
+            })
+        }
+        Command::Resolve {
+            key,
+            release,
+            record,
+            error,
+            retention,
+            fence,
+        } => {
+            let key = key.store_key(&args.key_prefix)?;
+            let Some(info) = store.inspect(&key).await? else {
+                output.absent(&key)?;
+                return Ok(Status::Absent);
+            };
+            let fence = fence.map_or(info.summary.fence, Fence);
+            if info.summary.state != KeyState::Unknown || info.summary.fence != fence {
+                output.not_held(&info, fence)?;
+                return Ok(Status::Changed);
+            }
+            let resolution = match (release, record) {
+                (true, _) | (false, None) => Resolution::Release,
+                (false, Some(json)) => {
+                    let value: serde_json::Value = serde_json::from_str(json).map_err(|err| {
+                        Error::invalid_option(format!("--record is not JSON: {err}"))
+                    })?;
+                    let outcome = if *error { Outcome::Err } else { Outcome::Ok };
+                    let json = value.to_string();
+                    Resolution::Record {
+                        record: Record::encode(outcome, &info.fingerprint, json.as_bytes()),
+                        retention: *retention,
+                    }
+                }
+            };
+            let released = resolution == Resolution::Release;
+            let outcome = store.resolve(&key, fence, resolution).await?;
+            output.resolved(&key, fence, released, outcome)?;
+            Ok(match outcome {
+                ActionOutcome::Applied => Status::Done,
                 _ => Status::Changed,
             })
         }

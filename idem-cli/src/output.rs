@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use idem_core::admin::{Cursor, EvictOutcome, KeyInfo, KeyState, KeySummary, StateCounts};
+use idem_core::admin::{ActionOutcome, Cursor, KeyInfo, KeyState, KeySummary, StateCounts};
 use idem_core::encode::hex;
 use idem_core::{Error, Fence, Outcome};
 use serde_json::{json, Value};
@@ -49,7 +49,7 @@ impl<'a> Output<'a> {
                 summary.key,
                 summary.state.as_str(),
                 summary.fence.0,
-                human(summary.expires_in),
+                time_left(summary),
             ));
         }
         text.push_str(&format!("{} keys\n", keys.len()));
@@ -102,9 +102,10 @@ impl<'a> Output<'a> {
             summary.fence.0,
             match summary.state {
                 KeyState::InFlight => "lease left",
+                KeyState::Unknown => "held for",
                 _ => "expires in",
             },
-            human(summary.expires_in),
+            time_left(summary),
             if info.fingerprint.is_empty() {
                 "(none)".to_owned()
             } else {
@@ -145,9 +146,9 @@ impl<'a> Output<'a> {
         &mut self,
         key: &str,
         fence: Fence,
-        outcome: EvictOutcome,
+        outcome: ActionOutcome,
     ) -> Result<(), Error> {
-        let evicted = outcome == EvictOutcome::Evicted;
+        let evicted = outcome == ActionOutcome::Applied;
         if self.json {
             return self.json_line(&json!({ "key": key, "fence": fence.0, "evicted": evicted }));
         }
@@ -158,6 +159,54 @@ impl<'a> Output<'a> {
                 "not evicted: {key} no longer holds fence {fence} (it changed since it was read); \
                  show it again\n"
             )
+        })
+    }
+
+    pub(crate) fn not_held(&mut self, info: &KeyInfo, fence: Fence) -> Result<(), Error> {
+        let summary = &info.summary;
+        if self.json {
+            return self.json_line(&json!({
+                "key": summary.key,
+                "state": summary.state.as_str(),
+                "fence": summary.fence.0,
+                "resolved": false,
+            }));
+        }
+        self.text(&format!(
+            "not resolved: {} is {} under fence {}, not held with an unknown outcome under fence \
+             {fence}; only a held key can be resolved (a key in flight may still be recorded by \
+             its holder: wait, or evict it once the holder is known to be gone)\n",
+            summary.key, summary.state, summary.fence
+        ))
+    }
+
+    pub(crate) fn resolved(
+        &mut self,
+        key: &str,
+        fence: Fence,
+        released: bool,
+        outcome: ActionOutcome,
+    ) -> Result<(), Error> {
+        let resolved = outcome == ActionOutcome::Applied;
+        if self.json {
+            return self.json_line(&json!({
+                "key": key,
+                "fence": fence.0,
+                "resolved": resolved,
+                "resolution": if released { "released" } else { "recorded" },
+            }));
+        }
+        self.text(&match (resolved, released) {
+            (true, true) => {
+                format!("released {key} (fence {fence}): the next delivery runs the body\n")
+            }
+            (true, false) => {
+                format!("recorded {key} (fence {fence}): every delivery replays the record\n")
+            }
+            (false, _) => format!(
+                "not resolved: {key} changed since it was read (resolved, evicted or lapsed); \
+                 show it again\n"
+            ),
         })
     }
 
@@ -203,6 +252,16 @@ fn json_value(value: &[u8]) -> Value {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What a key has left: "until resolved" for an unknown outcome held so (for
+/// [`MAX_DURATION`](idem_core::MAX_DURATION)).
+fn time_left(summary: &KeySummary) -> String {
+    if summary.state == KeyState::Unknown && summary.expires_in > idem_core::MAX_DURATION / 2 {
+        "until resolved".to_owned()
+    } else {
+        human(summary.expires_in)
+    }
 }
 
 /// A duration to the second (to the millisecond below one), as `1day 2h 3m 4s`.

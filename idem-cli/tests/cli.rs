@@ -152,7 +152,10 @@ async fn tour(url: &str, store: Arc<dyn Store>) {
     );
 
     let stats = command(url, &["--json", "stats"]).json();
-    assert_eq!(stats, json!({ "inflight": 1, "completed": 4 }));
+    assert_eq!(
+        stats,
+        json!({ "inflight": 1, "unknown": 0, "completed": 4 })
+    );
 
     // A fence the key no longer holds changes nothing (exit 4); the fence read evicts it.
     let stale = (fence - 1).to_string();
@@ -254,9 +257,164 @@ async fn the_command_on_a_redis_cluster() {
     assert_eq!(listed.code, 0, "{}", listed.stderr);
     assert_eq!(listed.json()["keys"].as_array().unwrap().len(), 20);
     let stats = command(&urls[2], &["--cluster", "--json", "stats"]).json();
-    assert_eq!(stats, json!({ "inflight": 0, "completed": 20 }));
+    assert_eq!(
+        stats,
+        json!({ "inflight": 0, "unknown": 0, "completed": 20 })
+    );
     let evicted = command(&urls[0], &["--cluster", "evict", "charge", "order-7"]);
     assert_eq!(evicted.code, 0, "{}", evicted.stderr);
     charge(&runtime, 7, &runs).await;
     assert_eq!(runs.load(Ordering::SeqCst), 21);
+}
+
+/// A withdrawal's error: the bank timed out (the money may have moved), or idem refused.
+#[derive(Debug)]
+enum WithdrawError {
+    BankTimedOut,
+    Idem(Error),
+}
+
+impl From<Error> for WithdrawError {
+    fn from(err: Error) -> Self {
+        Self::Idem(err)
+    }
+}
+
+/// Withdraws for `id`, counting the bodies that run; `time_out` makes the bank time out.
+async fn withdraw(
+    runtime: &Idempotency,
+    id: &str,
+    runs: &AtomicUsize,
+    time_out: bool,
+) -> Result<u64, WithdrawError> {
+    let on_error = |err: &WithdrawError| match err {
+        WithdrawError::BankTimedOut => idem_core::Disposition::OutcomeUnknown,
+        WithdrawError::Idem(_) => idem_core::Disposition::Release,
+    };
+    runtime
+        .run_with(Call::new("withdraw", id), on_error, async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            if time_out {
+                Err(WithdrawError::BankTimedOut)
+            } else {
+                Ok(100)
+            }
+        })
+        .await
+}
+
+/// An unknown outcome is held past its lease until an operator resolves it with the command:
+/// released, the next delivery runs the body exactly once; recorded, every delivery replays
+/// the operator's result and the body never runs again.
+async fn unknown_outcome_held_until_resolved(url: &str, store: Arc<dyn Store>) {
+    let lease = Duration::from_millis(400);
+    let runtime = Idempotency::from_arc(store)
+        .with_lease(lease)
+        .with_unknown_hold(idem_core::UnknownHold::UntilResolved);
+    let runs = AtomicUsize::new(0);
+    for id in ["w-1", "w-2"] {
+        let first = withdraw(&runtime, id, &runs, true).await;
+        assert!(
+            matches!(first, Err(WithdrawError::BankTimedOut)),
+            "{first:?}"
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    // Well past the lease: still held, and no delivery runs the body.
+    tokio::time::sleep(lease * 3).await;
+    for id in ["w-1", "w-2"] {
+        let retry = withdraw(&runtime, id, &runs, false).await;
+        assert!(
+            matches!(
+                retry,
+                Err(WithdrawError::Idem(Error::OutcomeUnknown { .. }))
+            ),
+            "{retry:?}"
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "a held key runs no body");
+
+    let unknown = command(url, &["--json", "list", "--state", "unknown"]).json();
+    let mut keys: Vec<&str> = unknown["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|key| key["key"].as_str().unwrap())
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["idem:withdraw:w-1", "idem:withdraw:w-2"]);
+    let shown = command(url, &["show", "withdraw", "w-1"]);
+    assert!(
+        shown.stdout.contains("state        unknown"),
+        "{}",
+        shown.stdout
+    );
+    assert!(
+        shown.stdout.contains("held for     until resolved"),
+        "{}",
+        shown.stdout
+    );
+    let stats = command(url, &["--json", "stats"]).json();
+    assert_eq!(stats["unknown"], 2, "{stats}");
+
+    // w-1: the bank says the money did not move. Release it; the next delivery runs once.
+    let released = command(url, &["resolve", "withdraw", "w-1", "--release"]);
+    assert_eq!(released.code, 0, "{}{}", released.stdout, released.stderr);
+    assert!(
+        released.stdout.starts_with("released idem:withdraw:w-1"),
+        "{}",
+        released.stdout
+    );
+    let again = command(url, &["resolve", "withdraw", "w-1", "--release"]);
+    assert_eq!(again.code, 3, "a released key is absent: {}", again.stdout);
+    assert_eq!(withdraw(&runtime, "w-1", &runs, false).await.unwrap(), 100);
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        3,
+        "the next delivery runs the body"
+    );
+    assert_eq!(withdraw(&runtime, "w-1", &runs, false).await.unwrap(), 100);
+    assert_eq!(runs.load(Ordering::SeqCst), 3, "exactly once");
+
+    // w-2: the bank says 70 moved. Record that; it is every delivery's answer.
+    let not_json = command(url, &["resolve", "withdraw", "w-2", "--record", "{seventy"]);
+    assert_eq!(not_json.code, 1, "{}", not_json.stderr);
+    assert!(
+        not_json.stderr.contains("--record is not JSON"),
+        "{}",
+        not_json.stderr
+    );
+    let recorded = command(
+        url,
+        &["--json", "resolve", "withdraw", "w-2", "--record", "70"],
+    );
+    assert_eq!(recorded.code, 0, "{}", recorded.stderr);
+    assert_eq!(recorded.json()["resolution"], "recorded");
+    for _ in 0..2 {
+        assert_eq!(withdraw(&runtime, "w-2", &runs, false).await.unwrap(), 70);
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        3,
+        "a recorded key never runs its body again"
+    );
+    // Only a held key can be resolved: a completed one is refused, unchanged.
+    let refused = command(url, &["resolve", "withdraw", "w-2", "--release"]);
+    assert_eq!(refused.code, 4, "{}", refused.stdout);
+    assert_eq!(withdraw(&runtime, "w-2", &runs, false).await.unwrap(), 70);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_outcome_on_redis_is_held_until_the_command_resolves_it() {
+    let (url, _server) = idem_test_servers::any_server();
+    let store = idem_redis::RedisStore::connect(&url).await.unwrap();
+    unknown_outcome_held_until_resolved(&url, Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_outcome_on_postgres_is_held_until_the_command_resolves_it() {
+    let (url, _server) = idem_test_servers::any_database();
+    let store = idem_postgres::PostgresStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    unknown_outcome_held_until_resolved(&url, Arc::new(store)).await;
 }

@@ -59,6 +59,7 @@ pub struct Call {
     pub(crate) lease: Option<Duration>,
     pub(crate) max_hold: Option<Duration>,
     pub(crate) on_in_progress: OnInProgress,
+    pub(crate) hold_unknown: Option<UnknownHold>,
 }
 
 impl Call {
@@ -84,6 +85,7 @@ impl Call {
             lease: None,
             max_hold: None,
             on_in_progress: OnInProgress::Wait,
+            hold_unknown: None,
         }
     }
 
@@ -151,5 +153,61 @@ impl Call {
     pub fn on_in_progress(mut self, mode: OnInProgress) -> Self {
         self.on_in_progress = mode;
         self
+    }
+
+    /// How long this call's key is held if its outcome is unknown (overrides the runtime's
+    /// [`with_unknown_hold`](crate::Idempotency::with_unknown_hold)).
+    pub fn hold_unknown(mut self, hold: UnknownHold) -> Self {
+        self.hold_unknown = Some(hold);
+        self
+    }
+}
+
+/// How long a key is held when its call ends with an unknown outcome (a body that panicked, or
+/// an `Err` classified [`OutcomeUnknown`](crate::Disposition::OutcomeUnknown)): the effect may
+/// have happened, or may still be landing, so no other call may run the body meanwhile.
+///
+/// A call that is cancelled mid-body, or whose process dies, cannot set a hold: its key is
+/// held for what its lease had left.
+///
+/// ```
+/// # use idem_core as idem; // what users of the `idem` crate write
+/// use idem::{Call, UnknownHold};
+///
+/// // A withdrawal that timed out must not run again until someone has checked the ledger.
+/// let call = Call::new("withdraw", "w-42").hold_unknown(UnknownHold::UntilResolved);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum UnknownHold {
+    /// Until the claim's lease lapses; then the next delivery runs the body again (the
+    /// default).
+    #[default]
+    OneLease,
+    /// For this long (and at least until the lease lapses); then the next delivery runs the
+    /// body again. Meanwhile calls fail with [`Error::OutcomeUnknown`].
+    For(Duration),
+    /// Until an operator resolves the key (records its result, or releases it: `idem resolve`,
+    /// [`StoreAdmin::resolve`](crate::admin::StoreAdmin::resolve)). Meanwhile calls fail with
+    /// [`Error::OutcomeUnknown`]. (Held for [`MAX_DURATION`](crate::MAX_DURATION), 100 years.)
+    UntilResolved,
+}
+
+impl UnknownHold {
+    /// The hold to ask the store for: `None` for one lease (no hold), and an error for a
+    /// duration the stores cannot keep.
+    pub(crate) fn duration(self) -> Result<Option<Duration>, Error> {
+        match self {
+            Self::OneLease => Ok(None),
+            Self::For(hold) if !hold.is_zero() && hold <= crate::MAX_DURATION => Ok(Some(hold)),
+            Self::For(hold) => Err(Error::InvalidOption {
+                reason: format!(
+                    "the hold of an unknown outcome is {hold:?}, but it must be above zero and \
+                     at most {} days (or `UnknownHold::UntilResolved`)",
+                    crate::MAX_DURATION.as_secs() / 86_400
+                ),
+            }),
+            Self::UntilResolved => Ok(Some(crate::MAX_DURATION)),
+        }
     }
 }

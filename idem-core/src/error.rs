@@ -13,7 +13,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// | variant | did the body run in this call? |
 /// | --- | --- |
-/// | [`InvalidKey`](Error::InvalidKey), [`InvalidOption`](Error::InvalidOption), [`InProgress`](Error::InProgress), [`KeyReused`](Error::KeyReused), [`ClaimLapsed`](Error::ClaimLapsed), [`Deadlock`](Error::Deadlock), [`Store`](Error::Store), [`Corrupt`](Error::Corrupt), [`Encode`](Error::Encode) | no |
+/// | [`InvalidKey`](Error::InvalidKey), [`InvalidOption`](Error::InvalidOption), [`InProgress`](Error::InProgress), [`OutcomeUnknown`](Error::OutcomeUnknown), [`KeyReused`](Error::KeyReused), [`ClaimLapsed`](Error::ClaimLapsed), [`Deadlock`](Error::Deadlock), [`Store`](Error::Store), [`Corrupt`](Error::Corrupt), [`Encode`](Error::Encode) | no |
 /// | [`LeaseLost`](Error::LeaseLost), [`NotRecorded`](Error::NotRecorded) | yes: its effect happened, its result was not recorded |
 /// | [`TransactionAborted`](Error::TransactionAborted), [`RolledBack`](Error::RolledBack) | yes, and its database writes were rolled back; the key is free |
 /// | [`CommitUnknown`](Error::CommitUnknown) | yes, and its writes and record committed together or not at all: a retry finds out |
@@ -45,6 +45,15 @@ pub enum Error {
         /// (`None` when the store did not say). A holder that is alive renews its lease, so this
         /// is a lower bound on the wait: a hint for `Retry-After`, not a promise.
         lease_remaining: Option<Duration>,
+    },
+    /// An earlier call of this key ended with an unknown outcome (its effect may have
+    /// happened), and the key is held until an operator resolves it or its hold lapses. The
+    /// body did not run. Find out whether the effect happened, then resolve the key
+    /// (`idem resolve NAMESPACE KEY --record JSON` or `--release`).
+    #[non_exhaustive]
+    OutcomeUnknown {
+        /// The store key.
+        key: String,
     },
     /// The key was used before with a different request (fingerprint). The body did not run.
     /// A client reused an idempotency key for a different request: give it a new key.
@@ -277,6 +286,13 @@ impl fmt::Display for Error {
                 "idempotency key `{key}` is held by another call still in progress, so the body did \
                  not run here; retry later to get that call's result"
             ),
+            Self::OutcomeUnknown { key } => write!(
+                f,
+                "an earlier call of idempotency key `{key}` ended with an unknown outcome (its \
+                 effect may have happened), and the key is held until it is resolved, so the \
+                 body did not run; find out whether the effect happened, then resolve the key \
+                 (`idem resolve`), or retry after the hold lapses"
+            ),
             Self::KeyReused { key } => write!(
                 f,
                 "idempotency key `{key}` was already used for a different request (fingerprint \
@@ -442,6 +458,10 @@ mod tests {
                 "the body did not run",
             ),
             (Error::KeyReused { key: "k".into() }, "the body did not run"),
+            (
+                Error::OutcomeUnknown { key: "k".into() },
+                "held until it is resolved",
+            ),
             (Error::lease_lost("k"), "the body ran"),
             (store(), "the body did not run"),
             (
@@ -513,7 +533,7 @@ mod tests {
                 "cause printed: {message:?}"
             );
         }
-        assert_eq!(variants.len(), 14, "every variant has a case: {variants:?}");
+        assert_eq!(variants.len(), 15, "every variant has a case: {variants:?}");
     }
 
     /// The variant's name. Exhaustive (the enum is `non_exhaustive` to other crates only): a new
@@ -524,6 +544,7 @@ mod tests {
             Error::InvalidOption { .. } => "InvalidOption",
             Error::InProgress { .. } => "InProgress",
             Error::KeyReused { .. } => "KeyReused",
+            Error::OutcomeUnknown { .. } => "OutcomeUnknown",
             Error::LeaseLost { .. } => "LeaseLost",
             Error::ClaimLapsed { .. } => "ClaimLapsed",
             Error::Deadlock { .. } => "Deadlock",

@@ -56,7 +56,9 @@ mod time;
 mod transaction;
 mod unwind;
 
-pub use call::{Call, OnInProgress, DEFAULT_KEY_PREFIX, DEFAULT_LEASE, DEFAULT_RETENTION};
+pub use call::{
+    Call, OnInProgress, UnknownHold, DEFAULT_KEY_PREFIX, DEFAULT_LEASE, DEFAULT_RETENTION,
+};
 pub use context::{context, with_context, ClaimContext};
 pub use default::{default_runtime, install};
 pub use encode::Fingerprint;

@@ -34,6 +34,11 @@ pub enum Rejection {
     /// claim lapsed before its handler could start, so another may be). Retry after
     /// `Retry-After` seconds to get its response.
     InFlight,
+    /// 409 `outcome-unknown`: an earlier request with this key ended with an unknown outcome
+    /// (its effect may have happened), and the key is held until an operator resolves it
+    /// (`idem resolve`): the handler did not run. Retrying gets the resolved response once the
+    /// key is resolved.
+    OutcomeUnknown,
     /// 413 `body-too-large`: the request body is over the layer's limit, so it cannot be
     /// fingerprinted (the request is refused, never passed through without idempotency).
     BodyTooLarge,
@@ -72,7 +77,7 @@ impl Rejection {
             Self::KeyMissing | Self::KeyMalformed | Self::KeyRepeated | Self::BodyUnreadable => {
                 StatusCode::BAD_REQUEST
             }
-            Self::InFlight => StatusCode::CONFLICT,
+            Self::InFlight | Self::OutcomeUnknown => StatusCode::CONFLICT,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::RecordCorrupt
@@ -95,6 +100,7 @@ impl Rejection {
             Self::KeyRepeated => "key-repeated",
             Self::BodyUnreadable => "body-unreadable",
             Self::InFlight => "in-flight",
+            Self::OutcomeUnknown => "outcome-unknown",
             Self::BodyTooLarge => "body-too-large",
             Self::KeyReused => "key-reused",
             Self::RecordCorrupt => "record-corrupt",
@@ -116,6 +122,7 @@ impl Rejection {
             Self::KeyRepeated => "More than one Idempotency-Key header",
             Self::BodyUnreadable => "Request body unreadable",
             Self::InFlight => "A request with this key is in flight",
+            Self::OutcomeUnknown => "An earlier request with this key has an unknown outcome",
             Self::BodyTooLarge => "Request body too large",
             Self::KeyReused => "Idempotency-Key reused for another request",
             Self::RecordCorrupt => "Stored response unreadable",
@@ -201,6 +208,14 @@ pub(crate) fn rejection_for(
                     .unwrap_or(max_retry_after)
                     .min(max_retry_after),
             ),
+        ),
+        Error::OutcomeUnknown { .. } => (
+            Rejection::OutcomeUnknown,
+            "an earlier request with this key ended with an unknown outcome, and the key is held \
+             until it is resolved; the handler did not run: retry later to get the resolved \
+             response"
+                .to_owned(),
+            None,
         ),
         Error::KeyReused { .. } => (
             Rejection::KeyReused,

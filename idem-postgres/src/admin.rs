@@ -4,14 +4,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use idem_core::admin::{
-    timed_ping, Cursor, EvictOutcome, KeyInfo, KeyPage, KeyState, KeySummary, ListQuery,
-    StateCounts, StoreAdmin,
+    report, timed_ping, Action, ActionOutcome, Cursor, KeyInfo, KeyPage, KeyState, KeySummary,
+    ListQuery, Resolution, StateCounts, StoreAdmin,
 };
 use idem_core::encode::{hex, unhex};
-use idem_core::{Error, Fence};
+use idem_core::{Error, Fence, MAX_DURATION};
 use sqlx::postgres::PgRow;
 
-use crate::store::{column, fence_value, store_error, PostgresStore};
+use crate::store::{column, fence_value, millis, store_error, PostgresStore};
 
 /// Lists keys in their byte order, on the primary key's index: a listing of a namespace reads
 /// that namespace's keys only. A listing by state alone reads keys in order until it has a
@@ -35,7 +35,13 @@ impl StoreAdmin for PostgresStore {
         let left = time_left(key, &row, 4)?;
         let live: bool = column(key, &row, 5)?;
         match state {
-            0 | 1 if !live => Ok(None),
+            0..=2 if !live => Ok(None),
+            2 => Ok(Some(KeyInfo::unknown(
+                key.to_owned(),
+                fence,
+                left,
+                column(key, &row, 2)?,
+            ))),
             0 => Ok(Some(KeyInfo::in_flight(
                 key.to_owned(),
                 fence,
@@ -55,7 +61,10 @@ impl StoreAdmin for PostgresStore {
             }
             other => Err(Error::corrupt(
                 key,
-                format!("its state is {other}, neither 0 (claimed) nor 1 (completed)"),
+                format!(
+                    "its state is {other}, none of 0 (claimed), 1 (completed) and 2 (held with an \
+                 unknown outcome)"
+                ),
             )),
         }
     }
@@ -82,6 +91,7 @@ impl StoreAdmin for PostgresStore {
             None => None,
             Some(KeyState::InFlight) => Some(0i16),
             Some(KeyState::Completed) => Some(1i16),
+            Some(KeyState::Unknown) => Some(2i16),
             Some(other) => {
                 return Err(Error::invalid_option(format!(
                     "this store cannot list keys that are {other}"
@@ -121,24 +131,60 @@ impl StoreAdmin for PostgresStore {
             .map_err(|err| store_error("count", &err, false))?;
         let count =
             |index| column::<i64>("(count)", &row, index).map(|n| u64::try_from(n).unwrap_or(0));
-        Ok(StateCounts::new(count(0)?, count(1)?))
+        let mut counts = StateCounts::new();
+        counts.add(KeyState::InFlight, count(0)?);
+        counts.add(KeyState::Unknown, count(1)?);
+        counts.add(KeyState::Completed, count(2)?);
+        Ok(counts)
     }
 
-    async fn evict(&self, key: &str, fence: Fence) -> Result<EvictOutcome, Error> {
-        let Ok(fence) = fence_value(key, fence) else {
-            return Ok(EvictOutcome::Changed);
+    async fn evict(&self, key: &str, fence: Fence) -> Result<ActionOutcome, Error> {
+        let Ok(fence_value) = fence_value(key, fence) else {
+            return Ok(ActionOutcome::Changed);
         };
         let deleted = sqlx::query(self.sql.evict.clone())
             .bind(key.as_bytes())
-            .bind(fence)
+            .bind(fence_value)
             .execute(&self.pool)
             .await
             .map_err(|err| store_error("evict", &err, true))?;
-        Ok(if deleted.rows_affected() == 1 {
-            EvictOutcome::Evicted
-        } else {
-            EvictOutcome::Changed
-        })
+        Ok(applied(
+            deleted.rows_affected(),
+            Action::Evicted,
+            key,
+            fence,
+        ))
+    }
+
+    async fn resolve(
+        &self,
+        key: &str,
+        fence: Fence,
+        resolution: Resolution,
+    ) -> Result<ActionOutcome, Error> {
+        let Ok(fence_value) = fence_value(key, fence) else {
+            return Ok(ActionOutcome::Changed);
+        };
+        let (statement, action) = match &resolution {
+            Resolution::Release => (self.sql.resolve_release.clone(), Action::Released),
+            Resolution::Record { .. } => (self.sql.resolve_record.clone(), Action::Recorded),
+            other => {
+                return Err(Error::invalid_option(format!(
+                    "this store cannot resolve a key with {other:?}"
+                )))
+            }
+        };
+        let mut query = sqlx::query(statement)
+            .bind(key.as_bytes())
+            .bind(fence_value);
+        if let Resolution::Record { record, retention } = resolution {
+            query = query.bind(record).bind(millis(retention.min(MAX_DURATION)));
+        }
+        let changed = query
+            .execute(&self.pool)
+            .await
+            .map_err(|err| store_error("resolve", &err, true))?;
+        Ok(applied(changed.rows_affected(), action, key, fence))
     }
 
     async fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
@@ -153,6 +199,16 @@ impl StoreAdmin for PostgresStore {
     }
 }
 
+/// An action's outcome from the rows it changed, reported when it applied.
+fn applied(rows: u64, action: Action, key: &str, fence: Fence) -> ActionOutcome {
+    if rows == 1 {
+        report(action, key, fence);
+        ActionOutcome::Applied
+    } else {
+        ActionOutcome::Changed
+    }
+}
+
 /// A listed row: key, state, fence, time left.
 fn summary(row: &PgRow) -> Result<KeySummary, Error> {
     let key: Vec<u8> = column("(listed key)", row, 0)?;
@@ -164,6 +220,7 @@ fn summary(row: &PgRow) -> Result<KeySummary, Error> {
     })?;
     let state = match column::<i16>(&key, row, 1)? {
         0 => KeyState::InFlight,
+        2 => KeyState::Unknown,
         _ => KeyState::Completed,
     };
     let fence = fence_of(&key, row, 2)?;

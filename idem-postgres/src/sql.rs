@@ -34,6 +34,9 @@ pub(crate) struct Statements {
     pub(crate) list: SqlStr,
     pub(crate) count: SqlStr,
     pub(crate) evict: SqlStr,
+    pub(crate) hold: SqlStr,
+    pub(crate) resolve_release: SqlStr,
+    pub(crate) resolve_record: SqlStr,
 }
 
 /// PostgreSQL's reserved key words (its manual's appendix C, "reserved" and "reserved (can be
@@ -212,8 +215,9 @@ impl Statements {
         // caller asks again).
         // A lapsed claim or an expired record of idem's own (another state or fence is not
         // idem's row: it is reported corrupt, never overwritten).
+        // A held unknown outcome (state 2) lapses at `lease_until`, as a claim does.
         let claimable =
-            "r.fence > 0 AND ((r.state = 0 AND r.lease_until <= statement_timestamp()) \
+            "r.fence > 0 AND ((r.state IN (0, 2) AND r.lease_until <= statement_timestamp()) \
              OR (r.state = 1 AND r.expires_at <= statement_timestamp()))";
         let new_row = format!(
             "$1, 0, nextval('{sequence}'), $2, $3, NULL, \
@@ -314,16 +318,24 @@ impl Statements {
               lease_until)";
         // The operator's statements see what a claim sees: a lapsed claim or an expired record
         // is claimable, so it is not shown.
-        let live = "r.fence > 0 AND ((r.state = 0 AND r.lease_until > statement_timestamp()) \
+        let live =
+            "r.fence > 0 AND ((r.state IN (0, 2) AND r.lease_until > statement_timestamp()) \
              OR (r.state = 1 AND r.expires_at > statement_timestamp()))";
-        // The lease left of a claim, the retention left of a record (ms).
-        let time_left = "floor(extract(epoch FROM (CASE WHEN r.state = 0 THEN r.lease_until \
-               ELSE r.expires_at END - statement_timestamp())) * 1000)::bigint";
+        // The lease left of a claim, the hold left of an unknown outcome, the retention left of
+        // a record (ms).
+        let time_left = "floor(extract(epoch FROM (CASE WHEN r.state = 1 THEN r.expires_at \
+               ELSE r.lease_until END - statement_timestamp())) * 1000)::bigint";
+        // $1 key, $2 fence: the row if it is held (an unknown outcome) under this fence and not
+        // locked by a transaction.
+        let held = format!(
+            "SELECT r.key FROM {t} r WHERE r.key = $1 AND r.fence = $2 AND r.state = 2 \
+               AND r.lease_until > statement_timestamp() FOR UPDATE SKIP LOCKED"
+        );
         Self {
             // $1 key. Any row of the key, live or not (a row of another state is corrupt).
             inspect: sql(format!(
                 "SELECT r.state, r.fence, r.fingerprint, r.record, {time_left}, \
-                   r.fence > 0 AND r.state IN (0, 1) AND {live} \
+                   r.fence > 0 AND r.state IN (0, 1, 2) AND {live} \
                  FROM {t} r WHERE r.key = $1"
             )),
             // $1 the first key (inclusive), $2 the end (exclusive, NULL: none), $3 the position
@@ -337,8 +349,33 @@ impl Statements {
                  ORDER BY r.key LIMIT $5"
             )),
             count: sql(format!(
-                "SELECT count(*) FILTER (WHERE r.state = 0), count(*) FILTER (WHERE r.state = 1) \
+                "SELECT count(*) FILTER (WHERE r.state = 0), count(*) FILTER (WHERE r.state = 2), \
+                   count(*) FILTER (WHERE r.state = 1) \
                  FROM {t} r WHERE {live}"
+            )),
+            // $1 key, $2 fence, $3 hold (ms). Pending → held, for at least the lease left.
+            // Returns whether this statement held the key, and the state of the row with this
+            // fence while live (2 if a retried hold already held it).
+            hold: sql(format!(
+                "WITH done AS (UPDATE {t} SET state = 2, attempt = NULL, \
+                   lease_until = greatest(lease_until, \
+                     statement_timestamp() + $3::bigint * interval '1 millisecond'), \
+                   expires_at = greatest(expires_at, \
+                     statement_timestamp() + $3::bigint * interval '1 millisecond') \
+                 WHERE key = $1 AND fence = $2 AND state = 0 \
+                   AND lease_until > statement_timestamp() RETURNING 1) \
+                 SELECT EXISTS (SELECT 1 FROM done), \
+                   (SELECT state FROM {t} WHERE key = $1 AND fence = $2 \
+                     AND lease_until > statement_timestamp())"
+            )),
+            resolve_release: sql(format!(
+                "WITH target AS ({held}) DELETE FROM {t} r USING target WHERE r.key = target.key"
+            )),
+            // $3 record, $4 retention (ms).
+            resolve_record: sql(format!(
+                "WITH target AS ({held}) UPDATE {t} r SET state = 1, record = $3, attempt = NULL, \
+                   expires_at = statement_timestamp() + $4::bigint * interval '1 millisecond' \
+                 FROM target WHERE r.key = target.key"
             )),
             // $1 key, $2 fence. A row that a transaction holds locked is left alone.
             evict: sql(format!(
@@ -395,7 +432,7 @@ impl Statements {
             // $1 batch size. Rows locked by a claim or a reaper elsewhere are skipped.
             reap: sql(format!(
                 "WITH doomed AS (SELECT key FROM {t} WHERE expires_at < statement_timestamp() \
-                   AND state IN (0, 1) AND fence > 0 LIMIT $1 FOR UPDATE SKIP LOCKED) \
+                   AND state IN (0, 1, 2) AND fence > 0 LIMIT $1 FOR UPDATE SKIP LOCKED) \
                  DELETE FROM {t} r USING doomed WHERE r.key = doomed.key"
             )),
         }

@@ -530,6 +530,23 @@ impl Store for PostgresStore {
         }
     }
 
+    async fn hold(&self, key: &str, fence: Fence, hold: Duration) -> Result<(), Error> {
+        let row = sqlx::query(self.sql.hold.clone())
+            .bind(key.as_bytes())
+            .bind(fence_value(key, fence)?)
+            .bind(millis(hold.min(MAX_DURATION)))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|err| store_error("hold", &err, true))?;
+        let held: bool = column(key, &row, 0)?;
+        let state: Option<i16> = column(key, &row, 1)?;
+        if held || state == Some(2) {
+            Ok(())
+        } else {
+            Err(Error::lease_lost(key))
+        }
+    }
+
     async fn wait(&self, key: &str, fence: Fence, timeout: Duration) -> Result<(), Error> {
         // Polls the row: a claim is short-lived and duplicates are rare, so a listener
         // connection per store would cost more than it saves.
@@ -644,13 +661,30 @@ fn claim_outcome(
                 None => Err(Error::corrupt(key, "it is completed but holds no record")),
             }
         }
+        // An unknown outcome, held: nobody runs the body.
+        2 => {
+            let remaining: i64 = column(key, row, first + 5)?;
+            if remaining > 0 {
+                Ok(Look::Found(ClaimOutcome::held(fence)))
+            } else if in_transaction && held {
+                Ok(Look::TakeOver(fence))
+            } else if in_transaction {
+                Ok(Look::Found(in_progress_elsewhere(request)))
+            } else {
+                // Lapsed, yet the claim did not take it: it changed meanwhile.
+                Ok(Look::Again)
+            }
+        }
         // An expired record: this transaction takes it over, or another holds the key.
         1 if in_transaction && held => Ok(Look::TakeOver(fence)),
         1 if !held => Ok(Look::Found(in_progress_elsewhere(request))),
         1 => Ok(Look::Again),
         other => Err(Error::corrupt(
             key,
-            format!("its state is {other}, neither 0 (claimed) nor 1 (completed)"),
+            format!(
+                "its state is {other}, none of 0 (claimed), 1 (completed) and 2 (held with an \
+                 unknown outcome)"
+            ),
         )),
     }
 }
@@ -708,7 +742,7 @@ pub(crate) fn fence_value(key: &str, fence: Fence) -> Result<i64, Error> {
 }
 
 /// Whole milliseconds, saturating.
-fn millis(duration: Duration) -> i64 {
+pub(crate) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 

@@ -5,17 +5,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::{StreamExt, TryStreamExt};
 use idem_core::admin::{
-    timed_ping, Cursor, EvictOutcome, KeyInfo, KeyPage, KeyState, KeySummary, ListQuery,
-    StateCounts, StoreAdmin,
+    report, timed_ping, Action, ActionOutcome, Cursor, KeyInfo, KeyPage, KeyState, KeySummary,
+    ListQuery, Resolution, StateCounts, StoreAdmin,
 };
 use idem_core::encode::{hex, unhex};
 use idem_core::{Error, Fence};
 use redis::aio::ConnectionLike;
 use redis::{FromRedisValue, Value};
 
-use crate::scripts::EVICT;
+use crate::scripts::{EVICT, RESOLVE};
 use crate::state::{self, State};
-use crate::store::{redis_error, reply_text, unexpected, Node, RedisStore};
+use crate::store::{redis_error, reply_text, unexpected, Keys, Node, RedisStore};
 
 /// The bytes of a state value a listing reads: enough for its kind and fence.
 const HEAD_BYTES: usize = 32;
@@ -71,6 +71,16 @@ where
                 left,
                 record.to_vec(),
             ))),
+            Some(State::Held { fence, fingerprint }) => {
+                let fingerprint = unhex(fingerprint)
+                    .ok_or_else(|| Error::corrupt(&state_key, "its fingerprint is not hex"))?;
+                Ok(Some(KeyInfo::unknown(
+                    key.to_owned(),
+                    fence,
+                    left,
+                    fingerprint,
+                )))
+            }
             Some(State::Released { .. }) => Ok(None),
             None => Err(Error::corrupt(&state_key, "its value is not an idem state")),
         }
@@ -118,7 +128,7 @@ where
             loop {
                 let (next, found) = self.scan(node, scan, &pattern, COUNT_STEP).await?;
                 for summary in self.summaries(found).await? {
-                    counts.add(summary.state);
+                    counts.add(summary.state, 1);
                 }
                 if next == 0 {
                     break;
@@ -129,25 +139,48 @@ where
         Ok(counts)
     }
 
-    async fn evict(&self, key: &str, fence: Fence) -> Result<EvictOutcome, Error> {
+    async fn evict(&self, key: &str, fence: Fence) -> Result<ActionOutcome, Error> {
         let keys = self.keys(key);
-        let fence = fence.to_string();
+        let fence_text = fence.to_string();
         let reply = self
             .invoke(
                 "evict",
                 &keys,
                 &EVICT,
-                &[fence.as_bytes(), keys.channel.as_bytes()],
+                &[fence_text.as_bytes(), keys.channel.as_bytes()],
             )
             .await?;
-        match reply_text(&reply) {
-            Some(b"OK") => {
-                self.await_replicas("evict", &keys.state).await?;
-                Ok(EvictOutcome::Evicted)
+        self.acted("evict", Action::Evicted, (key, fence), &keys, &reply)
+            .await
+    }
+
+    async fn resolve(
+        &self,
+        key: &str,
+        fence: Fence,
+        resolution: Resolution,
+    ) -> Result<ActionOutcome, Error> {
+        let keys = self.keys(key);
+        let fence_text = fence.to_string();
+        let mut args: Vec<Vec<u8>> =
+            vec![fence_text.into_bytes(), keys.channel.clone().into_bytes()];
+        let action = match resolution {
+            Resolution::Release => Action::Released,
+            Resolution::Record { record, retention } => {
+                args.push(record);
+                args.push(crate::store::millis(retention).to_string().into_bytes());
+                Action::Recorded
             }
-            Some(b"CHANGED") => Ok(EvictOutcome::Changed),
-            _ => Err(unexpected("evict", &reply)),
-        }
+            other => {
+                return Err(Error::invalid_option(format!(
+                    "this store cannot resolve a key with {other:?}"
+                )))
+            }
+        };
+        let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let reply = self.invoke("resolve", &keys, &RESOLVE, &args).await?;
+        self.acted("resolve", action, (key, fence), &keys, &reply)
+            .await
     }
 
     async fn ping(&self, timeout: Duration) -> Result<Duration, Error> {
@@ -173,6 +206,27 @@ impl<C> RedisStore<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
+    /// An operator's script's answer: `OK` (reported, and acknowledged by replicas as the
+    /// store's writes are) or `CHANGED`.
+    async fn acted(
+        &self,
+        operation: &'static str,
+        action: Action,
+        (key, fence): (&str, Fence),
+        keys: &Keys,
+        reply: &Value,
+    ) -> Result<ActionOutcome, Error> {
+        match reply_text(reply) {
+            Some(b"OK") => {
+                self.await_replicas(operation, &keys.state).await?;
+                report(action, key, fence);
+                Ok(ActionOutcome::Applied)
+            }
+            Some(b"CHANGED") => Ok(ActionOutcome::Changed),
+            _ => Err(unexpected(operation, reply)),
+        }
+    }
+
     /// The nodes that hold keys, in a stable order: the primaries of a cluster (by address),
     /// or the one server.
     async fn nodes(&self) -> Result<Vec<ScanNode>, Error> {
@@ -277,6 +331,7 @@ where
                 let state = match state::peek(&head)? {
                     (b'P', fence) => (KeyState::InFlight, fence),
                     (b'R', fence) => (KeyState::Completed, fence),
+                    (b'U', fence) => (KeyState::Unknown, fence),
                     _ => return None,
                 };
                 let left = Duration::from_millis(u64::try_from(ttl).ok()?);

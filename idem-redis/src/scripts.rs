@@ -42,6 +42,8 @@ local function parse_state(v)
     fence, attempt, fp = string.match(v, '^P:(%d+):(%x+):(%x*)$')
   elseif kind == 'F:' then
     fence = string.match(v, '^F:(%d+)$')
+  elseif kind == 'U:' then
+    fence, fp = string.match(v, '^U:(%d+):(%x*)$')
   end
   if fence and valid_fence(fence) then return string.sub(kind, 1, 1), fence, attempt, fp end
   return redis.error_reply('IDEM_CORRUPT the value at ' .. KEYS[1] .. ' is not an idem state')
@@ -71,7 +73,8 @@ fn script(body: &str) -> Script {
 
 /// KEYS: state, fence. ARGV: attempt (hex), fingerprint (hex), lease ms, and `1` when a pending
 /// claim of this attempt holds a fence the client proposed and the server did not confirm.
-/// Returns `{'A', fence, reentrant}` | `{'R', value}` | `{'P', fence, fingerprint, pttl}`.
+/// Returns `{'A', fence, reentrant}` | `{'R', value}` | `{'U', fence}` (held) |
+/// `{'P', fence, fingerprint, pttl}`.
 pub(crate) static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
@@ -80,6 +83,7 @@ if type(v) == 'table' then return v end
 local refence = false
 if v then
   if kind == 'R' then return {'R', v} end
+  if kind == 'U' then return {'U', fence} end
   if kind == 'P' then
     if attempt ~= ARGV[1] then return {'P', fence, fp, redis.call('PTTL', KEYS[1])} end
     if ARGV[4] ~= '1' then return {'A', fence, '1'} end
@@ -207,6 +211,54 @@ if ttl > 1000 or ttl < 0 then
   redis.call('SET', KEYS[1], 'F:' .. fence, 'PX', 1000)
 else
   redis.call('SET', KEYS[1], 'F:' .. fence, 'KEEPTTL')
+end
+redis.call('PUBLISH', ARGV[2], fence)
+return 'OK'
+"#,
+    )
+});
+
+/// KEYS: state, fence. ARGV: fence, hold ms, channel. Returns 'OK' | 'LOST'.
+///
+/// Pending → held (an unknown outcome), for at least what the lease had left.
+pub(crate) static HOLD: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local v, kind, fence, attempt, fp = read_state()
+if type(v) == 'table' then return v end
+if not v then return 'LOST' end
+if kind == 'U' and fence == ARGV[1] then return 'OK' end
+if kind ~= 'P' or fence ~= ARGV[1] then return 'LOST' end
+local keep = math.max(tonumber(ARGV[2]), redis.call('PTTL', KEYS[1]))
+redis.call('SET', KEYS[1], 'U:' .. fence .. ':' .. fp, 'PX', keep)
+keep_fence(keep)
+redis.call('PUBLISH', ARGV[3], fence)
+return 'OK'
+"#,
+    )
+});
+
+/// KEYS: state, fence. ARGV: fence, channel, and for a record: the record, retention ms.
+/// Returns 'OK' | 'CHANGED'.
+///
+/// Resolves a held key: records the operator's record, or (without one) releases it as
+/// `EVICT` does.
+pub(crate) static RESOLVE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r#"
+local v, kind, fence = read_state()
+if type(v) == 'table' then return v end
+if not v or kind ~= 'U' or fence ~= ARGV[1] then return 'CHANGED' end
+if ARGV[3] then
+  redis.call('SET', KEYS[1], 'R:' .. fence .. ':' .. ARGV[3], 'PX', ARGV[4])
+  keep_fence(ARGV[4])
+else
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 1000 or ttl < 0 then
+    redis.call('SET', KEYS[1], 'F:' .. fence, 'PX', 1000)
+  else
+    redis.call('SET', KEYS[1], 'F:' .. fence, 'KEEPTTL')
+  end
 end
 redis.call('PUBLISH', ARGV[2], fence)
 return 'OK'

@@ -3,6 +3,7 @@
 //! ```text
 //! P:<fence>:<attempt, hex>:<fingerprint, hex>    a pending claim (expires with its lease)
 //! R:<fence>:<record bytes>                       a completed record (expires with its retention)
+//! U:<fence>:<fingerprint, hex>                   an unknown outcome, held (expires with its hold)
 //! F:<fence>                                      a released claim (expires when its lease would)
 //! ```
 
@@ -24,6 +25,11 @@ pub(crate) enum State<'a> {
     Released {
         fence: Fence,
     },
+    Held {
+        fence: Fence,
+        /// The request fingerprint, in hex.
+        fingerprint: &'a [u8],
+    },
 }
 
 /// Decodes a state value; `None` when it is not one of ours.
@@ -42,6 +48,13 @@ pub(crate) fn parse(value: &[u8]) -> Option<State<'_>> {
             fence,
             record: after,
         }),
+        b"U:" => after
+            .iter()
+            .all(u8::is_ascii_hexdigit)
+            .then_some(State::Held {
+                fence,
+                fingerprint: after,
+            }),
         b"P:" => {
             let colon = after.iter().position(|&b| b == b':')?;
             let (attempt, fingerprint) = (&after[..colon], &after[colon + 1..]);
@@ -61,7 +74,7 @@ pub(crate) fn parse(value: &[u8]) -> Option<State<'_>> {
 /// ours.
 pub(crate) fn peek(head: &[u8]) -> Option<(u8, Fence)> {
     let (kind, rest) = (*head.first()?, head.get(2..)?);
-    if head.get(1) != Some(&b':') || !matches!(kind, b'P' | b'R' | b'F') {
+    if head.get(1) != Some(&b':') || !matches!(kind, b'P' | b'R' | b'U' | b'F') {
         return None;
     }
     let digits = match rest.iter().position(|&b| b == b':') {
@@ -115,6 +128,15 @@ mod tests {
         );
         assert_eq!(parse(b"F:12"), Some(State::Released { fence: Fence(12) }));
         assert_eq!(
+            parse(b"U:12:ab"),
+            Some(State::Held {
+                fence: Fence(12),
+                fingerprint: b"ab"
+            })
+        );
+        assert_eq!(parse(b"U:12:xy"), None);
+        assert_eq!(parse(b"U:12"), None);
+        assert_eq!(
             parse(b"F:9007199254740991"),
             Some(State::Released {
                 fence: Fence(MAX_FENCE)
@@ -148,6 +170,7 @@ mod tests {
         assert_eq!(peek(b"R:17:"), Some((b'R', Fence(17))));
         assert_eq!(peek(b"P:9:ab"), Some((b'P', Fence(9))));
         assert_eq!(peek(b"F:12"), Some((b'F', Fence(12))));
+        assert_eq!(peek(b"U:12:"), Some((b'U', Fence(12))));
         for garbage in [
             &b""[..],
             b"R",

@@ -8,7 +8,7 @@ use idem_core::{ClaimOutcome, ClaimRequest, Error, Fence, Store};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, FromRedisValue, RedisError, RedisResult, Script, Value};
 
-use crate::scripts::{CLAIM, COMPLETE, RELEASE, RENEW};
+use crate::scripts::{CLAIM, COMPLETE, HOLD, RELEASE, RENEW};
 use crate::server_clock::{self, Proposal, ServerClock};
 use crate::state::{self, State};
 use crate::waiters::Waiters;
@@ -566,6 +566,7 @@ where
                     record: previous,
                 }))
             }
+            Some(State::Held { fence, .. }) => Ok(FastClaim::Done(ClaimOutcome::held(fence))),
             Some(State::Pending { .. } | State::Released { .. }) => Ok(UNWRITTEN),
             None => Err(Error::corrupt(state, "its value is not an idem state")),
         }
@@ -623,7 +624,10 @@ where
             .map_err(|err| redis_error("wait", &keys.state, err))?;
         Ok(match value.as_deref().map(state::parse) {
             Some(Some(State::Pending { fence: current, .. })) => current == fence,
-            None | Some(Some(State::Completed { .. } | State::Released { .. })) => false,
+            None
+            | Some(Some(State::Completed { .. } | State::Released { .. } | State::Held { .. })) => {
+                false
+            }
             Some(None) => return Err(Error::corrupt(&keys.state, "not an idem state value")),
         })
     }
@@ -712,6 +716,20 @@ where
         self.await_replicas("renew", &self.state_key(key)).await
     }
 
+    async fn hold(&self, key: &str, fence: Fence, hold: Duration) -> Result<(), Error> {
+        let keys = self.keys(key);
+        let fence = fence.to_string();
+        let hold = millis(hold).to_string();
+        self.fenced(
+            "hold",
+            key,
+            &HOLD,
+            &[fence.as_bytes(), hold.as_bytes(), keys.channel.as_bytes()],
+        )
+        .await?;
+        self.await_replicas("hold", &keys.state).await
+    }
+
     async fn wait(&self, key: &str, fence: Fence, timeout: Duration) -> Result<(), Error> {
         let started = Instant::now();
         let keys = self.keys(key);
@@ -781,6 +799,7 @@ fn parse_claim(key: &str, reply: &Value) -> Option<Result<ClaimOutcome, Error>> 
                 )))
             }
         },
+        b"U" => ClaimOutcome::held(state::parse_fence(text(1)?)?),
         b"P" => ClaimOutcome::InProgress {
             fence: state::parse_fence(text(1)?)?,
             fingerprint: idem_core::encode::unhex(text(2)?)?,
@@ -827,7 +846,7 @@ pub(crate) fn redis_error(operation: &'static str, key: &str, err: RedisError) -
 }
 
 /// Milliseconds for `PX`, from 1 to `MAX_DURATION` (Redis refuses expiries past `i64`).
-fn millis(duration: Duration) -> u64 {
+pub(crate) fn millis(duration: Duration) -> u64 {
     let capped = duration.min(idem_core::MAX_DURATION).as_millis();
     u64::try_from(capped).unwrap_or(u64::MAX).max(1)
 }

@@ -47,17 +47,22 @@ pub enum KeyState {
     InFlight,
     /// Recorded: deliveries replay the record until its retention lapses.
     Completed,
+    /// Held after its call ended with an unknown outcome ([`Store::hold`](crate::Store::hold)):
+    /// deliveries fail with [`Error::OutcomeUnknown`] until the hold lapses or an operator
+    /// resolves the key ([`StoreAdmin::resolve`]).
+    Unknown,
 }
 
 impl KeyState {
     /// Every state, in the order tools print them.
-    pub const ALL: [Self; 2] = [Self::InFlight, Self::Completed];
+    pub const ALL: [Self; 3] = [Self::InFlight, Self::Unknown, Self::Completed];
 
-    /// The state's name in tools and JSON: `inflight`, `completed`.
+    /// The state's name in tools and JSON: `inflight`, `unknown`, `completed`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::InFlight => "inflight",
             Self::Completed => "completed",
+            Self::Unknown => "unknown",
         }
     }
 }
@@ -77,7 +82,7 @@ impl std::str::FromStr for KeyState {
             .find(|state| state.as_str() == text)
             .ok_or_else(|| {
                 Error::invalid_option(format!(
-                    "unknown key state `{}`; use one of: inflight, completed",
+                    "unknown key state `{}`; use one of: inflight, unknown, completed",
                     text.escape_debug()
                 ))
             })
@@ -95,7 +100,8 @@ pub struct KeySummary {
     /// The fence of the claim that holds or recorded the key.
     pub fence: Fence,
     /// How long until the store may drop the key: the lease left for a key in flight, the
-    /// retention left for a record.
+    /// retention left for a record, the hold left for an unknown outcome (about
+    /// [`MAX_DURATION`](crate::MAX_DURATION) for one held until resolved).
     pub expires_in: Duration,
 }
 
@@ -133,6 +139,20 @@ impl KeyInfo {
     ) -> Self {
         Self {
             summary: KeySummary::new(key, KeyState::InFlight, fence, lease_remaining),
+            fingerprint,
+            record: None,
+        }
+    }
+
+    /// A key held with an unknown outcome, for store implementations.
+    pub fn unknown(
+        key: String,
+        fence: Fence,
+        hold_remaining: Duration,
+        fingerprint: Vec<u8>,
+    ) -> Self {
+        Self {
+            summary: KeySummary::new(key, KeyState::Unknown, fence, hold_remaining),
             fingerprint,
             record: None,
         }
@@ -188,45 +208,96 @@ impl KeyPage {
 pub struct StateCounts {
     /// Keys in flight.
     pub in_flight: u64,
+    /// Keys held with an unknown outcome.
+    pub unknown: u64,
     /// Completed keys.
     pub completed: u64,
 }
 
 impl StateCounts {
-    /// Counts, for store implementations.
-    pub fn new(in_flight: u64, completed: u64) -> Self {
-        Self {
-            in_flight,
-            completed,
-        }
+    /// No keys.
+    pub fn new() -> Self {
+        Self::default()
     }
 
     /// The count of one state.
     pub fn of(&self, state: KeyState) -> u64 {
         match state {
             KeyState::InFlight => self.in_flight,
+            KeyState::Unknown => self.unknown,
             KeyState::Completed => self.completed,
         }
     }
 
-    /// Counts one key.
-    pub fn add(&mut self, state: KeyState) {
-        match state {
-            KeyState::InFlight => self.in_flight += 1,
-            KeyState::Completed => self.completed += 1,
+    /// Counts `n` more keys in `state`.
+    pub fn add(&mut self, state: KeyState, n: u64) {
+        let count = match state {
+            KeyState::InFlight => &mut self.in_flight,
+            KeyState::Unknown => &mut self.unknown,
+            KeyState::Completed => &mut self.completed,
+        };
+        *count = count.saturating_add(n);
+    }
+}
+
+/// What an operator's action on a key ([`StoreAdmin::evict`], [`StoreAdmin::resolve`]) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ActionOutcome {
+    /// The key held the fence given (and, to resolve it, was held with an unknown outcome):
+    /// the action applied.
+    Applied,
+    /// The key no longer holds the fence given (it was recorded, released, taken over or
+    /// dropped since it was read), is not in the state the action needs, or a transaction holds
+    /// it: nothing changed. Read it again.
+    Changed,
+}
+
+/// How an operator resolves a key held with an unknown outcome, once they know whether its
+/// effect happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Resolution {
+    /// The effect did not happen: the key is released, and the next delivery runs the body.
+    Release,
+    /// The effect happened: this record (idem's envelope, [`Record::encode`]) is the call's
+    /// result, kept for `retention` and replayed to every delivery.
+    Record {
+        /// The record's bytes.
+        record: Vec<u8>,
+        /// How long it is kept.
+        retention: Duration,
+    },
+}
+
+/// What an operator did, for [`report`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Action {
+    /// Evicted a key.
+    Evicted,
+    /// Released a key held with an unknown outcome.
+    Released,
+    /// Recorded a result for a key held with an unknown outcome.
+    Recorded,
+}
+
+impl Action {
+    /// The action's name in events and metric labels: `evicted`, `released`, `recorded`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Evicted => "evicted",
+            Self::Released => "released",
+            Self::Recorded => "recorded",
         }
     }
 }
 
-/// What [`StoreAdmin::evict`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum EvictOutcome {
-    /// The key held the fence given and is gone: the next delivery runs the body.
-    Evicted,
-    /// The key no longer holds the fence given (it was recorded, released, taken over or
-    /// dropped since it was read), or a transaction holds it: nothing changed. Read it again.
-    Changed,
+/// Reports an operator's action that applied, for store implementations: a WARN `tracing`
+/// event with the key's hash and fence, and the `idem.admin` counter by action (feature
+/// `metrics`).
+pub fn report(action: Action, key: &str, fence: Fence) {
+    crate::observe::operated(action.as_str(), key, fence);
 }
 
 /// The operator's side of a store: read, list, count and evict keys, and check that the store
@@ -255,7 +326,17 @@ pub trait StoreAdmin: Send + Sync + 'static {
     /// delivery runs the body. A key in flight is evicted too: its holder's record is then
     /// refused (its fence is no longer current), but its body may still be running; evict a
     /// key in flight only when its holder is known to be gone.
-    async fn evict(&self, key: &str, fence: Fence) -> Result<EvictOutcome, Error>;
+    async fn evict(&self, key: &str, fence: Fence) -> Result<ActionOutcome, Error>;
+
+    /// Resolves `key`, held with an unknown outcome by the call of `fence`: releases it, or
+    /// records the result an operator supplies. A key that is not held under `fence` is left
+    /// alone ([`ActionOutcome::Changed`]).
+    async fn resolve(
+        &self,
+        key: &str,
+        fence: Fence,
+        resolution: Resolution,
+    ) -> Result<ActionOutcome, Error>;
 
     /// Checks that the store answers within `timeout`: a readiness probe. Returns how long the
     /// answer took.
@@ -277,8 +358,17 @@ impl<S: StoreAdmin + ?Sized> StoreAdmin for std::sync::Arc<S> {
         (**self).count().await
     }
 
-    async fn evict(&self, key: &str, fence: Fence) -> Result<EvictOutcome, Error> {
+    async fn evict(&self, key: &str, fence: Fence) -> Result<ActionOutcome, Error> {
         (**self).evict(key, fence).await
+    }
+
+    async fn resolve(
+        &self,
+        key: &str,
+        fence: Fence,
+        resolution: Resolution,
+    ) -> Result<ActionOutcome, Error> {
+        (**self).resolve(key, fence, resolution).await
     }
 
     async fn ping(&self, timeout: Duration) -> Result<Duration, Error> {

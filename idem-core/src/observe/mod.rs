@@ -13,7 +13,9 @@ mod served;
 mod trace;
 
 pub use served::{report, served, Served};
-pub(crate) use trace::{enter, in_span, release_failed, store_retry, store_span, CallTrace};
+pub(crate) use trace::{
+    enter, held, hold_failed, in_span, operated, release_failed, store_retry, store_span, CallTrace,
+};
 
 /// How a call ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -28,6 +30,9 @@ pub enum CallOutcome {
     Waited,
     /// Another call holds the key (`Error::InProgress`).
     InProgress,
+    /// An earlier call's outcome is unknown and the key is held until it is resolved
+    /// (`Error::OutcomeUnknown`): the body did not run.
+    Held,
     /// The key was used for another request (`Error::KeyReused`).
     KeyReused,
     /// The claim lapsed while the body ran; its result was not recorded (`Error::LeaseLost`).
@@ -37,7 +42,7 @@ pub enum CallOutcome {
     /// The body returned an error that released the key for a retry.
     Released,
     /// The outcome is unknown (a panic, a cancellation mid-body, or an error classified so): the
-    /// key stays claimed until its lease lapses.
+    /// key stays claimed until its lease lapses, or is held as the call's `hold_unknown` says.
     OutcomeUnknown,
     /// The store failed before the body ran (`Error::Store`).
     StoreError,
@@ -59,6 +64,7 @@ impl CallOutcome {
             Self::Replayed => "replayed",
             Self::Waited => "waited",
             Self::InProgress => "in_progress",
+            Self::Held => "held",
             Self::KeyReused => "key_reused",
             Self::LeaseLost => "lease_lost",
             Self::NotRecorded => "not_recorded",
@@ -85,6 +91,7 @@ impl CallOutcome {
             Self::Replayed => Served::Replayed,
             Self::Waited => Served::Waited,
             Self::InProgress
+            | Self::Held
             | Self::KeyReused
             | Self::StoreError
             | Self::Corrupt
@@ -101,6 +108,7 @@ impl CallOutcome {
             Error::InProgress { .. } | Error::ClaimLapsed { .. } | Error::Deadlock { .. } => {
                 Self::InProgress
             }
+            Error::OutcomeUnknown { .. } => Self::Held,
             Error::KeyReused { .. } => Self::KeyReused,
             Error::Corrupt { .. } => Self::Corrupt,
             Error::InvalidKey { .. } | Error::InvalidOption { .. } | Error::Encode { .. } => {
@@ -126,6 +134,7 @@ impl CallOutcome {
             Error::InProgress { .. } | Error::ClaimLapsed { .. } | Error::Deadlock { .. } => {
                 Self::InProgress
             }
+            Error::OutcomeUnknown { .. } => Self::Held,
             Error::KeyReused { .. } => Self::KeyReused,
             Error::LeaseLost { .. } => Self::LeaseLost,
             Error::NotRecorded { .. } => Self::NotRecorded,

@@ -256,6 +256,42 @@ pub(crate) fn release_failed(err: &crate::Error) {
     );
 }
 
+/// A key was held after an unknown outcome: nobody runs its body until the hold lapses or an
+/// operator resolves it.
+pub(crate) fn held(store_key: &str, fence: crate::Fence, hold: std::time::Duration) {
+    tracing::warn!(
+        idem.key_hash = key_hash(store_key).as_str(),
+        idem.fence = fence.0,
+        idem.hold_s = hold.as_secs(),
+        "idem held a key whose call ended with an unknown outcome: calls of it fail with \
+         OutcomeUnknown until the hold lapses or it is resolved (`idem resolve`)"
+    );
+    #[cfg(feature = "metrics")]
+    metrics::counter!("idem.held").increment(1);
+}
+
+/// Holding a key after an unknown outcome failed: it is held for what its lease has left.
+pub(crate) fn hold_failed(err: &crate::Error) {
+    tracing::warn!(
+        db.operation = "hold",
+        error.type = "store",
+        "idem could not hold a key after an unknown outcome (it is held until its lease \
+         lapses, then the next delivery runs the body): {err}"
+    );
+}
+
+/// An operator acted on a key: evicted or resolved it.
+pub(crate) fn operated(action: &'static str, store_key: &str, fence: crate::Fence) {
+    tracing::warn!(
+        idem.admin = action,
+        idem.key_hash = key_hash(store_key).as_str(),
+        idem.fence = fence.0,
+        "an operator {action} an idem key"
+    );
+    #[cfg(feature = "metrics")]
+    metrics::counter!("idem.admin", "action" => action).increment(1);
+}
+
 /// A store operation failed and will be tried again.
 pub(crate) fn store_retry(operation: &'static str, attempt: u32, err: &crate::Error) {
     tracing::warn!(

@@ -31,6 +31,7 @@ impl Idempotency {
             retention,
             on_in_progress,
             max_hold,
+            hold_unknown,
         } = self.prepare(call)?;
         trace.keyed(&key);
         match self
@@ -48,6 +49,7 @@ impl Idempotency {
                     fence,
                     lease,
                     retention,
+                    hold_unknown,
                 }
             })),
             Acquired::Replay { record, waited } => Ok(ClaimOrReplay::Replay {
@@ -81,6 +83,10 @@ impl Idempotency {
                 ),
             });
         }
+        let hold_unknown = call
+            .hold_unknown
+            .unwrap_or(settings.hold_unknown)
+            .duration()?;
         Ok(Prepared {
             key,
             fingerprint,
@@ -88,6 +94,7 @@ impl Idempotency {
             retention,
             on_in_progress: call.on_in_progress,
             max_hold,
+            hold_unknown,
         })
     }
 
@@ -123,6 +130,11 @@ impl Idempotency {
                 ClaimOutcome::Acquired { fence, .. } => return Ok(Acquired::Fence(fence, sent)),
                 ClaimOutcome::Completed { record } => {
                     return Ok(Acquired::Replay { record, waited })
+                }
+                ClaimOutcome::Held { .. } => {
+                    return Err(Error::OutcomeUnknown {
+                        key: key.to_owned(),
+                    })
                 }
                 ClaimOutcome::InProgress {
                     fence,
@@ -270,6 +282,8 @@ pub(crate) struct Prepared {
     pub(crate) on_in_progress: OnInProgress,
     /// When set, renewals stop once a claim is this old.
     pub(crate) max_hold: Option<Duration>,
+    /// How long the key is held after an unknown outcome; `None`: one lease.
+    pub(crate) hold_unknown: Option<Duration>,
 }
 
 enum Acquired {

@@ -24,6 +24,8 @@ pub(crate) struct HeldClaim {
     pub(super) lease_clock: Arc<LeaseClock>,
     /// From when the lease is no longer renewed (`max_hold` after the claim), if ever.
     pub(super) hold_until: Option<Instant>,
+    /// How long the key is held after an unknown outcome; `None`: what the lease has left.
+    pub(super) hold_unknown: Option<Duration>,
     /// Until the body may start, the runtime that releases the claim if it is dropped first (a
     /// cancelled call, a [`Claimed`] never run): a body that never started has no effect to
     /// guard, and its key must not stay held for a lease.

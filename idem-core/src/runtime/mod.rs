@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::call::{Call, DEFAULT_KEY_PREFIX, DEFAULT_LEASE, DEFAULT_RETENTION};
+use crate::call::{Call, UnknownHold, DEFAULT_KEY_PREFIX, DEFAULT_LEASE, DEFAULT_RETENTION};
 use crate::key::store_key;
 use crate::observe::{CallTrace, Observer};
 use crate::policy::{record, release, Disposition, RecordedErrors, UnrecordedErrors};
@@ -71,6 +71,7 @@ struct Settings {
     retention: Duration,
     lease: Duration,
     max_hold: Option<Duration>,
+    hold_unknown: UnknownHold,
     key_prefix: String,
     store_attempts: u32,
     observer: Option<Arc<dyn Observer>>,
@@ -113,6 +114,7 @@ impl Idempotency {
                 retention: DEFAULT_RETENTION,
                 lease: DEFAULT_LEASE,
                 max_hold: None,
+                hold_unknown: UnknownHold::OneLease,
                 key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
                 store_attempts: 3,
                 observer: None,
@@ -147,6 +149,15 @@ impl Idempotency {
     #[must_use]
     pub fn with_max_hold(mut self, max_hold: Duration) -> Self {
         Arc::make_mut(&mut self.inner).max_hold = Some(max_hold);
+        self
+    }
+
+    /// How long a key is held when its call ends with an unknown outcome (by default one
+    /// lease; see [`UnknownHold`]). A call may set its own with
+    /// [`Call::hold_unknown`](crate::Call::hold_unknown).
+    #[must_use]
+    pub fn with_unknown_hold(mut self, hold: UnknownHold) -> Self {
+        Arc::make_mut(&mut self.inner).hold_unknown = hold;
         self
     }
 

@@ -31,8 +31,22 @@ impl Idempotency {
                 }
                 return Ok(Settled::Mine);
             }
-            // An unknown outcome: the claim lapses with its lease.
-            End::KeepClaim => return Ok(Settled::Mine),
+            // An unknown outcome: the claim lapses with its lease, or is held longer.
+            End::KeepClaim => {
+                if let Some(hold) = claim.hold_unknown {
+                    let held = self
+                        .retrying("hold", None, || store.hold(&claim.key, claim.fence, hold))
+                        .await;
+                    match held {
+                        Ok(()) => observe::held(&claim.key, claim.fence, hold),
+                        // Lapsed (and maybe taken over): there is no claim left to hold.
+                        Err(Error::LeaseLost { .. }) => {}
+                        // The claim lapses with its lease, as without a hold.
+                        Err(err) => observe::hold_failed(&err),
+                    }
+                }
+                return Ok(Settled::Mine);
+            }
         };
         let record = match json {
             Ok(json) => Record::encode(outcome, &claim.fingerprint, &json),

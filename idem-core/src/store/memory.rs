@@ -12,8 +12,8 @@ use tokio::sync::Notify;
 
 use super::{AttemptId, ClaimOutcome, ClaimRequest, Fence, Store};
 use crate::admin::{
-    Cursor, EvictOutcome, KeyInfo, KeyPage, KeyState, KeySummary, ListQuery, StateCounts,
-    StoreAdmin,
+    report, Action, ActionOutcome, Cursor, KeyInfo, KeyPage, KeyState, KeySummary, ListQuery,
+    Resolution, StateCounts, StoreAdmin,
 };
 use crate::time::later_std as later;
 use crate::Error;
@@ -99,6 +99,12 @@ enum Entry {
         record: Vec<u8>,
         expires_at: Instant,
     },
+    /// An unknown outcome, held until `until`.
+    Held {
+        fence: Fence,
+        fingerprint: Vec<u8>,
+        until: Instant,
+    },
 }
 
 impl Entry {
@@ -106,6 +112,7 @@ impl Entry {
         match self {
             Self::Pending { lease_until, .. } => *lease_until > now,
             Self::Completed { expires_at, .. } => *expires_at > now,
+            Self::Held { until, .. } => *until > now,
         }
     }
 
@@ -280,10 +287,13 @@ impl Store for MemoryStore {
                         lease_remaining: *lease_until - now,
                     })
                 }
+                Entry::Held { fence, until, .. } if *until > now => {
+                    return Ok(ClaimOutcome::held(*fence))
+                }
                 Entry::Pending { .. } => {
                     entry.wake_waiters();
                 }
-                Entry::Completed { .. } => {}
+                Entry::Completed { .. } | Entry::Held { .. } => {}
             }
         }
         let fence = self.new_fence();
@@ -367,6 +377,39 @@ impl Store for MemoryStore {
         }
     }
 
+    async fn hold(&self, key: &str, fence: Fence, hold: Duration) -> Result<(), Error> {
+        let now = self.clock.now();
+        let mut shard = self.shard(key, now);
+        let Some(entry) = shard.entries.get_mut(key) else {
+            return Err(Error::lease_lost(key));
+        };
+        match entry {
+            Entry::Pending {
+                fence: current,
+                lease_until,
+                fingerprint,
+                ..
+            } if *current == fence && *lease_until > now => {
+                // Held at least as long as the lease had left.
+                let until = later(now, hold).max(*lease_until);
+                let fingerprint = std::mem::take(fingerprint);
+                entry.wake_waiters();
+                *entry = Entry::Held {
+                    fence,
+                    fingerprint,
+                    until,
+                };
+                Ok(())
+            }
+            Entry::Held {
+                fence: current,
+                until,
+                ..
+            } if *current == fence && *until > now => Ok(()),
+            _ => Err(Error::lease_lost(key)),
+        }
+    }
+
     async fn wait(&self, key: &str, fence: Fence, timeout: Duration) -> Result<(), Error> {
         let Some((changed, lease_until)) = self.pending_notify(key, fence) else {
             return Ok(());
@@ -408,6 +451,11 @@ impl Entry {
                 record,
                 expires_at,
             } => KeyInfo::completed(key.to_owned(), *fence, *expires_at - now, record.clone()),
+            Self::Held {
+                fence,
+                fingerprint,
+                until,
+            } => KeyInfo::unknown(key.to_owned(), *fence, *until - now, fingerprint.clone()),
         })
     }
 
@@ -420,13 +468,16 @@ impl Entry {
             Self::Completed {
                 fence, expires_at, ..
             } => (KeyState::Completed, *fence, *expires_at),
+            Self::Held { fence, until, .. } => (KeyState::Unknown, *fence, *until),
         };
         (until > now).then(|| KeySummary::new(key.to_owned(), state, fence, until - now))
     }
 
     fn fence(&self) -> Fence {
         match self {
-            Self::Pending { fence, .. } | Self::Completed { fence, .. } => *fence,
+            Self::Pending { fence, .. }
+            | Self::Completed { fence, .. }
+            | Self::Held { fence, .. } => *fence,
         }
     }
 }
@@ -472,24 +523,61 @@ impl StoreAdmin for MemoryStore {
         for shard in self.shards.iter() {
             for (key, entry) in &lock(shard).entries {
                 if let Some(summary) = entry.summary(key, now) {
-                    counts.add(summary.state);
+                    counts.add(summary.state, 1);
                 }
             }
         }
         Ok(counts)
     }
 
-    async fn evict(&self, key: &str, fence: Fence) -> Result<EvictOutcome, Error> {
+    async fn evict(&self, key: &str, fence: Fence) -> Result<ActionOutcome, Error> {
         let now = self.clock.now();
         let mut shard = self.shard(key, now);
         match shard.entries.get(key) {
             Some(entry) if entry.is_live(now) && entry.fence() == fence => {
                 entry.wake_waiters();
                 shard.entries.remove(key);
-                Ok(EvictOutcome::Evicted)
+                report(Action::Evicted, key, fence);
+                Ok(ActionOutcome::Applied)
             }
-            _ => Ok(EvictOutcome::Changed),
+            _ => Ok(ActionOutcome::Changed),
         }
+    }
+
+    async fn resolve(
+        &self,
+        key: &str,
+        fence: Fence,
+        resolution: Resolution,
+    ) -> Result<ActionOutcome, Error> {
+        let now = self.clock.now();
+        let mut shard = self.shard(key, now);
+        let held = matches!(
+            shard.entries.get(key),
+            Some(Entry::Held { fence: current, until, .. }) if *current == fence && *until > now
+        );
+        if !held {
+            return Ok(ActionOutcome::Changed);
+        }
+        let action = match resolution {
+            Resolution::Release => {
+                shard.entries.remove(key);
+                Action::Released
+            }
+            Resolution::Record { record, retention } => {
+                shard.entries.insert(
+                    key.to_owned(),
+                    Entry::Completed {
+                        fence,
+                        record,
+                        expires_at: later(now, retention),
+                    },
+                );
+                Action::Recorded
+            }
+        };
+        report(action, key, fence);
+        Ok(ActionOutcome::Applied)
     }
 
     async fn ping(&self, _timeout: Duration) -> Result<Duration, Error> {

@@ -90,6 +90,14 @@ pub enum ClaimOutcome {
         /// The record bytes, as given to [`Store::complete`].
         record: Vec<u8>,
     },
+    /// An earlier call of the key ended with an unknown outcome, and the key is held
+    /// ([`Store::hold`]): no call runs the body until the hold lapses or an operator resolves
+    /// the key.
+    #[non_exhaustive]
+    Held {
+        /// The fence of the call whose outcome is unknown.
+        fence: Fence,
+    },
     /// Another attempt holds a live claim.
     InProgress {
         /// Its fencing token (to wait for a change of state with [`Store::wait`]).
@@ -106,6 +114,11 @@ impl ClaimOutcome {
     pub fn acquired(fence: Fence) -> Self {
         Self::Acquired { fence }
     }
+
+    /// The key is held with an unknown outcome, by the call of `fence`.
+    pub fn held(fence: Fence) -> Self {
+        Self::Held { fence }
+    }
 }
 
 /// A backend that decides, per key, who runs the effect: a per-key state machine that the store
@@ -116,12 +129,17 @@ impl ClaimOutcome {
 ///   (absent) ─────────────────────────▶ Pending ─────────────────────▶ Completed ──▶ (absent)
 ///       ▲                               │  │  ▲                           retention lapses
 ///       │          release(fence)       │  │  │ renew(fence)
-///       └───────────────────────────────┘  └──┘
+///       ├───────────────────────────────┘  └──┘
+///       │                               │ hold(fence)
+///       │   hold lapses, or resolved    ▼
+///       └─────────────────────────── Held ── resolved with a record ──▶ Completed
 /// ```
 ///
 /// * A key is **absent**, **pending** (claimed by one attempt, with a fencing token and a lease
-///   that the store expires by its own clock) or **completed** (holding a record until its
-///   retention lapses).
+///   that the store expires by its own clock), **completed** (holding a record until its
+///   retention lapses) or **held** (its call ended with an unknown outcome: nobody runs the
+///   body until the hold lapses or an operator resolves it; see [`Store::hold`] and
+///   [`StoreAdmin::resolve`](crate::admin::StoreAdmin::resolve)).
 /// * Every claim that is granted gets a fencing token greater than every token granted for that
 ///   key before (at least within the retention period), including after releases and takeovers.
 /// * `complete`, `release` and `renew` apply only while the given token is the current one and the
@@ -163,6 +181,19 @@ pub trait Store: Send + Sync + 'static {
     /// Extends the lease of the current claim to `lease` from now, if `fence` is current.
     async fn renew(&self, key: &str, fence: Fence, lease: Duration) -> Result<(), Error>;
 
+    /// Pending → held: the call that holds `fence` ended with an unknown outcome (its effect
+    /// may have happened). Claims get [`ClaimOutcome::Held`], and nobody runs the body, until
+    /// `hold` has passed (and at least until the claim's lease would have ended), when the key
+    /// is claimable as after a lapsed lease, or until an operator resolves it. Holding again
+    /// with the fence that holds the key is not an error (a retried hold whose first reply was
+    /// lost); with any other fence it fails with [`Error::LeaseLost`].
+    ///
+    /// The default renews the claim for `hold` instead: a store without a held state keeps the
+    /// key in progress that long.
+    async fn hold(&self, key: &str, fence: Fence, hold: Duration) -> Result<(), Error> {
+        self.renew(key, fence, hold).await
+    }
+
     /// Waits until the claim `fence` on `key` is no longer pending (completed, released, taken
     /// over or lapsed), or until `timeout`. Returns early rather than late: callers re-claim
     /// afterwards. Stores should wake waiters on change; the default polls.
@@ -196,6 +227,10 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     async fn renew(&self, key: &str, fence: Fence, lease: Duration) -> Result<(), Error> {
         (**self).renew(key, fence, lease).await
+    }
+
+    async fn hold(&self, key: &str, fence: Fence, hold: Duration) -> Result<(), Error> {
+        (**self).hold(key, fence, hold).await
     }
 
     async fn wait(&self, key: &str, fence: Fence, timeout: Duration) -> Result<(), Error> {

@@ -4,9 +4,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::{acquired, assert_lease_lost, claim, claim_with, must, Fixture, LONG};
-use crate::admin::{EvictOutcome, KeyState, ListQuery, StoreAdmin};
+use crate::admin::{ActionOutcome, KeyState, ListQuery, Resolution, StoreAdmin};
 use crate::key::store_key;
-use crate::store::{AttemptId, ClaimOutcome, Outcome, Record, Store};
+use crate::store::{AttemptId, ClaimOutcome, Fence, Outcome, Record, Store};
 
 /// A fixture whose store has an operator's side, as the admin checks need both.
 pub trait AdminFixture: Fixture {
@@ -97,7 +97,7 @@ pub async fn inspect_shows_a_foreign_record(fixture: &dyn AdminFixture, key: &st
     );
     assert_eq!(
         must(admin.evict(key, fence).await, "evict"),
-        EvictOutcome::Evicted
+        ActionOutcome::Applied
     );
 }
 
@@ -184,19 +184,16 @@ async fn list_all(admin: &dyn StoreAdmin, query: &ListQuery) -> BTreeSet<String>
 pub async fn evict_is_fenced(fixture: &dyn AdminFixture, key: &str) {
     let (store, admin) = (fixture.store(), fixture.admin());
     assert_eq!(
-        must(
-            admin.evict(key, crate::Fence(1)).await,
-            "evict an absent key"
-        ),
-        EvictOutcome::Changed
+        must(admin.evict(key, Fence(1)).await, "evict an absent key"),
+        ActionOutcome::Changed
     );
     let fence = acquired(claim(store, key, AttemptId::random(), LONG).await);
     let record = Record::encode(Outcome::Ok, &[], b"1");
     must(store.complete(key, fence, &record, LONG).await, "complete");
-    let stale = crate::Fence(fence.0.saturating_sub(1));
+    let stale = Fence(fence.0.saturating_sub(1));
     assert_eq!(
         must(admin.evict(key, stale).await, "evict with a stale fence"),
-        EvictOutcome::Changed
+        ActionOutcome::Changed
     );
     assert!(
         matches!(
@@ -207,7 +204,7 @@ pub async fn evict_is_fenced(fixture: &dyn AdminFixture, key: &str) {
     );
     assert_eq!(
         must(admin.evict(key, fence).await, "evict a record"),
-        EvictOutcome::Evicted
+        ActionOutcome::Applied
     );
     assert_eq!(must(admin.inspect(key).await, "inspect"), None);
 
@@ -215,7 +212,7 @@ pub async fn evict_is_fenced(fixture: &dyn AdminFixture, key: &str) {
     assert!(holder > fence, "the next claim runs, with a greater fence");
     assert_eq!(
         must(admin.evict(key, holder).await, "evict a claim in flight"),
-        EvictOutcome::Evicted
+        ActionOutcome::Applied
     );
     assert_lease_lost(
         store.complete(key, holder, &record, LONG).await,
@@ -223,6 +220,105 @@ pub async fn evict_is_fenced(fixture: &dyn AdminFixture, key: &str) {
     );
     let next = acquired(claim(store, key, AttemptId::random(), LONG).await);
     assert!(next > holder, "fences increase across an eviction");
+}
+
+/// A key held with an unknown outcome is seen as such (listed, counted, inspected with its
+/// fingerprint); it is resolved only under its fence and only while held: released, the next
+/// claim runs under a greater fence; recorded, every claim replays the operator's record.
+pub async fn resolve_acts_on_held_keys_only(fixture: &dyn AdminFixture, key: &str) {
+    let (store, admin) = (fixture.store(), fixture.admin());
+    let prefix = format!("{key}:");
+    let held = must(store_key(&prefix, "ns", "held"), "store key");
+    let released = must(store_key(&prefix, "ns", "released"), "store key");
+    let in_flight = must(store_key(&prefix, "ns", "in-flight"), "store key");
+    let mut fences = Vec::new();
+    for k in [&held, &released] {
+        let fence = acquired(claim_with(store, k, AttemptId::random(), &[9; 32], LONG).await);
+        must(store.hold(k, fence, LONG * 10).await, "hold");
+        fences.push(fence);
+    }
+    let busy = acquired(claim(store, &in_flight, AttemptId::random(), LONG).await);
+
+    let info = must(admin.inspect(&held).await, "inspect a held key")
+        .unwrap_or_else(|| panic!("{held}: a held key must be seen"));
+    assert_eq!(info.summary.state, KeyState::Unknown);
+    assert_eq!(info.summary.fence, fences[0]);
+    assert_eq!(info.fingerprint, [9; 32]);
+    assert!(
+        info.summary.expires_in > LONG * 5 && info.summary.expires_in <= LONG * 10,
+        "the hold left: {:?}",
+        info.summary.expires_in
+    );
+    let query = must(ListQuery::new().in_namespace(&prefix, "ns"), "query");
+    let unknown = list_all(admin, &query.clone().with_state(KeyState::Unknown)).await;
+    assert_eq!(unknown, BTreeSet::from([held.clone(), released.clone()]));
+    let in_flight_listed = list_all(admin, &query.with_state(KeyState::InFlight)).await;
+    assert_eq!(in_flight_listed, BTreeSet::from([in_flight.clone()]));
+    let counts = must(admin.count().await, "count");
+    assert!(counts.of(KeyState::Unknown) >= 2, "{counts:?}");
+
+    let record = Record::encode(Outcome::Ok, &[9; 32], br#"{"resolved":true}"#);
+    let resolution = Resolution::Record {
+        record: record.clone(),
+        retention: LONG,
+    };
+    let stale = Fence(fences[0].0 + 1000);
+    assert_eq!(
+        must(
+            admin.resolve(&held, stale, resolution.clone()).await,
+            "resolve, stale fence"
+        ),
+        ActionOutcome::Changed
+    );
+    assert_eq!(
+        must(
+            admin.resolve(&in_flight, busy, resolution.clone()).await,
+            "resolve a key in flight"
+        ),
+        ActionOutcome::Changed,
+        "a key in flight is not resolved: its holder may still record"
+    );
+    must(
+        store.complete(&in_flight, busy, &record, LONG).await,
+        "the holder records",
+    );
+    assert_eq!(
+        must(
+            admin.resolve(&held, fences[0], resolution.clone()).await,
+            "resolve with a record"
+        ),
+        ActionOutcome::Applied
+    );
+    for _ in 0..2 {
+        match claim(store, &held, AttemptId::random(), LONG).await {
+            ClaimOutcome::Completed { record: replayed } => assert_eq!(replayed, record),
+            other => panic!("a key resolved with a record answered {other:?}"),
+        }
+    }
+    assert_eq!(
+        must(
+            admin.resolve(&held, fences[0], resolution).await,
+            "resolve twice"
+        ),
+        ActionOutcome::Changed,
+        "a resolved key is no longer held"
+    );
+
+    assert_eq!(
+        must(
+            admin
+                .resolve(&released, fences[1], Resolution::Release)
+                .await,
+            "release"
+        ),
+        ActionOutcome::Applied
+    );
+    assert_eq!(must(admin.inspect(&released).await, "inspect"), None);
+    let next = acquired(claim(store, &released, AttemptId::random(), LONG).await);
+    assert!(
+        next > fences[1],
+        "the next claim runs, with a greater fence"
+    );
 }
 
 /// The readiness probe answers within its timeout.
@@ -242,6 +338,7 @@ macro_rules! store_admin_contract_tests {
             inspect_shows_a_foreign_record,
             list_pages_through_a_namespace,
             evict_is_fenced,
+            resolve_acts_on_held_keys_only,
             ping_answers,
         );
     };

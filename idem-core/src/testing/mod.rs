@@ -20,7 +20,7 @@ mod faulty;
 
 pub use admin::{
     evict_is_fenced, inspect_reads_every_state, inspect_shows_a_foreign_record,
-    list_pages_through_a_namespace, ping_answers, AdminFixture,
+    list_pages_through_a_namespace, ping_answers, resolve_acts_on_held_keys_only, AdminFixture,
 };
 pub use faulty::FaultyStore;
 
@@ -324,6 +324,71 @@ pub async fn wait_returns_when_the_claim_is_released(store: &dyn Store, key: &st
     );
 }
 
+/// A held key (an unknown outcome) answers every claim `Held`, whoever asks, and refuses its
+/// holder's record, renewal and release; holding again with its fence is accepted (a retried
+/// hold), with another fence refused; a hold shorter than the lease left lasts the lease.
+pub async fn hold_keeps_every_call_out(store: &dyn Store, key: &str) {
+    let holder = AttemptId::random();
+    let fence = acquired(claim(store, key, holder, LONG).await);
+    must(
+        store.hold(key, fence, Duration::from_millis(1)).await,
+        "hold",
+    );
+    for attempt in [holder, AttemptId::random()] {
+        match claim(store, key, attempt, LONG).await {
+            ClaimOutcome::Held { fence: held, .. } => assert_eq!(held, fence),
+            other => panic!("a held key (held for less than its lease) answered {other:?}"),
+        }
+    }
+    must(
+        store.hold(key, fence, LONG).await,
+        "a repeated hold with the same fence is accepted",
+    );
+    assert_lease_lost(
+        store.hold(key, Fence(fence.0 + 1000), LONG).await,
+        "hold with another fence",
+    );
+    assert_lease_lost(
+        store.complete(key, fence, b"x", LONG).await,
+        "complete a held key",
+    );
+    assert_lease_lost(store.renew(key, fence, LONG).await, "renew a held key");
+    let _ = store.release(key, fence).await;
+    assert!(
+        matches!(
+            claim(store, key, AttemptId::random(), LONG).await,
+            ClaimOutcome::Held { .. }
+        ),
+        "a release by the holder does not free a held key"
+    );
+    let started = std::time::Instant::now();
+    must(store.wait(key, fence, LONG).await, "wait on a held key");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a wait on a held key returns at once: nothing will change it but an operator"
+    );
+}
+
+/// A hold lapses: the key is then claimable, under a greater fence.
+pub async fn hold_lapses_into_a_claimable_key(store: &dyn Store, key: &str) {
+    let fence = acquired(claim(store, key, AttemptId::random(), SHORT_LEASE).await);
+    must(store.hold(key, fence, SHORT_LEASE * 2).await, "hold");
+    tokio::time::sleep(SHORT_LEASE).await;
+    assert!(
+        matches!(
+            claim(store, key, AttemptId::random(), LONG).await,
+            ClaimOutcome::Held { .. }
+        ),
+        "held for its whole hold, past the lease"
+    );
+    tokio::time::sleep(SHORT_LEASE + SHORT_LEASE / 2).await;
+    let next = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    assert!(
+        next > fence,
+        "a lapsed hold is taken over with a greater fence"
+    );
+}
+
 /// Keys with any characters are distinct keys, and empty and large records round-trip.
 pub async fn odd_keys_and_large_records(store: &dyn Store, key: &str) {
     let keys = [
@@ -406,6 +471,8 @@ macro_rules! store_contract_tests {
             wait_returns_when_the_claim_changes,
             wait_returns_when_the_claim_is_released,
             odd_keys_and_large_records,
+            hold_keeps_every_call_out,
+            hold_lapses_into_a_claimable_key,
         );
     };
     (@each $store:expr; $($check:ident,)*) => {

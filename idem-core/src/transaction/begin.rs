@@ -396,6 +396,12 @@ async fn claim<'c, S: TransactionalStore>(
                     .await;
                 return Ok(Acquired::Replay { record, waited });
             }
+            ClaimOutcome::Held { .. } => {
+                open.roll_back().await;
+                return Err(Error::OutcomeUnknown {
+                    key: call.key.clone(),
+                });
+            }
             ClaimOutcome::InProgress {
                 fingerprint,
                 lease_remaining,
