@@ -93,9 +93,9 @@ mod postgres_connection;
 mod private;
 
 pub use idem_core::{
-    context, default_runtime, install, served, Call, CallOutcome, CallReport, ClaimContext,
-    Disposition, Error, Fence, Idempotency, MemoryStore, Observer, OnInProgress, Served,
-    UnknownHold, MAX_DURATION, MIN_LEASE,
+    context, default_runtime, install, require_installed, served, Call, CallOutcome, CallReport,
+    ClaimContext, Disposition, Error, Fence, Idempotency, MemoryStore, Observer, OnInProgress,
+    Served, UnknownHold, MAX_DURATION, MIN_LEASE, REQUIRE_INSTALLED_ENV,
 };
 
 pub mod steps {

@@ -60,7 +60,7 @@ pub use call::{
     Call, OnInProgress, UnknownHold, DEFAULT_KEY_PREFIX, DEFAULT_LEASE, DEFAULT_RETENTION,
 };
 pub use context::{context, with_context, ClaimContext};
-pub use default::{default_runtime, install};
+pub use default::{default_runtime, install, require_installed, REQUIRE_INSTALLED_ENV};
 pub use encode::Fingerprint;
 pub use error::{BoxError, Error};
 pub use observe::{served, CallOutcome, CallReport, Observer, Served};
