@@ -172,12 +172,20 @@ impl<'a> Output<'a> {
                 "resolved": false,
             }));
         }
-        self.text(&format!(
-            "not resolved: {} is {} under fence {}, not held with an unknown outcome under fence \
-             {fence}; only a held key can be resolved (a key in flight may still be recorded by \
-             its holder: wait, or evict it once the holder is known to be gone)\n",
-            summary.key, summary.state, summary.fence
-        ))
+        let why = if summary.state == KeyState::Unknown {
+            format!(
+                "it is held under fence {}, not {fence}: it changed since it was read",
+                summary.fence
+            )
+        } else {
+            format!(
+                "it is {}, not held with an unknown outcome; only a held key can be resolved (a key \
+                 in flight may still be recorded by its holder: wait, or evict it once the holder \
+                 is known to be gone)",
+                summary.state
+            )
+        };
+        self.text(&format!("not resolved: {}: {why}\n", summary.key))
     }
 
     pub(crate) fn resolved(
