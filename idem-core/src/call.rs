@@ -168,7 +168,8 @@ impl Call {
 /// have happened, or may still be landing, so no other call may run the body meanwhile.
 ///
 /// A call that is cancelled mid-body, or whose process dies, cannot set a hold: its key is
-/// held for what its lease had left.
+/// held for what its lease had left. So is a call in a database transaction
+/// (`transaction = conn`), whose claim commits without a record for one lease.
 ///
 /// ```
 /// # use idem_core as idem; // what users of the `idem` crate write
