@@ -76,7 +76,10 @@ pub struct RedisStore<C = ConnectionManager> {
 /// One node of a cluster.
 #[cfg_attr(
     not(feature = "cluster"),
-    allow(dead_code, reason = "only the cluster's router reads where a command goes")
+    allow(
+        dead_code,
+        reason = "only the cluster's router reads where a command goes"
+    )
 )]
 pub(crate) enum Node {
     /// The primary that holds a key.
