@@ -167,9 +167,10 @@ impl Call {
 /// an `Err` classified [`OutcomeUnknown`](crate::Disposition::OutcomeUnknown)): the effect may
 /// have happened, or may still be landing, so no other call may run the body meanwhile.
 ///
-/// A call that is cancelled mid-body, or whose process dies, cannot set a hold: its key is
-/// held for what its lease had left. So is a call in a database transaction
-/// (`transaction = conn`), whose claim commits without a record for one lease.
+/// A body that panics, or a call dropped mid-body (cancelled, timed out), sets its hold from a
+/// task of its own (where a tokio runtime runs). A process that dies cannot: its key is held
+/// for what its lease had left. So is a call in a database transaction (`transaction = conn`),
+/// whose claim commits without a record for one lease.
 ///
 /// ```
 /// # use idem_core as idem; // what users of the `idem` crate write

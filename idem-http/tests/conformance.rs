@@ -645,6 +645,47 @@ mod postgres_transactional {
     );
 }
 
+/// A panicking handler under `UnknownHold::UntilResolved`: past its lease the key is still held,
+/// and requests get 409 `outcome-unknown` (no `Retry-After`: nothing but an operator frees it)
+/// without running the handler; once an operator releases it, the retry runs the handler again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_held_until_resolved_is_409_outcome_unknown() {
+    use idem_core::admin::{ActionOutcome, KeyState, ListQuery, Resolution, StoreAdmin};
+    fn short_lease(layer: IdempotencyLayer) -> IdempotencyLayer {
+        layer.lease(Duration::from_millis(500))
+    }
+    let store = std::sync::Arc::new(MemoryStore::new());
+    let idem = Idempotency::from_arc(store.clone())
+        .with_unknown_hold(idem_core::UnknownHold::UntilResolved);
+    let app = start(&Setup::plain(idem), short_lease).await;
+    let key = unique("held");
+    let panicked = app.post("/panics", &key, ORDER).send().await;
+    assert_eq!(panicked.problem(), "handler-panicked");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let held = app.post("/panics", &key, ORDER).send().await;
+    assert_eq!(held.status, 409, "{held:?}");
+    assert_eq!(held.problem(), "outcome-unknown");
+    assert_eq!(held.header("retry-after"), None);
+    assert_eq!(app.counters.started(), 1, "a held key runs no handler");
+
+    let unknown = ListQuery::new().with_state(KeyState::Unknown);
+    let page = store.list(&unknown).await.unwrap();
+    assert_eq!(page.keys.len(), 1, "{page:?}");
+    let summary = &page.keys[0];
+    let released = store
+        .resolve(&summary.key, summary.fence, Resolution::Release)
+        .await
+        .unwrap();
+    assert_eq!(released, ActionOutcome::Applied);
+    let retried = app.post("/panics", &key, ORDER).send().await;
+    assert_eq!(retried.status, 201, "{retried:?}");
+    assert_eq!(
+        app.counters.started(),
+        2,
+        "released, the retry runs the handler"
+    );
+}
+
 /// The store is down: 503 `store-unavailable` and the handler does not run; with `fail_open`
 /// the handler runs without idempotency.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use super::replay::same_request;
 use super::Idempotency;
 use crate::call::{Call, OnInProgress};
 use crate::key::scoped_store_key;
-use crate::observe::CallTrace;
+use crate::observe::{self, CallTrace};
 use crate::store::{AttemptId, ClaimOutcome, ClaimRequest, Fence};
 use crate::time::{check_durations, later, MAX_DURATION};
 use crate::Error;
@@ -50,6 +50,7 @@ impl Idempotency {
                     lease,
                     retention,
                     hold_unknown,
+                    running: None,
                 }
             })),
             Acquired::Replay { record, waited } => Ok(ClaimOrReplay::Replay {
@@ -250,8 +251,9 @@ impl Drop for ClaimInFlight<'_> {
         let request = self.request;
         let (attempt, lease) = (request.attempt, request.lease);
         let fingerprint = request.fingerprint.to_vec();
-        self.runtime
-            .release_in_background(request.key.to_owned(), move |store, key| async move {
+        self.runtime.in_background(
+            request.key.to_owned(),
+            move |store, key| async move {
                 let again = ClaimRequest::new(&key, attempt, &fingerprint, lease);
                 match store.claim(again).await? {
                     // Granted now if it was not before: either way nobody runs a body under
@@ -269,7 +271,9 @@ impl Drop for ClaimInFlight<'_> {
                     }
                     _ => Ok(()),
                 }
-            });
+            },
+            observe::release_failed,
+        );
     }
 }
 

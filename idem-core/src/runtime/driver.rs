@@ -208,7 +208,9 @@ impl Idempotency {
             End::Release => CallOutcome::Released,
             End::KeepClaim => CallOutcome::OutcomeUnknown,
         };
-        let result = match self.settle(&claim, end).await {
+        let settled = self.settle(&claim, end).await;
+        claim.settled();
+        let result = match settled {
             Ok(Settled::Mine) => {
                 trace.finish(how);
                 Ok(())

@@ -30,12 +30,26 @@ pub(crate) struct HeldClaim {
     /// cancelled call, a [`Claimed`] never run): a body that never started has no effect to
     /// guard, and its key must not stay held for a lease.
     pub(super) unstarted: Option<Idempotency>,
+    /// From the body's start until its end is settled, with a hold for unknown outcomes: the
+    /// runtime that holds the key in the background if the claim is dropped first (a body that
+    /// panicked, a call cancelled mid-body), as the call's end would have.
+    pub(super) running: Option<Idempotency>,
 }
 
 impl HeldClaim {
-    /// The body may start: from now on, dropping the claim keeps it until its lease lapses.
+    /// The body may start: from now on, dropping the claim keeps it until its lease lapses, or
+    /// holds it, with a hold for unknown outcomes.
     pub(crate) fn started(&mut self) {
-        self.unstarted = None;
+        let runtime = self.unstarted.take();
+        if self.hold_unknown.is_some() {
+            self.running = runtime;
+        }
+    }
+
+    /// The body's end is settled (recorded, released or held): dropping the claim does nothing
+    /// more.
+    pub(crate) fn settled(&mut self) {
+        self.running = None;
     }
 
     /// The fingerprint of the call's request.
@@ -46,11 +60,23 @@ impl HeldClaim {
 
 impl Drop for HeldClaim {
     fn drop(&mut self) {
+        let (key, fence) = (std::mem::take(&mut self.key), self.fence);
         if let Some(runtime) = self.unstarted.take() {
-            let (key, fence) = (std::mem::take(&mut self.key), self.fence);
-            runtime.release_in_background(key, move |store, key| async move {
-                store.release(&key, fence).await
-            });
+            runtime.in_background(
+                key,
+                move |store, key| async move { store.release(&key, fence).await },
+                observe::release_failed,
+            );
+        } else if let (Some(runtime), Some(hold)) = (self.running.take(), self.hold_unknown) {
+            runtime.in_background(
+                key,
+                move |store, key| async move {
+                    store.hold(&key, fence, hold).await?;
+                    observe::held(&key, fence, hold);
+                    Ok(())
+                },
+                observe::hold_failed,
+            );
         }
     }
 }
@@ -154,9 +180,10 @@ impl Idempotency {
         .await
     }
 
-    /// Runs `release` on a task of its own, for a claim dropped before its body started; with
-    /// no runtime to run it on, the claim lapses with its lease.
-    pub(super) fn release_in_background<R, Fut>(&self, key: String, release: R)
+    /// Runs a store operation on a task of its own (where a tokio runtime runs): for a claim
+    /// dropped before its end, whose caller is gone. A lapsed claim (`LeaseLost`) is not this
+    /// call's any more; other failures go to `failed`.
+    pub(super) fn in_background<R, Fut>(&self, key: String, operation: R, failed: fn(&Error))
     where
         R: FnOnce(Arc<dyn Store>, String) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), Error>> + Send + 'static,
@@ -166,10 +193,9 @@ impl Idempotency {
         };
         let store = self.inner.store.clone();
         runtime.spawn(async move {
-            match release(store, key).await {
-                // Lapsed and taken over meanwhile: not this claim's to release.
+            match operation(store, key).await {
                 Ok(()) | Err(Error::LeaseLost { .. }) => {}
-                Err(err) => observe::release_failed(&err),
+                Err(err) => failed(&err),
             }
         });
     }
