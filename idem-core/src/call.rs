@@ -168,9 +168,10 @@ impl Call {
 /// have happened, or may still be landing, so no other call may run the body meanwhile.
 ///
 /// A body that panics, or a call dropped mid-body (cancelled, timed out), sets its hold from a
-/// task of its own (where a tokio runtime runs). A process that dies cannot: its key is held
-/// for what its lease had left. So is a call in a database transaction (`transaction = conn`),
-/// whose claim commits without a record for one lease.
+/// task of its own (where a tokio runtime runs). A body whose claim lapsed before it ended is
+/// held under a fresh claim if the key is still free. A process that dies cannot set a hold:
+/// its key is held for what its lease had left. In a database transaction
+/// (`transaction = conn`) the hold commits with the claim.
 ///
 /// ```
 /// # use idem_core as idem; // what users of the `idem` crate write

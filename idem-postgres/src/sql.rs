@@ -35,6 +35,7 @@ pub(crate) struct Statements {
     pub(crate) count: SqlStr,
     pub(crate) evict: SqlStr,
     pub(crate) hold: SqlStr,
+    pub(crate) hold_in_transaction: SqlStr,
     pub(crate) resolve_release: SqlStr,
     pub(crate) resolve_record: SqlStr,
 }
@@ -367,6 +368,15 @@ impl Statements {
                  SELECT EXISTS (SELECT 1 FROM done), \
                    (SELECT state FROM {t} WHERE key = $1 AND fence = $2 \
                      AND lease_until > statement_timestamp())"
+            )),
+            // $1 key, $2 fence, $3 hold (ms). In the transaction that holds the claim.
+            hold_in_transaction: sql(format!(
+                "UPDATE {t} SET state = 2, attempt = NULL, \
+                   lease_until = greatest(lease_until, \
+                     statement_timestamp() + $3::bigint * interval '1 millisecond'), \
+                   expires_at = greatest(expires_at, \
+                     statement_timestamp() + $3::bigint * interval '1 millisecond') \
+                 WHERE key = $1 AND fence = $2 AND state = 0"
             )),
             resolve_release: sql(format!(
                 "WITH target AS ({held}) DELETE FROM {t} r USING target WHERE r.key = target.key"

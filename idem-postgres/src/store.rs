@@ -410,6 +410,27 @@ impl PostgresStore {
         }
     }
 
+    /// Holds, inside the transaction that holds it, the claim `fence` (an unknown outcome).
+    pub(crate) async fn hold_on(
+        &self,
+        connection: &mut PgConnection,
+        key: &str,
+        fence: Fence,
+        hold: Duration,
+    ) -> Result<(), Error> {
+        let held = sqlx::query(self.sql.hold_in_transaction.clone())
+            .bind(key.as_bytes())
+            .bind(fence_value(key, fence)?)
+            .bind(millis(hold.min(MAX_DURATION)))
+            .execute(connection)
+            .await
+            .map_err(|err| store_error("hold", &err, false))?;
+        match held.rows_affected() {
+            1 => Ok(()),
+            _ => Err(Error::lease_lost(key)),
+        }
+    }
+
     /// Takes over, inside a transaction, the lapsed claim or expired record a claim read (under
     /// `fence`): the new fence, or `None` if the row changed meanwhile.
     async fn take_over(

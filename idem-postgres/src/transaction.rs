@@ -136,6 +136,16 @@ impl TransactionalStore for PostgresStore {
         self.extend_on(connection, key, fence, lease).await
     }
 
+    async fn hold_in(
+        &self,
+        connection: &mut PgConnection,
+        key: &str,
+        fence: Fence,
+        hold: Duration,
+    ) -> Result<(), Error> {
+        self.hold_on(connection, key, fence, hold).await
+    }
+
     async fn wait_in(
         &self,
         connection: &mut PgConnection,

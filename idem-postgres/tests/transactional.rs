@@ -1650,3 +1650,46 @@ async fn a_lost_reply_to_an_unknown_outcome_s_hold_is_not_recorded() {
         }
     }
 }
+
+/// `UnknownHold::UntilResolved` holds the key from inside the call's own transaction too: past
+/// its lease, calls get `OutcomeUnknown` without running the body, and an operator sees the key
+/// as unknown and can resolve it (a reviewer saw the key run again after one lease, shown as in
+/// flight, when transactional calls ignored the hold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_outcome_is_held_until_resolved_in_a_transaction_too() {
+    use idem_core::admin::{ActionOutcome, KeyState, Resolution, StoreAdmin};
+    let db = db().await;
+    let lease = Duration::from_millis(400);
+    let idem = db
+        .idem
+        .clone()
+        .with_lease(lease)
+        .with_unknown_hold(idem_core::UnknownHold::UntilResolved);
+    let mut connection = db.connection().await;
+    let unknown = unknown_outcome(&idem, &mut connection, &db.ledger, "k", Duration::ZERO).await;
+    assert!(matches!(unknown, Err(AppError::Declined)), "{unknown:?}");
+    tokio::time::sleep(lease * 3).await;
+    let again = unknown_outcome(&idem, &mut connection, &db.ledger, "k", Duration::ZERO).await;
+    assert!(
+        matches!(again, Err(AppError::Idem(Error::OutcomeUnknown { .. }))),
+        "{again:?}"
+    );
+    assert_eq!(db.rows("k").await, 0, "no body's write remains");
+    let store = idem.store_as::<PostgresStore>().unwrap();
+    let key = idem.store_key("charge", "k").unwrap();
+    let info = store.inspect(&key).await.unwrap().unwrap();
+    assert_eq!(info.summary.state, KeyState::Unknown);
+    let released = store
+        .resolve(&key, info.summary.fence, Resolution::Release)
+        .await
+        .unwrap();
+    assert_eq!(released, ActionOutcome::Applied);
+    let ledger = db.ledger.clone();
+    let ran: Result<i64, AppError> =
+        run_in_transaction!(&idem, call("k"), &mut connection, async move |connection| {
+            insert(connection, &ledger, "k").await
+        },)
+        .await;
+    assert!(ran.is_ok(), "{ran:?}");
+    assert_eq!(db.rows("k").await, 1, "released, the next call ran once");
+}

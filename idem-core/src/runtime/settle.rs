@@ -34,16 +34,7 @@ impl Idempotency {
             // An unknown outcome: the claim lapses with its lease, or is held longer.
             End::KeepClaim => {
                 if let Some(hold) = claim.hold_unknown {
-                    let held = self
-                        .retrying("hold", None, || store.hold(&claim.key, claim.fence, hold))
-                        .await;
-                    match held {
-                        Ok(()) => observe::held(&claim.key, claim.fence, hold),
-                        // Lapsed (and maybe taken over): there is no claim left to hold.
-                        Err(Error::LeaseLost { .. }) => {}
-                        // The claim lapses with its lease, as without a hold.
-                        Err(err) => observe::hold_failed(&err),
-                    }
+                    self.hold(claim, hold).await;
                 }
                 return Ok(Settled::Mine);
             }
@@ -73,6 +64,42 @@ impl Idempotency {
             Ok(()) => Ok(Settled::Mine),
             Err(Error::LeaseLost { .. }) => self.record_after_lapse(claim, &record).await,
             Err(err) => Err(not_recorded(claim.key.clone(), err)),
+        }
+    }
+
+    /// Holds the key of a call whose outcome is unknown. If its claim lapsed first (a body
+    /// longer than `max_hold`, renewals that failed), the key is claimed afresh and held under
+    /// that claim, as a late record is: the effect may have happened all the same. If another
+    /// call holds or recorded the key meanwhile, it is theirs. A hold that fails leaves the
+    /// claim to lapse with its lease, as without a hold.
+    async fn hold(&self, claim: &HeldClaim, hold: std::time::Duration) {
+        let store = &self.inner.store;
+        let mut fence = claim.fence;
+        let mut held = self
+            .retrying("hold", None, || store.hold(&claim.key, fence, hold))
+            .await;
+        if let Err(Error::LeaseLost { .. }) = held {
+            let request = ClaimRequest::new(
+                &claim.key,
+                AttemptId::random(),
+                &claim.fingerprint,
+                claim.lease,
+            );
+            held = match self.retrying("claim", None, || store.claim(request)).await {
+                Ok(ClaimOutcome::Acquired { fence: fresh, .. }) => {
+                    fence = fresh;
+                    self.retrying("hold", None, || store.hold(&claim.key, fence, hold))
+                        .await
+                }
+                // Another call's claim, hold or record: the key is not this call's any more.
+                Ok(_) => return,
+                Err(err) => Err(err),
+            };
+        }
+        match held {
+            Ok(()) => observe::held(&claim.key, fence, hold),
+            Err(Error::LeaseLost { .. }) => {}
+            Err(err) => observe::hold_failed(&err),
         }
     }
 

@@ -112,6 +112,20 @@ pub trait TransactionalStore: Store {
         lease: Duration,
     ) -> Result<(), Error>;
 
+    /// Holds the claim `fence` holds in this transaction (its outcome is unknown) for `hold`
+    /// from now, as [`Store::hold`](crate::Store::hold) does: it commits held, without a
+    /// record, and claims get [`ClaimOutcome::Held`] until the hold lapses or an operator
+    /// resolves the key. The default extends the claim's lease to `hold` instead.
+    async fn hold_in(
+        &self,
+        connection: &mut Self::Connection,
+        key: &str,
+        fence: Fence,
+        hold: Duration,
+    ) -> Result<(), Error> {
+        self.extend_in(connection, key, fence, hold).await
+    }
+
     /// The claim `fence` on `key`, granted by [`claim_in`](Self::claim_in), ended. `abandoned`
     /// is `Some(lease)` when it was dropped unfinished: its transaction rolls back only when its
     /// connection is used again, which a caller that keeps the connection may never do. A store

@@ -137,8 +137,8 @@ where
     }
 
     /// An unknown outcome: the database writes are undone, but effects elsewhere may have
-    /// started, so the claim commits without a record and holds the key until its lease lapses,
-    /// as outside a transaction. It never left this transaction, so no duplicate can slip in
+    /// started, so the claim commits without a record and holds the key until its lease lapses
+    /// (or as the call's `UnknownHold` says), as outside a transaction. It never left this transaction, so no duplicate can slip in
     /// between.
     async fn hold(&self, mut open: Open<'_, '_, S>) -> Result<(), Error> {
         let (store, call) = (open.store, &self.call);
@@ -149,9 +149,19 @@ where
                 .rollback_to_savepoint(&mut open.transaction, &name)
                 .await
         );
-        let extended = store
-            .extend_in(&mut open.transaction, &call.key, self.fence, call.lease)
-            .await;
+        let extended = match call.hold_unknown {
+            Some(hold) => {
+                let hold = hold.max(call.lease);
+                store
+                    .hold_in(&mut open.transaction, &call.key, self.fence, hold)
+                    .await
+            }
+            None => {
+                store
+                    .extend_in(&mut open.transaction, &call.key, self.fence, call.lease)
+                    .await
+            }
+        };
         or_roll_back!(open, extended);
         match open.commit().await {
             // (A step before the COMMIT that failed, indeterminately or not, was rolled back with
