@@ -64,9 +64,12 @@ pub(crate) enum Command {
     Evict {
         #[command(flatten)]
         key: KeyArg,
-        /// Evict only if the key still holds this fence (the one `show` printed).
-        #[arg(long)]
+        /// Evict only if the key is still in STATE under this fence (what `show` printed).
+        #[arg(long, requires = "state")]
         fence: Option<u64>,
+        /// Evict only if the key is still in this state under FENCE (what `show` printed).
+        #[arg(long, requires = "fence", value_parser = parse_state)]
+        state: Option<KeyState>,
     },
     /// Resolves a key held with an unknown outcome, once you know whether its effect happened.
     #[command(group(clap::ArgGroup::new("resolution").required(true).args(["release", "record"])))]
@@ -77,14 +80,15 @@ pub(crate) enum Command {
         #[arg(long)]
         release: bool,
         /// The effect happened, with this result (JSON, as the handler returns it): record it,
-        /// so that every delivery replays it.
+        /// so that every delivery replays it. (The HTTP layer's keys record whole responses in
+        /// a format of their own: release those instead.)
         #[arg(long, value_name = "JSON")]
         record: Option<String>,
         /// Record the result as the handler's `Err` (for handlers that record errors).
         #[arg(long, requires = "record")]
         error: bool,
         /// How long to keep the record.
-        #[arg(long, default_value = "24h", value_parser = parse_duration, requires = "record")]
+        #[arg(long, default_value = "24h", value_parser = parse_positive_duration, requires = "record")]
         retention: Duration,
         /// Resolve only if the key still holds this fence (the one `show` printed).
         #[arg(long)]
@@ -94,8 +98,8 @@ pub(crate) enum Command {
     Stats,
     /// Checks that the store answers: exit code 0 when it does within the timeout.
     Ping {
-        /// How long to wait for the answer.
-        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        /// How long to wait for the connection and the answer.
+        #[arg(long, default_value = "2s", value_parser = parse_positive_duration)]
         timeout: Duration,
     },
 }
@@ -126,6 +130,10 @@ fn parse_state(text: &str) -> Result<KeyState, String> {
         .map_err(|err: idem_core::Error| err.to_string())
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|err| err.to_string())
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("it must be more than zero".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(err) => Err(err.to_string()),
+    }
 }

@@ -32,9 +32,29 @@ impl Status {
 
 /// Runs the command of `args`, writing what it prints to `out`.
 pub(crate) async fn run(args: &Args, out: &mut dyn Write) -> Result<Status, Error> {
+    let mut output = Output::new(out, args.json);
+    if let Command::Ping { timeout } = &args.command {
+        // The connection counts against the timeout too: a store that does not answer may
+        // not accept one either.
+        let started = std::time::Instant::now();
+        let answered = tokio::time::timeout(*timeout, async {
+            connect(args).await?.ping(*timeout).await
+        })
+        .await;
+        return match answered {
+            Ok(Ok(_)) => {
+                output.pong(started.elapsed())?;
+                Ok(Status::Done)
+            }
+            Ok(Err(err)) => Err(err),
+            Err(_) => Err(Error::store(
+                "ping",
+                format!("the store did not answer within {timeout:?}"),
+            )),
+        };
+    }
     let store = connect(args).await?;
     let store: &dyn Backend = &*store;
-    let mut output = Output::new(out, args.json);
     match &args.command {
         Command::List {
             state,
@@ -80,19 +100,19 @@ pub(crate) async fn run(args: &Args, out: &mut dyn Write) -> Result<Status, Erro
                 }
             }
         }
-        Command::Evict { key, fence } => {
+        Command::Evict { key, fence, state } => {
             let key = key.store_key(&args.key_prefix)?;
-            let fence = match fence {
-                Some(fence) => Fence(*fence),
-                None => match store.inspect(&key).await? {
-                    Some(info) => info.summary.fence,
+            let (fence, state) = match (fence, state) {
+                (Some(fence), Some(state)) => (Fence(*fence), *state),
+                _ => match store.inspect(&key).await? {
+                    Some(info) => (info.summary.fence, info.summary.state),
                     None => {
                         output.absent(&key)?;
                         return Ok(Status::Absent);
                     }
                 },
             };
-            let outcome = store.evict(&key, fence).await?;
+            let outcome = store.evict(&key, fence, state).await?;
             output.evicted(&key, fence, outcome)?;
             Ok(match outcome {
                 ActionOutcome::Applied => Status::Done,
@@ -144,10 +164,7 @@ pub(crate) async fn run(args: &Args, out: &mut dyn Write) -> Result<Status, Erro
             output.counts(&counts)?;
             Ok(Status::Done)
         }
-        Command::Ping { timeout } => {
-            let took = store.ping(*timeout).await?;
-            output.pong(took)?;
-            Ok(Status::Done)
-        }
+        // Answered above, before connecting.
+        Command::Ping { .. } => Ok(Status::Done),
     }
 }

@@ -7,8 +7,9 @@
 //! idem --store redis://127.0.0.1:6379 stats --json
 //! ```
 //!
-//! Exit codes: 0 done; 1 the store failed or refused (the message says why); 2 the command line
-//! is wrong; 3 the key is absent; 4 the key changed since it was read, so nothing was done.
+//! Exit codes: 0 done; 1 the store failed (the message says why); 2 the command line or an
+//! option is wrong; 3 the key is absent; 4 the key changed since it was read, or is not in the
+//! state the command needs (only a held key can be resolved), so nothing was done.
 
 mod args;
 mod commands;
@@ -38,7 +39,12 @@ fn main() -> ExitCode {
         Ok(status) => status.code(),
         Err(err) => {
             eprintln!("idem: {}", describe(&err));
-            ExitCode::FAILURE
+            match err {
+                idem_core::Error::InvalidOption { .. } | idem_core::Error::InvalidKey { .. } => {
+                    ExitCode::from(2)
+                }
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -35,7 +35,7 @@ impl<'a> Output<'a> {
         }
         let width = keys
             .iter()
-            .map(|summary| summary.key.chars().count())
+            .map(|summary| printable(&summary.key).chars().count())
             .max()
             .unwrap_or(0)
             .max(3);
@@ -46,7 +46,7 @@ impl<'a> Output<'a> {
         for summary in keys {
             text.push_str(&format!(
                 "{:width$}  {:9}  {:>16}  {}\n",
-                summary.key,
+                printable(&summary.key),
                 summary.state.as_str(),
                 summary.fence.0,
                 time_left(summary),
@@ -97,7 +97,7 @@ impl<'a> Output<'a> {
         }
         let mut text = format!(
             "key          {}\nstate        {}\nfence        {}\n{:12} {}\nfingerprint  {}\n",
-            summary.key,
+            printable(&summary.key),
             summary.state,
             summary.fence.0,
             match summary.state {
@@ -137,6 +137,7 @@ impl<'a> Output<'a> {
         if self.json {
             return self.json_line(&json!({ "key": key, "state": null }));
         }
+        let key = printable(key);
         self.text(&format!(
             "{key}: absent (never claimed, released, evicted, or its lease or retention lapsed)\n"
         ))
@@ -152,6 +153,7 @@ impl<'a> Output<'a> {
         if self.json {
             return self.json_line(&json!({ "key": key, "fence": fence.0, "evicted": evicted }));
         }
+        let key = printable(key);
         self.text(&if evicted {
             format!("evicted {key} (fence {fence}): the next delivery runs the body\n")
         } else {
@@ -185,7 +187,10 @@ impl<'a> Output<'a> {
                 summary.state
             )
         };
-        self.text(&format!("not resolved: {}: {why}\n", summary.key))
+        self.text(&format!(
+            "not resolved: {}: {why}\n",
+            printable(&summary.key)
+        ))
     }
 
     pub(crate) fn resolved(
@@ -204,6 +209,7 @@ impl<'a> Output<'a> {
                 "resolution": if released { "released" } else { "recorded" },
             }));
         }
+        let key = printable(key);
         self.text(&match (resolved, released) {
             (true, true) => {
                 format!("released {key} (fence {fence}): the next delivery runs the body\n")
@@ -252,6 +258,16 @@ impl<'a> Output<'a> {
     }
 }
 
+/// A key as text a terminal shows as it is: control characters escaped, so that no key can
+/// move the cursor or forge a line of the output.
+fn printable(key: &str) -> std::borrow::Cow<'_, str> {
+    if key.chars().any(char::is_control) {
+        std::borrow::Cow::Owned(key.escape_debug().to_string())
+    } else {
+        std::borrow::Cow::Borrowed(key)
+    }
+}
+
 /// A recorded value as JSON: itself when it parses, otherwise its text.
 fn json_value(value: &[u8]) -> Value {
     serde_json::from_slice(value)
@@ -289,6 +305,15 @@ mod tests {
         assert_eq!(human(Duration::from_millis(250)), "250ms");
         assert_eq!(human(Duration::from_millis(90_500)), "1m 30s");
         assert_eq!(human(Duration::from_secs(86_400 + 7_200)), "1day 2h");
+    }
+
+    #[test]
+    fn keys_cannot_drive_the_terminal() {
+        assert_eq!(printable("idem:ns:a b"), "idem:ns:a b");
+        assert_eq!(
+            printable("idem:ns:x\u{1b}[31mRED\rFAKE\n"),
+            "idem:ns:x\\u{1b}[31mRED\\rFAKE\\n"
+        );
     }
 
     #[test]

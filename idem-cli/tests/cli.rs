@@ -159,7 +159,18 @@ async fn tour(url: &str, store: Arc<dyn Store>) {
 
     // A fence the key no longer holds changes nothing (exit 4); the fence read evicts it.
     let stale = (fence - 1).to_string();
-    let refused = command(url, &["evict", "charge", "order-2", "--fence", &stale]);
+    let refused = command(
+        url,
+        &[
+            "evict",
+            "charge",
+            "order-2",
+            "--fence",
+            &stale,
+            "--state",
+            "completed",
+        ],
+    );
     assert_eq!(refused.code, 4, "{}{}", refused.stdout, refused.stderr);
     assert_eq!(charge(&runtime, 2, &runs).await, 2);
     assert_eq!(runs.load(Ordering::SeqCst), 3, "a refused eviction replays");
@@ -212,7 +223,7 @@ async fn the_command_on_postgres() {
 #[test]
 fn bad_input_exits_with_a_message_not_a_panic() {
     let unknown = command("mysql://x@y/z", &["stats"]);
-    assert_eq!(unknown.code, 1);
+    assert_eq!(unknown.code, 2, "a wrong option: {}", unknown.stderr);
     assert!(
         unknown.stderr.contains("must be a redis://"),
         "{}",
@@ -378,7 +389,7 @@ async fn unknown_outcome_held_until_resolved(url: &str, store: Arc<dyn Store>) {
 
     // w-2: the bank says 70 moved. Record that; it is every delivery's answer.
     let not_json = command(url, &["resolve", "withdraw", "w-2", "--record", "{seventy"]);
-    assert_eq!(not_json.code, 1, "{}", not_json.stderr);
+    assert_eq!(not_json.code, 2, "{}", not_json.stderr);
     assert!(
         not_json.stderr.contains("--record is not JSON"),
         "{}",
@@ -417,4 +428,37 @@ async fn an_unknown_outcome_on_postgres_is_held_until_the_command_resolves_it() 
     let store = idem_postgres::PostgresStore::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
     unknown_outcome_held_until_resolved(&url, Arc::new(store)).await;
+}
+
+/// A store that accepts connections and never answers: `ping` fails within its timeout,
+/// connection included, with exit code 1.
+#[test]
+fn ping_gives_up_on_a_silent_store_within_its_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepted and held open, never answered.
+    let held = std::thread::spawn(move || {
+        let accepted: Vec<_> = listener.incoming().take(4).collect();
+        std::thread::sleep(Duration::from_secs(5));
+        drop(accepted);
+    });
+    let started = std::time::Instant::now();
+    let silent = command(
+        &format!("redis://127.0.0.1:{port}"),
+        &["ping", "--timeout", "700ms"],
+    );
+    let took = started.elapsed();
+    assert_eq!(silent.code, 1, "{}", silent.stderr);
+    assert!(
+        silent.stderr.contains("did not answer within") || silent.stderr.contains("timed out"),
+        "{}",
+        silent.stderr
+    );
+    assert!(took < Duration::from_secs(4), "gave up after {took:?}");
+    let zero = command(
+        &format!("redis://127.0.0.1:{port}"),
+        &["ping", "--timeout", "0s"],
+    );
+    assert_eq!(zero.code, 2, "a zero timeout is refused: {}", zero.stderr);
+    drop(held);
 }

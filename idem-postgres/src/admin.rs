@@ -89,14 +89,9 @@ impl StoreAdmin for PostgresStore {
             .then(|| i32::try_from(query.head().len() + 1).unwrap_or(i32::MAX));
         let state = match query.state() {
             None => None,
-            Some(KeyState::InFlight) => Some(0i16),
-            Some(KeyState::Completed) => Some(1i16),
-            Some(KeyState::Unknown) => Some(2i16),
-            Some(other) => {
-                return Err(Error::invalid_option(format!(
-                    "this store cannot list keys that are {other}"
-                )))
-            }
+            Some(state) => Some(state_value(state).ok_or_else(|| {
+                Error::invalid_option(format!("this store cannot list keys that are {state}"))
+            })?),
         };
         let limit = query.limit();
         let rows = sqlx::query(self.sql.list.clone())
@@ -109,18 +104,20 @@ impl StoreAdmin for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .map_err(|err| store_error("list", &err, false))?;
-        let mut keys = rows
-            .iter()
-            .map(summary)
-            .collect::<Result<Vec<_>, Error>>()?;
-        let next = (keys.len() > limit).then(|| {
-            keys.truncate(limit);
-            Cursor::new(
-                keys.last()
-                    .map(|last| hex(last.key.as_bytes()))
-                    .unwrap_or_default(),
-            )
-        });
+        // The page is the first `limit` rows (the one after says whether another follows); a
+        // row left out still moves the cursor past it.
+        let page = &rows[..rows.len().min(limit)];
+        let mut keys = Vec::with_capacity(page.len());
+        for row in page {
+            keys.extend(summary(row)?);
+        }
+        let next = match page.last() {
+            Some(last) if rows.len() > limit => {
+                let key: Vec<u8> = column("(listed key)", last, 0)?;
+                Some(Cursor::new(hex(&key)))
+            }
+            _ => None,
+        };
         Ok(KeyPage::new(keys, next))
     }
 
@@ -138,13 +135,19 @@ impl StoreAdmin for PostgresStore {
         Ok(counts)
     }
 
-    async fn evict(&self, key: &str, fence: Fence) -> Result<ActionOutcome, Error> {
-        let Ok(fence_value) = fence_value(key, fence) else {
+    async fn evict(
+        &self,
+        key: &str,
+        fence: Fence,
+        state: KeyState,
+    ) -> Result<ActionOutcome, Error> {
+        let (Ok(fence_value), Some(state)) = (fence_value(key, fence), state_value(state)) else {
             return Ok(ActionOutcome::Changed);
         };
         let deleted = sqlx::query(self.sql.evict.clone())
             .bind(key.as_bytes())
             .bind(fence_value)
+            .bind(state)
             .execute(&self.pool)
             .await
             .map_err(|err| store_error("evict", &err, true))?;
@@ -162,6 +165,7 @@ impl StoreAdmin for PostgresStore {
         fence: Fence,
         resolution: Resolution,
     ) -> Result<ActionOutcome, Error> {
+        resolution.check()?;
         let Ok(fence_value) = fence_value(key, fence) else {
             return Ok(ActionOutcome::Changed);
         };
@@ -199,6 +203,16 @@ impl StoreAdmin for PostgresStore {
     }
 }
 
+/// The `state` column of a key in `state`.
+fn state_value(state: KeyState) -> Option<i16> {
+    match state {
+        KeyState::InFlight => Some(0),
+        KeyState::Completed => Some(1),
+        KeyState::Unknown => Some(2),
+        _ => None,
+    }
+}
+
 /// An action's outcome from the rows it changed, reported when it applied.
 fn applied(rows: u64, action: Action, key: &str, fence: Fence) -> ActionOutcome {
     if rows == 1 {
@@ -209,15 +223,14 @@ fn applied(rows: u64, action: Action, key: &str, fence: Fence) -> ActionOutcome 
     }
 }
 
-/// A listed row: key, state, fence, time left.
-fn summary(row: &PgRow) -> Result<KeySummary, Error> {
+/// A listed row: key, state, fence, time left. A key that is not UTF-8 is no key idem wrote
+/// (its keys are text): it is left out, as Redis listings leave out values that are not idem's,
+/// rather than stop every listing at it.
+fn summary(row: &PgRow) -> Result<Option<KeySummary>, Error> {
     let key: Vec<u8> = column("(listed key)", row, 0)?;
-    let key = String::from_utf8(key).map_err(|err| {
-        Error::corrupt(
-            hex(err.as_bytes()),
-            "its key is not UTF-8, so idem did not write it",
-        )
-    })?;
+    let Ok(key) = String::from_utf8(key) else {
+        return Ok(None);
+    };
     let state = match column::<i16>(&key, row, 1)? {
         0 => KeyState::InFlight,
         2 => KeyState::Unknown,
@@ -225,7 +238,7 @@ fn summary(row: &PgRow) -> Result<KeySummary, Error> {
     };
     let fence = fence_of(&key, row, 2)?;
     let left = time_left(&key, row, 3)?;
-    Ok(KeySummary::new(key, state, fence, left))
+    Ok(Some(KeySummary::new(key, state, fence, left)))
 }
 
 fn fence_of(key: &str, row: &PgRow, index: usize) -> Result<Fence, Error> {

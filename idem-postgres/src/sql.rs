@@ -387,10 +387,10 @@ impl Statements {
                    expires_at = statement_timestamp() + $4::bigint * interval '1 millisecond' \
                  FROM target WHERE r.key = target.key"
             )),
-            // $1 key, $2 fence. A row that a transaction holds locked is left alone.
+            // $1 key, $2 fence, $3 state. A row that a transaction holds locked is left alone.
             evict: sql(format!(
                 "WITH target AS (SELECT r.key FROM {t} r WHERE r.key = $1 AND r.fence = $2 \
-                   AND {live} FOR UPDATE SKIP LOCKED) \
+                   AND r.state = $3 AND {live} FOR UPDATE SKIP LOCKED) \
                  DELETE FROM {t} r USING target WHERE r.key = target.key"
             )),
             table: table.to_owned(),

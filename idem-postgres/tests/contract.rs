@@ -8,6 +8,8 @@
 
 use idem_core::admin::StoreAdmin;
 use idem_core::testing::{AdminFixture, Fixture};
+use std::time::Duration;
+
 use idem_core::Store;
 use idem_postgres::PostgresStore;
 use idem_test_servers::PostgresServer;
@@ -69,5 +71,48 @@ async fn connection_errors_do_not_show_the_password() {
             !shown.contains("hunter2") && !shown.contains("hunt/er2"),
             "{shown}"
         );
+    }
+}
+
+/// A row idem did not write (its key is not UTF-8, which no idem key is) is left out of
+/// listings, and pages go on past it, instead of every listing stopping at it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_row_does_not_stop_a_listing() {
+    use idem_core::admin::{ListQuery, StoreAdmin};
+    use idem_core::{AttemptId, ClaimRequest};
+    let served = fresh_store().await;
+    let store = &served.store;
+    for key in ["ns:a", "ns:c"] {
+        let request = ClaimRequest::new(key, AttemptId::random(), b"", Duration::from_secs(60));
+        store.claim(request).await.unwrap();
+    }
+    // Between the two in key order, as a pending claim.
+    let table = store
+        .schema_sql()
+        .split("CREATE TABLE IF NOT EXISTS ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {table} (key, state, fence, attempt, fingerprint, record, lease_until, \
+           expires_at) VALUES ('\\x6e733a62ff'::bytea, 0, 99, NULL, '', NULL, \
+           now() + interval '1 minute', now() + interval '1 minute')"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    for limit in [1, 2, 10] {
+        let mut query = ListQuery::new().starting_with("ns:").with_limit(limit);
+        let mut keys = Vec::new();
+        loop {
+            let page = store.list(&query).await.unwrap();
+            keys.extend(page.keys.into_iter().map(|summary| summary.key));
+            match page.next {
+                Some(next) => query = query.after(next),
+                None => break,
+            }
+        }
+        assert_eq!(keys, ["ns:a", "ns:c"], "limit {limit}");
     }
 }

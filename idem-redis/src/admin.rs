@@ -139,7 +139,18 @@ where
         Ok(counts)
     }
 
-    async fn evict(&self, key: &str, fence: Fence) -> Result<ActionOutcome, Error> {
+    async fn evict(
+        &self,
+        key: &str,
+        fence: Fence,
+        state: KeyState,
+    ) -> Result<ActionOutcome, Error> {
+        let kind: &[u8] = match state {
+            KeyState::InFlight => b"P",
+            KeyState::Completed => b"R",
+            KeyState::Unknown => b"U",
+            _ => return Ok(ActionOutcome::Changed),
+        };
         let keys = self.keys(key);
         let fence_text = fence.to_string();
         let reply = self
@@ -147,7 +158,7 @@ where
                 "evict",
                 &keys,
                 &EVICT,
-                &[fence_text.as_bytes(), keys.channel.as_bytes()],
+                &[fence_text.as_bytes(), keys.channel.as_bytes(), kind],
             )
             .await?;
         self.acted("evict", Action::Evicted, (key, fence), &keys, &reply)
@@ -160,6 +171,7 @@ where
         fence: Fence,
         resolution: Resolution,
     ) -> Result<ActionOutcome, Error> {
+        resolution.check()?;
         let keys = self.keys(key);
         let fence_text = fence.to_string();
         let mut args: Vec<Vec<u8>> =

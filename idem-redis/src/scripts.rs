@@ -194,9 +194,10 @@ return 'OK'
     )
 });
 
-/// KEYS: state, fence. ARGV: fence, channel. Returns 'OK' | 'CHANGED'.
+/// KEYS: state, fence. ARGV: fence, channel, kind (`P`, `R` or `U`). Returns 'OK' | 'CHANGED'.
 ///
-/// An operator's eviction of a claim or a record that still holds this fence. It leaves
+/// An operator's eviction of a claim, a record or a hold that is still of this kind under this
+/// fence (a record or a hold keeps its claim's fence). It leaves
 /// `F:<fence>`, as a release does, for at most a second (or less, what the key had left): until
 /// it goes, claims go through the claim script and get a greater fence; after, a fast claim's
 /// fence, the server's time, is more than the store's error bound past this one.
@@ -205,7 +206,7 @@ pub(crate) static EVICT: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local v, kind, fence = read_state()
 if type(v) == 'table' then return v end
-if not v or kind == 'F' or fence ~= ARGV[1] then return 'CHANGED' end
+if not v or kind ~= ARGV[3] or fence ~= ARGV[1] then return 'CHANGED' end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 1000 or ttl < 0 then
   redis.call('SET', KEYS[1], 'F:' .. fence, 'PX', 1000)
@@ -250,8 +251,11 @@ local v, kind, fence = read_state()
 if type(v) == 'table' then return v end
 if not v or kind ~= 'U' or fence ~= ARGV[1] then return 'CHANGED' end
 if ARGV[3] then
-  redis.call('SET', KEYS[1], 'R:' .. fence .. ':' .. ARGV[3], 'PX', ARGV[4])
-  keep_fence(ARGV[4])
+  -- Kept at least a second, as a release's marker is: a fast claim's fence after it is then
+  -- past this one whatever the clock error the store accepts.
+  local keep = math.max(tonumber(ARGV[4]), 1000)
+  redis.call('SET', KEYS[1], 'R:' .. fence .. ':' .. ARGV[3], 'PX', keep)
+  keep_fence(keep)
 else
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl > 1000 or ttl < 0 then

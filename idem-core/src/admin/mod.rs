@@ -6,8 +6,8 @@
 //! being able to claim. Every store idem ships implements it, and the contract suite
 //! (`idem::testing`, feature `testing`) checks it.
 //!
-//! Everything an operator changes is fenced: [`StoreAdmin::evict`] names the fence it read, and
-//! a key claimed or recorded again since is left alone.
+//! Everything an operator changes is fenced: [`StoreAdmin::evict`] names the state and fence it
+//! read, and a key claimed, recorded or held since is left alone.
 //!
 //! ```
 //! # use idem_core as idem; // what users of the `idem` crate write
@@ -270,6 +270,26 @@ pub enum Resolution {
     },
 }
 
+impl Resolution {
+    /// Refuses a resolution no store should apply: a record kept for no time (the key would
+    /// be free at once, and the next delivery would run the body the operator said had run) or
+    /// for longer than [`MAX_DURATION`](crate::MAX_DURATION). Stores call it first.
+    pub fn check(&self) -> Result<(), Error> {
+        match self {
+            Self::Record { retention, .. }
+                if retention.is_zero() || *retention > crate::MAX_DURATION =>
+            {
+                Err(Error::invalid_option(format!(
+                    "a resolution's record is kept for {retention:?}, but it must be kept for \
+                     more than zero and at most {} days",
+                    crate::MAX_DURATION.as_secs() / 86_400
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// What an operator did, for [`report`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -322,11 +342,14 @@ pub trait StoreAdmin: Send + Sync + 'static {
     /// paths.
     async fn count(&self) -> Result<StateCounts, Error>;
 
-    /// Drops `key` if it still holds `fence` (the fence an operator read), so that the next
-    /// delivery runs the body. A key in flight is evicted too: its holder's record is then
-    /// refused (its fence is no longer current), but its body may still be running; evict a
-    /// key in flight only when its holder is known to be gone.
-    async fn evict(&self, key: &str, fence: Fence) -> Result<ActionOutcome, Error>;
+    /// Drops `key` if it is still in `state` under `fence` (what an operator read: a record or
+    /// a hold keeps its claim's fence, so the state tells them apart), so that the next
+    /// delivery runs the body. A key in flight is evicted too, but its body may still be
+    /// running: the next delivery may then run alongside it, and its holder may still record
+    /// its result (under a fresh claim, if the key is free when it ends). Evict a key in flight
+    /// only when its holder is known to be gone.
+    async fn evict(&self, key: &str, fence: Fence, state: KeyState)
+        -> Result<ActionOutcome, Error>;
 
     /// Resolves `key`, held with an unknown outcome by the call of `fence`: releases it, or
     /// records the result an operator supplies. A key that is not held under `fence` is left
@@ -358,8 +381,13 @@ impl<S: StoreAdmin + ?Sized> StoreAdmin for std::sync::Arc<S> {
         (**self).count().await
     }
 
-    async fn evict(&self, key: &str, fence: Fence) -> Result<ActionOutcome, Error> {
-        (**self).evict(key, fence).await
+    async fn evict(
+        &self,
+        key: &str,
+        fence: Fence,
+        state: KeyState,
+    ) -> Result<ActionOutcome, Error> {
+        (**self).evict(key, fence, state).await
     }
 
     async fn resolve(

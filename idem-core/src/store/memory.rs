@@ -472,14 +472,6 @@ impl Entry {
         };
         (until > now).then(|| KeySummary::new(key.to_owned(), state, fence, until - now))
     }
-
-    fn fence(&self) -> Fence {
-        match self {
-            Self::Pending { fence, .. }
-            | Self::Completed { fence, .. }
-            | Self::Held { fence, .. } => *fence,
-        }
-    }
 }
 
 /// Lists keys in the order of their text: a cursor is the last key of a page.
@@ -530,11 +522,20 @@ impl StoreAdmin for MemoryStore {
         Ok(counts)
     }
 
-    async fn evict(&self, key: &str, fence: Fence) -> Result<ActionOutcome, Error> {
+    async fn evict(
+        &self,
+        key: &str,
+        fence: Fence,
+        state: KeyState,
+    ) -> Result<ActionOutcome, Error> {
         let now = self.clock.now();
         let mut shard = self.shard(key, now);
+        let read = shard
+            .entries
+            .get(key)
+            .and_then(|entry| entry.summary(key, now));
         match shard.entries.get(key) {
-            Some(entry) if entry.is_live(now) && entry.fence() == fence => {
+            Some(entry) if read.is_some_and(|read| read.fence == fence && read.state == state) => {
                 entry.wake_waiters();
                 shard.entries.remove(key);
                 report(Action::Evicted, key, fence);
@@ -550,6 +551,7 @@ impl StoreAdmin for MemoryStore {
         fence: Fence,
         resolution: Resolution,
     ) -> Result<ActionOutcome, Error> {
+        resolution.check()?;
         let now = self.clock.now();
         let mut shard = self.shard(key, now);
         let held = matches!(

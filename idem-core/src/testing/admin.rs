@@ -96,7 +96,7 @@ pub async fn inspect_shows_a_foreign_record(fixture: &dyn AdminFixture, key: &st
         "the record is reported corrupt when decoded"
     );
     assert_eq!(
-        must(admin.evict(key, fence).await, "evict"),
+        must(admin.evict(key, fence, KeyState::Completed).await, "evict"),
         ActionOutcome::Applied
     );
 }
@@ -178,21 +178,41 @@ async fn list_all(admin: &dyn StoreAdmin, query: &ListQuery) -> BTreeSet<String>
     panic!("the listing did not end within 1000 pages");
 }
 
-/// Eviction is fenced: with a fence the key no longer holds nothing changes; with its fence a
-/// record is dropped and the next claim runs; a claim in flight is dropped, its holder can no
-/// longer record, and the next claim's fence is greater.
+/// Eviction is fenced by the state and fence read: with a fence the key no longer holds, or
+/// once the key read in flight was recorded or held since (a record and a hold keep the claim's
+/// fence), nothing changes; with what it holds, a record is dropped and the next claim runs; a
+/// claim in flight is dropped, its holder can no longer record under it, and the next claim's
+/// fence is greater.
 pub async fn evict_is_fenced(fixture: &dyn AdminFixture, key: &str) {
     let (store, admin) = (fixture.store(), fixture.admin());
     assert_eq!(
-        must(admin.evict(key, Fence(1)).await, "evict an absent key"),
+        must(
+            admin.evict(key, Fence(1), KeyState::Completed).await,
+            "evict an absent key"
+        ),
         ActionOutcome::Changed
     );
     let fence = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    // Read in flight, then recorded: an eviction meant for the claim leaves the record.
+    let read = must(admin.inspect(key).await, "inspect")
+        .unwrap_or_else(|| panic!("{key}: a claimed key must be seen"));
     let record = Record::encode(Outcome::Ok, &[], b"1");
     must(store.complete(key, fence, &record, LONG).await, "complete");
+    assert_eq!(
+        must(
+            admin
+                .evict(key, read.summary.fence, read.summary.state)
+                .await,
+            "evict what was read in flight, now recorded"
+        ),
+        ActionOutcome::Changed
+    );
     let stale = Fence(fence.0.saturating_sub(1));
     assert_eq!(
-        must(admin.evict(key, stale).await, "evict with a stale fence"),
+        must(
+            admin.evict(key, stale, KeyState::Completed).await,
+            "evict with a stale fence"
+        ),
         ActionOutcome::Changed
     );
     assert!(
@@ -203,7 +223,10 @@ pub async fn evict_is_fenced(fixture: &dyn AdminFixture, key: &str) {
         "a refused eviction leaves the record"
     );
     assert_eq!(
-        must(admin.evict(key, fence).await, "evict a record"),
+        must(
+            admin.evict(key, fence, KeyState::Completed).await,
+            "evict a record"
+        ),
         ActionOutcome::Applied
     );
     assert_eq!(must(admin.inspect(key).await, "inspect"), None);
@@ -211,7 +234,10 @@ pub async fn evict_is_fenced(fixture: &dyn AdminFixture, key: &str) {
     let holder = acquired(claim(store, key, AttemptId::random(), LONG).await);
     assert!(holder > fence, "the next claim runs, with a greater fence");
     assert_eq!(
-        must(admin.evict(key, holder).await, "evict a claim in flight"),
+        must(
+            admin.evict(key, holder, KeyState::InFlight).await,
+            "evict a claim in flight"
+        ),
         ActionOutcome::Applied
     );
     assert_lease_lost(
@@ -220,6 +246,32 @@ pub async fn evict_is_fenced(fixture: &dyn AdminFixture, key: &str) {
     );
     let next = acquired(claim(store, key, AttemptId::random(), LONG).await);
     assert!(next > holder, "fences increase across an eviction");
+
+    // Read in flight, then held: an eviction meant for the claim leaves the hold.
+    must(store.hold(key, next, LONG).await, "hold");
+    assert_eq!(
+        must(
+            admin.evict(key, next, KeyState::InFlight).await,
+            "evict what was read in flight, now held"
+        ),
+        ActionOutcome::Changed
+    );
+    assert!(
+        matches!(
+            claim(store, key, AttemptId::random(), LONG).await,
+            ClaimOutcome::Held { .. }
+        ),
+        "a refused eviction leaves the hold"
+    );
+    assert_eq!(
+        must(
+            admin.evict(key, next, KeyState::Unknown).await,
+            "evict a held key"
+        ),
+        ActionOutcome::Applied
+    );
+    let after = acquired(claim(store, key, AttemptId::random(), LONG).await);
+    assert!(after > next, "the next claim runs, with a greater fence");
 }
 
 /// A key held with an unknown outcome is seen as such (listed, counted, inspected with its
@@ -262,6 +314,17 @@ pub async fn resolve_acts_on_held_keys_only(fixture: &dyn AdminFixture, key: &st
         record: record.clone(),
         retention: LONG,
     };
+    let forgotten = Resolution::Record {
+        record: record.clone(),
+        retention: Duration::ZERO,
+    };
+    assert!(
+        matches!(
+            admin.resolve(&held, fences[0], forgotten).await,
+            Err(crate::Error::InvalidOption { .. })
+        ),
+        "a record kept for no time would free the key at once: refused"
+    );
     let stale = Fence(fences[0].0 + 1000);
     assert_eq!(
         must(
