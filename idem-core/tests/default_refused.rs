@@ -28,6 +28,6 @@ async fn a_required_runtime_that_was_not_installed_refuses_every_call() {
         other => panic!("expected InvalidOption, got {other:?}"),
     }
     assert_eq!(runs.load(Ordering::SeqCst), 0, "the body did not run");
-    // Too late to install: the refusal stays, rather than splitting keys between two stores.
+    // Too late to install: a default, once in place, is never switched under running calls.
     assert!(install(Idempotency::new(MemoryStore::new())).is_err());
 }

@@ -29,7 +29,10 @@ const COUNT_STEP: usize = 1000;
 /// it is for tools, not request paths. A cursor names the node and its `SCAN` cursor, and
 /// carries the keys of the last step that did not fit the page. On a cluster, a listing whose
 /// primaries change between pages may miss keys; list again. Values that are not idem's at
-/// idem's keys are left out of listings and counts; `inspect` reports them as corrupt.
+/// idem's keys are left out of listings and counts; `inspect` reports them as corrupt (remove
+/// such a value with `redis-cli DEL`). Listings need Redis 6.0 or later (`SCAN ... TYPE`). A
+/// store made with [`from_connection`](RedisStore::from_connection) over a cluster connection
+/// lists one node only: use [`connect_cluster`](RedisStore::connect_cluster) for tools.
 #[async_trait]
 impl<C> StoreAdmin for RedisStore<C>
 where
