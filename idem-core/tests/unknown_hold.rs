@@ -6,18 +6,23 @@
     reason = "tests and their helpers fail loudly by design"
 )]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use idem_core::admin::{KeyState, StoreAdmin};
-use idem_core::{Call, Disposition, Error, Idempotency, MemoryStore, UnknownHold};
+use idem_core::{
+    Call, ClaimOutcome, ClaimRequest, Disposition, Error, Fence, Idempotency, MemoryStore, Store,
+    UnknownHold,
+};
 
 const LEASE: Duration = Duration::from_millis(300);
 
 #[derive(Debug)]
 enum PayError {
     TimedOut,
+    Declined,
     Idem(Error),
 }
 
@@ -36,7 +41,51 @@ fn runtime(store: &Arc<MemoryStore>, hold: UnknownHold) -> Idempotency {
 fn classify(err: &PayError) -> Disposition {
     match err {
         PayError::TimedOut => Disposition::OutcomeUnknown,
-        PayError::Idem(_) => Disposition::Release,
+        PayError::Declined | PayError::Idem(_) => Disposition::Release,
+    }
+}
+
+/// A memory store whose releases (or claims) can be slow: the reply of a store across a network.
+#[derive(Default)]
+struct Slow {
+    inner: MemoryStore,
+    slow_release: AtomicBool,
+    slow_complete: AtomicBool,
+    /// The next claim is applied, then its reply is late by a second.
+    slow_next_claim: AtomicBool,
+    claims: AtomicUsize,
+}
+
+#[async_trait]
+impl Store for Slow {
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<ClaimOutcome, Error> {
+        self.claims.fetch_add(1, Ordering::SeqCst);
+        let outcome = self.inner.claim(request).await;
+        if self.slow_next_claim.swap(false, Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        outcome
+    }
+    async fn complete(&self, k: &str, f: Fence, r: &[u8], t: Duration) -> Result<(), Error> {
+        if self.slow_complete.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.inner.complete(k, f, r, t).await
+    }
+    async fn release(&self, key: &str, fence: Fence) -> Result<(), Error> {
+        if self.slow_release.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.inner.release(key, fence).await
+    }
+    async fn renew(&self, key: &str, fence: Fence, lease: Duration) -> Result<(), Error> {
+        self.inner.renew(key, fence, lease).await
+    }
+    async fn hold(&self, key: &str, fence: Fence, hold: Duration) -> Result<(), Error> {
+        self.inner.hold(key, fence, hold).await
+    }
+    async fn wait(&self, key: &str, fence: Fence, timeout: Duration) -> Result<(), Error> {
+        self.inner.wait(key, fence, timeout).await
     }
 }
 
@@ -152,4 +201,128 @@ async fn a_body_that_outlived_its_lease_still_holds_its_key() {
     assert!(matches!(slow, Err(PayError::TimedOut)));
     assert!(is_held(&retry(&idem, "slow", &runs).await));
     assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
+
+/// A panic, a cancellation and an `Err` classified unknown, each after the claim lapsed
+/// (renewals stop at `max_hold`): each holds the key under a fresh claim (a reviewer saw the
+/// panic and the cancellation leave the key free, and the next delivery run the body).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_unknown_outcome_after_a_lapsed_lease_holds_the_key() {
+    let store = Arc::new(MemoryStore::new());
+    let idem = runtime(&store, UnknownHold::UntilResolved).with_max_hold(LEASE);
+    let for_panic = idem.clone();
+    let panicked = tokio::spawn(async move {
+        for_panic
+            .run_with(Call::new("pay", "late-panic"), classify, async {
+                tokio::time::sleep(LEASE * 4).await;
+                if true {
+                    panic!("a panic after the lease lapsed (on purpose, in a test)");
+                }
+                Ok::<u32, PayError>(1)
+            })
+            .await
+    })
+    .await;
+    assert!(panicked.unwrap_err().is_panic());
+    let cancelled = tokio::time::timeout(
+        LEASE * 4,
+        idem.run_with(Call::new("pay", "late-cancel"), classify, async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok::<u32, PayError>(1)
+        }),
+    )
+    .await;
+    assert!(cancelled.is_err());
+    let errored = idem
+        .run_with(Call::new("pay", "late-err"), classify, async {
+            tokio::time::sleep(LEASE * 4).await;
+            Err::<u32, _>(PayError::TimedOut)
+        })
+        .await;
+    assert!(matches!(errored, Err(PayError::TimedOut)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let runs = AtomicUsize::new(0);
+    for key in ["late-panic", "late-cancel", "late-err"] {
+        assert_eq!(state(&store, key).await, Some(KeyState::Unknown), "{key}");
+        assert!(is_held(&retry(&idem, key, &runs).await), "{key}");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
+
+/// A call cancelled while its settling claims the lapsed key again (the claim's reply late):
+/// the background finds that claim (the same attempt) and holds it, so the key is not left in
+/// flight to lapse.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cancelled_while_it_claims_again_to_hold_still_holds() {
+    let store = Arc::new(Slow::default());
+    let idem = Idempotency::from_arc(store.clone())
+        .with_lease(LEASE)
+        .with_max_hold(LEASE)
+        .with_unknown_hold(UnknownHold::UntilResolved);
+    let slow = store.clone();
+    let cancelled = tokio::time::timeout(
+        LEASE * 4 + Duration::from_millis(300),
+        idem.run_with(Call::new("pay", "reclaim"), classify, async move {
+            tokio::time::sleep(LEASE * 4).await;
+            slow.slow_next_claim.store(true, Ordering::SeqCst);
+            Err::<u32, _>(PayError::TimedOut)
+        }),
+    )
+    .await;
+    assert!(cancelled.is_err(), "cancelled during the claim");
+    tokio::time::sleep(LEASE * 2).await;
+    assert_eq!(
+        state(&store.inner, "reclaim").await,
+        Some(KeyState::Unknown)
+    );
+    let runs = AtomicUsize::new(0);
+    assert!(is_held(&retry(&idem, "reclaim", &runs).await));
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
+
+/// A call cancelled while its known end is being made durable gets that end, not a hold: an
+/// `Err` that releases is released (the retry runs), an `Ok` is recorded (the retry replays).
+/// (A reviewer saw both held as unknown outcomes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_cancelled_while_settling_a_known_end_gets_that_end() {
+    let store = Arc::new(Slow::default());
+    store.slow_release.store(true, Ordering::SeqCst);
+    store.slow_complete.store(true, Ordering::SeqCst);
+    let idem = Idempotency::from_arc(store.clone())
+        .with_lease(LEASE)
+        .with_unknown_hold(UnknownHold::UntilResolved);
+    let released = tokio::time::timeout(
+        Duration::from_millis(50),
+        idem.run_with(Call::new("pay", "declined"), classify, async {
+            Err::<u32, _>(PayError::Declined)
+        }),
+    )
+    .await;
+    assert!(released.is_err(), "cancelled while releasing");
+    let recorded = tokio::time::timeout(
+        Duration::from_millis(50),
+        idem.run_with(Call::new("pay", "paid"), classify, async {
+            Ok::<u32, PayError>(5)
+        }),
+    )
+    .await;
+    assert!(recorded.is_err(), "cancelled while recording");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(state(&store.inner, "declined").await, None, "released");
+    assert_eq!(state(&store.inner, "paid").await, Some(KeyState::Completed));
+    let runs = AtomicUsize::new(0);
+    assert_eq!(retry(&idem, "declined", &runs).await.unwrap(), 7);
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the released key runs again"
+    );
+    let replay = idem
+        .run_with(Call::new("pay", "paid"), classify, async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<u32, PayError>(0)
+        })
+        .await;
+    assert_eq!(replay.unwrap(), 5, "the recorded result replays");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
 }

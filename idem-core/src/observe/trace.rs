@@ -275,8 +275,8 @@ pub(crate) fn hold_failed(err: &crate::Error) {
     tracing::warn!(
         db.operation = "hold",
         error.type = "store",
-        "idem could not hold a key after an unknown outcome (it is held until its lease \
-         lapses, then the next delivery runs the body): {err}"
+        "idem could not hold a key whose call ended with an unknown outcome: once its lease \
+         lapses (if it has not), the next delivery may run the body again: {err}"
     );
 }
 

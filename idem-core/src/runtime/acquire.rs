@@ -50,7 +50,7 @@ impl Idempotency {
                     lease,
                     retention,
                     hold_unknown,
-                    running: None,
+                    unsettled: None,
                 }
             })),
             Acquired::Replay { record, waited } => Ok(ClaimOrReplay::Replay {

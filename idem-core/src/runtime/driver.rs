@@ -208,6 +208,7 @@ impl Idempotency {
             End::Release => CallOutcome::Released,
             End::KeepClaim => CallOutcome::OutcomeUnknown,
         };
+        claim.ending(&end);
         let settled = self.settle(&claim, end).await;
         claim.settled();
         let result = match settled {

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::driver::End;
 use super::Idempotency;
 use crate::observe;
-use crate::store::{Fence, Store};
+use crate::store::{AttemptId, Fence, Record, Store};
 use crate::time::later;
 use crate::Error;
 
@@ -30,10 +31,29 @@ pub(crate) struct HeldClaim {
     /// cancelled call, a [`Claimed`] never run): a body that never started has no effect to
     /// guard, and its key must not stay held for a lease.
     pub(super) unstarted: Option<Idempotency>,
-    /// From the body's start until its end is settled, with a hold for unknown outcomes: the
-    /// runtime that holds the key in the background if the claim is dropped first (a body that
-    /// panicked, a call cancelled mid-body), as the call's end would have.
-    pub(super) running: Option<Idempotency>,
+    /// From the body's start until its end is settled, with a hold for unknown outcomes: what
+    /// a claim dropped first (a body that panicked, a call cancelled mid-body or mid-settle)
+    /// still owes its key, done in the background.
+    pub(super) unsettled: Option<Unsettled>,
+}
+
+/// What a claim dropped before its end was settled still owes its key.
+pub(super) struct Unsettled {
+    runtime: Idempotency,
+    /// The attempt of a fresh claim, should the key have to be claimed again to be held: the
+    /// same for the call's own settling and the background's, so that either finds the other's.
+    pub(super) reclaim: AttemptId,
+    owed: Owed,
+}
+
+/// The end a dropped claim's key gets.
+enum Owed {
+    /// The outcome is unknown (the body did not end, or ended so): hold the key.
+    Hold,
+    /// The body's error released the key: release it.
+    Release,
+    /// The body's result: record it.
+    Record(Vec<u8>),
 }
 
 impl HeldClaim {
@@ -41,15 +61,40 @@ impl HeldClaim {
     /// holds it, with a hold for unknown outcomes.
     pub(crate) fn started(&mut self) {
         let runtime = self.unstarted.take();
-        if self.hold_unknown.is_some() {
-            self.running = runtime;
+        if let (Some(runtime), Some(_)) = (runtime, self.hold_unknown) {
+            self.unsettled = Some(Unsettled {
+                runtime,
+                reclaim: AttemptId::random(),
+                owed: Owed::Hold,
+            });
         }
+    }
+
+    /// The body ended with `end`: what a claim dropped before it is settled owes its key.
+    pub(crate) fn ending(&mut self, end: &End) {
+        let Some(unsettled) = &mut self.unsettled else {
+            return;
+        };
+        unsettled.owed = match end {
+            End::Release => Owed::Release,
+            End::Record(outcome, Ok(json)) => {
+                Owed::Record(Record::encode(*outcome, &self.fingerprint, json))
+            }
+            End::Record(_, Err(_)) | End::KeepClaim => Owed::Hold,
+        };
     }
 
     /// The body's end is settled (recorded, released or held): dropping the claim does nothing
     /// more.
     pub(crate) fn settled(&mut self) {
-        self.running = None;
+        self.unsettled = None;
+    }
+
+    /// The attempt a hold claims the key again with, if it must.
+    pub(super) fn reclaim(&self) -> AttemptId {
+        self.unsettled
+            .as_ref()
+            .map_or_else(AttemptId::random, |unsettled| unsettled.reclaim)
     }
 
     /// The fingerprint of the call's request.
@@ -67,18 +112,45 @@ impl Drop for HeldClaim {
                 move |store, key| async move { store.release(&key, fence).await },
                 observe::release_failed,
             );
-        } else if let (Some(runtime), Some(hold)) = (self.running.take(), self.hold_unknown) {
-            runtime.in_background(
-                key,
-                move |store, key| async move {
-                    store.hold(&key, fence, hold).await?;
-                    observe::held(&key, fence, hold);
-                    Ok(())
-                },
-                observe::hold_failed,
-            );
+            return;
         }
+        let (Some(unsettled), Some(hold)) = (self.unsettled.take(), self.hold_unknown) else {
+            return;
+        };
+        let Ok(tasks) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let owed = OwedKey {
+            key,
+            fingerprint: std::mem::take(&mut self.fingerprint),
+            fence,
+            lease: self.lease,
+            reclaim: unsettled.reclaim,
+        };
+        let (runtime, retention) = (unsettled.runtime, self.retention);
+        tasks.spawn(async move {
+            let store = &runtime.inner.store;
+            let (key, fence) = (&owed.key, owed.fence);
+            let done = match unsettled.owed {
+                Owed::Hold => return runtime.hold_key(&owed, hold).await,
+                Owed::Release => store.release(key, fence).await,
+                Owed::Record(record) => store.complete(key, fence, &record, retention).await,
+            };
+            match done {
+                Ok(()) | Err(Error::LeaseLost { .. }) => {}
+                Err(err) => observe::release_failed(&err),
+            }
+        });
     }
+}
+
+/// A key a call still owes a hold, by its parts (owned, for a task of its own).
+pub(super) struct OwedKey {
+    pub(super) key: String,
+    pub(super) fingerprint: Vec<u8>,
+    pub(super) fence: Fence,
+    pub(super) lease: Duration,
+    pub(super) reclaim: AttemptId,
 }
 
 impl Idempotency {

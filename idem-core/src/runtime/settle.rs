@@ -3,7 +3,7 @@
 use tokio::time::Instant;
 
 use super::driver::End;
-use super::lease::HeldClaim;
+use super::lease::{HeldClaim, OwedKey};
 use super::Idempotency;
 use crate::error::not_recorded;
 use crate::observe;
@@ -34,7 +34,14 @@ impl Idempotency {
             // An unknown outcome: the claim lapses with its lease, or is held longer.
             End::KeepClaim => {
                 if let Some(hold) = claim.hold_unknown {
-                    self.hold(claim, hold).await;
+                    let owed = OwedKey {
+                        key: claim.key.clone(),
+                        fingerprint: claim.fingerprint.clone(),
+                        fence: claim.fence,
+                        lease: claim.lease,
+                        reclaim: claim.reclaim(),
+                    };
+                    self.hold_key(&owed, hold).await;
                 }
                 return Ok(Settled::Mine);
             }
@@ -72,33 +79,32 @@ impl Idempotency {
     /// that claim, as a late record is: the effect may have happened all the same. If another
     /// call holds or recorded the key meanwhile, it is theirs. A hold that fails leaves the
     /// claim to lapse with its lease, as without a hold.
-    async fn hold(&self, claim: &HeldClaim, hold: std::time::Duration) {
+    pub(super) async fn hold_key(&self, owed: &OwedKey, hold: std::time::Duration) {
         let store = &self.inner.store;
-        let mut fence = claim.fence;
+        let key = owed.key.as_str();
+        let mut fence = owed.fence;
         let mut held = self
-            .retrying("hold", None, || store.hold(&claim.key, fence, hold))
+            .retrying("hold", None, || store.hold(key, fence, hold))
             .await;
         if let Err(Error::LeaseLost { .. }) = held {
-            let request = ClaimRequest::new(
-                &claim.key,
-                AttemptId::random(),
-                &claim.fingerprint,
-                claim.lease,
-            );
+            // The same attempt for every try: a claim whose reply was lost comes back.
+            let request = ClaimRequest::new(key, owed.reclaim, &owed.fingerprint, owed.lease);
             held = match self.retrying("claim", None, || store.claim(request)).await {
                 Ok(ClaimOutcome::Acquired { fence: fresh, .. }) => {
                     fence = fresh;
-                    self.retrying("hold", None, || store.hold(&claim.key, fence, hold))
+                    self.retrying("hold", None, || store.hold(key, fence, hold))
                         .await
                 }
-                // Another call's claim, hold or record: the key is not this call's any more.
-                Ok(_) => return,
+                // Held or recorded by another call, or held by this one's other try: the key
+                // has its answer.
+                Ok(ClaimOutcome::Held { .. } | ClaimOutcome::Completed { .. }) => return,
+                // Another call runs the body: this outcome could not be held.
+                Ok(_) => Err(Error::lease_lost(key)),
                 Err(err) => Err(err),
             };
         }
         match held {
-            Ok(()) => observe::held(&claim.key, fence, hold),
-            Err(Error::LeaseLost { .. }) => {}
+            Ok(()) => observe::held(key, fence, hold),
             Err(err) => observe::hold_failed(&err),
         }
     }
