@@ -171,7 +171,8 @@ impl Call {
 /// task of its own (where a tokio runtime runs). A body whose claim lapsed before it ended is
 /// held under a fresh claim if the key is still free. A process that dies cannot set a hold:
 /// its key is held for what its lease had left. In a database transaction
-/// (`transaction = conn`) the hold commits with the claim.
+/// (`transaction = conn`) an `Err` classified unknown commits the hold with the claim, while a
+/// call dropped or panicking mid-body rolls back, its writes undone and its key free at once.
 ///
 /// ```
 /// # use idem_core as idem; // what users of the `idem` crate write

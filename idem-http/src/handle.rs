@@ -172,7 +172,9 @@ where
         Ok(handled) => handled,
         Err(join) if join.is_panic() => {
             let detail = "the handler panicked; its outcome is unknown, so this key stays \
-                          claimed until its lease lapses, then a retry runs the handler again";
+                          claimed until its lease lapses (or is held longer, until an operator \
+                          resolves it, as the service's hold for unknown outcomes says), then a \
+                          retry runs the handler again";
             reject(Rejection::HandlerPanicked, detail, None)
         }
         Err(_) => {
@@ -322,7 +324,9 @@ where
                 Err(Unrecorded::As(_)) => {
                     "the handler panicked; its database writes were rolled back, but other \
                      effects may have started, so this key stays claimed until its lease \
-                     lapses, then a retry runs the handler again"
+                     lapses (or is held longer, until an operator resolves it, as the \
+                     service's hold for unknown outcomes says), then a retry runs the handler \
+                     again"
                 }
                 Err(Unrecorded::Idem(Error::NotRecorded { .. })) => {
                     "the handler panicked; its database writes were rolled back, but other \

@@ -313,7 +313,7 @@ impl IdempotencyLayer {
     /// | answers a status [`on_status`](Self::on_status) calls `OutcomeUnknown` | writes rolled back, the claim commits | held for a lease | the response |
     /// | answers what cannot be recorded (a stream, a body over the limit) | rolled back (with [`on_unrecordable`](Self::on_unrecordable)'s default the claim commits and holds the key for a lease) | free, or held | 500 `response-unrecordable` |
     /// | answers a recorded status after one of its statements aborted the transaction (or a deferred constraint fails at `COMMIT`) | rolled back | free | 500 `transaction-aborted` |
-    /// | panics (in its code or its response body) | writes rolled back, the claim commits | held for a lease | 500 `handler-panicked` |
+    /// | panics (in its code or its response body) | writes rolled back, the claim commits | held for a lease (or as `with_unknown_hold` says) | 500 `handler-panicked` |
     /// | keeps its [`Tx`](crate::Tx) past its answer | rolled back | free | 500 `misconfigured` |
     /// | the client disconnects | the handler runs on, and commits | as above | its retry replays |
     /// | the process dies or the connection is lost before COMMIT | rolled back by the server | free | no answer; its retry runs |

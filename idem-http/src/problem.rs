@@ -47,7 +47,8 @@ pub enum Rejection {
     /// 500 `record-corrupt`: the stored record for this key cannot be read.
     RecordCorrupt,
     /// 500 `handler-panicked`: the handler panicked. Its outcome is unknown: the key stays
-    /// claimed until its lease lapses (409 meanwhile), then a retry runs the handler again.
+    /// claimed until its lease lapses (409 meanwhile), then a retry runs the handler again; with
+    /// `Idempotency::with_unknown_hold`, it is held longer (409 `outcome-unknown` meanwhile).
     HandlerPanicked,
     /// 500 `not-recorded`: the handler ran, and its result could not be recorded (the store
     /// failed, or the claim lapsed meanwhile). Its effect happened; a retry may run it again.
