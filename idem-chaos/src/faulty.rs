@@ -176,6 +176,11 @@ impl<S: Store> Store for FaultyStore<S> {
             .await
     }
 
+    async fn hold(&self, key: &str, fence: Fence, hold: Duration) -> Result<(), Error> {
+        self.apply("hold", false, self.inner.hold(key, fence, hold))
+            .await
+    }
+
     async fn wait(&self, key: &str, fence: Fence, timeout: Duration) -> Result<(), Error> {
         self.inner.wait(key, fence, timeout).await
     }

@@ -113,7 +113,7 @@ pub(crate) async fn run(args: &Args, out: &mut dyn Write) -> Result<Status, Erro
                 },
             };
             let outcome = store.evict(&key, fence, state).await?;
-            output.evicted(&key, fence, outcome)?;
+            output.evicted(&key, (fence, state), outcome)?;
             Ok(match outcome {
                 ActionOutcome::Applied => Status::Done,
                 _ => Status::Changed,

@@ -146,20 +146,25 @@ impl<'a> Output<'a> {
     pub(crate) fn evicted(
         &mut self,
         key: &str,
-        fence: Fence,
+        (fence, state): (Fence, KeyState),
         outcome: ActionOutcome,
     ) -> Result<(), Error> {
         let evicted = outcome == ActionOutcome::Applied;
         if self.json {
-            return self.json_line(&json!({ "key": key, "fence": fence.0, "evicted": evicted }));
+            return self.json_line(&json!({
+                "key": key,
+                "fence": fence.0,
+                "state": state.as_str(),
+                "evicted": evicted,
+            }));
         }
         let key = printable(key);
         self.text(&if evicted {
-            format!("evicted {key} (fence {fence}): the next delivery runs the body\n")
+            format!("evicted {key} ({state}, fence {fence}): the next delivery runs the body\n")
         } else {
             format!(
-                "not evicted: {key} no longer holds fence {fence} (it changed since it was read); \
-                 show it again\n"
+                "not evicted: {key} is no longer {state} under fence {fence} (it changed since it \
+                 was read); show it again\n"
             )
         })
     }
@@ -261,7 +266,13 @@ impl<'a> Output<'a> {
 /// A key as text a terminal shows as it is: control characters escaped, so that no key can
 /// move the cursor or forge a line of the output.
 fn printable(key: &str) -> std::borrow::Cow<'_, str> {
-    if key.chars().any(char::is_control) {
+    // Bidirectional overrides and isolates reorder what follows them on screen.
+    let misleading = |c: char| {
+        c.is_control()
+            || c == '\\'
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if key.chars().any(misleading) {
         std::borrow::Cow::Owned(key.escape_debug().to_string())
     } else {
         std::borrow::Cow::Borrowed(key)
@@ -310,6 +321,12 @@ mod tests {
     #[test]
     fn keys_cannot_drive_the_terminal() {
         assert_eq!(printable("idem:ns:a b"), "idem:ns:a b");
+        // A real newline and a written one print differently.
+        assert_ne!(printable("a\nb"), printable("a\\nb"));
+        assert_eq!(
+            printable("pay\u{202e}lanoisivorp"),
+            "pay\\u{202e}lanoisivorp"
+        );
         assert_eq!(
             printable("idem:ns:x\u{1b}[31mRED\rFAKE\n"),
             "idem:ns:x\\u{1b}[31mRED\\rFAKE\\n"

@@ -83,6 +83,9 @@ impl Store for FaultyStore {
         }
         self.inner.renew(key, fence, lease).await
     }
+    async fn hold(&self, key: &str, fence: Fence, hold: Duration) -> Result<(), Error> {
+        self.inner.hold(key, fence, hold).await
+    }
     async fn wait(&self, key: &str, fence: Fence, timeout: Duration) -> Result<(), Error> {
         self.inner.wait(key, fence, timeout).await
     }
