@@ -205,19 +205,39 @@ async fn tour(url: &str, store: Arc<dyn Store>) {
     );
 }
 
+/// A Redis store on a server of its own (or `IDEM_TEST_REDIS_URL`'s), with its URL.
+async fn redis() -> (
+    String,
+    Arc<dyn Store>,
+    Option<idem_test_servers::RedisServer>,
+) {
+    let (url, server) = idem_test_servers::any_server();
+    let store = idem_redis::RedisStore::connect(&url).await.unwrap();
+    (url, Arc::new(store), server)
+}
+
+/// A PostgreSQL store on a cluster of its own (or `IDEM_TEST_DATABASE_URL`'s), with its URL.
+async fn postgres() -> (
+    String,
+    Arc<dyn Store>,
+    Option<idem_test_servers::PostgresServer>,
+) {
+    let (url, server) = idem_test_servers::any_database();
+    let store = idem_postgres::PostgresStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    (url, Arc::new(store), server)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_on_redis() {
-    let (url, _server) = idem_test_servers::any_server();
-    let store = idem_redis::RedisStore::connect(&url).await.unwrap();
-    tour(&url, Arc::new(store)).await;
+    let (url, store, _server) = redis().await;
+    tour(&url, store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_on_postgres() {
-    let (url, _server) = idem_test_servers::any_database();
-    let store = idem_postgres::PostgresStore::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    tour(&url, Arc::new(store)).await;
+    let (url, store, _server) = postgres().await;
+    tour(&url, store).await;
 }
 
 #[test]
@@ -417,17 +437,14 @@ async fn unknown_outcome_held_until_resolved(url: &str, store: Arc<dyn Store>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_outcome_on_redis_is_held_until_the_command_resolves_it() {
-    let (url, _server) = idem_test_servers::any_server();
-    let store = idem_redis::RedisStore::connect(&url).await.unwrap();
-    unknown_outcome_held_until_resolved(&url, Arc::new(store)).await;
+    let (url, store, _server) = redis().await;
+    unknown_outcome_held_until_resolved(&url, store).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_outcome_on_postgres_is_held_until_the_command_resolves_it() {
-    let (url, _server) = idem_test_servers::any_database();
-    let store = idem_postgres::PostgresStore::connect(&url).await.unwrap();
-    store.migrate().await.unwrap();
-    unknown_outcome_held_until_resolved(&url, Arc::new(store)).await;
+    let (url, store, _server) = postgres().await;
+    unknown_outcome_held_until_resolved(&url, store).await;
 }
 
 /// A store that accepts connections and never answers: `ping` fails within its timeout,

@@ -55,6 +55,17 @@ local function read_state()
   if type(kind) == 'table' then return kind end
   return v, kind, fence, attempt, fp
 end
+local function leave_released(fence)
+  -- `F:<fence>` for at most a second (or what the key had left): until it goes, claims take
+  -- the claim script and get a greater fence; after, a fast claim's fence, the server's time,
+  -- is past this one whatever clock error the store accepts.
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 1000 or ttl < 0 then
+    redis.call('SET', KEYS[1], 'F:' .. fence, 'PX', 1000)
+  else
+    redis.call('SET', KEYS[1], 'F:' .. fence, 'KEEPTTL')
+  end
+end
 local function keep_fence(ms)
   local ttl = redis.call('PTTL', KEYS[2])
   if ttl ~= -2 and ttl < tonumber(ms) then redis.call('PEXPIRE', KEYS[2], ms) end
@@ -197,22 +208,15 @@ return 'OK'
 /// KEYS: state, fence. ARGV: fence, channel, kind (`P`, `R` or `U`). Returns 'OK' | 'CHANGED'.
 ///
 /// An operator's eviction of a claim, a record or a hold that is still of this kind under this
-/// fence (a record or a hold keeps its claim's fence). It leaves
-/// `F:<fence>`, as a release does, for at most a second (or less, what the key had left): until
-/// it goes, claims go through the claim script and get a greater fence; after, a fast claim's
-/// fence, the server's time, is more than the store's error bound past this one.
+/// fence (a record or a hold keeps its claim's fence). It leaves `F:<fence>`, as a release
+/// does, for at most a second (`leave_released`).
 pub(crate) static EVICT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
 local v, kind, fence = read_state()
 if type(v) == 'table' then return v end
 if not v or kind ~= ARGV[3] or fence ~= ARGV[1] then return 'CHANGED' end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 1000 or ttl < 0 then
-  redis.call('SET', KEYS[1], 'F:' .. fence, 'PX', 1000)
-else
-  redis.call('SET', KEYS[1], 'F:' .. fence, 'KEEPTTL')
-end
+leave_released(fence)
 redis.call('PUBLISH', ARGV[2], fence)
 return 'OK'
 "#,
@@ -257,12 +261,7 @@ if ARGV[3] then
   redis.call('SET', KEYS[1], 'R:' .. fence .. ':' .. ARGV[3], 'PX', keep)
   keep_fence(keep)
 else
-  local ttl = redis.call('PTTL', KEYS[1])
-  if ttl > 1000 or ttl < 0 then
-    redis.call('SET', KEYS[1], 'F:' .. fence, 'PX', 1000)
-  else
-    redis.call('SET', KEYS[1], 'F:' .. fence, 'KEEPTTL')
-  end
+  leave_released(fence)
 end
 redis.call('PUBLISH', ARGV[2], fence)
 return 'OK'
