@@ -145,6 +145,11 @@ fn spans_carry_the_outcome_and_a_hash_of_the_key_never_the_key() {
     );
     assert_eq!(calls[0]["idem.namespace"], "traced");
     assert!(calls[0].contains_key("idem.fence"));
+    assert_eq!(
+        calls[1].get("idem.fence"),
+        calls[0].get("idem.fence"),
+        "a replay's span names the execution it replays"
+    );
     assert_eq!(calls[0]["idem.key_hash"], calls[1]["idem.key_hash"]);
     assert_eq!(calls[2]["error.type"], "lease_lost");
     let everything = format!("{captured:?}");

@@ -678,7 +678,7 @@ fn claim_outcome(
         1 if live => {
             let record: Option<Vec<u8>> = column(key, row, first + 4)?;
             match record {
-                Some(record) => Ok(Look::Found(ClaimOutcome::Completed { record })),
+                Some(record) => Ok(Look::Found(ClaimOutcome::completed(record, fence))),
                 None => Err(Error::corrupt(key, "it is completed but holds no record")),
             }
         }

@@ -564,14 +564,12 @@ where
             other => return Err(unexpected("claim", &other)),
         };
         match state::parse(&previous) {
-            Some(State::Completed { record, .. }) => {
+            Some(State::Completed { record, fence }) => {
                 // The record is the tail of the value: keep the reply's buffer.
                 let start = previous.len() - record.len();
                 let mut previous = previous;
                 previous.drain(..start);
-                Ok(FastClaim::Done(ClaimOutcome::Completed {
-                    record: previous,
-                }))
+                Ok(FastClaim::Done(ClaimOutcome::completed(previous, fence)))
             }
             Some(State::Held { fence, .. }) => Ok(FastClaim::Done(ClaimOutcome::held(fence))),
             Some(State::Pending { .. } | State::Released { .. }) => Ok(UNWRITTEN),
@@ -796,9 +794,9 @@ fn parse_claim(key: &str, reply: &Value) -> Option<Result<ClaimOutcome, Error>> 
     Some(Ok(match text(0)? {
         b"A" => ClaimOutcome::acquired(state::parse_fence(text(1)?)?),
         b"R" => match state::parse(text(1)?) {
-            Some(State::Completed { record, .. }) => ClaimOutcome::Completed {
-                record: record.to_vec(),
-            },
+            Some(State::Completed { record, fence }) => {
+                ClaimOutcome::completed(record.to_vec(), fence)
+            }
             _ => {
                 return Some(Err(Error::corrupt(
                     key,

@@ -93,6 +93,14 @@ impl CallTrace {
             .increment(1.0);
     }
 
+    /// The call replays the record made under `fence`: the span names the execution it
+    /// replays.
+    pub(crate) fn replays(&mut self, fence: Fence) {
+        if !self.span.is_disabled() {
+            self.span.record("idem.fence", fence.0);
+        }
+    }
+
     /// Ends the call with `outcome`: its span, event and metrics, and what an enclosing
     /// [`served`] tells of it.
     pub(crate) fn finish(&mut self, outcome: CallOutcome) {

@@ -53,12 +53,19 @@ impl Idempotency {
                     unsettled: None,
                 }
             })),
-            Acquired::Replay { record, waited } => Ok(ClaimOrReplay::Replay {
-                key,
-                fingerprint,
+            Acquired::Replay {
                 record,
                 waited,
-            }),
+                fence,
+            } => {
+                trace.replays(fence);
+                Ok(ClaimOrReplay::Replay {
+                    key,
+                    fingerprint,
+                    record,
+                    waited,
+                })
+            }
         }
     }
 
@@ -129,8 +136,12 @@ impl Idempotency {
             }
             match claimed? {
                 ClaimOutcome::Acquired { fence, .. } => return Ok(Acquired::Fence(fence, sent)),
-                ClaimOutcome::Completed { record } => {
-                    return Ok(Acquired::Replay { record, waited })
+                ClaimOutcome::Completed { record, fence, .. } => {
+                    return Ok(Acquired::Replay {
+                        record,
+                        waited,
+                        fence,
+                    })
                 }
                 ClaimOutcome::Held { .. } => {
                     return Err(Error::OutcomeUnknown {
@@ -294,7 +305,11 @@ enum Acquired {
     /// The claim, and when its request was sent (its lease runs from no earlier than that).
     Fence(Fence, Instant),
     /// A record to replay, and whether this call waited for a concurrent first call.
-    Replay { record: Vec<u8>, waited: bool },
+    Replay {
+        record: Vec<u8>,
+        waited: bool,
+        fence: Fence,
+    },
 }
 
 /// What `begin` found.

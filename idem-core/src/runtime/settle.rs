@@ -140,7 +140,7 @@ impl Idempotency {
                     }
                 }
             }
-            Ok(ClaimOutcome::Completed { record }) => Ok(Settled::Winner(record)),
+            Ok(ClaimOutcome::Completed { record, .. }) => Ok(Settled::Winner(record)),
             _ => Err(lost()),
         }
     }

@@ -261,11 +261,11 @@ impl Store for MemoryStore {
         if let Some(entry) = shard.entries.get(request.key) {
             match entry {
                 Entry::Completed {
-                    record, expires_at, ..
+                    record,
+                    expires_at,
+                    fence,
                 } if *expires_at > now => {
-                    return Ok(ClaimOutcome::Completed {
-                        record: record.clone(),
-                    })
+                    return Ok(ClaimOutcome::completed(record.clone(), *fence))
                 }
                 Entry::Pending {
                     fence,

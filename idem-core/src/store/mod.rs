@@ -86,9 +86,12 @@ pub enum ClaimOutcome {
         fence: Fence,
     },
     /// The key holds a completed record: replay it.
+    #[non_exhaustive]
     Completed {
         /// The record bytes, as given to [`Store::complete`].
         record: Vec<u8>,
+        /// The fence of the claim that recorded it: which execution a replay replays.
+        fence: Fence,
     },
     /// An earlier call of the key ended with an unknown outcome, and the key is held
     /// ([`Store::hold`]): no call runs the body until the hold lapses or an operator resolves
@@ -113,6 +116,11 @@ impl ClaimOutcome {
     /// The caller now holds the key, under `fence`.
     pub fn acquired(fence: Fence) -> Self {
         Self::Acquired { fence }
+    }
+
+    /// The key holds `record`, recorded under `fence`.
+    pub fn completed(record: Vec<u8>, fence: Fence) -> Self {
+        Self::Completed { record, fence }
     }
 
     /// The key is held with an unknown outcome, by the call of `fence`.

@@ -354,7 +354,17 @@ pub async fn resolve_acts_on_held_keys_only(fixture: &dyn AdminFixture, key: &st
     );
     for _ in 0..2 {
         match claim(store, &held, AttemptId::random(), LONG).await {
-            ClaimOutcome::Completed { record: replayed } => assert_eq!(replayed, record),
+            ClaimOutcome::Completed {
+                record: replayed,
+                fence: recorded_by,
+                ..
+            } => {
+                assert_eq!(replayed, record);
+                assert_eq!(
+                    recorded_by, fences[0],
+                    "a resolved record keeps the held fence"
+                );
+            }
             other => panic!("a key resolved with a record answered {other:?}"),
         }
     }

@@ -124,7 +124,17 @@ pub async fn completed_key_replays_its_record(store: &dyn Store, key: &str) {
     );
     for _ in 0..2 {
         match claim(store, key, AttemptId::random(), LONG).await {
-            ClaimOutcome::Completed { record: replay } => assert_eq!(replay, record),
+            ClaimOutcome::Completed {
+                record: replay,
+                fence: recorded_by,
+                ..
+            } => {
+                assert_eq!(replay, record);
+                assert_eq!(
+                    recorded_by, fence,
+                    "a replay names the claim that recorded it"
+                );
+            }
             other => panic!("expected Completed, got {other:?}"),
         }
     }
@@ -403,7 +413,7 @@ pub async fn odd_keys_and_large_records(store: &dyn Store, key: &str) {
         let record = if i == 0 { Vec::new() } else { large.clone() };
         must(store.complete(k, fence, &record, LONG).await, "complete");
         match claim(store, k, AttemptId::random(), LONG).await {
-            ClaimOutcome::Completed { record: replay } => assert_eq!(replay, record, "{k}"),
+            ClaimOutcome::Completed { record: replay, .. } => assert_eq!(replay, record, "{k}"),
             other => panic!("{k}: expected Completed, got {other:?}"),
         }
     }

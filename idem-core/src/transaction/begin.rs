@@ -259,7 +259,12 @@ impl Idempotency {
         }
         let (transaction, fence) = match claim(&*store, transaction, &call, attempt, opened).await {
             Ok(Acquired::Fence(transaction, fence)) => (transaction, fence),
-            Ok(Acquired::Replay { record, waited }) => {
+            Ok(Acquired::Replay {
+                record,
+                waited,
+                fence,
+            }) => {
+                trace.replays(fence);
                 return match decode_replay(&call.key, &call.fingerprint, &record, &policy) {
                     Ok(result) => {
                         let how = if waited {
@@ -358,8 +363,13 @@ enum Opened {
 enum Acquired<'c, S: TransactionalStore> {
     /// The claim, in the transaction that holds it.
     Fence(S::Transaction<'c>, Fence),
-    /// A record to replay, and whether this call waited for a concurrent first call.
-    Replay { record: Vec<u8>, waited: bool },
+    /// A record to replay, whether this call waited for a concurrent first call, and the
+    /// fence that recorded it.
+    Replay {
+        record: Vec<u8>,
+        waited: bool,
+        fence: Fence,
+    },
 }
 
 /// Claims the key in `transaction`, waiting for (or rejecting) another that holds it. A
@@ -385,7 +395,7 @@ async fn claim<'c, S: TransactionalStore>(
             ClaimOutcome::Acquired { fence, .. } => {
                 return Ok(Acquired::Fence(open.transaction, fence));
             }
-            ClaimOutcome::Completed { record } => {
+            ClaimOutcome::Completed { record, fence, .. } => {
                 // The rollback may wait for the connection's next use only where that use comes
                 // at once: not after a wait (`wait_in` may have taken the key's lock), nor on
                 // the caller's connection, which the caller may keep idle (holding the claim
@@ -394,7 +404,11 @@ async fn claim<'c, S: TransactionalStore>(
                 store
                     .end_replay(open.transaction, attempt, rollback_may_wait)
                     .await;
-                return Ok(Acquired::Replay { record, waited });
+                return Ok(Acquired::Replay {
+                    record,
+                    waited,
+                    fence,
+                });
             }
             ClaimOutcome::Held { .. } => {
                 open.roll_back().await;
