@@ -460,7 +460,7 @@ impl Entry {
     }
 
     /// The state, fence and time left of a live entry.
-    fn summary(&self, key: &str, now: Instant) -> Option<KeySummary> {
+    fn read(&self, now: Instant) -> Option<(KeyState, Fence, Duration)> {
         let (state, fence, until) = match self {
             Self::Pending {
                 fence, lease_until, ..
@@ -470,7 +470,7 @@ impl Entry {
             } => (KeyState::Completed, *fence, *expires_at),
             Self::Held { fence, until, .. } => (KeyState::Unknown, *fence, *until),
         };
-        (until > now).then(|| KeySummary::new(key.to_owned(), state, fence, until - now))
+        (until > now).then(|| (state, fence, until - now))
     }
 }
 
@@ -492,14 +492,13 @@ impl StoreAdmin for MemoryStore {
         let mut keys: Vec<KeySummary> = Vec::new();
         for shard in self.shards.iter() {
             let shard = lock(shard);
-            keys.extend(
-                shard
-                    .entries
-                    .iter()
-                    .filter(|(key, _)| after.is_none_or(|after| key.as_str() > after))
-                    .filter_map(|(key, entry)| entry.summary(key, now))
-                    .filter(|summary| query.selects(&summary.key, summary.state)),
-            );
+            // Only the selected keys are copied.
+            keys.extend(shard.entries.iter().filter_map(|(key, entry)| {
+                let (state, fence, left) = entry.read(now)?;
+                let selected =
+                    after.is_none_or(|after| key.as_str() > after) && query.selects(key, state);
+                selected.then(|| KeySummary::new(key.clone(), state, fence, left))
+            }));
         }
         keys.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         let next = (keys.len() > query.limit()).then(|| {
@@ -513,9 +512,9 @@ impl StoreAdmin for MemoryStore {
         let now = self.clock.now();
         let mut counts = StateCounts::default();
         for shard in self.shards.iter() {
-            for (key, entry) in &lock(shard).entries {
-                if let Some(summary) = entry.summary(key, now) {
-                    counts.add(summary.state, 1);
+            for entry in lock(shard).entries.values() {
+                if let Some((state, _, _)) = entry.read(now) {
+                    counts.add(state, 1);
                 }
             }
         }
@@ -530,12 +529,12 @@ impl StoreAdmin for MemoryStore {
     ) -> Result<ActionOutcome, Error> {
         let now = self.clock.now();
         let mut shard = self.shard(key, now);
-        let read = shard
-            .entries
-            .get(key)
-            .and_then(|entry| entry.summary(key, now));
         match shard.entries.get(key) {
-            Some(entry) if read.is_some_and(|read| read.fence == fence && read.state == state) => {
+            Some(entry)
+                if entry
+                    .read(now)
+                    .is_some_and(|(s, f, _)| s == state && f == fence) =>
+            {
                 entry.wake_waiters();
                 shard.entries.remove(key);
                 report(Action::Evicted, key, fence);
