@@ -14,7 +14,8 @@ mod trace;
 
 pub use served::{report, served, Served};
 pub(crate) use trace::{
-    enter, held, hold_failed, in_span, operated, release_failed, store_retry, store_span, CallTrace,
+    enter, held, hold_failed, in_span, operated, record_failed, release_failed, store_retry,
+    store_span, CallTrace,
 };
 
 /// How a call ended.

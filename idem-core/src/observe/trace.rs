@@ -288,6 +288,17 @@ pub(crate) fn hold_failed(err: &crate::Error) {
     );
 }
 
+/// A result recorded in the background (its call was dropped while recording it) failed: the
+/// key stays claimed until its lease lapses, then the next delivery may run the body again.
+pub(crate) fn record_failed(err: &crate::Error) {
+    tracing::warn!(
+        db.operation = "complete",
+        error.type = "store",
+        "idem could not record a result whose call was dropped while recording it (the next \
+         delivery may run the body again once the lease lapses): {err}"
+    );
+}
+
 /// An operator acted on a key: evicted or resolved it.
 pub(crate) fn operated(action: &'static str, store_key: &str, fence: crate::Fence) {
     tracing::warn!(

@@ -264,7 +264,8 @@ impl Drop for ClaimInFlight<'_> {
         let fingerprint = request.fingerprint.to_vec();
         self.runtime.in_background(
             request.key.to_owned(),
-            move |store, key| async move {
+            move |runtime, key| async move {
+                let store = &runtime.inner.store;
                 let again = ClaimRequest::new(&key, attempt, &fingerprint, lease);
                 match store.claim(again).await? {
                     // Granted now if it was not before: either way nobody runs a body under

@@ -90,11 +90,19 @@ impl HeldClaim {
         self.unsettled = None;
     }
 
-    /// The attempt a hold claims the key again with, if it must.
-    pub(super) fn reclaim(&self) -> AttemptId {
-        self.unsettled
-            .as_ref()
-            .map_or_else(AttemptId::random, |unsettled| unsettled.reclaim)
+    /// The key this claim holds, as a hold needs it.
+    pub(super) fn owed(&self) -> OwedKey {
+        OwedKey {
+            key: self.key.clone(),
+            fingerprint: self.fingerprint.clone(),
+            fence: self.fence,
+            lease: self.lease,
+            // The attempt a hold claims the key again with, if it must.
+            reclaim: self
+                .unsettled
+                .as_ref()
+                .map_or_else(AttemptId::random, |unsettled| unsettled.reclaim),
+        }
     }
 
     /// The fingerprint of the call's request.
@@ -109,7 +117,7 @@ impl Drop for HeldClaim {
         if let Some(runtime) = self.unstarted.take() {
             runtime.in_background(
                 key,
-                move |store, key| async move { store.release(&key, fence).await },
+                move |runtime, key| async move { runtime.inner.store.release(&key, fence).await },
                 observe::release_failed,
             );
             return;
@@ -117,30 +125,39 @@ impl Drop for HeldClaim {
         let (Some(unsettled), Some(hold)) = (self.unsettled.take(), self.hold_unknown) else {
             return;
         };
-        let Ok(tasks) = tokio::runtime::Handle::try_current() else {
-            return;
+        let failed = match unsettled.owed {
+            Owed::Hold => observe::hold_failed,
+            Owed::Release => observe::release_failed,
+            Owed::Record(_) => observe::record_failed,
         };
-        let owed = OwedKey {
+        let (fingerprint, lease, retention) = (
+            std::mem::take(&mut self.fingerprint),
+            self.lease,
+            self.retention,
+        );
+        let (owed, reclaim) = (unsettled.owed, unsettled.reclaim);
+        unsettled.runtime.in_background(
             key,
-            fingerprint: std::mem::take(&mut self.fingerprint),
-            fence,
-            lease: self.lease,
-            reclaim: unsettled.reclaim,
-        };
-        let (runtime, retention) = (unsettled.runtime, self.retention);
-        tasks.spawn(async move {
-            let store = &runtime.inner.store;
-            let (key, fence) = (&owed.key, owed.fence);
-            let done = match unsettled.owed {
-                Owed::Hold => return runtime.hold_key(&owed, hold).await,
-                Owed::Release => store.release(key, fence).await,
-                Owed::Record(record) => store.complete(key, fence, &record, retention).await,
-            };
-            match done {
-                Ok(()) | Err(Error::LeaseLost { .. }) => {}
-                Err(err) => observe::release_failed(&err),
-            }
-        });
+            move |runtime, key| async move {
+                let store = &runtime.inner.store;
+                match owed {
+                    Owed::Hold => {
+                        let owed = OwedKey {
+                            key,
+                            fingerprint,
+                            fence,
+                            lease,
+                            reclaim,
+                        };
+                        runtime.hold_key(&owed, hold).await;
+                        Ok(())
+                    }
+                    Owed::Release => store.release(&key, fence).await,
+                    Owed::Record(record) => store.complete(&key, fence, &record, retention).await,
+                }
+            },
+            failed,
+        );
     }
 }
 
@@ -252,20 +269,20 @@ impl Idempotency {
         .await
     }
 
-    /// Runs a store operation on a task of its own (where a tokio runtime runs): for a claim
-    /// dropped before its end, whose caller is gone. A lapsed claim (`LeaseLost`) is not this
-    /// call's any more; other failures go to `failed`.
+    /// Runs `operation` on a task of its own (where a tokio runtime runs): for a claim dropped
+    /// before its end, whose caller is gone. A lapsed claim (`LeaseLost`) is not this call's
+    /// any more; other failures go to `failed`.
     pub(super) fn in_background<R, Fut>(&self, key: String, operation: R, failed: fn(&Error))
     where
-        R: FnOnce(Arc<dyn Store>, String) -> Fut + Send + 'static,
+        R: FnOnce(Self, String) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), Error>> + Send + 'static,
     {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        let Ok(tasks) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let store = self.inner.store.clone();
-        runtime.spawn(async move {
-            match operation(store, key).await {
+        let runtime = self.clone();
+        tasks.spawn(async move {
+            match operation(runtime, key).await {
                 Ok(()) | Err(Error::LeaseLost { .. }) => {}
                 Err(err) => failed(&err),
             }

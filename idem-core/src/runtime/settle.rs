@@ -34,14 +34,7 @@ impl Idempotency {
             // An unknown outcome: the claim lapses with its lease, or is held longer.
             End::KeepClaim => {
                 if let Some(hold) = claim.hold_unknown {
-                    let owed = OwedKey {
-                        key: claim.key.clone(),
-                        fingerprint: claim.fingerprint.clone(),
-                        fence: claim.fence,
-                        lease: claim.lease,
-                        reclaim: claim.reclaim(),
-                    };
-                    self.hold_key(&owed, hold).await;
+                    self.hold_key(&claim.owed(), hold).await;
                 }
                 return Ok(Settled::Mine);
             }
