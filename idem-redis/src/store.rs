@@ -52,7 +52,7 @@ const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 /// released claim keeps the key at least that long), so a new fence is at least
 /// `previous lease - 100ms` above the previous claim's server time, and the previous fence at
 /// most 100ms above it: fences increase as long as every lease is longer than 200ms (this store
-/// treats a shorter one as [`MIN_LEASE`](idem_core::MIN_LEASE), 250ms, and the runtime never
+/// treats a shorter one as `idem::MIN_LEASE`, 250ms, and the runtime never
 /// asks for less), the server's clock does not go back, and (with `connect`) a failover does
 /// not move to a server whose clock differs by more than 100ms within a second of it. Fences
 /// have at most 16 digits (`2^53 - 1`, what Lua computes exactly); the scripts and this side

@@ -119,7 +119,7 @@ where
 
 /// What `transaction = conn` found on a function whose return type reads as a handler's: the
 /// result to return at once, or the claim to run the body under (its `connection()`,
-/// `context()` and `finish(result)` are those of [`TransactionClaim`](idem_core::TransactionClaim)).
+/// `context()` and `finish(result)` are those of [`TransactionClaim`](crate::steps::TransactionClaim)).
 pub enum TxBegun<C, R> {
     /// A replay, or why the call failed before the body.
     Done(R),
